@@ -1,0 +1,234 @@
+"""Run config: the schema, defaults, validation, `--set` overrides and TOML I/O.
+
+Pure Python (no torch): chexui validates presets with it before anything heavy is imported.
+A config is a plain nested dict {section: {key: value}} plus the top-level keys name/description.
+Defaults follow the study (CheXNet-style training on NIH ChestX-ray14).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    kind: type | tuple[type, ...]
+    choices: tuple | None = None
+    min: float | None = None  # inclusive
+    max: float | None = None  # inclusive
+    min_exclusive: bool = False
+    path_ok: bool = False  # a value outside `choices` is accepted as a file path
+
+    def describe(self) -> str:
+        if self.choices:
+            extra = " or a file path" if self.path_ok else ""
+            return "one of " + ", ".join(repr(c) for c in self.choices) + extra
+        name = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                list: "a list"}.get(self.kind if isinstance(self.kind, type) else float, "a value")
+        lo = "" if self.min is None else f" {'>' if self.min_exclusive else '>='} {self.min}"
+        hi = "" if self.max is None else f" <= {self.max}"
+        return name + (lo + (" and" if lo and hi else "") + hi if (lo or hi) else "")
+
+
+NUM = (int, float)
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "data": {
+        "root": Field("", str),
+        "image_size": Field(224, int, min=16, max=2048),
+        "split": Field("patient", str, choices=("patient", "official")),
+        "val_fraction": Field(0.1, NUM, min=0.0, max=0.5, min_exclusive=True),
+        "test_fraction": Field(0.2, NUM, min=0.0, max=0.5, min_exclusive=True),
+        "seed": Field(0, int, min=0),
+        "hflip": Field(0.5, NUM, min=0.0, max=1.0),
+        "cache": Field(True, bool),
+        "workers": Field(4, int, min=0, max=64),
+    },
+    "model": {
+        "arch": Field("densenet121", str, choices=("densenet121", "resnet50", "resnet18")),
+        "pretrained": Field("imagenet", str, choices=("imagenet", "none"), path_ok=True),
+    },
+    "train": {
+        "epochs": Field(100, int, min=1, max=10000),
+        "batch_size": Field(16, int, min=1, max=4096),
+        "lr": Field(0.001, NUM, min=0.0, max=10.0, min_exclusive=True),
+        "lr_scale": Field("linear", str, choices=("linear", "none")),
+        "optimizer": Field("adam", str, choices=("adam", "sgd")),
+        "loss": Field("weighted_bce", str, choices=("weighted_bce", "bce")),
+        "plateau_patience": Field(5, int, min=0),
+        "plateau_factor": Field(0.1, NUM, min=0.0, max=1.0, min_exclusive=True),
+        "min_lr": Field(1e-5, NUM, min=0.0),
+        "early_stop_patience": Field(15, int, min=0),  # 0 disables early stopping
+        "amp": Field("auto", str, choices=("auto", "bf16", "fp16", "none")),
+        "channels_last": Field(True, bool),
+        "compile": Field(False, bool),
+        "seed": Field(0, int, min=0),
+    },
+    "distributed": {
+        "nproc": Field(1, int, min=1, max=1024),
+        "nnodes": Field(1, int, min=1, max=1024),
+        "backend": Field("auto", str, choices=("auto", "nccl", "gloo")),
+        "max_restarts": Field(0, int, min=0, max=100),
+    },
+    "prune": {
+        "enabled": Field(False, bool),
+        "scope": Field("conv", str, choices=("conv", "all")),
+        "initial_sparsity": Field(0.1, NUM, min=0.0, max=0.99),
+        "final_sparsity": Field(0.5, NUM, min=0.0, max=0.99),
+        "begin_epoch": Field(0.5, NUM, min=0.0),
+        "end_epoch": Field(7.0, NUM, min=0.0),
+        "power": Field(3, NUM, min=0.0, min_exclusive=True),
+        "frequency_steps": Field(100, int, min=1),
+        "adaptive": Field([], list),
+    },
+    "quantize": {
+        "enabled": Field(False, bool),
+        "scope": Field("conv", str, choices=("conv", "all")),
+        "backend": Field("x86", str, choices=("x86",)),
+    },
+}
+TOP_LEVEL = {"name": Field("custom", str), "description": Field("", str), "extends": Field("", str)}
+
+
+def defaults() -> dict[str, Any]:
+    cfg: dict[str, Any] = {k: f.default for k, f in TOP_LEVEL.items() if k != "extends"}
+    for section, fields in SCHEMA.items():
+        cfg[section] = {k: copy.deepcopy(f.default) for k, f in fields.items()}
+    return cfg
+
+
+def _unknown(key: str, allowed: list[str], where: str, source: str) -> ConfigError:
+    near = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else f"; allowed: {', '.join(sorted(allowed))}"
+    return ConfigError(f"{source}: unknown {where} '{key}'{hint}")
+
+
+def _check_value(qualified: str, field: Field, value: Any, source: str) -> Any:
+    kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
+    if field.choices and value not in field.choices and not field.path_ok:
+        raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        too_low = field.min is not None and (value <= field.min if field.min_exclusive else value < field.min)
+        too_high = field.max is not None and value > field.max
+        if too_low or too_high:
+            raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
+    return value
+
+
+def _check_adaptive(items: list, source: str) -> list[dict]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"prune.adaptive[{i}]"
+        if not isinstance(item, dict) or set(item) != {"out_channels", "sparsity"}:
+            raise ConfigError(f"{source}: key '{where}': expected a table "
+                              "{{ out_channels = INT, sparsity = NUMBER }}")
+        _check_value(f"{where}.out_channels", Field(0, int, min=1), item["out_channels"], source)
+        _check_value(f"{where}.sparsity", Field(0.0, NUM, min=0.0, max=0.99), item["sparsity"], source)
+        out.append({"out_channels": item["out_channels"], "sparsity": float(item["sparsity"])})
+    return out
+
+
+def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = False) -> dict[str, Any]:
+    """Check every key of `raw`; return it merged over the defaults (or as is when `partial`).
+
+    Unknown keys, wrong types and out-of-range values raise ConfigError naming source and key.
+    """
+    for key, value in raw.items():
+        if key in SCHEMA:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{key}' must be a [{key}] table")
+            for sub, v in value.items():
+                if sub not in SCHEMA[key]:
+                    raise _unknown(sub, list(SCHEMA[key]), f"key '{key}.{sub}' in [{key}]", source)
+                _check_value(f"{key}.{sub}", SCHEMA[key][sub], v, source)
+                if key == "prune" and sub == "adaptive":
+                    value[sub] = _check_adaptive(v, source)
+        elif key in TOP_LEVEL:
+            _check_value(key, TOP_LEVEL[key], value, source)
+        else:
+            raise _unknown(key, list(SCHEMA) + list(TOP_LEVEL), "section or key", source)
+    if partial:
+        return raw
+    cfg = merge(defaults(), raw)
+    cfg.pop("extends", None)
+    p = cfg["prune"]
+    if p["enabled"] and p["end_epoch"] <= p["begin_epoch"]:
+        raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: must be greater "
+                          f"than prune.begin_epoch = {p['begin_epoch']}")
+    d = cfg["data"]
+    if d["val_fraction"] + d["test_fraction"] >= 0.9:
+        raise ConfigError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must be < 0.9")
+    return cfg
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into a copy of `base` (tables merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """`section.key=value` -> {section: {key: value}}; the value is read as TOML, else a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
+    key, text = (s.strip() for s in item.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # bare words such as resnet50 or a path
+    parts = key.split(".")
+    if len(parts) == 1 and key in TOP_LEVEL:
+        return {key: value}
+    if len(parts) != 2:
+        raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
+    section, sub = parts
+    if section not in SCHEMA:
+        raise _unknown(section, list(SCHEMA), "section", f"--set {item}")
+    if sub not in SCHEMA[section]:
+        raise _unknown(sub, list(SCHEMA[section]), f"key '{key}'", f"--set {item}")
+    field = SCHEMA[section][sub]
+    if field.kind is str and not isinstance(value, str):
+        value = text
+    return {section: {sub: value}}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def dumps(cfg: dict[str, Any]) -> str:
+    return tomli_w.dumps(cfg)
+
+
+def save(cfg: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(dumps(cfg))
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """Read a resolved config (as saved in a run dir) and validate it fully."""
+    return validate(load_toml(path), str(path))

@@ -1,0 +1,147 @@
+"""The event stream (`events.jsonl`): the one definition both halves use.
+
+One JSON object per line, flushed per line, written by rank 0 only (and by the launcher for the
+final `run_finished` when the engine died without one). Every event has v, type, ts.
+Pure Python: the TUI and CLI import it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+VERSION = 1
+
+# type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed.
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "run_started": ("run_id", "config", "world_size", "nnodes", "device", "dataset"),
+    "epoch_started": ("epoch",),
+    "progress": ("epoch", "step", "steps", "loss", "images_per_s"),
+    "epoch_ended": ("epoch", "train_loss", "val_loss", "val_auc", "val_auc_mean", "lr",
+                    "epoch_time_s", "images_per_s", "sparsity", "memory_mb"),
+    "checkpoint_saved": ("epoch", "path", "best"),
+    "lr_reduced": ("epoch", "lr"),
+    "early_stopped": ("epoch",),
+    "restarted": ("attempt", "resumed_epoch"),
+    "evaluated": ("split", "n", "auc", "auc_mean"),
+    "exported": ("artifacts",),
+    "run_finished": ("status", "epochs", "total_time_s", "best_epoch", "test_auc_mean"),
+    "error": ("message",),
+}
+STATUSES = ("completed", "stopped", "failed")
+
+
+def make(type_: str, **fields: Any) -> dict[str, Any]:
+    if type_ not in EVENT_FIELDS:
+        raise ValueError(f"unknown event type {type_!r}")
+    missing = [f for f in EVENT_FIELDS[type_] if f not in fields]
+    if missing:
+        raise ValueError(f"event {type_!r} lacks {missing}")
+    return {"v": VERSION, "type": type_, "ts": time.time(), **fields}
+
+
+class EventWriter:
+    """Appends events to a file, one line each, flushed (and fsynced for terminal events)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        event = make(type_, **fields)
+        self._f.write(json.dumps(event, allow_nan=False, default=_jsonable) + "\n")
+        self._f.flush()
+        if type_ in ("run_finished", "error", "checkpoint_saved"):
+            os.fsync(self._f.fileno())
+        return event
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def parse_lines(text: str) -> tuple[list[dict[str, Any]], str]:
+    """Complete lines -> events; returns (events, unfinished tail). Bad lines are skipped."""
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when text ends with a newline, else a partial line still being written
+    events = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(ev, dict) and "type" in ev:
+            events.append(ev)
+    return events, tail
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """All complete events of a file (a partial last line is ignored); [] when missing."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return parse_lines(text)[0]
+
+
+class EventTail:
+    """Incremental reader: each `poll()` returns the events appended since the last call."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._tail = ""
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        if not chunk:
+            return []
+        self._offset += len(chunk)
+        events, self._tail = parse_lines(self._tail + chunk.decode("utf-8", errors="replace"))
+        return events
+
+
+def follow(path: str | Path, stop: Any = None, interval: float = 0.2) -> Iterator[dict[str, Any]]:
+    """Yield events as they are appended until `run_finished`, or until `stop()` returns True."""
+    tail = EventTail(path)
+    while True:
+        batch = tail.poll()
+        for ev in batch:
+            yield ev
+            if ev["type"] == "run_finished":
+                return
+        if not batch:
+            if stop is not None and stop():
+                yield from tail.poll()
+                return
+            time.sleep(interval)
+
+
+def final_status(events: list[dict[str, Any]]) -> str | None:
+    """Status of the last `run_finished` after the last start/restart, else None (not finished)."""
+    status = None
+    for ev in events:
+        if ev["type"] in ("run_started", "restarted"):
+            status = None
+        elif ev["type"] == "run_finished":
+            status = ev["status"]
+    return status
