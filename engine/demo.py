@@ -34,6 +34,8 @@ CO_OCCURRENCE = [
     ("Pneumonia", "Infiltration", 0.35), ("Consolidation", "Infiltration", 0.2), ("Mass", "Nodule", 0.2),
     ("Emphysema", "Pneumothorax", 0.2), ("Fibrosis", "Pleural_Thickening", 0.2),
 ]
+VERSION = 1  # bump when the drawing changes: the cached demo set is regenerated
+DEFAULT = {"images": 2000, "size": 128, "seed": 0}  # the embedded demo dataset
 CHRONIC = {"Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"}
 LABEL_DROP = 0.02     # a present finding missing from the report-mined label
 LABEL_SPURIOUS = 0.004  # per image: a label with nothing visible
@@ -170,8 +172,8 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
     if "Nodule" in findings:
         for _ in range(1 + int(rng.random() < 0.3)):
             px, py, _s = in_lung()
-            m, _ = cv.ellipse(px, py, r := rng.uniform(0.024, 0.034), r, soft=0.006)
-            opac += (0.22 + 0.18 * sub["Nodule"]) * m
+            m, _ = cv.ellipse(px, py, r := rng.uniform(0.03, 0.042), r, soft=0.006)
+            opac += (0.26 + 0.18 * sub["Nodule"]) * m
     if "Mass" in findings:
         px, py, _s = in_lung()
         r = rng.uniform(0.06, 0.09)
@@ -212,8 +214,8 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
     if "Pleural_Thickening" in findings:  # band along the lateral chest wall inside the lung edge
         s = int(rng.integers(2))
         cx = lung_boxes[s][0]
-        band = (rho[s] > 1 - (0.10 + 0.06 * sub["Pleural_Thickening"])) & ((x - cx) * (1 if s else -1) > 0)
-        opac += 0.30 * band * lungs[s]
+        band = (rho[s] > 1 - (0.14 + 0.08 * sub["Pleural_Thickening"])) & ((x - cx) * (1 if s else -1) > 0)
+        opac += 0.34 * band * lungs[s]
     img = img + opac * lung
 
     if "Hernia" in findings:  # retrocardiac round density with a gas bubble
@@ -298,3 +300,19 @@ def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int =
         "and a little label noise. For demos and tests of the pipeline only; no clinical meaning.\n"
         .format(seed=seed, n=n_images, size=size))
     return out
+
+
+def ensure(root: str | Path, progress=None) -> Path:
+    """The embedded demo dataset at `root`, generated on first use (atomically: temp dir + rename)."""
+    root = Path(root)
+    if (root / "Data_Entry_2017.csv").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    generate(tmp, DEFAULT["images"], DEFAULT["size"], DEFAULT["seed"], progress=progress)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process finished first
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -1,0 +1,105 @@
+"""The decoded-image cache: every image decoded once into a memory-mapped uint8 array.
+
+Layout in the cache dir (the user cache dir, or $CHEXUI_CACHE_DIR; datasets may be read-only):
+  <key>/images_<size>.u8     N x size x size uint8, rows in CSV order
+  <key>/images_<size>.json   {names, size, fingerprint}
+The fingerprint covers names, file sizes and mtimes; a change rebuilds the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from engine.nih import NIHIndex, load_gray
+
+
+def cache_root() -> Path:
+    env = os.environ.get("CHEXUI_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("chexui")) / "images"
+
+
+def fingerprint(index: NIHIndex) -> str:
+    h = hashlib.sha256()
+    for name, p in zip(index.names, index.paths):
+        st = os.stat(p)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_paths(index: NIHIndex, size: int) -> tuple[Path, Path]:
+    key = hashlib.sha256(str(index.root.resolve()).encode()).hexdigest()[:16]
+    d = cache_root() / key
+    return d / f"images_{size}.u8", d / f"images_{size}.json"
+
+
+def open_cache(index: NIHIndex, size: int) -> np.memmap | None:
+    """The cache for this dataset and size if it exists and is current, else None."""
+    data, meta = cache_paths(index, size)
+    try:
+        info = json.loads(meta.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if info.get("size") != size or info.get("n") != len(index) or info.get("fingerprint") != fingerprint(index):
+        return None
+    return np.memmap(data, dtype=np.uint8, mode="r", shape=(len(index), size, size))
+
+
+def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, int]) -> int:
+    data_path, items, n, size = args
+    arr = np.memmap(data_path, dtype=np.uint8, mode="r+", shape=(n, size, size))
+    for i, path in items:
+        arr[i] = load_gray(path, size)
+    arr.flush()
+    return len(items)
+
+
+def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=None,
+            force: bool = False) -> np.memmap:
+    """Build (or reuse) the cache. Decodes in parallel processes; writes atomically."""
+    if not force:
+        current = open_cache(index, size)
+        if current is not None:
+            return current
+    data, meta = cache_paths(index, size)
+    data.parent.mkdir(parents=True, exist_ok=True)
+    tmp = data.with_suffix(f".tmp{os.getpid()}")
+    n = len(index)
+    np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size)).flush()
+    items = [(i, str(p)) for i, p in enumerate(index.paths)]
+    chunk = 64
+    jobs = [(str(tmp), items[k:k + chunk], n, size) for k in range(0, n, chunk)]
+    workers = max(1, workers or os.cpu_count() or 1)
+    done = 0
+    try:
+        if workers == 1:
+            results = map(_decode_chunk, jobs)
+            for k in results:
+                done += k
+                if progress:
+                    progress(done, n)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for k in pool.map(_decode_chunk, jobs):
+                    done += k
+                    if progress:
+                        progress(done, n)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, data)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = {"size": size, "n": n, "fingerprint": fingerprint(index), "root": str(index.root),
+            "names": [str(x) for x in index.names]}
+    tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(info))
+    os.replace(tmp_meta, meta)
+    return np.memmap(data, dtype=np.uint8, mode="r", shape=(n, size, size))

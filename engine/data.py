@@ -1,0 +1,145 @@
+"""Training data: the split, uint8 image batches (cached or decoded), batched augmentation on device.
+
+Images travel as uint8 [B, S, S] until they reach the training device; flip, scaling to [0, 1],
+the 3-channel ImageNet normalisation and channels_last happen there, batched, so per-image Python
+work never starves the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from engine import cache, demo, nih
+from engine.labels import NUM_CLASSES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Images(Dataset):
+    """Index a *list* of dataset rows -> (uint8 images [B,S,S], uint8 labels [B,14], rows [B]).
+
+    From the memory-mapped cache when given one, else decoded from the files (same function the
+    cache was built with, so both give identical tensors).
+    """
+
+    def __init__(self, index: nih.NIHIndex, size: int, mem: np.ndarray | None = None):
+        self.index, self.size, self.mem = index, size, mem
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.mem is not None:
+            imgs = np.asarray(self.mem[rows])  # fancy indexing copies out of the memmap
+        else:
+            imgs = np.stack([nih.load_gray(self.index.paths[r], self.size) for r in rows])
+        return torch.from_numpy(imgs), torch.from_numpy(self.index.labels[rows]), torch.from_numpy(rows)
+
+
+def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = None,
+             channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B,S,S] -> normalised float [B,3,S,S] on device; `flip` is a bool [B] mask."""
+    x = x.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+    if flip is not None and bool(flip.any()):
+        flip = flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    x = (x - mean) * inv_std  # broadcasts the gray channel to 3
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def flip_mask(n: int, p: float, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor | None:
+    """Per-step flip decisions from their own generator: a resumed run draws the same flips."""
+    if p <= 0:
+        return None
+    g = torch.Generator().manual_seed(hash((seed, epoch, step, rank)) & 0x7FFFFFFF)
+    return torch.rand(n, generator=g) < p
+
+
+@dataclass
+class Data:
+    index: nih.NIHIndex
+    split: dict[str, np.ndarray]
+    manifest: dict
+    images: Images
+
+    def pos_neg(self) -> tuple[np.ndarray, np.ndarray]:
+        y = self.index.labels[self.split["train"]]
+        pos = y.sum(0).astype(np.float64)
+        return pos, len(y) - pos
+
+
+def demo_root() -> Path:
+    env = os.environ.get("CHEXUI_DEMO_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+    d = demo.DEFAULT
+    return Path(platformdirs.user_cache_dir("chexui")) / f"demo-v{demo.VERSION}-{d['images']}x{d['size']}-s{d['seed']}"
+
+
+def resolve_root(root: str) -> Path:
+    """`data.root = ""` means the embedded demo dataset (generated on first use)."""
+    return Path(root).expanduser() if root else demo.ensure(demo_root())
+
+
+def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None, progress=None) -> Data:
+    """Index, split and image source. Rank 0 builds the demo set and the cache; the others wait."""
+    if is_main:
+        root = resolve_root(data_cfg["root"])
+    barrier()
+    root = resolve_root(data_cfg["root"]) if not is_main else root
+    index = nih.index_dataset(root)
+    split = nih.make_split(index, data_cfg)
+    for s in nih.SPLITS:
+        if len(split[s]) == 0:
+            raise nih.DataError(f"{root}: the {s} split is empty (too few patients?)")
+    manifest = nih.split_manifest(index, split)
+    mem = None
+    if data_cfg["cache"]:
+        if is_main:
+            cache.prepare(index, data_cfg["image_size"], workers=max(1, data_cfg["workers"]), progress=progress)
+        barrier()
+        mem = cache.open_cache(index, data_cfg["image_size"])
+    return Data(index, split, manifest, Images(index, data_cfg["image_size"], mem))
+
+
+def train_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
+    """This rank's batches (positions into the train split) for one epoch.
+
+    DistributedSampler's shuffle: with W ranks at batch b, step k covers the same images as one
+    process at batch W*b. Incomplete last batches are dropped (BatchNorm needs > 1 sample).
+    """
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    full = len(order) // batch_size * batch_size or len(order)
+    return [order[i:i + batch_size] for i in range(0, full, batch_size)]
+
+
+def loader(images: Images, batches: list[list[int]], rows: np.ndarray, workers: int,
+           pin: bool) -> DataLoader:
+    """Batches of positions -> (uint8 images, labels, rows). Cached data needs no worker processes."""
+    row_batches = [rows[np.sort(b)].tolist() for b in batches]  # sorted: memmap locality
+    return DataLoader(images, sampler=row_batches, batch_size=None,
+                      num_workers=0 if images.mem is not None else workers, pin_memory=pin,
+                      persistent_workers=False)
+
+
+def eval_batches(n: int, batch_size: int, world: int, rank: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Every image exactly once across ranks (no padding): rank r takes positions r, r+W, ..."""
+    mine = np.arange(rank, n, world)
+    return mine, [mine[i:i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+
+
+def empty_labels() -> np.ndarray:
+    return np.zeros((0, NUM_CLASSES), np.float32)

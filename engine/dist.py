@@ -1,0 +1,76 @@
+"""Process-group helper: reads torchrun's variables, falls back to one process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    nnodes: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            tdist.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank when any rank's flag is set (a collective: all ranks must call it)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        tdist.all_reduce(t)
+        return t.tolist()
+
+
+def setup(backend: str = "auto") -> Dist:
+    """Initialise the process group when started by torchrun (WORLD_SIZE set), else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    nnodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not tdist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return Dist(rank=rank, local_rank=local_rank, world=world, nnodes=nnodes, device=device)
+
+
+def cleanup() -> None:
+    if tdist.is_initialized():
+        tdist.destroy_process_group()

@@ -1,0 +1,57 @@
+"""CheXNet-style models from torchvision with a 14-logit head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+from engine.errors import ConfigError
+from engine.labels import NUM_CLASSES
+
+ARCHS = ("densenet121", "resnet50", "resnet18")
+
+
+def _replace_head(model: nn.Module, arch: str) -> nn.Module:
+    if arch.startswith("densenet"):
+        model.classifier = nn.Linear(model.classifier.in_features, NUM_CLASSES)
+    else:
+        model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
+    return model
+
+
+def _imagenet(arch: str) -> nn.Module:
+    weights = models.get_model_weights(arch).DEFAULT
+    try:
+        return models.get_model(arch, weights=weights)
+    except Exception as e:  # offline: URLError, OSError, RuntimeError from the hub download
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise ConfigError(
+            f"model.pretrained = \"imagenet\": cannot get the ImageNet weights for {arch} ({type(e).__name__}: "
+            f"{e}). Download {weights.url} to {cache}, or set model.pretrained = \"none\" "
+            "or a path to a state-dict file") from None
+
+
+def build_model(arch: str, pretrained: str = "none") -> nn.Module:
+    """arch in ARCHS; pretrained: "imagenet" (torchvision weights + cache), "none", or a state-dict path."""
+    if arch not in ARCHS:
+        raise ConfigError(f"model.arch = {arch!r}: expected one of {', '.join(ARCHS)}")
+    if pretrained == "imagenet":
+        return _replace_head(_imagenet(arch), arch)
+    model = _replace_head(models.get_model(arch, weights=None), arch)
+    if pretrained not in ("none", ""):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise ConfigError(f"model.pretrained = {pretrained!r}: file not found "
+                              "(expected \"imagenet\", \"none\" or a state-dict path)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        own = model.state_dict()
+        usable = {k.removeprefix("module."): v for k, v in state.items()}
+        usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
+        if not usable:
+            raise ConfigError(f"model.pretrained = {pretrained!r}: no tensor matches a {arch}")
+        model.load_state_dict(usable, strict=False)
+    return model
