@@ -7,7 +7,6 @@ work never starves the GPU.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,18 +77,9 @@ class Data:
         return pos, len(y) - pos
 
 
-def demo_root() -> Path:
-    env = os.environ.get("CHEXUI_DEMO_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-    d = demo.DEFAULT
-    return Path(platformdirs.user_cache_dir("chexui")) / f"demo-v{demo.VERSION}-{d['images']}x{d['size']}-s{d['seed']}"
-
-
 def resolve_root(root: str) -> Path:
     """`data.root = ""` means the embedded demo dataset (generated on first use)."""
-    return Path(root).expanduser() if root else demo.ensure(demo_root())
+    return Path(root).expanduser() if root else demo.ensure(demo.default_root())
 
 
 def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None, progress=None) -> Data:

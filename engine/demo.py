@@ -302,6 +302,16 @@ def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int =
     return out
 
 
+def default_root() -> Path:
+    """Where the embedded demo dataset lives: $CHEXUI_DEMO_DIR or the user cache dir."""
+    env = os.environ.get("CHEXUI_DEMO_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+    d = DEFAULT
+    return Path(platformdirs.user_cache_dir("chexui")) / f"demo-v{VERSION}-{d['images']}x{d['size']}-s{d['seed']}"
+
+
 def ensure(root: str | Path, progress=None) -> Path:
     """The embedded demo dataset at `root`, generated on first use (atomically: temp dir + rename)."""
     root = Path(root)

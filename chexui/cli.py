@@ -1,0 +1,410 @@
+"""The `chexui` command line (typer). Heavy modules (pandas, torch) are imported inside commands.
+
+Exit codes: 0 ok, 1 run failed, 2 bad usage/config/data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from chexui import presets as presets_mod
+from chexui import runs as runs_mod
+from chexui.headless import HeadlessView, auc_table, epoch_line, fmt, plain_mode
+from engine import config
+from engine.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and compress CheXNet-style chest X-ray classifiers.")
+runs_app = typer.Typer(no_args_is_help=True, help="Runs in the runs dir.")
+presets_app = typer.Typer(no_args_is_help=True, help="Preset files (TOML).")
+data_app = typer.Typer(no_args_is_help=True, help="NIH-layout datasets.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(presets_app, name="presets")
+app.add_typer(data_app, name="data")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def out_console() -> Console:
+    plain = plain_mode()
+    return Console(no_color=plain, highlight=False, soft_wrap=True, force_terminal=False if plain else None)
+
+
+def progress_bar(label: str):
+    """A rich progress callback (done, total) in a terminal; occasional plain lines otherwise."""
+    if plain_mode(sys.stderr):
+        state = {"t": 0.0}
+
+        def cb(done: int, total: int) -> None:
+            if done == total or time.monotonic() - state["t"] > 5:
+                state["t"] = time.monotonic()
+                print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
+        return cb, None
+    from rich.progress import Progress
+    prog = Progress(console=err, transient=True)
+    task = prog.add_task(label, total=None)
+    prog.start()
+    return (lambda done, total: prog.update(task, completed=done, total=total)), prog
+
+
+# ---------------------------------------------------------------- run
+
+def _prepare_data(cfg: dict) -> None:
+    """Check the dataset (exit 2 on bad data) and build the demo set / cache with a progress bar."""
+    from engine import cache, demo, nih
+    root = cfg["data"]["root"]
+    if not root:
+        if not (demo.default_root() / "Data_Entry_2017.csv").is_file():
+            cb, prog = progress_bar("generating the demo dataset (first use)")
+            demo.ensure(demo.default_root(), progress=cb)
+            if prog:
+                prog.stop()
+        root = str(demo.default_root())
+    index = nih.index_dataset(root)
+    if cfg["data"]["cache"] and cache.open_cache(index, cfg["data"]["image_size"]) is None:
+        cb, prog = progress_bar(f"decoding images into the {cfg['data']['image_size']} px cache")
+        try:
+            cache.prepare(index, cfg["data"]["image_size"], workers=max(1, cfg["data"]["workers"]), progress=cb)
+        finally:
+            if prog:
+                prog.stop()
+
+
+async def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView | None) -> int:
+    from chexui.launch import Launcher
+    from engine.events import EventTail
+    launcher = Launcher(cfg, run_dir, node)
+    task = asyncio.ensure_future(launcher.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    tail = EventTail(run_dir / "events.jsonl")
+    try:
+        while not task.done():
+            for e in tail.poll():
+                if view:
+                    view.handle(e)
+            await asyncio.sleep(0.2)
+        code = await task
+    except asyncio.CancelledError:
+        code = launcher.finish()
+    for e in tail.poll():
+        if view:
+            view.handle(e)
+    if view:
+        view.close()
+    return code
+
+
+@app.command()
+def run(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="preset NAME or FILE (default: demo)"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override: SECTION.KEY=VALUE (repeatable)"),
+    data: Optional[str] = typer.Option(None, "--data", help="NIH-layout dataset dir (sets data.root)"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="processes per node (GPUs)"),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="number of nodes"),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="this node's rank"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the rendezvous"),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="runs dir (default ./runs or $CHEXUI_RUNS_DIR)"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (default: the preset's name)"),
+    headless: bool = typer.Option(False, "--headless", help="plain progress output, no TUI"),
+    detach: bool = typer.Option(False, "--detach", help="run in the background; follow with `chexui watch`"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue a stopped or failed RUN"),
+) -> None:
+    """Train a model: resolve the preset, start the engine under torchrun, show progress."""
+    from chexui.launch import NodeSpec, save_config
+    base = runs_mod.runs_dir(runs_dir)
+    try:
+        if nnodes > 1 and not rdzv_endpoint:
+            raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the node-rank-0 host)")
+        if resume:
+            if preset or data or nproc:
+                raise UserError("--resume continues a run with its saved config; use --set to change keys")
+            run_dir = runs_mod.find_run(resume, base)
+            if runs_mod.launcher_process(run_dir) is not None:
+                raise UserError(f"run {run_dir.name} is running already (chexui stop {run_dir.name})")
+            cfg = config.load_run_config(run_dir / "config.toml")
+            if set_:
+                for item in set_:
+                    cfg = config.merge(cfg, config.parse_set(item))
+                cfg = config.validate(cfg, str(run_dir / "config.toml"))
+                save_config(cfg, run_dir)
+        else:
+            cfg = presets_mod.resolve(preset or "demo", set_, data, nproc, nnodes if nnodes > 1 else None)
+        _prepare_data(cfg)
+        if not resume:
+            run_dir = runs_mod.new_run_dir(base, name or cfg.get("name", "run"))
+            save_config(cfg, run_dir)
+    except UserError as e:
+        raise fail(str(e))
+    if detach:
+        log = open(run_dir / "logs" / "launcher.log", "a")
+        cmd = [sys.executable, "-m", "chexui.cli", "run", "--resume", str(run_dir.resolve()), "--headless",
+               "--runs-dir", str(base)]
+        if nnodes > 1:
+            cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-endpoint", rdzv_endpoint]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+        runs_mod.write_launcher(run_dir, proc.pid)
+        print(f"started {run_dir.name} in the background (pid {proc.pid})")
+        print(f"  follow: chexui watch {run_dir.name} --headless")
+        print(f"  stop:   chexui stop {run_dir.name}")
+        raise typer.Exit(0)
+    runs_mod.write_launcher(run_dir)
+    node = NodeSpec(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    # The TUI monitor is not wired to `run` yet: without --headless the same text output is shown.
+    view = HeadlessView()
+    view.say(f"run dir: {run_dir}")
+    code = asyncio.run(_launch_and_follow(cfg, run_dir, node, view))
+    raise typer.Exit(code)
+
+
+@app.command()
+def watch(run_ref: str = typer.Argument(..., metavar="RUN"),
+          headless: bool = typer.Option(False, "--headless", help="text output instead of the TUI"),
+          runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Follow a running or finished run from the start of its event stream."""
+    from engine.events import follow
+    try:
+        run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+    except UserError as e:
+        raise fail(str(e))
+    view = HeadlessView()
+    alive = lambda: runs_mod.launcher_process(run_dir) is not None  # noqa: E731
+    for e in follow(run_dir / "events.jsonl", stop=lambda: not alive()):
+        view.handle(e)
+    view.close()
+    info = runs_mod.load_run(run_dir)
+    raise typer.Exit({"completed": 0, "stopped": 0, "running": 0}.get(info.status, 1))
+
+
+@app.command()
+def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
+         runs_dir: Optional[str] = typer.Option(None, "--runs-dir"),
+         timeout: float = typer.Option(120.0, help="seconds to wait for the run to end")) -> None:
+    """Stop a running run cleanly: checkpoint kept, status "stopped", no process left."""
+    from chexui.launch import STOP_FILE
+    try:
+        run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+    except UserError as e:
+        raise fail(str(e))
+    proc = runs_mod.launcher_process(run_dir)
+    if proc is None:
+        raise fail(f"run {run_dir.name} is not running (status {runs_mod.load_run(run_dir).status})")
+    (run_dir / STOP_FILE).write_text("chexui stop")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except Exception:
+        raise fail(f"run {run_dir.name} did not stop within {timeout:.0f}s", 1)
+    print(f"{run_dir.name}: {runs_mod.load_run(run_dir).status}")
+
+
+# ---------------------------------------------------------------- runs
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s / 3600:.1f}h" if s >= 3600 else f"{s / 60:.1f}m" if s >= 60 else f"{s:.0f}s"
+
+
+@runs_app.command("list")
+def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Runs with status, preset, world size, epochs, best val AUROC, test AUROC and duration."""
+    from rich.table import Table
+    rows = [r.summary() for r in runs_mod.list_runs(runs_mod.runs_dir(runs_dir))]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table()
+    for col in ("run", "status", "preset", "world", "epochs", "best val AUC", "test AUC", "time"):
+        t.add_column(col)
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("sweep") or "", []).append(r)
+    for sweep, members in groups.items():
+        if sweep:
+            t.add_row(f"[sweep {sweep}]", "", "", "", "", "", "", "")
+        for r in members:
+            t.add_row(r["id"], r["status"], str(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
+                      fmt(r["best_val_auc"]), fmt(r["test_auc"]), _seconds(r["duration_s"]))
+    out_console().print(t)
+
+
+@runs_app.command("show")
+def runs_show(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool = typer.Option(False, "--json"),
+              runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """One run: summary, per-epoch figures and the test AUROC table."""
+    try:
+        info = runs_mod.load_run(runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir)))
+    except UserError as e:
+        raise fail(str(e))
+    summary = info.summary()
+    epochs = [e for e in info.events if e["type"] == "epoch_ended"]
+    tests = [e for e in info.events if e["type"] == "evaluated"]
+    errors = [e["message"] for e in info.events if e["type"] == "error"]
+    if as_json:
+        print(json.dumps({**summary, "epochs_detail": epochs, "evaluations": tests, "errors": errors}, indent=2))
+        return
+    con = out_console()
+    for k, v in summary.items():
+        con.print(f"{k}: {v}")
+    for e in epochs:
+        con.print(epoch_line(e))
+    for e in tests:
+        con.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)", plain_mode()))
+    for m in errors:
+        con.print(f"error: {m}", markup=False)
+
+
+# ---------------------------------------------------------------- eval
+
+@app.command("eval")
+def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
+             data: str = typer.Option(..., "--data", help="NIH-layout dataset dir"),
+             split: str = typer.Option("test", "--split", help="test (the run's split rule) or all"),
+             as_json: bool = typer.Option(False, "--json"),
+             runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Evaluate a trained run's best model on any NIH-layout dataset (per-class AUROC)."""
+    if split not in ("test", "all"):
+        raise fail(f"--split {split!r}: expected test or all")
+    try:
+        run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+        from engine.evaluate import evaluate_run
+        res = evaluate_run(run_dir, data, split)
+    except UserError as e:
+        raise fail(str(e))
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    out_console().print(auc_table(res["auc"], res["auc_mean"], f"{res['split']} AUROC on {data} ({res['n']} images)",
+                                  plain_mode()))
+
+
+# ---------------------------------------------------------------- presets
+
+@presets_app.command("list")
+def presets_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Presets reachable by name, with the directory each comes from."""
+    from rich.table import Table
+    items = presets_mod.available()
+    if as_json:
+        print(json.dumps([{"name": p.name, "source": p.source, "path": str(p.path), "description": p.description}
+                          for p in items], indent=2))
+        return
+    t = Table()
+    for c in ("name", "source", "description"):
+        t.add_column(c)
+    for p in items:
+        t.add_row(p.name, f"{p.source}: {p.path.parent}", p.description)
+    out_console().print(t)
+
+
+@presets_app.command("show")
+def presets_show(name: str, set_: list[str] = typer.Option([], "--set", "-s")) -> None:
+    """Print the fully resolved config of a preset (extends and --set applied) as TOML."""
+    try:
+        print(config.dumps(presets_mod.resolve(name, set_)), end="")
+    except UserError as e:
+        raise fail(str(e))
+
+
+@presets_app.command("validate")
+def presets_validate(file: str) -> None:
+    """Check one preset file: keys, types, ranges and its extends chain."""
+    try:
+        presets_mod.resolve(file)
+    except UserError as e:
+        raise fail(str(e))
+    print(f"{file}: ok")
+
+
+# ---------------------------------------------------------------- data
+
+@data_app.command("demo")
+def data_demo(out: str, images: int = typer.Option(2000, "--images", min=10),
+              size: int = typer.Option(128, "--size", min=16, max=4096),
+              seed: int = typer.Option(0, "--seed", min=0)) -> None:
+    """Generate the synthetic demo dataset (chest radiograph phantoms) in the NIH layout."""
+    from engine import demo
+    cb, prog = progress_bar(f"drawing {images} phantoms at {size} px")
+    t0 = time.perf_counter()
+    try:
+        demo.generate(out, images, size, seed, progress=cb)
+    finally:
+        if prog:
+            prog.stop()
+    print(f"{out}: {images} images at {size} px in {time.perf_counter() - t0:.1f}s (synthetic; see README.txt)")
+
+
+@data_app.command("check")
+def data_check(root: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Validate an NIH-layout dataset and print its summary (exit 2 on problems)."""
+    from engine import nih
+    try:
+        s = nih.check_dataset(root)
+    except UserError as e:
+        raise fail(str(e))
+    if as_json:
+        print(json.dumps(s, indent=2))
+    else:
+        con = out_console()
+        con.print(f"{s['root']}: {s['images']} images, {s['patients']} patients ({s['csv']})")
+        con.print("labels: " + ", ".join(f"{k} {v}" for k, v in s["label_counts"].items()))
+        con.print("views: " + (", ".join(f"{k} {v}" for k, v in s["views"].items()) or "-"))
+        con.print("image formats: " + ", ".join(f"{k} ({v})" for k, v in s["image_formats"].items()))
+        con.print(f"patient split (0.1/0.2, seed 0): {s['split']}; patients in two splits: {s['leakage_patients']}")
+        con.print(f"official split lists: {'yes' if s['official_split'] else 'no'}")
+    if s["problems"]:
+        for p in s["problems"][:10]:
+            err.print(f"problem: {p}", markup=False)
+        raise typer.Exit(2)
+
+
+@data_app.command("prepare")
+def data_prepare(root: str, size: int = typer.Option(..., "--size", min=16, max=2048),
+                 workers: int = typer.Option(0, "--workers", min=0, help="processes (0: all cores)"),
+                 force: bool = typer.Option(False, "--force", help="rebuild even if current")) -> None:
+    """Decode every image once into the uint8 cache used for fast training."""
+    from engine import cache, nih
+    try:
+        index = nih.index_dataset(root)
+        cb, prog = progress_bar(f"decoding {len(index)} images at {size} px")
+        t0 = time.perf_counter()
+        try:
+            cache.prepare(index, size, workers=workers or None, progress=cb, force=force)
+        finally:
+            if prog:
+                prog.stop()
+    except UserError as e:
+        raise fail(str(e))
+    dt = time.perf_counter() - t0
+    print(f"cache: {cache.cache_paths(index, size)[0]} ({len(index)} images, {dt:.1f}s)")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:  # a user error raised outside a command's own handling
+        err.print(f"error: {e}", markup=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Headless output from the event stream: a rich progress bar in a terminal, plain lines otherwise.
+
+Without a TTY, or with NO_COLOR set, nothing but plain text lines is printed (no control codes), so
+nohup, tee and log files read well.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from engine.labels import LABELS
+
+
+def plain_mode(stream=None) -> bool:
+    stream = stream or sys.stdout
+    return bool(os.environ.get("NO_COLOR")) or not stream.isatty()
+
+
+def fmt(v: float | None, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def auc_table(aucs: dict[str, float | None], mean: float | None, title: str, plain: bool = False) -> Table:
+    defined = {k: v for k, v in aucs.items() if v is not None}
+    best = max(defined, key=defined.get) if defined else None
+    worst = min(defined, key=defined.get) if defined else None
+    t = Table(title=title, box=box.ASCII2 if plain else box.SIMPLE)
+    t.add_column("label")
+    t.add_column("AUROC", justify="right")
+    for name in LABELS:
+        v = aucs.get(name)
+        mark = " (best)" if name == best else " (worst)" if name == worst else ""
+        t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark)
+    t.add_row("mean", fmt(mean))
+    return t
+
+
+def epoch_line(e: dict[str, Any]) -> str:
+    mem = "/".join(f"{m:.0f}" for m in e.get("memory_mb") or [])
+    sp = f" sparsity {e['sparsity']:.3f}" if e.get("sparsity") is not None else ""
+    return (f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} val_loss {e['val_loss']:.4f} "
+            f"val_auc {fmt(e.get('val_auc_mean'))} lr {e['lr']:.2e} time {e['epoch_time_s']:.1f}s "
+            f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}")
+
+
+class HeadlessView:
+    """Feed it events; it prints. Used by `chexui run --headless` and `chexui watch --headless`."""
+
+    def __init__(self, console: Console | None = None, plain: bool | None = None):
+        self.plain = plain_mode() if plain is None else plain
+        self.console = console or Console(no_color=self.plain, highlight=False, soft_wrap=True,
+                                          force_terminal=False if self.plain else None)
+        self.progress: Progress | None = None
+        self.task = None
+        self.epochs = None
+        self._last_plain = 0.0
+
+    def say(self, text: str) -> None:
+        if self.plain:
+            print(text, flush=True)
+        else:
+            self.console.print(text)
+
+    def _end_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def handle(self, e: dict[str, Any]) -> None:
+        t = e["type"]
+        if t == "run_started":
+            cfg = e["config"]
+            ds = e["dataset"]
+            self.epochs = cfg["train"]["epochs"]
+            self.say(f"run {e['run_id']}: {cfg.get('name')} {cfg['model']['arch']} on {e['device']}, "
+                     f"world size {e['world_size']} ({e['nnodes']} node(s)); data {ds['root']}: "
+                     f"{ds['n_train']} train / {ds['n_val']} val / {ds['n_test']} test images, "
+                     f"{ds['n_patients']} patients")
+        elif t == "restarted":
+            self.say(f"resumed at epoch {e['resumed_epoch']} (attempt {e['attempt']})")
+        elif t == "epoch_started":
+            self._end_progress()
+            if not self.plain:
+                self.progress = Progress(TextColumn(f"epoch {e['epoch']}/{self.epochs or '?'}"), BarColumn(),
+                                         TextColumn("{task.completed}/{task.total}"),
+                                         TextColumn("loss {task.fields[loss]}"),
+                                         TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(),
+                                         TimeRemainingColumn(), console=self.console, transient=True)
+                self.task = self.progress.add_task("train", total=None, loss="-", ips="-")
+                self.progress.start()
+        elif t == "progress":
+            if self.progress is not None:
+                self.progress.update(self.task, completed=e["step"], total=e["steps"],
+                                     loss=f"{e['loss']:.4f}", ips=f"{e['images_per_s']:.0f}")
+            elif time.monotonic() - self._last_plain > 10:
+                self._last_plain = time.monotonic()
+                self.say(f"  epoch {e['epoch']} step {e['step']}/{e['steps']} loss {e['loss']:.4f} "
+                         f"{e['images_per_s']:.0f} img/s")
+        elif t == "epoch_ended":
+            self._end_progress()
+            self.say(epoch_line(e))
+        elif t == "lr_reduced":
+            self.say(f"  learning rate reduced to {e['lr']:.2e}")
+        elif t == "early_stopped":
+            self.say(f"early stop after epoch {e['epoch']}")
+        elif t == "evaluated":
+            self._end_progress()
+            self.console.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)",
+                                         self.plain))
+        elif t == "exported":
+            for a in e["artifacts"]:
+                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes)")
+        elif t == "error":
+            self._end_progress()
+            self.say(f"error: {e['message']}")
+        elif t == "run_finished":
+            self._end_progress()
+            self.say(f"run {e['status']}: {e['epochs']} epochs in {e['total_time_s']:.0f}s, best epoch "
+                     f"{e['best_epoch']}, test AUROC {fmt(e.get('test_auc_mean'))}")
+
+    def close(self) -> None:
+        self._end_progress()

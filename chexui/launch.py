@@ -1,0 +1,170 @@
+"""Starting and stopping the engine: the torchrun command line and the launcher process.
+
+The launcher owns a run: it creates the run dir, starts torchrun in its own process group, drains its
+output into logs/engine.log, and when torchrun ends without a final `run_finished` it writes one
+(the engine died). Stop = write the stop request, SIGTERM the group, grace period, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from engine import config
+from engine.events import EventWriter, final_status, read_events
+
+STOP_FILE = "stop_requested"  # engine.train.STOP_FILE (kept equal; engine is not imported here: torch)
+GRACE_S = 45.0
+
+
+@dataclass
+class NodeSpec:
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(cfg: dict[str, Any], run_dir: Path, node: NodeSpec) -> list[str]:
+    dcfg = cfg["distributed"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(dcfg["nproc"]),
+           "--max-restarts", str(dcfg["max_restarts"])]
+    if node.nnodes > 1:
+        if not node.rdzv_endpoint:
+            raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT")
+        cmd += ["--nnodes", str(node.nnodes), "--node-rank", str(node.node_rank),
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", node.rdzv_endpoint,
+                "--rdzv-id", cfg.get("name", "chexui")]
+    else:
+        # a private rendezvous on a free local port, like --standalone, but restart-friendly
+        cmd += ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+                "--rdzv-id", run_dir.name]
+    return cmd + ["-m", "engine.train", "--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def engine_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class Launcher:
+    """Runs torchrun for one run dir to the end. `stop()` may be called from a signal handler."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, node: NodeSpec | None = None,
+                 on_output: Callable[[str], None] | None = None):
+        self.cfg, self.run_dir, self.node = cfg, run_dir, node or NodeSpec(nnodes=cfg["distributed"]["nnodes"])
+        self.on_output = on_output
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stop_requested = False
+        self.returncode: int | None = None
+        self._tail: list[str] = []
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        (self.run_dir / STOP_FILE).write_text(str(os.getpid()))
+
+    async def _drain(self, stream: asyncio.StreamReader, log) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace")
+            log.write(text)
+            log.flush()
+            self._tail = (self._tail + [text.rstrip()])[-40:]
+            if self.on_output:
+                self.on_output(text.rstrip("\n"))
+
+    async def _terminate(self) -> None:
+        """SIGTERM to torchrun's group and every descendant, grace period, then SIGKILL."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            family = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            for p in family:
+                try:
+                    p.send_signal(sig)
+                except psutil.Error:
+                    pass
+            if sig == signal.SIGTERM:
+                try:
+                    await asyncio.wait_for(self.proc.wait(), GRACE_S)
+                    psutil.wait_procs(family, timeout=5)
+                    break
+                except asyncio.TimeoutError:
+                    continue
+
+    async def run(self) -> int:
+        """Start torchrun and wait for it. Cancellation stops the run cleanly, then re-raises."""
+        cmd = torchrun_command(self.cfg, self.run_dir, self.node)
+        (self.run_dir / STOP_FILE).unlink(missing_ok=True)
+        log = open(self.run_dir / "logs" / "engine.log", "a", encoding="utf-8")
+        log.write("$ " + " ".join(cmd) + "\n")
+        self.proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL, env=engine_env(), start_new_session=True,
+            preexec_fn=_die_with_parent)
+        drain = asyncio.create_task(self._drain(self.proc.stdout, log))
+        try:
+            self.returncode = await self.proc.wait()
+            await drain
+        except asyncio.CancelledError:
+            self.request_stop()
+            await self._terminate()
+            drain.cancel()
+            self.finish()
+            raise
+        finally:
+            log.close()
+        if self.stop_requested:
+            await self._terminate()
+        return self.finish()
+
+    def finish(self) -> int:
+        """Write the final event when the engine could not; return the chexui exit code."""
+        events = read_events(self.run_dir / "events.jsonl")
+        status = final_status(events)
+        if status is None and self.node.node_rank == 0:
+            status = "stopped" if self.stop_requested else "failed"
+            w = EventWriter(self.run_dir / "events.jsonl")
+            if status == "failed":
+                last = next((l for l in reversed(self._tail) if l.strip()), "")
+                w.emit("error", message=f"engine exited with code {self.returncode} before finishing"
+                       + (f": {last}" if last else "") + f" (see {self.run_dir / 'logs' / 'engine.log'})")
+            epochs = [e for e in events if e["type"] == "epoch_ended"]
+            w.emit("run_finished", status=status, epochs=epochs[-1]["epoch"] if epochs else 0,
+                   total_time_s=(events[-1]["ts"] - events[0]["ts"]) if events else 0.0,
+                   best_epoch=0, test_auc_mean=None)
+            w.close()
+        (self.run_dir / STOP_FILE).unlink(missing_ok=True)
+        return {"completed": 0, "stopped": 0}.get(status or "failed", 1)
+
+
+def save_config(cfg: dict[str, Any], run_dir: Path) -> None:
+    config.save(cfg, run_dir / "config.toml")

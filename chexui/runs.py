@@ -1,0 +1,134 @@
+"""The runs dir: creating run directories, finding them, and what state each run is in.
+
+A run is *running* while its launcher process is alive (pid + start time in launcher.json), whatever
+events.jsonl says; a run with no live launcher and no final `run_finished` has failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from engine.errors import UserError
+from engine.events import final_status, read_events
+
+LAUNCHER_FILE = "launcher.json"
+
+
+def runs_dir(override: str | Path | None = None) -> Path:
+    return Path(override or os.environ.get("CHEXUI_RUNS_DIR") or "runs")
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
+    for k in range(1000):
+        d = base / (f"{stamp}-{safe}" if k == 0 else f"{stamp}-{safe}-{k}")
+        try:
+            d.mkdir()
+            for sub in ("checkpoints", "export", "logs"):
+                (d / sub).mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise UserError(f"{base}: cannot create a run directory for {name!r}")
+
+
+def find_run(ref: str | Path, base: Path) -> Path:
+    """RUN is a run id (dir name in the runs dir, or a unique prefix/suffix of one) or a path."""
+    p = Path(ref)
+    if (p / "config.toml").is_file() or (p / "events.jsonl").is_file():
+        return p
+    cand = base / str(ref)
+    if cand.is_dir():
+        return cand
+    if base.is_dir():
+        matches = [d for d in base.iterdir() if d.is_dir() and (d.name.startswith(str(ref)) or d.name.endswith(str(ref)))]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UserError(f"run '{ref}' is ambiguous in {base}: {', '.join(sorted(m.name for m in matches))}")
+    raise UserError(f"run '{ref}' not found (neither a run directory nor a run id in {base})")
+
+
+def write_launcher(run_dir: Path, pid: int | None = None) -> None:
+    pid = pid or os.getpid()
+    info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": os.uname().nodename}
+    tmp = run_dir / f".{LAUNCHER_FILE}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, run_dir / LAUNCHER_FILE)
+
+
+def launcher_process(run_dir: Path) -> psutil.Process | None:
+    """The live launcher of this run, or None (a reused pid does not count)."""
+    try:
+        info = json.loads((run_dir / LAUNCHER_FILE).read_text())
+        proc = psutil.Process(info["pid"])
+        if abs(proc.create_time() - info["create_time"]) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, psutil.Error):
+        pass
+    return None
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def status(self) -> str:
+        if launcher_process(self.run_dir) is not None:
+            return "running"
+        return final_status(self.events) or ("failed" if self.events else "created")
+
+    def first(self, type_: str) -> dict | None:
+        return next((e for e in self.events if e["type"] == type_), None)
+
+    def last(self, type_: str) -> dict | None:
+        return next((e for e in reversed(self.events) if e["type"] == type_), None)
+
+    def summary(self) -> dict[str, Any]:
+        started = self.first("run_started") or {}
+        cfg = started.get("config", {})
+        epochs = [e for e in self.events if e["type"] == "epoch_ended"]
+        vals = [e["val_auc_mean"] for e in epochs if e.get("val_auc_mean") is not None]
+        test = next((e for e in reversed(self.events) if e["type"] == "evaluated" and e["split"] == "test"), None)
+        finished = self.last("run_finished")
+        restarted = self.last("restarted")
+        duration = None
+        if self.events:
+            duration = (finished or self.events[-1])["ts"] - self.events[0]["ts"]
+        return {
+            "id": self.id, "path": str(self.run_dir), "status": self.status,
+            "preset": cfg.get("name"), "arch": cfg.get("model", {}).get("arch"),
+            "sweep": cfg.get("sweep"),
+            "world_size": (restarted or started).get("world_size"),
+            "epochs": epochs[-1]["epoch"] if epochs else 0,
+            "best_val_auc": max(vals) if vals else None,
+            "test_auc": test["auc_mean"] if test else None,
+            "duration_s": duration,
+            "started": started.get("ts"),
+        }
+
+
+def load_run(run_dir: Path) -> RunInfo:
+    return RunInfo(run_dir, read_events(run_dir / "events.jsonl"))
+
+
+def list_runs(base: Path) -> list[RunInfo]:
+    if not base.is_dir():
+        return []
+    dirs = sorted(d for d in base.iterdir() if d.is_dir() and (d / "config.toml").is_file())
+    return [load_run(d) for d in dirs]
