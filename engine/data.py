@@ -45,15 +45,28 @@ class Images(Dataset):
 
 def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = None,
              channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B,S,S] -> normalised float [B,3,S,S] on device; `flip` is a bool [B] mask."""
-    x = x.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+    """uint8 [B,S,S] -> normalised float [B,3,S,S] on device; `flip` is a bool [B] mask.
+
+    Flips on the uint8 batch (4x less memory traffic), then one fused multiply-add per element
+    scales to [0, 1] and applies the 3-channel ImageNet normalisation.
+    """
+    on_device = x.to(device, non_blocking=True)
     if flip is not None and bool(flip.any()):
-        flip = flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    inv_std = 1.0 / torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    x = (x - mean) * inv_std  # broadcasts the gray channel to 3
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        if on_device is x:  # never modify the caller's tensor
+            on_device = x.clone()
+        sel = flip.nonzero().flatten().to(device)
+        on_device[sel] = on_device[sel].flip(-1)
+    x = on_device
+    key = (device.type, device.index)
+    if key not in _NORM:
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        _NORM[key] = (-torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / std, 1.0 / (255.0 * std))
+    shift, scale = _NORM[key]
+    out = torch.addcmul(shift, x.unsqueeze(1).float(), scale)  # broadcasts gray to 3 channels
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+_NORM: dict = {}
 
 
 def flip_mask(n: int, p: float, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor | None:

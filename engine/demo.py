@@ -45,7 +45,7 @@ def draw_labels(rng: np.random.Generator, previous: set[str] | None) -> set[str]
     found = {name for name in LABELS
              if rng.random() < max(NIH_PREVALENCE[name], PREVALENCE_FLOOR) * 0.85}
     if previous:
-        found |= {n for n in previous if n in CHRONIC and rng.random() < 0.7}
+        found |= {n for n in sorted(previous) if n in CHRONIC and rng.random() < 0.7}
     for a, b, p in CO_OCCURRENCE:
         if a in found and rng.random() < p:
             found.add(b)
@@ -92,7 +92,7 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
     """One radiograph as uint8 [size, size]."""
     cv, a = Canvas(size), anatomy
     x, y = cv.x, cv.y
-    sub = {name: rng.uniform(0.55, 1.0) for name in findings}  # subtlety per finding
+    sub = {name: rng.uniform(0.55, 1.0) for name in sorted(findings)}  # subtlety per finding (sorted: str hashes vary)
     jx, jy = rng.normal(0, 0.008, 2)  # positioning differs between follow-ups
 
     emphysema = "Emphysema" in findings

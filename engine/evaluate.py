@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from engine import cache, checkpoint, config, metrics, nih
-from engine.data import Images, to_input
+from engine.data import Images
+from engine.dist import Dist
 from engine.errors import UserError
 from engine.models import build_model
+from engine.train import predict_logits
 
 
 def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
@@ -24,22 +26,14 @@ def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     raise UserError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt (has the run trained an epoch?)")
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: Images, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for i in range(0, len(rows), batch_size):
-        x, _, _ = images[rows[i:i + batch_size]]
-        out.append(torch.sigmoid(model(to_input(x, torch.device("cpu")))).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 14), np.float32)
-
-
 def evaluate_run(run_dir: Path, data_root: str, split: str = "test") -> dict:
     model, cfg = load_best(run_dir)
     index = nih.index_dataset(data_root)
     size = cfg["data"]["image_size"]
     rows = np.arange(len(index)) if split == "all" else nih.make_split(index, cfg["data"])["test"]
     mem = cache.prepare(index, size) if cfg["data"]["cache"] else None
-    probs = predict(model, Images(index, size, mem), rows)
+    logits = predict_logits(model, Images(index, size, mem), rows, Dist(), batch_size=64)
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
     auc, mean, reasons = metrics.per_class_auroc(index.labels[rows], probs)
     return {"run": run_dir.name, "data": str(index.root), "split": split, "n": int(len(rows)),
             "auc": auc, "auc_mean": mean, "undefined": reasons}

@@ -50,6 +50,11 @@ class EventWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
+        if self._f.tell() > 0:  # a writer killed mid-line left a partial line: end it
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    self._f.write("\n")
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make(type_, **fields)

@@ -86,6 +86,25 @@ def memory_mb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+@torch.no_grad()
+def predict_logits(model: nn.Module, images, rows: np.ndarray, d: dist.Dist, batch_size: int,
+                   channels_last: bool = False, autocast=nullcontext) -> np.ndarray:
+    """Logits for `rows` in `rows` order: each image exactly once over all ranks (no sampler padding),
+    gathered to every rank."""
+    model.eval()
+    mine, batches = eval_batches(len(rows), batch_size, d.world, d.rank)
+    out = []
+    for pos in batches:
+        x, _, _ = images[rows[pos]]
+        with autocast():
+            out.append(model(to_input(x, d.device, None, channels_last)).float().cpu())
+    logits = torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
+    full = np.zeros((len(rows), len(LABELS)), np.float32)
+    for positions, part in d.all_gather_object((mine, logits)):
+        full[positions] = part
+    return full
+
+
 class Run:
     """Everything one training process holds; methods are the phases."""
 
@@ -206,26 +225,13 @@ class Run:
         self.epoch_images_per_s = seen * self.d.world / max(dt, 1e-9)
         return not self.d.any_flag(self.stop.requested)
 
-    @torch.no_grad()
-    def predict(self, rows: np.ndarray, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and targets for `rows`, each image exactly once over all ranks, in `rows` order."""
-        model = model or self.model
-        model.eval()
-        mine, batches = eval_batches(len(rows), self.t["batch_size"] * 2, self.d.world, self.d.rank)
-        out = []
-        for pos in batches:
-            x, y, _ = self.data.images[rows[pos]]
-            with autocast_for(self.cfg, self.d.device):
-                out.append(model(to_input(x, self.d.device, None, self.channels_last)).float().cpu())
-        logits = torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
-        parts = self.d.all_gather_object((mine, logits))
-        full = np.zeros((len(rows), len(LABELS)), np.float32)
-        for p, l in parts:
-            full[p] = l
-        return full, self.data.index.labels[rows].astype(np.float32)
+    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = predict_logits(self.model, self.data.images, rows, self.d, self.t["batch_size"] * 2,
+                                self.channels_last, lambda: autocast_for(self.cfg, self.d.device))
+        return logits, self.data.index.labels[rows].astype(np.float32)
 
-    def evaluate(self, split: str, model: nn.Module | None = None) -> dict:
-        logits, y = self.predict(self.data.split[split], model)
+    def evaluate(self, split: str) -> dict:
+        logits, y = self.predict(self.data.split[split])
         loss = float(self.loss_fn(torch.from_numpy(logits).to(self.d.device),
                                   torch.from_numpy(y).to(self.d.device)))
         probs = 1 / (1 + np.exp(-logits.astype(np.float64)))

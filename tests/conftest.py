@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny demo dataset, isolated cache/runs/preset dirs, and a CLI runner.
+
+Real NIH data is reached through $CHEXUI_NIH_SAMPLE / $CHEXUI_NIH_CSV (.ci/run sets them); tests that
+need it skip with a reason when absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import demo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("CHEXUI_CACHE_DIR", str(base / "cache"))
+    monkeypatch.setenv("CHEXUI_DEMO_DIR", str(base / "demo-embedded"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "xdg-config"))
+    monkeypatch.delenv("CHEXUI_PRESETS", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """160 synthetic images at 32 px (about 55 patients)."""
+    return demo.generate(tmp_path_factory.mktemp("tiny-demo"), n_images=160, size=32, seed=1)
+
+
+@pytest.fixture()
+def tiny_preset(tmp_path, tiny_demo) -> Path:
+    """A seconds-long CPU run on the tiny demo set."""
+    p = tmp_path / "tiny.toml"
+    p.write_text(f'''
+name = "tiny"
+extends = "demo"
+description = "test run"
+[data]
+root = "{tiny_demo}"
+image_size = 32
+workers = 0
+val_fraction = 0.2
+test_fraction = 0.25
+[train]
+epochs = 2
+batch_size = 8
+early_stop_patience = 0
+''')
+    return p
+
+
+def nih_sample() -> Path:
+    p = os.environ.get("CHEXUI_NIH_SAMPLE")
+    if not p or not Path(p).is_dir():
+        pytest.skip("real NIH sample not available: set CHEXUI_NIH_SAMPLE to shared/data/nih-sample-64")
+    return Path(p)
+
+
+def nih_csv() -> Path:
+    p = os.environ.get("CHEXUI_NIH_CSV")
+    if not p or not Path(p).is_file():
+        pytest.skip("full NIH label table not available: set CHEXUI_NIH_CSV to Data_Entry_2017_v2020.csv.gz")
+    return Path(p)
+
+
+def chexui(*args: str, cwd: Path | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the CLI as a user does (a subprocess), capturing output."""
+    return subprocess.run([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def chexui_bg(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    from engine.events import read_events
+    return read_events(run_dir / "events.jsonl")
+
+
+def only_run(runs: Path) -> Path:
+    dirs = [d for d in runs.iterdir() if d.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def wait_for_event(runs: Path, pred, timeout: float = 120) -> tuple[Path, dict]:
+    """Poll the (single) run in `runs` until an event satisfies pred."""
+    end = time.time() + timeout
+    while time.time() < end:
+        dirs = [d for d in runs.iterdir() if d.is_dir()] if runs.is_dir() else []
+        for d in dirs:
+            for e in events_of(d):
+                if pred(e):
+                    return d, e
+        time.sleep(0.1)
+    raise AssertionError(f"no matching event within {timeout}s in {runs}")
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=1)[:3000]

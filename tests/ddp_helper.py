@@ -1,0 +1,47 @@
+"""Run under torchrun by test_engine.py: plain-SGD steps with the engine's sampler, input pipeline and
+loss (BatchNorm in eval mode), or evaluation of a saved checkpoint. Rank 0 saves the result."""
+
+import argparse
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from engine import dist, nih
+from engine.data import Images, to_input, train_batches
+from engine.models import build_model
+from engine.train import WeightedBCE, predict_logits
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--data", required=True)
+ap.add_argument("--out", required=True)
+ap.add_argument("--batch", type=int, default=8)
+ap.add_argument("--steps", type=int, default=4)
+ap.add_argument("--eval-ckpt", default=None)
+args = ap.parse_args()
+
+d = dist.setup("gloo")
+index = nih.index_dataset(args.data)
+rows = np.arange(len(index))
+images = Images(index, 32, None)
+torch.manual_seed(0)
+model = build_model("resnet18", "none")
+if args.eval_ckpt:
+    model.load_state_dict(torch.load(args.eval_ckpt, weights_only=True)["weights"])
+else:
+    model.eval()  # BatchNorm uses running stats: per-process batch statistics would differ otherwise
+    net = DDP(model) if d.active else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    y_all = index.labels.astype(np.float64)
+    loss_fn = WeightedBCE(y_all.sum(0), len(y_all) - y_all.sum(0))
+    batches = train_batches(len(rows), args.batch, d.world, d.rank, seed=0, epoch=1)
+    for b in batches[:args.steps]:
+        x, y, _ = images[rows[np.sort(b)]]
+        loss = loss_fn(net(to_input(x, d.device)), y.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+logits = predict_logits(model, images, rows, d, batch_size=16)
+if d.is_main:
+    torch.save({"weights": model.state_dict(), "logits": torch.from_numpy(logits), "world": d.world}, args.out)
+dist.cleanup()

@@ -1,0 +1,202 @@
+"""Engine: the headless demo path, DDP correctness, restarts, exact resume, failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from engine.events import EVENT_FIELDS, final_status
+from engine.labels import LABELS
+from engine.metrics import per_class_auroc
+from tests.conftest import chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
+
+pytestmark = pytest.mark.slow
+
+
+def of_type(events, t):
+    return [e for e in events if e["type"] == t]
+
+
+def test_headless_run_two_processes(tmp_path, tiny_preset):
+    runs = tmp_path / "runs"
+    r = chexui("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--runs-dir", runs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(runs)
+    ev = events_of(run)
+    for e in ev:
+        assert e["v"] == 1 and isinstance(e["ts"], float) and all(f in e for f in EVENT_FIELDS[e["type"]])
+    started = of_type(ev, "run_started")[0]
+    assert started["world_size"] == 2 and started["dataset"]["n_train"] > 0
+    assert started["dataset"]["split_sha256"] == json.loads((run / "split.json").read_text())["sha256"]
+    ends = of_type(ev, "epoch_ended")
+    assert [e["epoch"] for e in ends] == [1, 2]
+    assert all(len(e["memory_mb"]) == 2 and min(e["memory_mb"]) > 0 for e in ends)
+    # lr_scale = "linear": the LR is multiplied by the number of processes
+    assert ends[0]["lr"] == pytest.approx(0.001 * 2)
+    test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
+    assert set(test["auc"]) == set(LABELS) and test["n"] == started["dataset"]["n_test"]
+    assert final_status(ev) == "completed"
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert "test AUROC" in r.stdout and "Hernia" in r.stdout and "\x1b[" not in r.stdout
+
+
+def _torchrun(nproc: int, *args) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", str(Path(__file__).parent / "ddp_helper.py"),
+           *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
+    _torchrun(2, "--data", tiny_demo, "--batch", 8, "--steps", 4, "--out", tmp_path / "w2.pt")
+    _torchrun(1, "--data", tiny_demo, "--batch", 16, "--steps", 4, "--out", tmp_path / "w1.pt")
+    a = torch.load(tmp_path / "w2.pt", weights_only=True)
+    b = torch.load(tmp_path / "w1.pt", weights_only=True)
+    assert a["world"] == 2 and b["world"] == 1
+    diff = max((a["weights"][k].float() - b["weights"][k].float()).abs().max().item() for k in a["weights"])
+    assert diff < 1e-5, f"2x{8} vs 1x{16}: max weight difference {diff}"
+    # evaluation over 2 ranks of the *same* checkpoint gives exactly the 1-rank AUROC
+    _torchrun(2, "--data", tiny_demo, "--eval-ckpt", tmp_path / "w1.pt", "--out", tmp_path / "e2.pt")
+    _torchrun(1, "--data", tiny_demo, "--eval-ckpt", tmp_path / "w1.pt", "--out", tmp_path / "e1.pt")
+    from engine import nih
+    y = nih.index_dataset(tiny_demo).labels
+    l2 = torch.load(tmp_path / "e2.pt", weights_only=True)["logits"].numpy()
+    l1 = torch.load(tmp_path / "e1.pt", weights_only=True)["logits"].numpy()
+    assert l1.shape == (160, 14)
+    assert per_class_auroc(y, l2) == per_class_auroc(y, l1)
+    w0 = build_initial()  # the steps did move the weights: the equality above is not vacuous
+    assert max((b["weights"][k].float() - w0[k].float()).abs().max().item() for k in w0) > 1e-4
+
+
+def build_initial():
+    from engine.models import build_model
+    torch.manual_seed(0)
+    return build_model("resnet18", "none").state_dict()
+
+
+def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(launcher.pid).children(recursive=True)
+            if "engine.train" in " ".join(p.cmdline())]
+
+
+def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset):
+    runs = tmp_path / "runs"
+    proc = chexui_bg("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--runs-dir", runs,
+                     "--set", "train.epochs=4", "--set", "distributed.max_restarts=1", "--set", "data.image_size=64")
+    try:
+        wait_for_event(runs, lambda e: e["type"] == "epoch_started" and e["epoch"] == 2)
+        victims = _workers(proc)
+        assert len(victims) == 2
+        victims[1].send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    ev = events_of(only_run(runs))
+    restarted = of_type(ev, "restarted")
+    assert len(restarted) == 1 and restarted[0]["attempt"] == 1 and restarted[0]["resumed_epoch"] == 1
+    assert [e["epoch"] for e in of_type(ev, "epoch_ended")] == [1, 2, 3, 4]
+    assert final_status(ev) == "completed"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(runs) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
+    common = ["--preset", tiny_preset, "--set", "train.epochs=4", "--set", "data.image_size=64", "--headless"]
+    ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
+    assert chexui("run", *common, "--runs-dir", ref_runs).returncode == 0
+    proc = chexui_bg("run", *common, "--runs-dir", runs)
+    try:
+        run_dir, _ = wait_for_event(runs, lambda e: e["type"] == "epoch_ended" and e["epoch"] == 2)
+        r = chexui("stop", run_dir.name, "--runs-dir", runs)
+        assert r.returncode == 0, r.stderr
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    ev = events_of(run_dir)
+    assert final_status(ev) == "stopped"
+    stopped_at = of_type(ev, "epoch_ended")[-1]["epoch"]
+    assert stopped_at < 4, "the stop landed after the run had finished; nothing was resumed"
+    r = chexui("run", "--resume", run_dir.name, "--runs-dir", runs, "--headless")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = events_of(run_dir)
+    assert final_status(ev) == "completed" and of_type(ev, "restarted")
+    ref = events_of(only_run(ref_runs))
+    got_epochs = {e["epoch"]: e for e in of_type(ev, "epoch_ended")}
+    for e in of_type(ref, "epoch_ended"):
+        g = got_epochs[e["epoch"]]
+        assert abs(g["val_loss"] - e["val_loss"]) <= 1e-6 and abs(g["train_loss"] - e["train_loss"]) <= 1e-6
+    t_ref, t_got = of_type(ref, "evaluated")[-1], of_type(ev, "evaluated")[-1]
+    for name in LABELS:
+        if t_ref["auc"][name] is None:
+            assert t_got["auc"][name] is None
+        else:
+            assert abs(t_got["auc"][name] - t_ref["auc"][name]) <= 1e-6
+
+
+def test_corrupt_image_during_training_fails_cleanly(tmp_path, tiny_preset, tiny_demo):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo, data)
+    runs = tmp_path / "runs"
+    proc = chexui_bg("run", "--headless", "--preset", tiny_preset, "--data", data, "--runs-dir", runs,
+                     "--set", "data.cache=false", "--set", "train.epochs=3")
+    try:
+        run_dir, _ = wait_for_event(runs, lambda e: e["type"] == "checkpoint_saved" and e["epoch"] == 1)
+        victim = json.loads((run_dir / "split.json").read_text())["train"][0]
+        p = data / "images" / victim
+        p.write_bytes(p.read_bytes()[:100])
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out
+    ev = events_of(run_dir)
+    errors = of_type(ev, "error")
+    assert errors and victim in errors[0]["message"]
+    assert final_status(ev) == "failed"
+    ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["state"]["epoch"] >= 1
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    r = chexui("run", "--headless", "--set", "train.lrr=0.1", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "train.lrr" in r.stderr and "did you mean 'lr'" in r.stderr
+    r = chexui("run", "--headless", "--set", "train.batch_size=0", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "train.batch_size" in r.stderr and ">= 1" in r.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_real_nih_sample_run(tmp_path):
+    root = nih_sample()
+    runs = tmp_path / "runs"
+    r = chexui("run", "--headless", "--data", root, "--set", "data.image_size=32", "--set", "model.arch=resnet18",
+               "--set", "model.pretrained=none", "--set", "train.epochs=1", "--set", "data.workers=0",
+               "--runs-dir", runs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    test = [e for e in events_of(only_run(runs)) if e["type"] == "evaluated"][0]
+    assert set(test["auc"]) == set(LABELS) and test["n"] > 50
+    assert "test AUROC" in r.stdout
+
+
+def test_imagenet_weights_offline_message():
+    from engine.errors import ConfigError
+    from engine.models import build_model
+    from torchvision import models
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(models.ResNet18_Weights.DEFAULT.url).name
+    if cached.exists():
+        pytest.skip(f"ImageNet weights are cached at {cached}: the offline path cannot be exercised")
+    try:
+        build_model("resnet18", "imagenet")
+    except ConfigError as e:
+        msg = str(e)
+        assert "pretrained" in msg and '"none"' in msg and str(cached) in msg
+    else:
+        pytest.skip("this machine could download the ImageNet weights (online)")
