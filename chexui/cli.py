@@ -209,9 +209,7 @@ def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
         raise fail(f"run {run_dir.name} is not running (status {runs_mod.load_run(run_dir).status})")
     (run_dir / STOP_FILE).write_text("chexui stop")
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except Exception:
+    if not runs_mod.wait_gone(proc, timeout):
         raise fail(f"run {run_dir.name} did not stop within {timeout:.0f}s", 1)
     print(f"{run_dir.name}: {runs_mod.load_run(run_dir).status}")
 

@@ -78,6 +78,19 @@ def launcher_process(run_dir: Path) -> psutil.Process | None:
     return None
 
 
+def wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until `proc` has exited (a zombie awaiting its parent counts as exited)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @dataclass
 class RunInfo:
     run_dir: Path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -67,7 +68,15 @@ def setup(backend: str = "auto") -> Dist:
     if world > 1 and not tdist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        kwargs: dict[str, Any] = {"device_id": device if device.type == "cuda" else None}
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's c10d rendezvous keeps one store across restart rounds: without a per-attempt
+            # prefix a restarted group reads the dead workers' addresses and gloo cannot connect.
+            base = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=False, timeout=timedelta(minutes=30))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            kwargs.update(store=tdist.PrefixStore(f"chexui/attempt_{attempt}", base), rank=rank, world_size=world)
+        tdist.init_process_group(backend=backend, **kwargs)
     return Dist(rank=rank, local_rank=local_rank, world=world, nnodes=nnodes, device=device)
 
 

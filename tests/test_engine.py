@@ -85,7 +85,7 @@ def build_initial():
 
 def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in psutil.Process(launcher.pid).children(recursive=True)
-            if "engine.train" in " ".join(p.cmdline())]
+            if "engine.train" in p.cmdline() and "torch.distributed.run" not in p.cmdline()]
 
 
 def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset):
