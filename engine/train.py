@@ -130,6 +130,8 @@ class Run:
     # ------------------------------------------------------------ setup
     def setup(self) -> None:
         torch.manual_seed(self.t["seed"])
+        if self.d.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.data: Data = load_data(self.dc, self.d.is_main, self.d.barrier)
         self.n_train = len(self.data.split["train"])
         if self.d.is_main:
