@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.headless import HeadlessView, auc_table, epoch_line, fmt, plain_mode
+from chexui.headless import HeadlessView, auc_table, console, epoch_line, fmt, plain_mode, table
 from engine import config
 from engine.errors import UserError
 
@@ -33,17 +32,12 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(presets_app, name="presets")
 app.add_typer(data_app, name="data")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"error: {message}", markup=False)
     return typer.Exit(code)
-
-
-def out_console() -> Console:
-    plain = plain_mode()
-    return Console(no_color=plain, highlight=False, soft_wrap=True, force_terminal=False if plain else None)
 
 
 def progress_bar(label: str):
@@ -137,7 +131,8 @@ def run(
             if preset or data or nproc:
                 raise UserError("--resume continues a run with its saved config; use --set to change keys")
             run_dir = runs_mod.find_run(resume, base)
-            if runs_mod.launcher_process(run_dir) is not None:
+            owner = runs_mod.launcher_process(run_dir)
+            if owner is not None and owner.pid != os.getpid():  # (a detached launcher resumes itself)
                 raise UserError(f"run {run_dir.name} is running already (chexui stop {run_dir.name})")
             cfg = config.load_run_config(run_dir / "config.toml")
             if set_:
@@ -225,14 +220,11 @@ def _seconds(s: float | None) -> str:
 @runs_app.command("list")
 def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Runs with status, preset, world size, epochs, best val AUROC, test AUROC and duration."""
-    from rich.table import Table
     rows = [r.summary() for r in runs_mod.list_runs(runs_mod.runs_dir(runs_dir))]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table()
-    for col in ("run", "status", "preset", "world", "epochs", "best val AUC", "test AUC", "time"):
-        t.add_column(col)
+    t = table("run", "status", "preset", "world", "epochs", "best val AUC", "test AUC", "time")
     groups: dict = {}
     for r in rows:
         groups.setdefault(r.get("sweep") or "", []).append(r)
@@ -242,7 +234,7 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
         for r in members:
             t.add_row(r["id"], r["status"], str(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
                       fmt(r["best_val_auc"]), fmt(r["test_auc"]), _seconds(r["duration_s"]))
-    out_console().print(t)
+    console().print(t)
 
 
 @runs_app.command("show")
@@ -260,13 +252,13 @@ def runs_show(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
     if as_json:
         print(json.dumps({**summary, "epochs_detail": epochs, "evaluations": tests, "errors": errors}, indent=2))
         return
-    con = out_console()
+    con = console()
     for k, v in summary.items():
         con.print(f"{k}: {v}")
     for e in epochs:
         con.print(epoch_line(e))
     for e in tests:
-        con.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)", plain_mode()))
+        con.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)"))
     for m in errors:
         con.print(f"error: {m}", markup=False)
 
@@ -291,8 +283,7 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     if as_json:
         print(json.dumps(res, indent=2))
         return
-    out_console().print(auc_table(res["auc"], res["auc_mean"], f"{res['split']} AUROC on {data} ({res['n']} images)",
-                                  plain_mode()))
+    console().print(auc_table(res["auc"], res["auc_mean"], f"{res['split']} AUROC on {data} ({res['n']} images)"))
 
 
 # ---------------------------------------------------------------- presets
@@ -300,18 +291,15 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
 @presets_app.command("list")
 def presets_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Presets reachable by name, with the directory each comes from."""
-    from rich.table import Table
     items = presets_mod.available()
     if as_json:
         print(json.dumps([{"name": p.name, "source": p.source, "path": str(p.path), "description": p.description}
                           for p in items], indent=2))
         return
-    t = Table()
-    for c in ("name", "source", "description"):
-        t.add_column(c)
+    t = table("name", "source", "description")
     for p in items:
         t.add_row(p.name, f"{p.source}: {p.path.parent}", p.description)
-    out_console().print(t)
+    console().print(t)
 
 
 @presets_app.command("show")
@@ -362,7 +350,7 @@ def data_check(root: str, as_json: bool = typer.Option(False, "--json")) -> None
     if as_json:
         print(json.dumps(s, indent=2))
     else:
-        con = out_console()
+        con = console()
         con.print(f"{s['root']}: {s['images']} images, {s['patients']} patients ({s['csv']})")
         con.print("labels: " + ", ".join(f"{k} {v}" for k, v in s["label_counts"].items()))
         con.print("views: " + (", ".join(f"{k} {v}" for k, v in s["views"].items()) or "-"))

@@ -24,17 +24,30 @@ def plain_mode(stream=None) -> bool:
     return bool(os.environ.get("NO_COLOR")) or not stream.isatty()
 
 
+def console(stderr: bool = False) -> Console:
+    """Rich console; without a TTY (or with NO_COLOR): no control codes and no wrapping at 80 columns."""
+    plain = plain_mode(sys.stderr if stderr else sys.stdout)
+    return Console(stderr=stderr, no_color=plain, highlight=False, soft_wrap=True,
+                   force_terminal=False if plain else None, width=240 if plain else None)
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    t = Table(title=title, box=box.ASCII2 if plain_mode() else box.SIMPLE_HEAVY)
+    for c in columns:
+        t.add_column(c)
+    return t
+
+
 def fmt(v: float | None, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def auc_table(aucs: dict[str, float | None], mean: float | None, title: str, plain: bool = False) -> Table:
+def auc_table(aucs: dict[str, float | None], mean: float | None, title: str) -> Table:
     defined = {k: v for k, v in aucs.items() if v is not None}
     best = max(defined, key=defined.get) if defined else None
     worst = min(defined, key=defined.get) if defined else None
-    t = Table(title=title, box=box.ASCII2 if plain else box.SIMPLE)
-    t.add_column("label")
-    t.add_column("AUROC", justify="right")
+    t = table("label", "AUROC", title=title)
+    t.columns[1].justify = "right"
     for name in LABELS:
         v = aucs.get(name)
         mark = " (best)" if name == best else " (worst)" if name == worst else ""
@@ -56,8 +69,7 @@ class HeadlessView:
 
     def __init__(self, console: Console | None = None, plain: bool | None = None):
         self.plain = plain_mode() if plain is None else plain
-        self.console = console or Console(no_color=self.plain, highlight=False, soft_wrap=True,
-                                          force_terminal=False if self.plain else None)
+        self.console = console or globals()["console"]()
         self.progress: Progress | None = None
         self.task = None
         self.epochs = None
@@ -113,8 +125,7 @@ class HeadlessView:
             self.say(f"early stop after epoch {e['epoch']}")
         elif t == "evaluated":
             self._end_progress()
-            self.console.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)",
-                                         self.plain))
+            self.console.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)"))
         elif t == "exported":
             for a in e["artifacts"]:
                 self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes)")

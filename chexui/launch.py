@@ -150,7 +150,9 @@ class Launcher:
         """Write the final event when the engine could not; return the chexui exit code."""
         events = read_events(self.run_dir / "events.jsonl")
         status = final_status(events)
-        if status is None and self.node.node_rank == 0:
+        if status is None and not events and self.returncode == 0 and self.node.nnodes > 1:
+            return 0  # global rank 0 (the event writer) ran on another node, and this node's part succeeded
+        if status is None and (events or self.node.node_rank == 0):
             status = "stopped" if self.stop_requested else "failed"
             w = EventWriter(self.run_dir / "events.jsonl")
             if status == "failed":

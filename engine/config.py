@@ -107,10 +107,11 @@ def defaults() -> dict[str, Any]:
     return cfg
 
 
-def _unknown(key: str, allowed: list[str], where: str, source: str) -> ConfigError:
+def _unknown(key: str, allowed: list[str], what: str, source: str) -> ConfigError:
+    """`what` names the unknown thing as the user wrote it, e.g. "key 'train.lrr'"."""
     near = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else f"; allowed: {', '.join(sorted(allowed))}"
-    return ConfigError(f"{source}: unknown {where} '{key}'{hint}")
+    return ConfigError(f"{source}: unknown {what}{hint}")
 
 
 def _check_value(qualified: str, field: Field, value: Any, source: str) -> Any:
@@ -152,14 +153,14 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
                 raise ConfigError(f"{source}: '{key}' must be a [{key}] table")
             for sub, v in value.items():
                 if sub not in SCHEMA[key]:
-                    raise _unknown(sub, list(SCHEMA[key]), f"key '{key}.{sub}' in [{key}]", source)
+                    raise _unknown(sub, list(SCHEMA[key]), f"key '{key}.{sub}'", source)
                 _check_value(f"{key}.{sub}", SCHEMA[key][sub], v, source)
                 if key == "prune" and sub == "adaptive":
                     value[sub] = _check_adaptive(v, source)
         elif key in TOP_LEVEL:
             _check_value(key, TOP_LEVEL[key], value, source)
         else:
-            raise _unknown(key, list(SCHEMA) + list(TOP_LEVEL), "section or key", source)
+            raise _unknown(key, list(SCHEMA) + list(TOP_LEVEL), f"section or key '{key}'", source)
     if partial:
         return raw
     cfg = merge(defaults(), raw)
@@ -201,7 +202,7 @@ def parse_set(item: str) -> dict[str, Any]:
         raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
     section, sub = parts
     if section not in SCHEMA:
-        raise _unknown(section, list(SCHEMA), "section", f"--set {item}")
+        raise _unknown(section, list(SCHEMA), f"section '{section}'", f"--set {item}")
     if sub not in SCHEMA[section]:
         raise _unknown(sub, list(SCHEMA[section]), f"key '{key}'", f"--set {item}")
     field = SCHEMA[section][sub]

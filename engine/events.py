@@ -126,16 +126,21 @@ class EventTail:
 
 
 def follow(path: str | Path, stop: Any = None, interval: float = 0.2) -> Iterator[dict[str, Any]]:
-    """Yield events as they are appended until `run_finished`, or until `stop()` returns True."""
+    """Yield events as they are appended. Ends once no new event comes and `stop()` is true (e.g. the
+    run's launcher is gone); without `stop`, once the stream is finished (a run may be resumed after a
+    `run_finished`, so the first one does not end it)."""
     tail = EventTail(path)
+    finished = False
     while True:
         batch = tail.poll()
         for ev in batch:
             yield ev
-            if ev["type"] == "run_finished":
-                return
+            if ev["type"] in ("run_started", "restarted"):
+                finished = False
+            elif ev["type"] == "run_finished":
+                finished = True
         if not batch:
-            if stop is not None and stop():
+            if stop() if stop is not None else finished:
                 yield from tail.poll()
                 return
             time.sleep(interval)
