@@ -23,8 +23,8 @@ from chexui.headless import HeadlessView, auc_table, console, epoch_line, fmt, p
 from engine import config
 from engine.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train and compress CheXNet-style chest X-ray classifiers.")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Train and compress CheXNet-style chest X-ray classifiers. Without a command: the TUI.")
 runs_app = typer.Typer(no_args_is_help=True, help="Runs in the runs dir.")
 presets_app = typer.Typer(no_args_is_help=True, help="Preset files (TOML).")
 data_app = typer.Typer(no_args_is_help=True, help="NIH-layout datasets.")
@@ -55,6 +55,14 @@ def progress_bar(label: str):
     task = prog.add_task(label, total=None)
     prog.start()
     return (lambda done, total: prog.update(task, completed=done, total=total)), prog
+
+
+@app.callback(invoke_without_command=True)
+def tui(ctx: typer.Context, runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Without a command: the full-screen app (launcher, live monitor, runs browser)."""
+    if ctx.invoked_subcommand is None:
+        from chexui.tui.app import make_app
+        make_app(runs_mod.runs_dir(runs_dir)).run()
 
 
 # ---------------------------------------------------------------- run
@@ -149,21 +157,20 @@ def run(
     except UserError as e:
         raise fail(str(e))
     if detach:
-        log = open(run_dir / "logs" / "launcher.log", "a")
-        cmd = [sys.executable, "-m", "chexui.cli", "run", "--resume", str(run_dir.resolve()), "--headless",
-               "--runs-dir", str(base)]
-        if nnodes > 1:
-            cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-endpoint", rdzv_endpoint]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
-        runs_mod.write_launcher(run_dir, proc.pid)
-        print(f"started {run_dir.name} in the background (pid {proc.pid})")
+        from chexui.launch import start_detached
+        pid = start_detached(run_dir, base, NodeSpec(nnodes, node_rank, rdzv_endpoint))
+        print(f"started {run_dir.name} in the background (pid {pid})")
         print(f"  follow: chexui watch {run_dir.name} --headless")
         print(f"  stop:   chexui stop {run_dir.name}")
         raise typer.Exit(0)
+    if not headless and sys.stdout.isatty():  # without a terminal there is no TUI: plain output
+        from chexui.launch import start_detached
+        start_detached(run_dir, base, NodeSpec(nnodes, node_rank, rdzv_endpoint))
+        from chexui.tui.app import make_app
+        make_app(base, run=run_dir).run()
+        raise typer.Exit(0)
     runs_mod.write_launcher(run_dir)
     node = NodeSpec(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
-    # The TUI monitor is not wired to `run` yet: without --headless the same text output is shown.
     view = HeadlessView()
     view.say(f"run dir: {run_dir}")
     code = asyncio.run(_launch_and_follow(cfg, run_dir, node, view))
@@ -180,6 +187,10 @@ def watch(run_ref: str = typer.Argument(..., metavar="RUN"),
         run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
     except UserError as e:
         raise fail(str(e))
+    if not headless:
+        from chexui.tui.app import make_app
+        make_app(runs_mod.runs_dir(runs_dir), run=run_dir).run()
+        raise typer.Exit(0)
     view = HeadlessView()
     alive = lambda: runs_mod.launcher_process(run_dir) is not None  # noqa: E731
     for e in follow(run_dir / "events.jsonl", stop=lambda: not alive()):
@@ -194,18 +205,12 @@ def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
          runs_dir: Optional[str] = typer.Option(None, "--runs-dir"),
          timeout: float = typer.Option(120.0, help="seconds to wait for the run to end")) -> None:
     """Stop a running run cleanly: checkpoint kept, status "stopped", no process left."""
-    from chexui.launch import STOP_FILE
     try:
         run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+        if not runs_mod.stop_run(run_dir, timeout):
+            raise fail(f"run {run_dir.name} did not stop within {timeout:.0f}s", 1)
     except UserError as e:
         raise fail(str(e))
-    proc = runs_mod.launcher_process(run_dir)
-    if proc is None:
-        raise fail(f"run {run_dir.name} is not running (status {runs_mod.load_run(run_dir).status})")
-    (run_dir / STOP_FILE).write_text("chexui stop")
-    proc.send_signal(signal.SIGTERM)
-    if not runs_mod.wait_gone(proc, timeout):
-        raise fail(f"run {run_dir.name} did not stop within {timeout:.0f}s", 1)
     print(f"{run_dir.name}: {runs_mod.load_run(run_dir).status}")
 
 

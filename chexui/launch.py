@@ -168,5 +168,22 @@ class Launcher:
         return {"completed": 0, "stopped": 0}.get(status or "failed", 1)
 
 
+def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None) -> int:
+    """Start the launcher for a prepared run dir in its own session (survives the terminal); its pid."""
+    import subprocess
+    from chexui.runs import write_launcher
+    node = node or NodeSpec()
+    cmd = [sys.executable, "-m", "chexui.cli", "run", "--resume", str(run_dir.resolve()), "--headless",
+           "--runs-dir", str(runs_dir)]
+    if node.nnodes > 1:
+        cmd += ["--nnodes", str(node.nnodes), "--node-rank", str(node.node_rank), "--rdzv-endpoint",
+                str(node.rdzv_endpoint)]
+    with open(run_dir / "logs" / "launcher.log", "a") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    write_launcher(run_dir, proc.pid)
+    return proc.pid
+
+
 def save_config(cfg: dict[str, Any], run_dir: Path) -> None:
     config.save(cfg, run_dir / "config.toml")

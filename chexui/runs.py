@@ -91,6 +91,17 @@ def wait_gone(proc: psutil.Process, timeout: float) -> bool:
     return False
 
 
+def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
+    """Ask a run's launcher to stop cleanly (stop request + SIGTERM); True once it has exited."""
+    import signal
+    proc = launcher_process(run_dir)
+    if proc is None:
+        raise UserError(f"run {run_dir.name} is not running (status {load_run(run_dir).status})")
+    (run_dir / "stop_requested").write_text("chexui stop")
+    proc.send_signal(signal.SIGTERM)
+    return wait_gone(proc, timeout)
+
+
 @dataclass
 class RunInfo:
     run_dir: Path

@@ -30,6 +30,7 @@ from engine.errors import UserError
 from engine.events import EventWriter
 from engine.labels import LABELS
 from engine.models import build_model
+from engine.prune import Pruner
 
 STOP_FILE = "stop_requested"  # written by `chexui stop` / the launcher before it sends SIGTERM
 
@@ -156,6 +157,8 @@ class Run:
             min_lr=self.t["min_lr"])
         self.steps_per_epoch = len(train_batches(self.n_train, self.t["batch_size"], self.d.world,
                                                  self.d.rank, self.t["seed"], 0))
+        self.pruner = Pruner(self.model, self.cfg["prune"], self.steps_per_epoch) \
+            if self.cfg["prune"]["enabled"] else None
 
     def resume(self) -> bool:
         last = self.ckpt_dir / "last.pt"
@@ -167,6 +170,8 @@ class Run:
         self.sched.load_state_dict(ck["scheduler"])
         self.state.update(ck["state"])
         torch.set_rng_state(ck["rng"])
+        if self.pruner is not None:
+            self.pruner.load_state_dict(ck["prune"])
         return True
 
     def save(self, best: bool = False) -> None:
@@ -176,6 +181,8 @@ class Run:
               "scheduler": self.sched.state_dict(), "state": dict(self.state),
               "rng": torch.get_rng_state(), "arch": self.cfg["model"]["arch"],
               "image_size": self.dc["image_size"]}
+        if self.pruner is not None:
+            ck["prune"] = self.pruner.state_dict()
         checkpoint.save_atomic(ck, self.ckpt_dir / "last.pt")
         self.emit("checkpoint_saved", epoch=self.state["epoch"], path="checkpoints/last.pt", best=False)
         if best:
@@ -183,6 +190,16 @@ class Run:
                                     "epoch": self.state["epoch"], "val_loss": self.state["best_val_loss"]},
                                    self.ckpt_dir / "best.pt")
             self.emit("checkpoint_saved", epoch=self.state["epoch"], path="checkpoints/best.pt", best=True)
+
+    def save_layer_sparsity(self, epoch: int) -> None:
+        """Per-layer sparsity by epoch in the run dir (prune_layers.json)."""
+        import json
+        path = self.run_dir / "prune_layers.json"
+        history = json.loads(path.read_text()) if path.is_file() else {}
+        history[str(epoch)] = self.pruner.layer_sparsity()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(history))
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------ phases
     def train_one_epoch(self, epoch: int) -> bool:
@@ -206,6 +223,8 @@ class Run:
             loss.backward()
             self.opt.step()
             self.state["global_step"] += 1
+            if self.pruner is not None:
+                self.pruner.step(self.state["global_step"])
             self.state["step"] = step + 1
             lv = loss.item() if self.d.device.type == "cpu" or step % sync_every == 0 else None
             if lv is not None:
@@ -269,10 +288,13 @@ class Run:
             else:
                 self.state["bad_epochs"] += 1
             mem = self.d.all_gather_object(round(memory_mb(self.d.device), 1))
+            sparsity = self.pruner.sparsity() if self.pruner is not None else None
+            if self.pruner is not None and self.d.is_main:
+                self.save_layer_sparsity(epoch)
             self.state.update(epoch=epoch, step=0)
             self.emit("epoch_ended", epoch=epoch, train_loss=s / max(n, 1), val_loss=val["loss"],
                       val_auc=val["auc"], val_auc_mean=val["auc_mean"], lr=lr, epoch_time_s=epoch_time,
-                      images_per_s=self.epoch_images_per_s, sparsity=None, memory_mb=mem)
+                      images_per_s=self.epoch_images_per_s, sparsity=sparsity, memory_mb=mem)
             self.log(f"epoch {epoch}/{epochs} train_loss {s / max(n, 1):.4f} val_loss {val['loss']:.4f} "
                      f"val_auc {val['auc_mean'] or float('nan'):.4f} lr {lr:.2e} {epoch_time:.1f}s")
             if lr < old_lr:

@@ -1,0 +1,230 @@
+"""Launcher: pick a preset, edit the main fields, check the data, start (or save as a preset).
+
+Fields map to config keys; each change is validated with the engine's config schema, and an invalid
+field is flagged where it is, before Start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
+
+from chexui import presets as presets_mod
+from chexui import runs as runs_mod
+from engine import config
+from engine.errors import UserError
+
+# form field id -> config key (values typed as TOML)
+FIELDS = {
+    "image_size": "data.image_size", "batch_size": "train.batch_size", "lr": "train.lr",
+    "epochs": "train.epochs", "nnodes": "distributed.nnodes",
+}
+COMPRESSION = ("prune50", "prune70", "prune-adaptive", "qat-conv", "qat-all")
+
+
+def detect_gpus() -> int:
+    """GPUs on this machine: nvidia-ml-py when installed, else nvidia-smi, else 0."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5).stdout
+            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return 0
+
+
+class LauncherScreen(Screen):
+    BINDINGS = [Binding("ctrl+s", "start", "Start"), Binding("b,escape", "back", "Runs"),
+                Binding("q", "app.quit", "Quit")]
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.preset = "demo"
+        self.errors: dict[str, str] = {}
+        gpus = detect_gpus()
+        self.proc_label = "GPUs" if gpus else "processes (CPU)"
+        self.max_proc = gpus or max(1, os.cpu_count() or 1)
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="launcher"):
+            with Vertical(id="preset-pane"):
+                yield Label("presets")
+                yield DataTable(id="presets", cursor_type="row")
+            with VerticalScroll(id="form"):
+                yield Label("architecture")
+                yield Select([(a, a) for a in config.SCHEMA["model"]["arch"].choices], id="arch", allow_blank=False,
+                             value="resnet18")
+                for fid, label in (("image_size", "image size (px)"), ("batch_size", "batch size per process"),
+                                   ("lr", "learning rate"), ("epochs", "epochs (cap)")):
+                    yield Label(label)
+                    yield Input(id=fid)
+                yield Label(self.proc_label)
+                yield Select([(str(n), n) for n in range(1, self.max_proc + 1)], id="nproc", allow_blank=False, value=1)
+                yield Label("nodes")
+                yield Input(id="nnodes", value="1")
+                yield Label("compression")
+                yield Select([("none", "none")], id="compression", allow_blank=False, value="none")
+                yield Label("data dir (empty: the embedded demo dataset)")
+                yield Input(id="data", placeholder="/data/nih")
+                yield Static("", id="data-summary")
+                yield Static("", id="form-error")
+                with Horizontal(id="buttons"):
+                    yield Button("Start", id="start", variant="success")
+                    yield Input(placeholder="preset name", id="save-name")
+                    yield Button("Save as preset", id="save")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#presets", DataTable)
+        table.add_columns("name", "source", "description")
+        available = presets_mod.available()
+        names = {p.name for p in available}
+        for p in available:
+            table.add_row(p.name, p.source, p.description[:60], key=p.name)
+        self.query_one("#compression", Select).set_options(
+            [("none", "none")] + [(c, c) for c in COMPRESSION if c in names])
+        self.load_preset("demo")
+
+    # ------------------------------------------------------------ form <-> config
+    def load_preset(self, name: str) -> None:
+        try:
+            cfg = presets_mod.resolve(name)
+        except UserError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.preset = name
+        self.query_one("#arch", Select).value = cfg["model"]["arch"]
+        for fid, key in FIELDS.items():
+            section, sub = key.split(".")
+            self.query_one(f"#{fid}", Input).value = str(cfg[section][sub])
+        self.query_one("#nproc", Select).value = min(cfg["distributed"]["nproc"], self.max_proc)
+        self.query_one("#data", Input).value = cfg["data"]["root"]
+        self.validate_form()
+
+    def overrides(self) -> list[str]:
+        sets = [f"model.arch={self.query_one('#arch', Select).value}",
+                f"distributed.nproc={self.query_one('#nproc', Select).value}"]
+        for fid, key in FIELDS.items():
+            sets.append(f"{key}={self.query_one(f'#{fid}', Input).value.strip()}")
+        return sets
+
+    def resolved(self) -> dict:
+        """The config Start would run: preset, form fields, compression sections, data dir."""
+        data = self.query_one("#data", Input).value.strip()
+        cfg = presets_mod.resolve(self.preset, self.overrides(), data or None)
+        comp = self.query_one("#compression", Select).value
+        if comp and comp != "none":
+            extra = presets_mod.resolve(comp)
+            cfg = config.validate(config.merge(cfg, {"prune": extra["prune"], "quantize": extra["quantize"]}),
+                                  f"compression preset {comp}")
+        return cfg
+
+    def validate_form(self) -> bool:
+        self.errors = {}
+        for fid, key in FIELDS.items():
+            widget = self.query_one(f"#{fid}", Input)
+            try:
+                config.validate(config.parse_set(f"{key}={widget.value.strip()}"), "field", partial=True)
+                widget.remove_class("invalid")
+            except UserError as e:
+                widget.add_class("invalid")
+                self.errors[fid] = str(e).replace("field: ", "")
+        msg = "\n".join(self.errors.values())
+        if not msg:
+            try:
+                self.resolved()
+            except UserError as e:
+                msg = str(e)
+        self.query_one("#form-error", Static).update(f"[red]{msg}[/red]" if msg else "")
+        self.query_one("#start", Button).disabled = bool(msg)
+        return not msg
+
+    @on(Input.Changed)
+    def field_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "data":
+            self.check_data(event.value.strip())
+        if event.input.id != "save-name":
+            self.validate_form()
+
+    @on(Select.Changed)
+    def select_changed(self) -> None:
+        self.validate_form()
+
+    @on(DataTable.RowSelected, "#presets")
+    def preset_chosen(self, event: DataTable.RowSelected) -> None:
+        self.load_preset(event.row_key.value)
+
+    @work(thread=True, exclusive=True, group="data-check")
+    def check_data(self, root: str) -> None:
+        from engine import nih
+        if not root:
+            text = "embedded demo dataset (generated on first use)"
+        else:
+            try:
+                s = nih.check_dataset(root, decode=False)
+                labels = ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:6])
+                text = (f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
+                        f"patients in two splits: {s['leakage_patients']}")
+            except UserError as e:
+                text = f"[red]problem: {e}[/red]"
+        self.app.call_from_thread(self.query_one("#data-summary", Static).update, text)
+
+    # ------------------------------------------------------------ actions
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        if not self.validate_form():
+            return
+        from chexui.launch import save_config, start_detached
+        cfg = self.resolved()
+        run_dir = runs_mod.new_run_dir(self.runs_dir, cfg.get("name", "run"))
+        save_config(cfg, run_dir)
+        start_detached(run_dir, self.runs_dir)
+        from chexui.tui.monitor import MonitorScreen
+        self.app.switch_screen(MonitorScreen(run_dir))
+
+    @on(Button.Pressed, "#save")
+    def save_preset(self) -> None:
+        name = self.query_one("#save-name", Input).value.strip()
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            self.notify("preset name: letters, digits, - _ . only", severity="error")
+            return
+        if not self.validate_form():
+            return
+        shared = [d for d, src in presets_mod.search_dirs() if src == "env"]
+        target_dir = shared[0] if shared else presets_mod.user_dir()
+        target_dir.mkdir(parents=True, exist_ok=True)
+        body: dict = {"extends": self.preset, "description": f"saved from the launcher (based on {self.preset})"}
+        for item in self.overrides():
+            body = config.merge(body, config.parse_set(item))
+        data = self.query_one("#data", Input).value.strip()
+        if data:
+            body = config.merge(body, {"data": {"root": data}})
+        path = target_dir / f"{name}.toml"
+        path.write_text(config.dumps(body))
+        self.notify(f"saved {path}")
+
+    def action_back(self) -> None:
+        from chexui.tui.runs_browser import RunsScreen
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            self.app.switch_screen(RunsScreen(self.runs_dir))

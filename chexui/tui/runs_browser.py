@@ -1,0 +1,121 @@
+"""Runs browser: the runs dir with status and headline figures; open one, or compare two."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from chexui import runs as runs_mod
+from engine.labels import LABELS
+
+
+def fmt(v, spec=".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+class RunsScreen(Screen):
+    BINDINGS = [Binding("enter", "open", "Open"), Binding("space", "mark", "Mark for compare"),
+                Binding("c", "compare", "Compare 2"), Binding("n", "new", "New run"),
+                Binding("r", "reload", "Refresh"), Binding("q", "app.quit", "Quit")]
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.marked: list[str] = []
+        self.rows: dict[str, dict] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"runs in {self.runs_dir.resolve()}", id="title")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(" ", "run", "status", "preset", "world", "epochs", "best val", "test")
+        self.load()
+        self.set_interval(3.0, self.load)
+
+    @work(thread=True, exclusive=True)
+    def load(self) -> None:
+        rows = [r.summary() for r in runs_mod.list_runs(self.runs_dir)]
+        self.app.call_from_thread(self.show, rows)
+
+    def action_reload(self) -> None:
+        self.load()
+
+    def show(self, rows: list[dict]) -> None:
+        self.rows = {r["id"]: r for r in rows}
+        table = self.query_one(DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for r in reversed(rows):  # newest first
+            table.add_row("*" if r["id"] in self.marked else " ", r["id"], r["status"], str(r["preset"] or "-"),
+                          str(r["world_size"] or "-"), str(r["epochs"]), fmt(r["best_val_auc"]), fmt(r["test_auc"]),
+                          key=r["id"])
+        if rows:
+            table.move_cursor(row=min(cursor, len(rows) - 1))
+
+    def _current(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+
+    def action_open(self) -> None:
+        from chexui.tui.monitor import MonitorScreen
+        run_id = self._current()
+        if run_id:
+            self.app.push_screen(MonitorScreen(self.runs_dir / run_id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_mark(self) -> None:
+        run_id = self._current()
+        if run_id is None:
+            return
+        if run_id in self.marked:
+            self.marked.remove(run_id)
+        else:
+            self.marked = (self.marked + [run_id])[-2:]
+        self.show(list(self.rows.values()))
+
+    def action_compare(self) -> None:
+        if len(self.marked) != 2:
+            self.notify("mark two runs with space first", severity="warning")
+            return
+        self.app.push_screen(CompareScreen([self.runs_dir / r for r in self.marked]))
+
+    def action_new(self) -> None:
+        from chexui.tui.launcher import LauncherScreen
+        self.app.push_screen(LauncherScreen(self.runs_dir))
+
+
+class CompareScreen(Screen):
+    """Per-class test AUROC of two runs side by side, with the difference."""
+
+    BINDINGS = [Binding("b,escape", "app.pop_screen", "Back")]
+
+    def __init__(self, run_dirs: list[Path]) -> None:
+        super().__init__()
+        self.run_dirs = run_dirs
+
+    def compose(self) -> ComposeResult:
+        yield Static("per-class test AUROC", id="title")
+        yield DataTable(id="compare", cursor_type="none", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        infos = [runs_mod.load_run(d) for d in self.run_dirs]
+        tests = [next((e for e in reversed(i.events) if e["type"] == "evaluated" and e["split"] == "test"), None)
+                 for i in infos]
+        table = self.query_one(DataTable)
+        table.add_columns("label", *[i.id for i in infos], "B - A")
+        for name in list(LABELS) + ["mean"]:
+            vals = [(t["auc_mean"] if name == "mean" else t["auc"].get(name)) if t else None for t in tests]
+            diff = vals[1] - vals[0] if None not in vals else None
+            table.add_row(name, *[fmt(v) for v in vals], fmt(diff, "+.4f"))

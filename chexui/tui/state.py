@@ -1,0 +1,95 @@
+"""What the monitor shows, folded from the event stream. Pure Python: testable without a terminal."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.events import final_status
+
+
+@dataclass
+class RunState:
+    run_id: str = ""
+    preset: str = ""
+    arch: str = ""
+    world_size: int | None = None
+    nnodes: int | None = None
+    device: str = ""
+    epochs_total: int | None = None
+    started_ts: float | None = None
+    last_ts: float | None = None
+    epoch: int = 0
+    step: int = 0
+    steps: int = 0
+    running_loss: list[tuple[float, float]] = field(default_factory=list)  # (epoch + step/steps, loss)
+    epochs: list[dict[str, Any]] = field(default_factory=list)              # epoch_ended events
+    memory_mb: list[float] = field(default_factory=list)
+    images_per_s: float | None = None
+    val_auc: dict[str, float | None] = field(default_factory=dict)
+    test_auc: dict[str, float | None] = field(default_factory=dict)
+    test_auc_mean: float | None = None
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    finished: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, e: dict[str, Any]) -> None:
+        self.events.append(e)
+        t = e.get("type")
+        self.last_ts = e.get("ts", self.last_ts)
+        if t == "run_started":
+            cfg = e.get("config", {})
+            self.run_id, self.world_size, self.nnodes = e.get("run_id", ""), e.get("world_size"), e.get("nnodes")
+            self.device, self.started_ts = e.get("device", ""), e.get("ts")
+            self.preset, self.arch = cfg.get("name", ""), cfg.get("model", {}).get("arch", "")
+            self.epochs_total = cfg.get("train", {}).get("epochs")
+            self.finished = None
+        elif t == "restarted":
+            self.finished = None
+            self.world_size = e.get("world_size", self.world_size)
+            self.notes.append(f"resumed at epoch {e.get('resumed_epoch')} (attempt {e.get('attempt')})")
+        elif t == "epoch_started":
+            self.epoch, self.step = e["epoch"], 0
+        elif t == "progress":
+            self.epoch, self.step, self.steps = e["epoch"], e["step"], e["steps"]
+            self.images_per_s = e.get("images_per_s")
+            self.running_loss.append(((e["epoch"] - 1) + e["step"] / max(1, e["steps"]), e["loss"]))
+        elif t == "epoch_ended":
+            self.epochs.append(e)
+            self.memory_mb = list(e.get("memory_mb") or [])
+            self.val_auc = dict(e.get("val_auc") or {})
+            self.images_per_s = e.get("images_per_s")
+        elif t == "lr_reduced":
+            self.notes.append(f"epoch {e['epoch']}: learning rate reduced to {e['lr']:.2e}")
+        elif t == "early_stopped":
+            self.notes.append(f"early stop after epoch {e['epoch']}")
+        elif t == "evaluated" and e.get("split") == "test":
+            self.test_auc, self.test_auc_mean = dict(e.get("auc") or {}), e.get("auc_mean")
+        elif t == "error":
+            self.errors.append(e.get("message", ""))
+        elif t == "run_finished":
+            self.finished = e
+
+    @property
+    def status(self) -> str:
+        return final_status(self.events) or ("running" if self.events else "waiting")
+
+    @property
+    def has_sparsity(self) -> bool:
+        return any(ep.get("sparsity") is not None for ep in self.epochs)
+
+    def elapsed_s(self, now: float | None = None) -> float | None:
+        if self.started_ts is None:
+            return None
+        end = self.finished["ts"] if self.finished else (now or time.time())
+        return max(0.0, end - self.started_ts)
+
+    def eta_s(self) -> float | None:
+        """Remaining time at the mean epoch time so far (the epoch cap; early stopping may end sooner)."""
+        if not self.epochs or not self.epochs_total or self.finished:
+            return None
+        per_epoch = sum(ep["epoch_time_s"] for ep in self.epochs) / len(self.epochs)
+        done = len(self.epochs) + (self.step / self.steps if self.steps and self.epoch > len(self.epochs) else 0)
+        return max(0.0, (self.epochs_total - done) * per_epoch)

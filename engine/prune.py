@@ -1,0 +1,92 @@
+"""Gradual magnitude pruning during training (Zhu & Gupta's polynomial schedule).
+
+    s(t) = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** power      for t0 <= t < t1
+           s_f                                                          for t >= t1
+
+t counts optimizer steps; t0/t1 come from the fractional begin/end epochs. Masks are recomputed
+every `frequency_steps` (and at t1) by weight magnitude per layer, and re-applied after every optimizer
+step so pruned weights stay zero. Weights are identical on every rank under DDP, so masks are too.
+`scope = "conv"` prunes conv weights only (no BatchNorm, biases or classifier); `"all"` adds the
+classifier. `adaptive` gives a final target per layer by output channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+
+def schedule(step: int, t0: int, t1: int, s_i: float, s_f: float, power: float) -> float:
+    """The target sparsity at optimizer step `step` (0 before t0)."""
+    if step < t0:
+        return 0.0
+    if step >= t1:
+        return s_f
+    frac = (step - t0) / max(1, t1 - t0)
+    return s_f + (s_i - s_f) * (1.0 - frac) ** power
+
+
+def prunable(model: nn.Module, scope: str) -> dict[str, nn.Module]:
+    kinds = (nn.Conv2d,) if scope == "conv" else (nn.Conv2d, nn.Linear)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+class Pruner:
+    def __init__(self, model: nn.Module, cfg: dict, steps_per_epoch: int):
+        self.cfg = cfg
+        self.layers = prunable(model, cfg["scope"])
+        by_width = {a["out_channels"]: a["sparsity"] for a in cfg["adaptive"]}
+        self.final = {name: by_width.get(self._width(m), cfg["final_sparsity"]) for name, m in self.layers.items()}
+        self.t0 = round(cfg["begin_epoch"] * steps_per_epoch)
+        self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
+        self.masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in self.layers.items()}
+        self.last_update = -1
+
+    @staticmethod
+    def _width(m: nn.Module) -> int:
+        return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+    def target(self, name: str, step: int) -> float:
+        s_f = self.final[name]
+        return schedule(step, self.t0, self.t1, min(self.cfg["initial_sparsity"], s_f), s_f, self.cfg["power"])
+
+    def due(self, step: int) -> bool:
+        if step < self.t0 or self.last_update >= self.t1:
+            return False  # not started, or finished: masks stay as they are after t1
+        return step >= self.t1 or (step - self.t0) % self.cfg["frequency_steps"] == 0
+
+    @torch.no_grad()
+    def step(self, step: int) -> None:
+        """Call after each optimizer step with the global step count."""
+        if self.due(step):
+            for name, m in self.layers.items():
+                amount = round(self.target(name, step) * m.weight.numel())
+                # the library's magnitude selection: keep the largest |w|
+                self.masks[name] = tprune.L1Unstructured(amount=amount).compute_mask(
+                    m.weight, default_mask=torch.ones_like(m.weight)).bool()
+            self.last_update = step
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, m in self.layers.items():
+            m.weight.mul_(self.masks[name])
+
+    def sparsity(self) -> float:
+        """Achieved global sparsity over the pruned weights (zeros / weights)."""
+        zeros = sum(int((m.weight == 0).sum()) for m in self.layers.values())
+        return zeros / max(1, sum(m.weight.numel() for m in self.layers.values()))
+
+    def layer_sparsity(self) -> dict[str, dict]:
+        return {name: {"out_channels": self._width(m), "target": self.final[name],
+                       "sparsity": float((m.weight == 0).float().mean())} for name, m in self.layers.items()}
+
+    def state_dict(self) -> dict:
+        return {"masks": {k: v.cpu() for k, v in self.masks.items()}, "last_update": self.last_update}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = next(iter(self.layers.values())).weight.device
+        self.masks = {k: v.to(device) for k, v in state["masks"].items()}
+        self.last_update = int(state["last_update"])
+        self.apply()

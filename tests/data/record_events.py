@@ -1,0 +1,72 @@
+"""Re-record the event files the TUI tests replay (real runs on a tiny demo set, CPU, a minute or two):
+
+    python tests/data/record_events.py
+
+two_rank.jsonl: 2 processes, finished, test AUROC; failed.jsonl: an image corrupted after epoch 1;
+prune.jsonl: gradual magnitude pruning (sparsity per epoch).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine import demo
+from engine.events import read_events
+
+HERE = Path(__file__).parent / "events"
+TINY = '''
+name = "tiny"
+extends = "demo"
+[data]
+root = "{root}"
+image_size = 32
+workers = 0
+val_fraction = 0.2
+test_fraction = 0.25
+[train]
+epochs = {epochs}
+batch_size = 8
+'''
+
+
+def chexui(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], stdin=subprocess.DEVNULL)
+
+
+def main() -> None:
+    HERE.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="chexui-record-"))
+    data = demo.generate(work / "data", 160, 32, seed=1)
+    preset = work / "tiny.toml"
+    preset.write_text(TINY.format(root=data, epochs=3))
+
+    def record(name: str, *args, corrupt: bool = False) -> None:
+        runs = work / name
+        proc = chexui("run", "--headless", "--preset", preset, "--runs-dir", runs, *args)
+        if corrupt:  # corrupt a training image once epoch 1 is checkpointed
+            while True:
+                dirs = list(runs.glob("*/events.jsonl")) if runs.exists() else []
+                if dirs and any(e["type"] == "checkpoint_saved" for e in read_events(dirs[0])):
+                    import json
+                    victim = json.loads((dirs[0].parent / "split.json").read_text())["train"][0]
+                    p = data / "images" / victim
+                    p.write_bytes(p.read_bytes()[:100])
+                    break
+                time.sleep(0.1)
+        proc.wait()
+        shutil.copy(next(runs.glob("*/events.jsonl")), HERE / f"{name}.jsonl")
+        print(f"recorded {name}.jsonl (exit {proc.returncode})")
+
+    record("two_rank", "--nproc", 2)
+    record("prune", "--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.end_epoch=2.0",
+           "--set", "prune.frequency_steps=2")
+    record("failed", "--set", "data.cache=false", corrupt=True)
+
+
+if __name__ == "__main__":
+    main()

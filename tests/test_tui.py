@@ -1,0 +1,210 @@
+"""The Textual app, driven with Pilot and fed from recorded event files (tests/data/events/*.jsonl,
+re-recorded from real runs by tests/data/record_events.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, DataTable, Input, Static
+
+from chexui.tui.app import make_app
+from chexui.tui.launcher import LauncherScreen
+from chexui.tui.monitor import MonitorScreen
+from chexui.tui.runs_browser import CompareScreen, RunsScreen
+from engine.labels import LABELS
+
+RECORDED = Path(__file__).parent / "data" / "events"
+
+
+def recorded_run(tmp_path: Path, name: str, cut: int | None = None) -> Path:
+    """A run dir whose events.jsonl is a recording (optionally only its first `cut` lines)."""
+    run = tmp_path / "runs" / f"20260101-000000-{name}"
+    (run / "logs").mkdir(parents=True)
+    lines = (RECORDED / f"{name}.jsonl").read_text().splitlines(keepends=True)
+    (run / "events.jsonl").write_text("".join(lines[:cut]))
+    started = json.loads(lines[0])
+    (run / "config.toml").write_text(f'name = "{started["config"]["name"]}"\n')
+    return run
+
+
+async def settle(pilot, seconds: float = 1.2) -> None:
+    await pilot.pause(seconds)
+
+
+def text_of(app, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def cells(table: DataTable) -> list[list[str]]:
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
+    run = recorded_run(tmp_path, "two_rank")
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen)
+            assert screen.state.world_size == 2 and screen.state.status == "completed"
+            assert "r0:" in text_of(app, "#memory") and "r1:" in text_of(app, "#memory")
+            aucs = screen.query_one("#aucs", DataTable)
+            assert aucs.border_title == "test AUROC"
+            rows = cells(aucs)
+            assert [r[0] for r in rows] == list(LABELS) + ["mean"]
+            assert "completed" in text_of(app, "#status") and "world 2" in text_of(app, "#status")
+            assert screen.query_one("#epochs", DataTable).row_count == len(screen.state.epochs) >= 2
+    asyncio.run(go())
+
+
+def test_pruning_run_has_sparsity_column(tmp_path):
+    run = recorded_run(tmp_path, "prune")
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            table = app.screen.query_one("#epochs", DataTable)
+            labels = [str(c.label) for c in table.columns.values()]
+            assert labels[-1] == "sparsity"
+            last = cells(table)[-1]
+            assert float(last[-1]) == pytest.approx(0.70, abs=0.005)
+    asyncio.run(go())
+
+
+def test_failed_run_shows_the_error(tmp_path):
+    run = recorded_run(tmp_path, "failed")
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot)
+            status = text_of(app, "#status")
+            assert "failed" in status and "error:" in status and "cannot read image" in status
+    asyncio.run(go())
+
+
+def test_partial_line_deleted_dir_and_dead_engine(tmp_path):
+    """A half-written last line, an engine that died without run_finished, a run dir deleted while
+    watched: the app says what happened and keeps running."""
+    lines = (RECORDED / "two_rank.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, l in enumerate(lines) if '"epoch_ended"' in l) + 1
+    run = recorded_run(tmp_path, "two_rank", cut=cut)
+    with open(run / "events.jsonl", "a") as f:
+        f.write(lines[cut][: len(lines[cut]) // 2])  # partial line, no newline
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            screen = app.screen
+            assert len(screen.state.epochs) == 1
+            assert "engine ended without finishing" in text_of(app, "#status")
+            with open(run / "events.jsonl", "a") as f:  # the writer finishes its line
+                f.write(lines[cut][len(lines[cut]) // 2:])
+            await settle(pilot)
+            assert screen.state.events[-1] == json.loads(lines[cut])
+            shutil.rmtree(run)
+            await settle(pilot)
+            assert "run directory deleted" in text_of(app, "#status")
+            assert app.is_running
+    asyncio.run(go())
+
+
+def test_runs_browser_opens_and_compares(tmp_path):
+    recorded_run(tmp_path, "two_rank")
+    recorded_run(tmp_path, "prune")
+
+    async def go():
+        app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            assert isinstance(app.screen, RunsScreen)
+            table = app.screen.query_one(DataTable)
+            assert table.row_count == 2 and {r[2] for r in cells(table)} == {"completed"}
+            await pilot.press("space", "down", "space", "c")
+            await settle(pilot, 0.5)
+            assert isinstance(app.screen, CompareScreen)
+            rows = cells(app.screen.query_one(DataTable))
+            assert [r[0] for r in rows] == list(LABELS) + ["mean"] and len(rows[0]) == 4
+            await pilot.press("b", "enter")
+            await settle(pilot)
+            assert isinstance(app.screen, MonitorScreen) and app.screen.state.status == "completed"
+    asyncio.run(go())
+
+
+def test_launcher_flags_invalid_fields_before_start(tmp_path):
+    async def go():
+        app = make_app(tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot, 0.5)
+            screen = app.screen
+            assert isinstance(screen, LauncherScreen)
+            names = [r[0] for r in cells(screen.query_one("#presets", DataTable))]
+            assert {"demo", "densenet121", "resnet50"} <= set(names)
+            batch = screen.query_one("#batch_size", Input)
+            batch.value = "0"
+            await settle(pilot, 0.3)
+            assert batch.has_class("invalid") and screen.query_one("#start", Button).disabled
+            assert "train.batch_size" in text_of(app, "#form-error")
+            batch.value = "16"
+            await settle(pilot, 0.3)
+            assert not batch.has_class("invalid") and not screen.query_one("#start", Button).disabled
+            screen.query_one("#data", Input).value = str(tmp_path / "nope")
+            await settle(pilot, 1.0)
+            assert "problem" in text_of(app, "#data-summary")
+    asyncio.run(go())
+
+
+def test_launcher_saves_a_preset(tmp_path, monkeypatch):
+    shared = tmp_path / "shared-presets"
+    shared.mkdir()
+    monkeypatch.setenv("CHEXUI_PRESETS", str(shared))
+
+    async def go():
+        app = make_app(tmp_path / "runs")
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(pilot, 0.5)
+            screen = app.screen
+            screen.query_one("#lr", Input).value = "0.005"
+            screen.query_one("#save-name", Input).value = "my-demo"
+            await settle(pilot, 0.3)
+            screen.save_preset()
+    asyncio.run(go())
+    from chexui import presets
+    cfg = presets.resolve("my-demo")
+    assert cfg["train"]["lr"] == 0.005 and (shared / "my-demo.toml").is_file()
+
+
+@pytest.mark.slow
+def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset, monkeypatch):
+    monkeypatch.setenv("CHEXUI_PRESETS", str(tiny_preset.parent))
+    runs = tmp_path / "runs"
+
+    async def go():
+        app = make_app(runs, poll_s=0.1)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(pilot, 0.5)
+            app.screen.load_preset("tiny")
+            await settle(pilot, 0.3)
+            app.screen.query_one("#start", Button).press()
+            end = time.time() + 180
+            while time.time() < end:
+                await pilot.pause(0.5)
+                screen = app.screen
+                if isinstance(screen, MonitorScreen) and screen.state.test_auc and not screen.launcher_alive:
+                    break
+            screen = app.screen
+            assert isinstance(screen, MonitorScreen) and screen.state.status == "completed"
+            await settle(pilot, 0.6)
+            rows = cells(screen.query_one("#aucs", DataTable))
+            assert [r[0] for r in rows] == list(LABELS) + ["mean"]
+            assert screen.query_one("#aucs", DataTable).border_title == "test AUROC"
+    asyncio.run(go())
