@@ -281,6 +281,8 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
         raise fail(f"--split {split!r}: expected test or all")
     try:
         run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+        from engine import nih
+        nih.find_csv(Path(data))  # a bad --data fails here, before torch is imported
         from engine.evaluate import evaluate_run
         res = evaluate_run(run_dir, data, split)
     except UserError as e:

@@ -247,7 +247,7 @@ def _plan(n_images: int, seed: int) -> list[dict]:
         for k in range(n_follow):
             shown = draw_labels(rng, previous)
             previous = shown
-            reported = {n for n in shown if rng.random() >= LABEL_DROP}
+            reported = {n for n in sorted(shown) if rng.random() >= LABEL_DROP}  # sorted: str hashes vary
             if rng.random() < LABEL_SPURIOUS:
                 reported.add(LABELS[int(rng.integers(len(LABELS)))])
             rows.append({"name": f"{pid:08d}_{k:03d}.png", "patient": pid, "follow": k,

@@ -199,11 +199,21 @@ def test_two_nodes_on_localhost(tmp_path, tiny_preset):
     assert final_status(ev) == "completed"
 
 
-def test_eval_on_real_nih_sample(tmp_path, tiny_preset):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_demo) -> tuple[Path, str]:
+    """One finished 1-epoch run on the tiny demo set: (runs dir, run id)."""
+    base = tmp_path_factory.mktemp("trained")
+    preset = base / "tiny.toml"
+    preset.write_text(PRESET_BODY.format(desc="trained", root=tiny_demo, epochs=1))
+    runs = base / "runs"
+    r = chexui("run", "--headless", "--preset", preset, "--runs-dir", runs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return runs, only_run(runs).name
+
+
+def test_eval_on_real_nih_sample(tmp_path, trained):
     root = nih_sample()
-    runs = tmp_path / "runs"
-    assert chexui("run", "--headless", "--preset", tiny_preset, "--set", "train.epochs=1", "--runs-dir", runs).returncode == 0
-    run_id = only_run(runs).name
+    runs, run_id = trained
     r = chexui("eval", run_id, "--data", root, "--json", "--runs-dir", runs)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -215,10 +225,8 @@ def test_eval_on_real_nih_sample(tmp_path, tiny_preset):
     assert r.returncode == 2 and "missing" in r.stderr
 
 
-def test_runs_list_and_show_human(tmp_path, tiny_preset):
-    runs = tmp_path / "runs"
-    assert chexui("run", "--headless", "--preset", tiny_preset, "--set", "train.epochs=1", "--runs-dir", runs).returncode == 0
-    run_id = only_run(runs).name
+def test_runs_list_and_show_human(trained):
+    runs, run_id = trained
     r = chexui("runs", "list", "--runs-dir", runs)
     assert r.returncode == 0 and run_id in r.stdout and "completed" in r.stdout
     r = chexui("runs", "show", run_id, "--runs-dir", runs)
