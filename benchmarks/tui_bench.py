@@ -1,4 +1,4 @@
-"""TUI benchmark: time from process start to the first frame, and CPU used while following a run that
+"""TUI benchmark: time from starting the process (parent's clock) to the first frame, and CPU used while following a run that
 emits 10 events per second. Run by hand:  python benchmarks/tui_bench.py [--seconds 30]
 """
 
@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDING = ROOT / "tests" / "data" / "events" / "two_rank.jsonl"
 
 FIRST_FRAME = textwrap.dedent('''
-    import os, sys, time, psutil
-    t0 = psutil.Process(os.getpid()).create_time()
+    import sys, time
+    t0 = float(sys.argv[1])  # the parent's clock just before it started this process
+    import chexui.cli  # what the `chexui` console script loads first
     from chexui.tui.app import make_app
-    app = make_app(sys.argv[1], run=sys.argv[2] if len(sys.argv) > 2 else None)
+    app = make_app(sys.argv[2], run=sys.argv[3] if len(sys.argv) > 3 else None)
     async def auto(pilot):
         await pilot.pause(0)  # the first frame has been composed and rendered
         print(f"{time.time() - t0:.3f}")
@@ -39,14 +40,15 @@ FOLLOW = textwrap.dedent('''
 
 
 def first_frame(runs: Path, run: Path | None) -> float:
-    args = [sys.executable, "-c", FIRST_FRAME, str(runs)] + ([str(run)] if run else [])
+    args = [sys.executable, "-c", FIRST_FRAME, repr(time.time()), str(runs)] + ([str(run)] if run else [])
+    args[3] = repr(time.time())
     out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return float(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=10.0, help="events per second")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="chexui-tui-bench-"))
@@ -71,14 +73,19 @@ def main() -> None:
     proc = psutil.Process(app.pid)
     time.sleep(3.0)  # start-up is not part of the steady state
     c0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
-    n, step = 0, 0
-    body = [e for e in recorded if e["type"] in ("progress", "epoch_ended", "epoch_started")]
+    # like a real run: progress events, and an epoch boundary (epoch_ended + epoch_started) every 30 s
+    progress = next(e for e in recorded if e["type"] == "progress")
+    ended = next(e for e in recorded if e["type"] == "epoch_ended")
+    n, epoch = 0, 1
     with open(run / "events.jsonl", "a") as f:
         while time.monotonic() - t0 < args.seconds:
-            e = dict(body[n % len(body)], ts=time.time())
-            if e["type"] == "progress":
-                step += 1
-                e["step"] = step % 100 + 1
+            if n % 300 == 299:
+                e = dict(ended, epoch=epoch, ts=time.time())
+                epoch += 1
+            elif n % 300 == 0:
+                e = {"v": 1, "type": "epoch_started", "ts": time.time(), "epoch": epoch}
+            else:
+                e = dict(progress, epoch=epoch, step=n % 300, steps=300, loss=0.1 + 0.01 * (n % 7), ts=time.time())
             f.write(json.dumps(e) + "\n")
             f.flush()
             n += 1

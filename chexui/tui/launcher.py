@@ -14,9 +14,9 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
+from textual.widgets import Button, DataTable, Footer, Input, Select, Static
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
@@ -66,25 +66,16 @@ class LauncherScreen(Screen):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="launcher"):
-            with Vertical(id="preset-pane"):
-                yield Label("presets")
-                yield DataTable(id="presets", cursor_type="row")
+            yield DataTable(id="presets", cursor_type="row")
             with VerticalScroll(id="form"):
-                yield Label("architecture")
                 yield Select([(a, a) for a in config.SCHEMA["model"]["arch"].choices], id="arch", allow_blank=False,
                              value="resnet18")
-                for fid, label in (("image_size", "image size (px)"), ("batch_size", "batch size per process"),
-                                   ("lr", "learning rate"), ("epochs", "epochs (cap)")):
-                    yield Label(label)
+                for fid in ("image_size", "batch_size", "lr", "epochs"):
                     yield Input(id=fid)
-                yield Label(self.proc_label)
                 yield Select([(str(n), n) for n in range(1, self.max_proc + 1)], id="nproc", allow_blank=False, value=1)
-                yield Label("nodes")
                 yield Input(id="nnodes", value="1")
-                yield Label("compression")
                 yield Select([("none", "none")], id="compression", allow_blank=False, value="none")
-                yield Label("data dir (empty: the embedded demo dataset)")
-                yield Input(id="data", placeholder="/data/nih")
+                yield Input(id="data", placeholder="empty: the embedded demo dataset")
                 yield Static("", id="data-summary")
                 yield Static("", id="form-error")
                 with Horizontal(id="buttons"):
@@ -93,8 +84,15 @@ class LauncherScreen(Screen):
                     yield Button("Save as preset", id="save")
         yield Footer()
 
+    TITLES = {"arch": "architecture", "image_size": "image size (px)", "batch_size": "batch size per process",
+              "lr": "learning rate", "epochs": "epochs (cap)", "nnodes": "nodes", "compression": "compression",
+              "data": "data dir (NIH layout)"}
+
     def on_mount(self) -> None:
+        for wid, title in {**self.TITLES, "nproc": self.proc_label}.items():
+            self.query_one(f"#{wid}").border_title = title
         table = self.query_one("#presets", DataTable)
+        table.border_title = "presets"
         table.add_columns("name", "source", "description")
         available = presets_mod.available()
         names = {p.name for p in available}
@@ -118,6 +116,7 @@ class LauncherScreen(Screen):
             self.query_one(f"#{fid}", Input).value = str(cfg[section][sub])
         self.query_one("#nproc", Select).value = min(cfg["distributed"]["nproc"], self.max_proc)
         self.query_one("#data", Input).value = cfg["data"]["root"]
+        self.check_data(cfg["data"]["root"])
         self.validate_form()
 
     def overrides(self) -> list[str]:
@@ -173,19 +172,22 @@ class LauncherScreen(Screen):
     def preset_chosen(self, event: DataTable.RowSelected) -> None:
         self.load_preset(event.row_key.value)
 
-    @work(thread=True, exclusive=True, group="data-check")
     def check_data(self, root: str) -> None:
-        from engine import nih
-        if not root:
-            text = "embedded demo dataset (generated on first use)"
+        if not root:  # nothing to read: no need to import pandas in the background
+            self.query_one("#data-summary", Static).update("embedded demo dataset (generated on first use)")
         else:
-            try:
-                s = nih.check_dataset(root, decode=False)
-                labels = ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:6])
-                text = (f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
-                        f"patients in two splits: {s['leakage_patients']}")
-            except UserError as e:
-                text = f"[red]problem: {e}[/red]"
+            self._check_data(root)
+
+    @work(thread=True, exclusive=True, group="data-check")
+    def _check_data(self, root: str) -> None:
+        from engine import nih
+        try:
+            s = nih.check_dataset(root, decode=False)
+            labels = ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:6])
+            text = (f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
+                    f"patients in two splits: {s['leakage_patients']}")
+        except UserError as e:
+            text = f"[red]problem: {e}[/red]"
         self.app.call_from_thread(self.query_one("#data-summary", Static).update, text)
 
     # ------------------------------------------------------------ actions

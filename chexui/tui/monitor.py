@@ -36,6 +36,16 @@ def hms(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+PANES = {"status", "progress", "plot!", "aucs", "epochs"}
+# which panes an event type changes ("plot" may be deferred, "plot!" may not)
+DIRTIES = {
+    "progress": {"progress", "plot"},
+    "epoch_started": {"progress"},
+    "epoch_ended": {"plot!", "aucs", "epochs", "status"},
+    "evaluated": {"aucs"},
+}
+
+
 class RunUpdate(Message):
     def __init__(self, events: list[dict], log_lines: list[str], launcher_alive: bool, gone: bool) -> None:
         super().__init__()
@@ -68,7 +78,8 @@ class MonitorScreen(Screen):
         self.state = RunState(run_id=self.run_dir.name)
         self.launcher_alive = False
         self.gone = False
-        self._dirty = True
+        self._dirty = set(PANES)  # panes to redraw at the next tick
+        self._plot_drawn = 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -112,10 +123,12 @@ class MonitorScreen(Screen):
     def on_run_update(self, msg: RunUpdate) -> None:
         for e in msg.events:
             self.state.apply(e)
+            self._dirty |= DIRTIES.get(e.get("type"), {"status"})
+        if (msg.launcher_alive, msg.gone) != (self.launcher_alive, self.gone):
+            self._dirty.add("status")
         self.launcher_alive, self.gone = msg.launcher_alive, msg.gone
         if msg.log_lines:
             self.query_one("#log", RichLog).write("\n".join(msg.log_lines))
-        self._dirty = True
 
     # ------------------------------------------------------------ data down (redraw)
     def status_text(self) -> str:
@@ -133,19 +146,30 @@ class MonitorScreen(Screen):
         return text
 
     def redraw(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
-        st = self.state
-        self.query_one("#status", Static).update(self.status_text())
-        bar = self.query_one("#progress", ProgressBar)
-        if st.steps:
-            bar.update(total=st.steps, progress=st.step)
-        self._draw_loss()
-        self._draw_aucs()
-        self._draw_epochs()
-        mem = " ".join(f"r{i}:{m:.0f}" for i, m in enumerate(st.memory_mb))
-        self.query_one("#memory", Static).update(f"memory MB/rank {mem or '-'}")
+        """Redraw only the panes whose data changed; the running-loss curve at most every 2 s."""
+        st, now = self.state, time.monotonic()
+        if st.status == "running" and self.launcher_alive and now - getattr(self, "_clock", 0) > 1.0:
+            self._clock = now
+            self._dirty.add("status")  # elapsed and ETA move on
+        if "plot" in self._dirty and "plot!" not in self._dirty and now - self._plot_drawn < 2.0:
+            self._dirty.discard("plot")  # a new running-loss point can wait; an epoch cannot
+            self._plot_pending = True
+        elif getattr(self, "_plot_pending", False) and now - self._plot_drawn >= 2.0:
+            self._dirty.add("plot")
+        dirty, self._dirty = self._dirty, set()
+        if "status" in dirty:
+            self.query_one("#status", Static).update(self.status_text())
+        if "progress" in dirty and st.steps:
+            self.query_one("#progress", ProgressBar).update(total=st.steps, progress=st.step)
+        if dirty & {"plot", "plot!"}:
+            self._plot_drawn, self._plot_pending = now, False
+            self._draw_loss()
+        if "aucs" in dirty:
+            self._draw_aucs()
+        if "epochs" in dirty:
+            self._draw_epochs()
+            mem = " ".join(f"r{i}:{m:.0f}" for i, m in enumerate(st.memory_mb))
+            self.query_one("#memory", Static).update(f"memory MB/rank {mem or '-'}")
 
     def _draw_loss(self) -> None:
         plot = self.query_one("#loss", PlotextPlot)
