@@ -103,26 +103,32 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
     return parse_lines(text)[0]
 
 
-class EventTail:
-    """Incremental reader: each `poll()` returns the events appended since the last call."""
+class FileTail:
+    """Incremental reader of an appended text file: `lines()` returns the complete lines written since
+    the last call (a partial last line waits for its newline)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._offset = 0
         self._tail = ""
 
-    def poll(self) -> list[dict[str, Any]]:
+    def lines(self) -> list[str]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
                 chunk = f.read()
         except FileNotFoundError:
             return []
-        if not chunk:
-            return []
         self._offset += len(chunk)
-        events, self._tail = parse_lines(self._tail + chunk.decode("utf-8", errors="replace"))
-        return events
+        *complete, self._tail = (self._tail + chunk.decode("utf-8", errors="replace")).split("\n")
+        return complete
+
+
+class EventTail(FileTail):
+    """Incremental event reader: each `poll()` returns the events appended since the last call."""
+
+    def poll(self) -> list[dict[str, Any]]:
+        return parse_lines("".join(line + "\n" for line in self.lines()))[0]
 
 
 def follow(path: str | Path, stop: Any = None, interval: float = 0.2) -> Iterator[dict[str, Any]]:

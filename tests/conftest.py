@@ -36,25 +36,28 @@ def tiny_demo(tmp_path_factory) -> Path:
     return demo.generate(tmp_path_factory.mktemp("tiny-demo"), n_images=160, size=32, seed=1)
 
 
-@pytest.fixture()
-def tiny_preset(tmp_path, tiny_demo) -> Path:
-    """A seconds-long CPU run on the tiny demo set."""
-    p = tmp_path / "tiny.toml"
-    p.write_text(f'''
+TINY_PRESET = '''
 name = "tiny"
 extends = "demo"
-description = "test run"
+description = "{desc}"
 [data]
-root = "{tiny_demo}"
+root = "{root}"
 image_size = 32
 workers = 0
 val_fraction = 0.2
 test_fraction = 0.25
 [train]
-epochs = 2
+epochs = {epochs}
 batch_size = 8
 early_stop_patience = 0
-''')
+'''
+
+
+@pytest.fixture()
+def tiny_preset(tmp_path, tiny_demo) -> Path:
+    """A seconds-long CPU run on the tiny demo set."""
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY_PRESET.format(desc="test run", root=tiny_demo, epochs=2))
     return p
 
 

@@ -15,22 +15,7 @@ import pytest
 
 from engine.events import final_status
 from engine.labels import LABELS
-from tests.conftest import chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
-
-PRESET_BODY = '''
-extends = "demo"
-description = "{desc}"
-[data]
-root = "{root}"
-image_size = 32
-workers = 0
-val_fraction = 0.2
-test_fraction = 0.25
-[train]
-epochs = {epochs}
-batch_size = 8
-'''
-
+from tests.conftest import TINY_PRESET, chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
 
 def leftover(runs: Path) -> list[psutil.Process]:
     """Processes still running for anything under `runs` (launchers, torchrun, workers)."""
@@ -77,7 +62,7 @@ def test_builtin_presets_listed_and_valid():
 def test_shared_preset_dir_listed_and_runs_by_name(tmp_path, tiny_demo, monkeypatch):
     shared = tmp_path / "lab-presets"
     shared.mkdir()
-    (shared / "lab-tiny.toml").write_text(PRESET_BODY.format(desc="our lab's tiny run", root=tiny_demo, epochs=1))
+    (shared / "lab-tiny.toml").write_text(TINY_PRESET.format(desc="our lab's tiny run", root=tiny_demo, epochs=1))
     monkeypatch.setenv("CHEXUI_PRESETS", f"{tmp_path / 'nowhere'}:{shared}")
     items = {p["name"]: p for p in json.loads(chexui("presets", "list", "--json").stdout)}
     assert items["lab-tiny"]["source"] == "env" and items["lab-tiny"]["path"] == str(shared / "lab-tiny.toml")
@@ -204,7 +189,7 @@ def trained(tmp_path_factory, tiny_demo) -> tuple[Path, str]:
     """One finished 1-epoch run on the tiny demo set: (runs dir, run id)."""
     base = tmp_path_factory.mktemp("trained")
     preset = base / "tiny.toml"
-    preset.write_text(PRESET_BODY.format(desc="trained", root=tiny_demo, epochs=1))
+    preset.write_text(TINY_PRESET.format(desc="trained", root=tiny_demo, epochs=1))
     runs = base / "runs"
     r = chexui("run", "--headless", "--preset", preset, "--runs-dir", runs)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -21,7 +21,7 @@ from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
 from chexui.tui.state import RunState
-from engine.events import EventTail
+from engine.events import EventTail, FileTail
 from engine.labels import LABELS
 
 
@@ -106,14 +106,14 @@ class MonitorScreen(Screen):
     def follow(self) -> None:
         worker = get_current_worker()
         events = EventTail(self.run_dir / "events.jsonl")
-        log = EventLogTail(self.run_dir / "logs" / "engine.log")
+        log = FileTail(self.run_dir / "logs" / "engine.log")
         last_alive_check, alive = 0.0, False
         while not worker.is_cancelled:
             now = time.monotonic()
             if now - last_alive_check > 2.0:
                 alive, last_alive_check = runs_mod.launcher_process(self.run_dir) is not None, now
             gone = not self.run_dir.exists()
-            new, lines = events.poll(), log.poll()
+            new, lines = events.poll(), log.lines()
             if new or lines or alive != self.launcher_alive or gone != self.gone:
                 self.post_message(RunUpdate(new, lines, alive, gone))
             if gone:
@@ -249,19 +249,3 @@ class MonitorScreen(Screen):
             elif choice == "leave":
                 self.app.exit(message=f"{self.run_dir.name} keeps running: chexui watch {self.run_dir.name}")
         self.app.push_screen(QuitDialog(), done)
-
-
-class EventLogTail(EventTail):
-    """Incremental reader of a text log: new complete lines since the last poll."""
-
-    def poll(self) -> list[str]:  # type: ignore[override]
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        text = self._tail + chunk.decode("utf-8", errors="replace")
-        *lines, self._tail = text.split("\n")
-        return lines

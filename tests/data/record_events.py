@@ -1,6 +1,6 @@
 """Re-record the event files the TUI tests replay (real runs on a tiny demo set, CPU, a minute or two):
 
-    python tests/data/record_events.py
+    python -m tests.data.record_events
 
 two_rank.jsonl: 2 processes, finished, test AUROC; failed.jsonl: an image corrupted after epoch 1;
 prune.jsonl: gradual magnitude pruning (sparsity per epoch).
@@ -17,23 +17,9 @@ from pathlib import Path
 
 from engine import demo
 from engine.events import read_events
+from tests.conftest import TINY_PRESET
 
 HERE = Path(__file__).parent / "events"
-TINY = '''
-name = "tiny"
-extends = "demo"
-[data]
-root = "{root}"
-image_size = 32
-workers = 0
-val_fraction = 0.2
-test_fraction = 0.25
-[train]
-epochs = {epochs}
-batch_size = 8
-'''
-
-
 def chexui(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], stdin=subprocess.DEVNULL)
 
@@ -43,7 +29,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="chexui-record-"))
     data = demo.generate(work / "data", 160, 32, seed=1)
     preset = work / "tiny.toml"
-    preset.write_text(TINY.format(root=data, epochs=3))
+    preset.write_text(TINY_PRESET.format(desc="recorded run", root=data, epochs=3))
 
     def record(name: str, *args, corrupt: bool = False) -> None:
         runs = work / name
