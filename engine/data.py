@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from engine import cache, demo, nih
-from engine.labels import NUM_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,7 +141,3 @@ def eval_batches(n: int, batch_size: int, world: int, rank: int) -> tuple[np.nda
     """Every image exactly once across ranks (no padding): rank r takes positions r, r+W, ..."""
     mine = np.arange(rank, n, world)
     return mine, [mine[i:i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
-
-
-def empty_labels() -> np.ndarray:
-    return np.zeros((0, NUM_CLASSES), np.float32)

@@ -31,7 +31,6 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "run_finished": ("status", "epochs", "total_time_s", "best_epoch", "test_auc_mean"),
     "error": ("message",),
 }
-STATUSES = ("completed", "stopped", "failed")
 
 
 def make(type_: str, **fields: Any) -> dict[str, Any]:
