@@ -187,7 +187,7 @@ def watch(run_ref: str = typer.Argument(..., metavar="RUN"),
         run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
     except UserError as e:
         raise fail(str(e))
-    if not headless:
+    if not headless and sys.stdout.isatty():  # without a terminal: the text output below
         from chexui.tui.app import make_app
         make_app(runs_mod.runs_dir(runs_dir), run=run_dir).run()
         raise typer.Exit(0)

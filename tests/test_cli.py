@@ -36,12 +36,15 @@ def test_import_cli_does_not_import_torch():
 
 
 def test_every_command_has_help():
+    from typer.testing import CliRunner
+    from chexui.cli import app
+    runner = CliRunner()
     for cmd in (["--help"], ["run", "--help"], ["watch", "--help"], ["stop", "--help"], ["runs", "list", "--help"],
                 ["runs", "show", "--help"], ["eval", "--help"], ["presets", "list", "--help"],
                 ["presets", "show", "--help"], ["presets", "validate", "--help"], ["data", "demo", "--help"],
                 ["data", "check", "--help"], ["data", "prepare", "--help"]):
-        r = chexui(*cmd)
-        assert r.returncode == 0 and "Usage" in r.stdout, cmd
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 0 and "Usage" in r.output, (cmd, r.output)
 
 
 def test_builtin_presets_listed_and_valid():
