@@ -226,6 +226,8 @@ class Run:
             if self.pruner is not None:
                 self.pruner.step(self.state["global_step"])
             self.state["step"] = step + 1
+            # .item() waits for the GPU: on CUDA only every 10th step's loss is read, so the epoch's
+            # train_loss there is the mean of those samples (on CPU, of every step)
             lv = loss.item() if self.d.device.type == "cpu" or step % sync_every == 0 else None
             if lv is not None:
                 self.state["loss_sum"] += lv
