@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,7 +87,7 @@ def _prepare_data(cfg: dict) -> None:
                 prog.stop()
 
 
-async def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView | None) -> int:
+async def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView) -> int:
     from chexui.launch import Launcher
     from engine.events import EventTail
     launcher = Launcher(cfg, run_dir, node)
@@ -100,18 +99,15 @@ async def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView 
     try:
         while not task.done():
             for e in tail.poll():
-                if view:
-                    view.handle(e)
+                view.handle(e)
             await asyncio.sleep(0.2)
-        code = await task
+        await task
     except asyncio.CancelledError:
-        code = launcher.finish()
+        pass  # stopped by a signal: the launcher has stopped the run and written its final status
     for e in tail.poll():
-        if view:
-            view.handle(e)
-    if view:
-        view.close()
-    return code
+        view.handle(e)
+    view.close()
+    return launcher.exit_code
 
 
 @app.command()
@@ -130,8 +126,9 @@ def run(
     resume: Optional[str] = typer.Option(None, "--resume", help="continue a stopped or failed RUN"),
 ) -> None:
     """Train a model: resolve the preset, start the engine under torchrun, show progress."""
-    from chexui.launch import NodeSpec, save_config
+    from chexui.launch import NodeSpec, save_config, start_detached
     base = runs_mod.runs_dir(runs_dir)
+    node = NodeSpec(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     try:
         if nnodes > 1 and not rdzv_endpoint:
             raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the node-rank-0 host)")
@@ -144,9 +141,7 @@ def run(
                 raise UserError(f"run {run_dir.name} is running already (chexui stop {run_dir.name})")
             cfg = config.load_run_config(run_dir / "config.toml")
             if set_:
-                for item in set_:
-                    cfg = config.merge(cfg, config.parse_set(item))
-                cfg = config.validate(cfg, str(run_dir / "config.toml"))
+                cfg = config.validate(config.apply_sets(cfg, set_), str(run_dir / "config.toml"))
                 save_config(cfg, run_dir)
         else:
             cfg = presets_mod.resolve(preset or "demo", set_, data, nproc, nnodes if nnodes > 1 else None)
@@ -157,20 +152,17 @@ def run(
     except UserError as e:
         raise fail(str(e))
     if detach:
-        from chexui.launch import start_detached
-        pid = start_detached(run_dir, base, NodeSpec(nnodes, node_rank, rdzv_endpoint))
+        pid = start_detached(run_dir, base, node)
         print(f"started {run_dir.name} in the background (pid {pid})")
         print(f"  follow: chexui watch {run_dir.name} --headless")
         print(f"  stop:   chexui stop {run_dir.name}")
         raise typer.Exit(0)
     if not headless and sys.stdout.isatty():  # without a terminal there is no TUI: plain output
-        from chexui.launch import start_detached
-        start_detached(run_dir, base, NodeSpec(nnodes, node_rank, rdzv_endpoint))
+        start_detached(run_dir, base, node)
         from chexui.tui.app import make_app
         make_app(base, run=run_dir).run()
         raise typer.Exit(0)
     runs_mod.write_launcher(run_dir)
-    node = NodeSpec(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     view = HeadlessView()
     view.say(f"run dir: {run_dir}")
     code = asyncio.run(_launch_and_follow(cfg, run_dir, node, view))

@@ -15,14 +15,13 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
 from engine import config
-from engine.events import EventWriter, final_status, read_events
+from engine.events import STOP_FILE, EventWriter, final_status, read_events
 
-STOP_FILE = "stop_requested"  # engine.train.STOP_FILE (kept equal; engine is not imported here: torch)
 GRACE_S = 45.0
 
 
@@ -72,13 +71,12 @@ def engine_env() -> dict[str, str]:
 class Launcher:
     """Runs torchrun for one run dir to the end. `stop()` may be called from a signal handler."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, node: NodeSpec | None = None,
-                 on_output: Callable[[str], None] | None = None):
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, node: NodeSpec | None = None):
         self.cfg, self.run_dir, self.node = cfg, run_dir, node or NodeSpec(nnodes=cfg["distributed"]["nnodes"])
-        self.on_output = on_output
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_requested = False
         self.returncode: int | None = None
+        self.exit_code = 1  # set by finish()
         self._tail: list[str] = []
 
     def request_stop(self) -> None:
@@ -91,8 +89,6 @@ class Launcher:
             log.write(text)
             log.flush()
             self._tail = (self._tail + [text.rstrip()])[-40:]
-            if self.on_output:
-                self.on_output(text.rstrip("\n"))
 
     async def _terminate(self) -> None:
         """SIGTERM to torchrun's group and every descendant, grace period, then SIGKILL."""
@@ -142,8 +138,6 @@ class Launcher:
             raise
         finally:
             log.close()
-        if self.stop_requested:
-            await self._terminate()
         return self.finish()
 
     def finish(self) -> int:
@@ -151,7 +145,8 @@ class Launcher:
         events = read_events(self.run_dir / "events.jsonl")
         status = final_status(events)
         if status is None and not events and self.returncode == 0 and self.node.nnodes > 1:
-            return 0  # global rank 0 (the event writer) ran on another node, and this node's part succeeded
+            self.exit_code = 0  # global rank 0 (the event writer) ran on another node; this node's part succeeded
+            return 0
         if status is None and (events or self.node.node_rank == 0):
             status = "stopped" if self.stop_requested else "failed"
             w = EventWriter(self.run_dir / "events.jsonl")
@@ -165,7 +160,8 @@ class Launcher:
                    best_epoch=0, test_auc_mean=None)
             w.close()
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-        return {"completed": 0, "stopped": 0}.get(status or "failed", 1)
+        self.exit_code = {"completed": 0, "stopped": 0}.get(status or "failed", 1)
+        return self.exit_code
 
 
 def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None) -> int:

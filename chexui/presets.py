@@ -107,6 +107,4 @@ def resolve(ref: str = "demo", sets: list[str] | None = None,
         raw = config.merge(raw, {"distributed": {"nproc": nproc}})
     if nnodes is not None:
         raw = config.merge(raw, {"distributed": {"nnodes": nnodes}})
-    for item in sets or []:
-        raw = config.merge(raw, config.parse_set(item))
-    return config.validate(raw, str(chain[-1]))
+    return config.validate(config.apply_sets(raw, sets or []), str(chain[-1]))

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 
 from engine.errors import UserError
-from engine.events import final_status, read_events
+from engine.events import STOP_FILE, final_status, read_events
 
 LAUNCHER_FILE = "launcher.json"
 
@@ -97,7 +97,7 @@ def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
     proc = launcher_process(run_dir)
     if proc is None:
         raise UserError(f"run {run_dir.name} is not running (status {load_run(run_dir).status})")
-    (run_dir / "stop_requested").write_text("chexui stop")
+    (run_dir / STOP_FILE).write_text("chexui stop")
     proc.send_signal(signal.SIGTERM)
     return wait_gone(proc, timeout)
 

@@ -211,6 +211,13 @@ def parse_set(item: str) -> dict[str, Any]:
     return {section: {sub: value}}
 
 
+def apply_sets(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """`--set SECTION.KEY=VALUE` items merged over `cfg`, in order (validate the result afterwards)."""
+    for item in sets:
+        cfg = merge(cfg, parse_set(item))
+    return cfg
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

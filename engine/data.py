@@ -42,6 +42,9 @@ class Images(Dataset):
         return torch.from_numpy(imgs), torch.from_numpy(self.index.labels[rows]), torch.from_numpy(rows)
 
 
+_NORM: dict = {}
+
+
 def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = None,
              channels_last: bool = False) -> torch.Tensor:
     """uint8 [B,S,S] -> normalised float [B,3,S,S] on device; `flip` is a bool [B] mask.
@@ -56,7 +59,7 @@ def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = 
         sel = flip.nonzero().flatten().to(device)
         on_device[sel] = on_device[sel].flip(-1)
     x = on_device
-    key = (device.type, device.index)
+    key = (device.type, device.index)  # normalisation constants, made once per device
     if key not in _NORM:
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         _NORM[key] = (-torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) / std, 1.0 / (255.0 * std))
@@ -64,8 +67,6 @@ def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = 
     out = torch.addcmul(shift, x.unsqueeze(1).float(), scale)  # broadcasts gray to 3 channels
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
-
-_NORM: dict = {}
 
 
 def flip_mask(n: int, p: float, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor | None:
@@ -97,9 +98,9 @@ def resolve_root(root: str) -> Path:
 def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None, progress=None) -> Data:
     """Index, split and image source. Rank 0 builds the demo set and the cache; the others wait."""
     if is_main:
-        root = resolve_root(data_cfg["root"])
+        resolve_root(data_cfg["root"])  # generates the demo set on first use
     barrier()
-    root = resolve_root(data_cfg["root"]) if not is_main else root
+    root = resolve_root(data_cfg["root"])
     index = nih.index_dataset(root)
     split = nih.make_split(index, data_cfg)
     for s in nih.SPLITS:
@@ -109,9 +110,10 @@ def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None, progre
     mem = None
     if data_cfg["cache"]:
         if is_main:
-            cache.prepare(index, data_cfg["image_size"], workers=max(1, data_cfg["workers"]), progress=progress)
+            mem = cache.prepare(index, data_cfg["image_size"], workers=max(1, data_cfg["workers"]), progress=progress)
         barrier()
-        mem = cache.open_cache(index, data_cfg["image_size"])
+        if not is_main:
+            mem = cache.open_cache(index, data_cfg["image_size"])
     return Data(index, split, manifest, Images(index, data_cfg["image_size"], mem))
 
 

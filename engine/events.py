@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 VERSION = 1
+# Run-dir file that says a stop was asked for (chexui writes it, then signals; the engine reads it).
+STOP_FILE = "stop_requested"
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {

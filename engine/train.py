@@ -27,12 +27,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from engine import checkpoint, config, dist, metrics
 from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError
-from engine.events import EventWriter
+from engine.events import STOP_FILE, EventWriter
 from engine.labels import LABELS
 from engine.models import build_model
 from engine.prune import Pruner
 
-STOP_FILE = "stop_requested"  # written by `chexui stop` / the launcher before it sends SIGTERM
 
 
 class StopSignal:

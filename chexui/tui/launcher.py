@@ -214,9 +214,9 @@ class LauncherScreen(Screen):
         shared = [d for d, src in presets_mod.search_dirs() if src == "env"]
         target_dir = shared[0] if shared else presets_mod.user_dir()
         target_dir.mkdir(parents=True, exist_ok=True)
-        body: dict = {"extends": self.preset, "description": f"saved from the launcher (based on {self.preset})"}
-        for item in self.overrides():
-            body = config.merge(body, config.parse_set(item))
+        body = config.apply_sets({"extends": self.preset,
+                                  "description": f"saved from the launcher (based on {self.preset})"},
+                                 self.overrides())
         data = self.query_one("#data", Input).value.strip()
         if data:
             body = config.merge(body, {"data": {"root": data}})
