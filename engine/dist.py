@@ -80,6 +80,10 @@ def setup(backend: str = "auto") -> Dist:
     return Dist(rank=rank, local_rank=local_rank, world=world, nnodes=nnodes, device=device)
 
 
-def cleanup() -> None:
+def cleanup(sync: bool = False) -> None:
+    """Destroy the process group. `sync` (normal exit): wait for every rank first, so no rank tears
+    down gloo while a peer is still using it (seen as an abort at exit)."""
     if tdist.is_initialized():
+        if sync:
+            tdist.barrier()
         tdist.destroy_process_group()

@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                  total_time_s=run.state["wall_time_s"],
                  best_epoch=run.state["best_epoch"], test_auc_mean=test_mean,
                  train_time_s=run.state["train_time_s"])
+        d.barrier()  # every rank is done before the group is torn down
         return 0
     except UserError as e:  # bad data met during the run (e.g. a corrupt image): final, no restart helps
         run.emit("error", message=str(e))

@@ -46,4 +46,4 @@ if args.eval_ckpt:  # the same saved checkpoint, evaluated over this run's ranks
     result["ckpt_logits"] = torch.from_numpy(predict_logits(other, images, rows, d, 16))
 if d.is_main:
     torch.save(result, args.out)
-dist.cleanup()
+dist.cleanup(sync=True)
