@@ -285,6 +285,38 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     console().print(auc_table(res["auc"], res["auc_mean"], f"{res['split']} AUROC on {data} ({res['n']} images)"))
 
 
+@app.command("bench")
+def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool = typer.Option(False, "--json"),
+              runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed."""
+    try:
+        run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+        size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
+        from engine.infer_bench import bench_run
+        res = bench_run(run_dir, size)
+    except UserError as e:
+        raise fail(str(e))
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    gpu = res["gpu"] is not None
+    cols = ["model", "file", "bytes", "gzip bytes", "x fp32", "test AUROC", "CPU b1 ms", "CPU b32 img/s"]
+    t = table(*cols, *(["GPU b1 ms", "GPU b32 img/s"] if gpu else []))
+    for a in res["artifacts"]:
+        cells = [a["kind"], a["path"], f"{a['bytes']:,}", f"{a['gzip_bytes']:,}", fmt(a["x_fp32"], ".2f"),
+                 fmt(a["test_auc_mean"]), f"{a['cpu']['latency_b1_ms']:.1f}", f"{a['cpu']['throughput_b32']:.1f}"]
+        if gpu:
+            g = a["gpu"]
+            cells += [f"{g['latency_b1_ms']:.2f}", f"{g['throughput_b32']:.0f}"] if g else ["-", "-"]
+        t.add_row(*cells)
+    con = console()
+    con.print(f"{res['run']}: {res['image_size']} px; CPU {res['cpu']} ({res['threads']} threads)"
+              + (f"; GPU {res['gpu']} (fp32)" if gpu else ""), markup=False)
+    con.print(t)
+    if any(a["kind"] == "sparse" for a in res["artifacts"]):
+        con.print("sparse: loaded into dense tensors, so it runs at fp32 speed; its zeros save storage", markup=False)
+
+
 # ---------------------------------------------------------------- presets
 
 @presets_app.command("list")

@@ -123,12 +123,16 @@ class HeadlessView:
             self.say(f"  learning rate reduced to {e['lr']:.2e}")
         elif t == "early_stopped":
             self.say(f"early stop after epoch {e['epoch']}")
-        elif t == "evaluated":
+        elif t == "evaluated" and e["split"] == "test":
             self._end_progress()
             self.console.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)"))
+        elif t == "evaluated":  # an exported artifact: its mean is enough here (`runs show` has the table)
+            self.say(f"{e['split']} AUROC mean {fmt(e['auc_mean'])} ({e['n']} images)")
         elif t == "exported":
+            fp32 = next((a["bytes"] for a in e["artifacts"] if a["kind"] == "fp32"), None)
             for a in e["artifacts"]:
-                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes)")
+                ratio = f", {a['bytes'] / fp32:.2f}x fp32" if fp32 and a["kind"] != "fp32" else ""
+                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes, gzip {a['gzip_bytes']:,}{ratio})")
         elif t == "error":
             self._end_progress()
             self.say(f"error: {e['message']}")

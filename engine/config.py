@@ -96,8 +96,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "scope": Field("conv", str, choices=("conv", "all")),
         "backend": Field("x86", str, choices=("x86",)),
     },
+    "export": {
+        "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
+    },
 }
-TOP_LEVEL = {"name": Field("custom", str), "description": Field("", str), "extends": Field("", str)}
+# `sweep` is set by `chexui sweep` on each run it starts (the sweep id); presets leave it empty
+TOP_LEVEL = {"name": Field("custom", str), "description": Field("", str), "extends": Field("", str),
+             "sweep": Field("", str)}
 
 
 def defaults() -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import checkpoint, config, dist, metrics
+from engine import checkpoint, config, dist, export, metrics, quant
 from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError
 from engine.events import STOP_FILE, EventWriter
@@ -74,7 +74,8 @@ class WeightedBCE(nn.Module):
 
 def autocast_for(cfg: dict, device: torch.device):
     amp = cfg["train"]["amp"]
-    if device.type != "cuda" or amp == "none":
+    # QAT's fake-quant observers calibrate on fp32 activations: no autocast for a QAT run
+    if device.type != "cuda" or amp == "none" or cfg["quantize"]["enabled"]:
         return nullcontext()
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     return torch.autocast("cuda", dtype=dtype)
@@ -88,16 +89,17 @@ def memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images, rows: np.ndarray, d: dist.Dist, batch_size: int,
-                   channels_last: bool = False, autocast=nullcontext) -> np.ndarray:
+                   channels_last: bool = False, autocast=nullcontext, device: torch.device | None = None) -> np.ndarray:
     """Logits for `rows` in `rows` order: each image exactly once over all ranks (no sampler padding),
-    gathered to every rank."""
+    gathered to every rank. `device` overrides the rank's device (the int8 model runs on the CPU)."""
     model.eval()
+    device = device or d.device
     mine, batches = eval_batches(len(rows), batch_size, d.world, d.rank)
     out = []
     for pos in batches:
         x, _, _ = images[rows[pos]]
         with autocast():
-            out.append(model(to_input(x, d.device, None, channels_last)).float().cpu())
+            out.append(model(to_input(x, device, None, channels_last)).float().cpu())
     logits = torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
     full = np.zeros((len(rows), len(LABELS)), np.float32)
     for positions, part in d.all_gather_object((mine, logits)):
@@ -142,8 +144,12 @@ class Run:
         model = model.to(self.d.device, memory_format=torch.channels_last if self.channels_last else
                          torch.contiguous_format)
         self.model = model
-        self.net = DDP(model, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None) \
-            if self.d.active else model
+        # QAT trains a traced copy with fake-quant observers that shares the model's weights
+        q = self.cfg["quantize"]
+        self.qat = quant.prepare(model, q["scope"], self.dc["image_size"], q["backend"]) if q["enabled"] else None
+        core = self.qat if self.qat is not None else model
+        self.net = DDP(core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None) \
+            if self.d.active else core
         if self.t["compile"]:
             self.net = torch.compile(self.net)
         pos, neg = self.data.pos_neg()
@@ -167,6 +173,8 @@ class Run:
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
+        if self.qat is not None:
+            self.qat.load_state_dict(ck["qat"])  # observers' ranges and scales
         self.state.update(ck["state"])
         torch.set_rng_state(ck["rng"])
         if self.pruner is not None:
@@ -182,12 +190,16 @@ class Run:
               "image_size": self.dc["image_size"]}
         if self.pruner is not None:
             ck["prune"] = self.pruner.state_dict()
+        if self.qat is not None:
+            ck["qat"] = self.qat.state_dict()
         checkpoint.save_atomic(ck, self.ckpt_dir / "last.pt")
         self.emit("checkpoint_saved", epoch=self.state["epoch"], path="checkpoints/last.pt", best=False)
         if best:
-            checkpoint.save_atomic({"model": ck["model"], "arch": ck["arch"], "image_size": ck["image_size"],
-                                    "epoch": self.state["epoch"], "val_loss": self.state["best_val_loss"]},
-                                   self.ckpt_dir / "best.pt")
+            best_ck = {"model": ck["model"], "arch": ck["arch"], "image_size": ck["image_size"],
+                       "epoch": self.state["epoch"], "val_loss": self.state["best_val_loss"]}
+            if self.qat is not None:
+                best_ck["qat"] = ck["qat"]
+            checkpoint.save_atomic(best_ck, self.ckpt_dir / "best.pt")
             self.emit("checkpoint_saved", epoch=self.state["epoch"], path="checkpoints/best.pt", best=True)
 
     def save_layer_sparsity(self, epoch: int) -> None:
@@ -247,13 +259,24 @@ class Run:
         self.epoch_images_per_s = seen * self.d.world / max(dt, 1e-9)
         return not self.d.any_flag(self.stop.requested)
 
-    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits = predict_logits(self.model, self.data.images, rows, self.d, self.t["batch_size"] * 2,
-                                self.channels_last, lambda: autocast_for(self.cfg, self.d.device))
+    def predict(self, rows: np.ndarray, model: nn.Module | None = None,
+                device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if model is None and self.qat is not None:
+            # evaluation must not move the observers' ranges: freeze them while predicting
+            from torch.ao.quantization import disable_observer, enable_observer
+            self.qat.apply(disable_observer)
+            try:
+                return self.predict(rows, self.qat)
+            finally:
+                self.qat.apply(enable_observer)
+        device = device or self.d.device
+        logits = predict_logits(model or self.model, self.data.images, rows, self.d, self.t["batch_size"] * 2,
+                                self.channels_last and device.type == "cuda",
+                                lambda: autocast_for(self.cfg, device), device)
         return logits, self.data.index.labels[rows].astype(np.float32)
 
-    def evaluate(self, split: str) -> dict:
-        logits, y = self.predict(self.data.split[split])
+    def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None) -> dict:
+        logits, y = self.predict(self.data.split[split], model, device)
         loss = float(self.loss_fn(torch.from_numpy(logits).to(self.d.device),
                                   torch.from_numpy(y).to(self.d.device)))
         probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
@@ -313,9 +336,31 @@ class Run:
         best = checkpoint.load(self.ckpt_dir / "best.pt") if (self.ckpt_dir / "best.pt").is_file() else None
         if best is not None:
             self.model.load_state_dict(best["model"])
+            if self.qat is not None:
+                self.qat.load_state_dict(best["qat"])
         res = self.evaluate("test")
         self.emit("evaluated", split="test", n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"])
         return res
+
+    def export(self) -> None:
+        """Write export/ from the best model (rank 0), then evaluate every compressed artifact as a
+        user would load it, on the test split: `test_fp32` (QAT runs: the float weights without
+        fake quantization), `test_sparse`, `test_int8` (on the CPU)."""
+        arts = None
+        if self.d.is_main:
+            arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"],
+                                        self.dc["image_size"], self.pruner is not None, self.qat)
+            self.emit("exported", artifacts=arts)
+            for a in arts:
+                self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
+        arts = self.d.all_gather_object(arts)[0]  # rank 0's list, on every rank
+        for a in arts:
+            if a["kind"] == export.FP32 and self.qat is None:
+                continue  # the fp32 artifact is the model the `test` evaluation just measured
+            model = export.load_model(self.run_dir, a)
+            device = torch.device("cpu") if a["kind"] == export.INT8 else self.d.device
+            res = self.evaluate("test", model.to(device), device)
+            self.emit("evaluated", split=f"test_{a['kind']}", n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"])
 
 
 def dataset_summary(run: Run) -> dict:
@@ -356,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         test_mean = None
         if status == "completed":
             test_mean = run.test()["auc_mean"]
+            if cfg["export"]["enabled"]:
+                run.export()
         run.emit("run_finished", status=status, epochs=run.state["epoch"],
                  total_time_s=run.state["wall_time_s"],
                  best_epoch=run.state["best_epoch"], test_auc_mean=test_mean,

@@ -50,6 +50,8 @@ test_fraction = 0.25
 epochs = {epochs}
 batch_size = 8
 early_stop_patience = 0
+[export]
+enabled = false   # export + artifact evaluation are tested where they are the subject (test_compression)
 '''
 
 

@@ -106,10 +106,10 @@ def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset
 
 
 def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
-    """Stopped mid-run and resumed == uninterrupted: losses, test AUROC, and (pruning on, mid-schedule
-    at the stop) the sparsity curve."""
+    """Stopped mid-run and resumed == uninterrupted: losses, test AUROC, and (pruning and QAT on, the
+    stop mid-schedule) the sparsity curve and the fake-quant observers."""
     prune = ["--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.begin_epoch=0.5",
-             "--set", "prune.end_epoch=2.5", "--set", "prune.frequency_steps=2"]
+             "--set", "prune.end_epoch=2.5", "--set", "prune.frequency_steps=2", "--set", "quantize.enabled=true"]
     common = ["--preset", tiny_preset, "--set", "train.epochs=3", "--set", "data.image_size=48", *prune, "--headless"]
     ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
     assert chexui("run", *common, "--runs-dir", ref_runs).returncode == 0
@@ -136,6 +136,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
         assert abs(g["val_loss"] - e["val_loss"]) <= 1e-6 and abs(g["train_loss"] - e["train_loss"]) <= 1e-6
         assert g["sparsity"] == e["sparsity"]
     t_ref, t_got = of_type(ref, "evaluated")[-1], of_type(ev, "evaluated")[-1]
+    assert t_ref["split"] == t_got["split"] == "test"
     for name in LABELS:
         if t_ref["auc"][name] is None:
             assert t_got["auc"][name] is None

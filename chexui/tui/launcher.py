@@ -28,7 +28,7 @@ FIELDS = {
     "image_size": "data.image_size", "batch_size": "train.batch_size", "lr": "train.lr",
     "epochs": "train.epochs", "nnodes": "distributed.nnodes",
 }
-COMPRESSION = ("prune50", "prune70", "prune-adaptive", "qat-conv", "qat-all")
+COMPRESSION = ("prune50", "prune70", "prune-adaptive", "qat-conv", "qat-all", "prune70-qat")
 
 
 def detect_gpus() -> int:

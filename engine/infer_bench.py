@@ -1,0 +1,92 @@
+"""Inference benchmark of a run's exported models (`chexui bench RUN`).
+
+For each artifact of the run's `exported` event: file and gzip bytes, the test AUROC the engine measured
+for that very artifact, CPU latency at batch 1 (median) and throughput at batch 32 at the run's image
+size, and the same on the GPU when there is one (the int8 model uses x86 CPU kernels only). Inputs are
+random: timing does not depend on the pixels. The sparse artifact runs with dense kernels (its zeros
+save storage, not time) - measuring it says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from engine import export
+from engine.errors import UserError
+from engine.events import read_events
+
+# the engine's evaluation of each artifact (`evaluated` split names); fp32 of a non-QAT run is the
+# run's own best model, measured as "test"
+SPLITS = {export.FP32: ("test_fp32", "test"), export.SPARSE: ("test_sparse",), export.INT8: ("test_int8",)}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_model(model, size: int, device: torch.device, batch: int, min_reps: int, budget_s: float) -> list[float]:
+    """Seconds per forward pass, after a warm-up: at least `min_reps`, more while within `budget_s`."""
+    x = torch.randn(batch, 3, size, size, device=device)
+    for _ in range(2 if device.type == "cuda" else 1):
+        model(x)
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t0 = time.perf_counter()
+        model(x)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(model, size: int, device: torch.device) -> dict:
+    b1 = time_model(model, size, device, 1, 5, 2.0)
+    b32 = time_model(model, size, device, 32, 3, 6.0)
+    return {"latency_b1_ms": 1000 * statistics.median(b1), "throughput_b32": 32 / statistics.median(b32)}
+
+
+def exported(run_dir: Path) -> tuple[list[dict], dict[str, dict]]:
+    events = read_events(run_dir / "events.jsonl")
+    ex = next((e for e in reversed(events) if e["type"] == "exported"), None)
+    if ex is None:
+        raise UserError(f"run {run_dir.name} has no exported models (a run exports when it completes)")
+    evals = {e["split"]: e for e in events if e["type"] == "evaluated"}
+    return ex["artifacts"], evals
+
+
+def bench_run(run_dir: Path, image_size: int) -> dict:
+    arts, evals = exported(run_dir)
+    gpu = torch.device("cuda") if torch.cuda.is_available() else None
+    fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
+    rows = []
+    for a in arts:
+        if not (run_dir / a["path"]).is_file():
+            raise UserError(f"{run_dir / a['path']}: exported file is missing")
+        ev = next((evals[s] for s in SPLITS[a["kind"]] if s in evals), None)
+        model = export.load_model(run_dir, a)
+        row = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
+               "test_auc_mean": ev["auc_mean"] if ev else None, "cpu": measure(model, image_size, torch.device("cpu"))}
+        row["gpu"] = measure(model.to(gpu), image_size, gpu) if gpu is not None and a["kind"] != export.INT8 else None
+        rows.append(row)
+    return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+            "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
+            "artifacts": rows}

@@ -1,0 +1,171 @@
+"""Compression: pruning schedule and targets, QAT and int8 conversion, exported artifacts, `chexui bench`."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine import export, quant
+from engine.labels import LABELS
+from engine.models import build_model
+from engine.prune import Pruner, schedule
+from tests.conftest import chexui, events_of, only_run
+
+EXPORT = ["--set", "export.enabled=true"]
+
+
+def test_schedule_is_polynomial_from_initial_to_final():
+    t0, t1 = 50, 700
+    assert schedule(0, t0, t1, 0.1, 0.7, 3) == 0.0
+    assert schedule(t0, t0, t1, 0.1, 0.7, 3) == pytest.approx(0.1)
+    mid = (t0 + t1) // 2
+    assert schedule(mid, t0, t1, 0.1, 0.7, 3) == pytest.approx(0.7 + (0.1 - 0.7) * (1 - (mid - t0) / (t1 - t0)) ** 3)
+    assert schedule(t1, t0, t1, 0.1, 0.7, 3) == schedule(10 * t1, t0, t1, 0.1, 0.7, 3) == 0.7
+    values = [schedule(t, t0, t1, 0.1, 0.7, 3) for t in range(t0, t1 + 1)]
+    assert values == sorted(values)
+
+
+def test_conv_scope_leaves_batchnorm_biases_and_classifier():
+    model = build_model("resnet18", "none")
+    cfg = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
+           "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+    p = Pruner(model, cfg, steps_per_epoch=4)
+    assert all(isinstance(m, torch.nn.Conv2d) for m in p.layers.values()) and "fc" not in p.layers
+    for step in range(1, 6):
+        p.step(step)
+    assert model.fc.weight.ne(0).all() and model.bn1.weight.ne(0).all()
+    for name, info in p.layer_sparsity().items():
+        want = 0.25 if info["out_channels"] == 64 else 0.7
+        assert abs(info["sparsity"] - want) <= 0.005, (name, info)
+    assert Pruner(model, {**cfg, "scope": "all"}, 4).layers.keys() >= {"fc"}
+
+
+PRUNE70 = ["--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.begin_epoch=0.5",
+           "--set", "prune.end_epoch=2.0", "--set", "prune.frequency_steps=2", "--set", "train.epochs=3"]
+
+
+def sparsities(run_dir):
+    return {e["epoch"]: e["sparsity"] for e in events_of(run_dir) if e["type"] == "epoch_ended"}
+
+
+@pytest.mark.slow
+def test_prune70_shortened_and_adaptive_targets_under_two_processes(tmp_path, tiny_preset):
+    runs = tmp_path / "runs"
+    adaptive = 'prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128, sparsity=0.5}]'
+    r = chexui("run", "--headless", "--preset", tiny_preset, *PRUNE70, "--set", adaptive, "--nproc", 2,
+               "--runs-dir", runs, *EXPORT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(runs)
+    assert [e for e in events_of(run) if e["type"] == "run_started"][0]["world_size"] == 2
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert set(ck["prune"]["masks"]) and ck["prune"]["last_update"] > 0
+    s = sparsities(run)
+    layers = json.loads((run / "prune_layers.json").read_text())
+    for epoch in ("2", "3"):
+        for name, info in layers[epoch].items():
+            want = {64: 0.25, 128: 0.5}.get(info["out_channels"], 0.7)
+            assert abs(info["sparsity"] - want) <= 0.005, (epoch, name, info)
+    assert 0 < s[1] < s[2]
+    # the sparse artifact holds the same weights as the fp32 one: same test AUROC, fewer bytes
+    ev = events_of(run)
+    arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
+    assert set(arts) == {"fp32", "sparse"} and arts["sparse"]["bytes"] < arts["fp32"]["bytes"]
+    evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
+    assert evals["test_sparse"]["auc"] == evals["test"]["auc"]
+    # without adaptive targets: global sparsity at and after end_epoch is 0.70
+    runs2 = tmp_path / "runs2"
+    assert chexui("run", "--headless", "--preset", tiny_preset, *PRUNE70, "--runs-dir", runs2).returncode == 0
+    s = sparsities(only_run(runs2))
+    assert abs(s[2] - 0.70) <= 0.005 and abs(s[3] - 0.70) <= 0.005 and s[1] < 0.7
+
+
+def test_sparse_artifact_stores_only_nonzeros_and_round_trips():
+    model = build_model("resnet18", "none")
+    cfg = {"scope": "conv", "adaptive": [], "final_sparsity": 0.7, "initial_sparsity": 0.7, "begin_epoch": 0.0,
+           "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+    Pruner(model, cfg, steps_per_epoch=1).step(1)
+    state = model.state_dict()
+
+    def saved_bytes(obj):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return len(buf.getvalue())
+    packed = export.to_sparse(state)
+    assert "conv1.weight" in packed["sparse"] and "fc.weight" in packed["dense"]  # fc: no zeros, dense is smaller
+    assert saved_bytes(packed) <= 0.45 * saved_bytes(state)
+    back = export.from_sparse(torch.load(io.BytesIO(_bytes(packed)), weights_only=True))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def _bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("scope", ["conv", "all"])
+def test_qat_int8_model_agrees_with_the_fake_quantized_one(scope):
+    """A few QAT steps, then int8 conversion: its probabilities match the fake-quantized model's."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none")
+    qat = quant.prepare(model, scope, 32)
+    opt = torch.optim.Adam(qat.parameters(), 1e-3)
+    x, y = torch.randn(16, 3, 32, 32), (torch.rand(16, 14) < 0.3).float()
+    for _ in range(5):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(qat(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    qat.eval()
+    int8 = quant.convert(qat)
+    with torch.no_grad():
+        diff = (torch.sigmoid(int8(x)) - torch.sigmoid(qat(x))).abs()
+        untrained = (torch.sigmoid(build_model("resnet18", "none")(x)) - torch.sigmoid(qat(x))).abs()
+    print(f"int8 vs QAT probabilities: mean {diff.mean():.4f} max {diff.max():.4f}; "
+          f"an unrelated model: mean {untrained.mean():.4f}")
+    assert diff.mean() < 0.015 and diff.max() < 0.06 and untrained.mean() > 5 * diff.mean()
+    # the float model shares the QAT weights (what checkpoints and the fp32 artifact hold)
+    assert torch.equal(model.conv1.weight, dict(qat.named_parameters())["conv1.weight"])
+
+
+@pytest.mark.slow
+def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it(tmp_path, tiny_preset):
+    runs = tmp_path / "runs"
+    r = chexui("run", "--headless", "--preset", tiny_preset, "--set", "quantize.enabled=true",
+               "--set", "quantize.scope=all", "--set", "train.epochs=1", "--nproc", 2, "--runs-dir", runs, *EXPORT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(runs)
+    ev = events_of(run)
+    assert [e for e in ev if e["type"] == "run_started"][0]["world_size"] == 2
+    arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
+    assert set(arts) == {"fp32", "int8"}
+    assert arts["int8"]["bytes"] <= 0.30 * arts["fp32"]["bytes"]
+    assert arts["int8"]["gzip_bytes"] < arts["int8"]["bytes"] == (run / arts["int8"]["path"]).stat().st_size
+    evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
+    assert {"test", "test_fp32", "test_int8"} <= set(evals) and set(evals["test_int8"]["auc"]) == set(LABELS)
+    # loadable without chexui's code: plain torch in isolated mode (no repo on sys.path)
+    code = ("import sys, torch; assert 'engine' not in sys.modules; "
+            f"m = torch.jit.load({str(run / arts['int8']['path'])!r}); print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "(2, 14)", out.stderr
+    r = chexui("bench", run.name, "--runs-dir", runs, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [a["kind"] for a in res["artifacts"]] == ["fp32", "int8"] and res["image_size"] == 32
+    for a in res["artifacts"]:
+        assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0
+    assert res["artifacts"][1]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
+
+
+def test_bench_on_a_run_without_exports_exits_2(tmp_path):
+    run = tmp_path / "runs" / "20260101-000000-x"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text("")
+    (run / "events.jsonl").write_text("")
+    r = chexui("bench", str(run))
+    assert r.returncode == 2 and "no exported models" in r.stderr
