@@ -227,7 +227,7 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
         groups.setdefault(r.get("sweep") or "", []).append(r)
     for sweep, members in groups.items():
         if sweep:
-            t.add_row(f"[sweep {sweep}]", "", "", "", "", "", "", "")
+            t.add_row(f"sweep {sweep}:", "", "", "", "", "", "", "")
         for r in members:
             t.add_row(r["id"], r["status"], str(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
                       fmt(r["best_val_auc"]), fmt(r["test_auc"]), _seconds(r["duration_s"]))
@@ -315,6 +315,114 @@ def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
     con.print(t)
     if any(a["kind"] == "sparse" for a in res["artifacts"]):
         con.print("sparse: loaded into dense tensors, so it runs at fp32 speed; its zeros save storage", markup=False)
+
+
+# ---------------------------------------------------------------- sweeps and study tables
+
+def _run_dirs(refs: list[str], base: Path) -> list[Path]:
+    """RUN ids/paths; a sweep id stands for all of its runs."""
+    from chexui import sweep as sweep_mod
+    out: list[Path] = []
+    for ref in refs:
+        if (sweep_mod.sweeps_dir(base) / f"{ref}.json").is_file():
+            sw = sweep_mod.load(ref, base)
+            out += [runs_mod.find_run(p["run"], base) for p in sw.points if p["run"]]
+        else:
+            out.append(runs_mod.find_run(ref, base))
+    return out
+
+
+@app.command()
+def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="sweep file (TOML) or NAME"),
+          set_: list[str] = typer.Option([], "--set", "-s", help="override for every run: SECTION.KEY=VALUE"),
+          data: Optional[str] = typer.Option(None, "--data", help="NIH-layout dataset dir for every run"),
+          parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="runs at once (default: the file's)"),
+          resume: Optional[str] = typer.Option(None, "--resume", help="continue a stopped sweep by its id"),
+          runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Run a grid over config keys as a queue of runs tagged with the sweep id (Ctrl-C stops it)."""
+    from chexui import sweep as sweep_mod
+    base = runs_mod.runs_dir(runs_dir)
+    try:
+        if bool(file) == bool(resume):
+            raise UserError("give a sweep FILE, or --resume SWEEP_ID (not both)")
+        if resume:
+            if set_ or data:
+                raise UserError("--resume continues a sweep with its saved settings; --set/--data are not allowed")
+            sw = sweep_mod.load(resume, base)
+        else:
+            sw = sweep_mod.load_file(sweep_mod.find_file(file), set_, data, base)
+        if parallel:
+            sw.parallel = parallel
+        seen = set()
+        for p in sw.points:  # build the demo set and caches once, before runs start side by side
+            cfg = presets_mod.resolve(sw.preset, sw.sets(p["overrides"]))
+            key = (cfg["data"]["root"], cfg["data"]["image_size"], cfg["data"]["cache"])
+            if key not in seen:
+                seen.add(key)
+                _prepare_data(cfg)
+        sweep_mod.save(sw, base)
+    except UserError as e:
+        raise fail(str(e))
+    say = HeadlessView().say
+    say(f"sweep {sw.id}: {len(sw.points)} runs of {sw.preset}, {sw.parallel} at a time; runs dir {base}")
+    say(f"  Ctrl-C stops it; continue with: chexui sweep --resume {sw.id}")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        results = sweep_mod.run_queue(sw, base, say)
+    except KeyboardInterrupt:
+        stopped = sweep_mod.stop_active(sw, base)
+        say(f"sweep stopped ({', '.join(stopped) or 'no run was running'}); "
+            f"continue with: chexui sweep --resume {sw.id}")
+        raise typer.Exit(0)
+    except UserError as e:
+        raise fail(str(e))
+    failed = [r for r, st in results.items() if st != "completed"]
+    say(f"sweep {sw.id}: {len(results) - len(failed)}/{len(results)} runs completed"
+        + (f"; not completed: {', '.join(failed)}" if failed else ""))
+    say(f"  compare: chexui compare {sw.id}")
+    raise typer.Exit(1 if failed else 0)
+
+
+FORMATS = ("table", "csv", "markdown", "json")
+
+
+@app.command("compare")
+def compare_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help="run ids/paths or sweep ids"),
+                fmt: str = typer.Option("table", "--format", "-f", help="table, csv, markdown or json"),
+                runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Study tables across runs: per-class test AUROC (with CheXNet's), training time, storage."""
+    if fmt not in FORMATS:
+        raise fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    try:
+        dirs = _run_dirs(run_refs, runs_mod.runs_dir(runs_dir))
+    except UserError as e:
+        raise fail(str(e))
+    from chexui import compare
+    tbls = compare.tables(compare.load(dirs))
+    if fmt == "table":
+        con = console()
+        for t in compare.rich_tables(tbls):
+            con.print(t)
+    else:
+        print(compare.render(tbls, fmt))
+
+
+@app.command("report")
+def report_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help="run ids/paths or sweep ids"),
+               out: str = typer.Option(..., "--out", help="output dir for report.md and the PNG figures"),
+               title: str = typer.Option("chexui report", "--title"),
+               runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """A Markdown report with the compare tables and PNG figures (loss, time, storage, AUROC)."""
+    try:
+        dirs = _run_dirs(run_refs, runs_mod.runs_dir(runs_dir))
+    except UserError as e:
+        raise fail(str(e))
+    from chexui import compare, report
+    path = report.write_report(compare.load(dirs), Path(out), title)
+    print(f"wrote {path} and {len(list(path.parent.glob('*.png')))} figures")
 
 
 # ---------------------------------------------------------------- presets

@@ -164,8 +164,10 @@ class Launcher:
         return self.exit_code
 
 
-def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None) -> int:
-    """Start the launcher for a prepared run dir in its own session (survives the terminal); its pid."""
+def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None,
+                   env: dict[str, str] | None = None) -> int:
+    """Start the launcher for a prepared run dir in its own session (survives the terminal); its pid.
+    `env` adds variables (a sweep gives each run slot its own CUDA_VISIBLE_DEVICES)."""
     import subprocess
     from chexui.runs import write_launcher
     node = node or NodeSpec()
@@ -176,7 +178,7 @@ def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None) 
                 str(node.rdzv_endpoint)]
     with open(run_dir / "logs" / "launcher.log", "a") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+                                start_new_session=True, env={**os.environ, "NO_COLOR": "1", **(env or {})})
     write_launcher(run_dir, proc.pid)
     return proc.pid
 

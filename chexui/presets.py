@@ -52,6 +52,8 @@ def available() -> list[PresetFile]:
         if not d.is_dir():
             continue
         for p in sorted(d.rglob("*.toml")):
+            if p.name.endswith(".sweep.toml"):
+                continue  # sweep files (chexui sweep) live beside the presets they use
             name = _name_of(p, d)
             if name in seen:
                 continue

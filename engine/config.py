@@ -174,6 +174,9 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
     if p["enabled"] and p["end_epoch"] <= p["begin_epoch"]:
         raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: must be greater "
                           f"than prune.begin_epoch = {p['begin_epoch']}")
+    if p["enabled"] and p["end_epoch"] > cfg["train"]["epochs"]:
+        raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
+                          f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)")
     d = cfg["data"]
     if d["val_fraction"] + d["test_fraction"] >= 0.9:
         raise ConfigError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must be < 0.9")

@@ -51,6 +51,10 @@ class Pruner:
         s_f = self.final[name]
         return schedule(step, self.t0, self.t1, min(self.cfg["initial_sparsity"], s_f), s_f, self.cfg["power"])
 
+    def finished(self, step: int) -> bool:
+        """The schedule has reached its final sparsity (masks fixed from here on)."""
+        return step >= self.t1
+
     def due(self, step: int) -> bool:
         if step < self.t0 or self.last_update >= self.t1:
             return False  # not started, or finished: masks stay as they are after t1

@@ -2,9 +2,10 @@
 
 `prepare` traces the float model and inserts fake-quant observers: `scope = "conv"` quantizes conv
 layers only (with their fused BatchNorm/ReLU), `"all"` every layer the x86 backend supports (conv,
-linear, add, pooling, ...). Where BatchNorm follows a conv (ResNet) the QAT conv-bn module simulates
-the folding during training and folds it at conversion; DenseNet's BN-ReLU-conv order leaves its
-BatchNorms standalone (quantized BatchNorm with "all", float with "conv").
+add, pooling, BatchNorm, ...) but the final classifier, whose logits stay float. Where BatchNorm
+follows a conv (ResNet) the QAT conv-bn module simulates the folding during training and folds it at
+conversion; DenseNet's BN-ReLU-conv order leaves its BatchNorms standalone (quantized BatchNorm with
+"all", float with "conv").
 
 The prepared module shares every parameter and buffer with the float model it was made from, so the
 float model's state_dict (checkpoints, the fp32 artifact) always holds the QAT-trained weights, and the
@@ -75,7 +76,10 @@ def conv_chains(gm: torch.fx.GraphModule) -> list[str]:
 def qconfig_mapping(gm: torch.fx.GraphModule, scope: str, backend: str = "x86"):
     from torch.ao.quantization import QConfigMapping, get_default_qat_qconfig, get_default_qat_qconfig_mapping
     if scope == "all":
-        return get_default_qat_qconfig_mapping(backend)
+        # ... except the 14-logit classifier: AUROC ranks images by these scores, and 256 levels over the
+        # logit range would tie many of them (a float Linear of 14 outputs costs a few KB)
+        head = [name for name, m in gm.named_modules() if isinstance(m, nn.Linear)][-1]
+        return get_default_qat_qconfig_mapping(backend).set_module_name(head, None)
     qconfig, mapping = get_default_qat_qconfig(backend), QConfigMapping()
     for name in conv_chains(gm):
         mapping.set_module_name(name, qconfig)

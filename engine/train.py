@@ -306,10 +306,13 @@ class Run:
             old_lr = self.opt.param_groups[0]["lr"]
             self.sched.step(val["loss"])
             lr = self.opt.param_groups[0]["lr"]
-            improved = val["loss"] < self.state["best_val_loss"]
+            # while the pruning schedule runs, a less pruned model is not a candidate for best (it would
+            # be exported instead of the pruned one) and early stopping waits for the final sparsity
+            settled = self.pruner is None or self.pruner.finished(self.state["global_step"])
+            improved = settled and val["loss"] < self.state["best_val_loss"]
             if improved:
                 self.state.update(best_val_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
-            else:
+            elif settled:
                 self.state["bad_epochs"] += 1
             mem = self.d.all_gather_object(round(memory_mb(self.d.device), 1))
             sparsity = self.pruner.sparsity() if self.pruner is not None else None
@@ -350,7 +353,9 @@ class Run:
         if self.d.is_main:
             arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"],
                                         self.dc["image_size"], self.pruner is not None, self.qat)
-            self.emit("exported", artifacts=arts)
+            params = list(self.model.parameters())
+            self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
+                      nonzero_parameters=sum(int(p.count_nonzero()) for p in params))
             for a in arts:
                 self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
         arts = self.d.all_gather_object(arts)[0]  # rank 0's list, on every rank
@@ -396,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run.emit("run_started", run_id=run_dir.name, config=cfg, world_size=d.world, nnodes=d.nnodes,
                      device=str(d.device) if d.device.type == "cpu" else torch.cuda.get_device_name(d.device),
-                     dataset=dataset_summary(run), steps_per_epoch=run.steps_per_epoch, pid=os.getpid())
+                     dataset=dataset_summary(run), steps_per_epoch=run.steps_per_epoch, pid=os.getpid(),
+                     parameters=sum(p.numel() for p in run.model.parameters()))
         status = run.fit()
         test_mean = None
         if status == "completed":

@@ -71,6 +71,8 @@ def test_prune70_shortened_and_adaptive_targets_under_two_processes(tmp_path, ti
             want = {64: 0.25, 128: 0.5}.get(info["out_channels"], 0.7)
             assert abs(info["sparsity"] - want) <= 0.005, (epoch, name, info)
     assert 0 < s[1] < s[2]
+    # the best checkpoint (what is exported) is chosen among fully pruned epochs only
+    assert [e for e in events_of(run) if e["type"] == "run_finished"][0]["best_epoch"] >= 2
     # the sparse artifact holds the same weights as the fp32 one: same test AUROC, fewer bytes
     ev = events_of(run)
     arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}

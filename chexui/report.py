@@ -1,0 +1,135 @@
+"""`chexui report`: a Markdown report with the comparison tables and PNG figures (matplotlib).
+
+Figures: train/val loss per epoch per run, training time by number of processes, storage per artifact,
+per-class test AUROC with the CheXNet reference. Every figure is drawn from the runs' event streams.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from chexui import compare  # noqa: E402
+from chexui.runs import RunInfo  # noqa: E402
+from engine.labels import LABELS  # noqa: E402
+
+
+def loss_figure(runs: list[RunInfo], labels: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for r, lab in zip(runs, labels):
+        ep = [e for e in r.events if e["type"] == "epoch_ended"]
+        x = [e["epoch"] for e in ep]
+        line, = axes[0].plot(x, [e["train_loss"] for e in ep], marker="o", label=lab)
+        axes[1].plot(x, [e["val_loss"] for e in ep], marker="o", color=line.get_color(), label=lab)
+    for ax, title in zip(axes, ("train loss", "validation loss")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("weighted BCE")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def time_figure(tbl, path: Path) -> None:
+    """Total and per-epoch training time per run, bars coloured by the number of processes."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(tbl) + 1.8))
+    procs = sorted({int(p) for p in tbl["processes"].dropna()})
+    colors = {p: plt.cm.tab10(i) for i, p in enumerate(procs)}
+    y = np.arange(len(tbl))
+    for ax, col, unit in ((axes[0], "total h", "total (minutes)"), (axes[1], "h / epoch", "per epoch (minutes)")):
+        vals = tbl[col].astype(float).fillna(0).to_numpy() * 60
+        ax.barh(y, vals, color=[colors.get(int(p) if p == p else 0, "grey") for p in tbl["processes"]])
+        ax.set_yticks(y, tbl.index if ax is axes[0] else [""] * len(y), fontsize=7)
+        ax.set_xlabel(unit)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[p]) for p in procs]
+    axes[1].legend(handles, [f"{p} process{'es' if p > 1 else ''}" for p in procs], fontsize=8)
+    fig.suptitle("training time by number of processes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def storage_figure(tbl, path: Path) -> None:
+    kinds = [k for k in ("fp32", "sparse", "int8") if tbl[f"{k} bytes"].notna().any()]
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(tbl) + 1.8))
+    y = np.arange(len(tbl))
+    h = 0.8 / (2 * max(1, len(kinds)))
+    k = 0
+    for kind in kinds:
+        for suffix, hatch in (("bytes", None), ("gzip", "//")):
+            vals = tbl[f"{kind} {suffix}"].astype(float).fillna(0).to_numpy() / 2**20
+            ax.barh(y + k * h, vals, height=h, label=f"{kind} {'file' if suffix == 'bytes' else 'gzip'}",
+                    color=plt.cm.tab10(kinds.index(kind)), hatch=hatch, alpha=0.9 if hatch is None else 0.55)
+            k += 1
+    ax.set_yticks(y + h * (k - 1) / 2, tbl.index, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB")
+    ax.set_title("model storage: exported artifacts (file and gzip)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def auroc_figure(tbl, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(11, 5))
+    x = np.arange(len(LABELS) + 1)
+    cols = list(tbl.columns)
+    w = 0.8 / len(cols)
+    for i, col in enumerate(cols):
+        ref = col == compare.REFERENCE
+        ax.bar(x + (i - (len(cols) - 1) / 2) * w, tbl[col].astype(float).to_numpy(), width=w, label=col,
+               color="black" if ref else None, alpha=0.35 if ref else 0.9)
+    ax.set_xticks(x, [*LABELS, "mean"], rotation=45, ha="right", fontsize=8)
+    lowest = np.nanmin(tbl.astype(float).to_numpy()) if tbl.notna().any().any() else 0.5
+    ax.set_ylim(min(0.4, np.floor(lowest * 20) / 20), 1.0)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("test AUROC")
+    ax.set_title("per-class test AUROC (chance = 0.5)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 1.0
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    tbls = compare.tables(runs)
+    labels = list(tbls["time"].index)
+    # long labels would squeeze the plots: then figures say R1..Rn and the run list says which is which
+    short = [f"R{i + 1}" for i in range(len(runs))] if max(map(len, labels)) > 32 else labels
+    fig_tbls = {k: v.rename(index=dict(zip(labels, short)), columns=dict(zip(labels, short)))
+                for k, v in tbls.items()}
+    figures = {"loss.png": "Train and validation loss per epoch", "auroc.png": "Per-class test AUROC",
+               "time.png": "Training time", "storage.png": "Model storage"}
+    loss_figure(runs, short, out / "loss.png")
+    auroc_figure(fig_tbls["auroc"], out / "auroc.png")
+    time_figure(fig_tbls["time"], out / "time.png")
+    storage_figure(fig_tbls["storage"], out / "storage.png")
+    datasets = sorted({str(((r.first("run_started") or {}).get("dataset") or {}).get("root")) for r in runs})
+    lines = [f"# {title}", "", f"Generated by `chexui report` on {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             "Runs:", ""]
+    for r, lab, sh in zip(runs, labels, short):
+        s = r.summary()
+        name = f"{sh}: {lab}" if sh != lab else lab
+        lines.append(f"- **{name}**: `{r.id}`, {s['status']}, preset {s['preset']}, {s['arch']}, "
+                     f"world size {s['world_size']}")
+    lines += ["", "Data: " + ", ".join(f"`{d}`" for d in datasets), ""]
+    lines.append(compare.render(fig_tbls, "markdown"))
+    for fname, caption in figures.items():
+        lines += [f"### {caption}", "", f"![{caption}]({fname})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

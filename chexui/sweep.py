@@ -1,0 +1,226 @@
+"""Sweeps: a grid over config keys, run as a queue of ordinary runs tagged with the sweep id.
+
+A sweep file is TOML data:
+
+    description = "The study's ResNet50 grid"
+    preset = "study/resnet50"            # what every run starts from
+    parallel = 1                         # runs at once (each with its own GPUs when there are GPUs)
+    [set]                                # fixed overrides for every run (optional)
+    "train.epochs" = 2
+    [grid]                               # every combination, first key varying slowest
+    "train.lr" = [0.01, 0.001]
+    "train.batch_size" = [16, 32, 64]
+
+Its state lives in `<runs dir>/.sweeps/<id>.json`: the points and the run each one got. Starting the
+sweep again with `--resume ID` skips completed runs, resumes stopped or failed ones from their last
+checkpoint and starts the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chexui import presets as presets_mod
+from chexui import runs as runs_mod
+from engine import config
+from engine.errors import ConfigError, UserError
+
+FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name"}
+
+
+@dataclass
+class Sweep:
+    id: str
+    name: str
+    preset: str
+    grid: dict[str, list]
+    fixed: dict[str, Any]
+    parallel: int = 1
+    points: list[dict] = field(default_factory=list)  # {"overrides": {key: value}, "run": id | None}
+
+    def sets(self, overrides: dict[str, Any]) -> list[str]:
+        return [f"{k}={_toml_value(v)}" for k, v in {**self.fixed, **overrides}.items()]
+
+
+def _toml_value(v: Any) -> str:
+    return config.dumps({"v": v}).split("=", 1)[1].strip()
+
+
+def sweeps_dir(base: Path) -> Path:
+    return base / ".sweeps"
+
+
+def find_file(ref: str) -> Path:
+    """A sweep FILE path, or a NAME looked up like presets (NAME.sweep.toml in the preset dirs)."""
+    p = Path(ref).expanduser()
+    if p.is_file():
+        return p
+    for d, _ in presets_mod.search_dirs():
+        cand = d / f"{ref}.sweep.toml"
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"sweep '{ref}': no such file, and no {ref}.sweep.toml in the preset dirs")
+
+
+def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -> Sweep:
+    """Parse and check a sweep file; every grid point must resolve to a valid run config."""
+    raw = config.load_toml(path)
+    for k in raw:
+        if k not in FILE_KEYS:
+            raise ConfigError(f"{path}: unknown key '{k}'; allowed: {', '.join(sorted(FILE_KEYS))}")
+    if not isinstance(raw.get("preset"), str):
+        raise ConfigError(f"{path}: key 'preset' (a preset NAME or FILE) is required")
+    grid, fixed = raw.get("grid", {}), raw.get("set", {})
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{path}: a [grid] table with at least one key is required")
+    for k, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid key '{k}': expected a non-empty list of values")
+    parallel = raw.get("parallel", 1)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ConfigError(f"{path}: key 'parallel' = {parallel!r}: expected an integer >= 1")
+    preset = raw["preset"]
+    if preset.endswith(".toml") and not Path(preset).is_absolute():
+        preset = str((path.parent / preset).resolve())
+    name = raw.get("name") or path.name.removesuffix(".toml").removesuffix(".sweep")
+    sweep_id = new_id(base, name)
+    fixed = {**fixed, **{k: v for item in extra_sets for k, v in _flat(config.parse_set(item)).items()}}
+    if data is not None:
+        fixed["data.root"] = str(Path(data).expanduser().resolve())
+    sw = Sweep(sweep_id, name, preset, grid, fixed, parallel)
+    keys = list(grid)
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        overrides = dict(zip(keys, combo))
+        presets_mod.resolve(preset, sw.sets(overrides))  # raises ConfigError naming the key
+        sw.points.append({"overrides": overrides, "run": None})
+    return sw
+
+
+def _flat(nested: dict) -> dict[str, Any]:
+    out = {}
+    for k, v in nested.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def new_id(base: Path, name: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "sweep"
+    k = 0
+    while (sweeps_dir(base) / f"{stamp}-{safe}{f'-{k}' if k else ''}.json").exists():
+        k += 1
+    return f"{stamp}-{safe}{f'-{k}' if k else ''}"
+
+
+def save(sw: Sweep, base: Path) -> None:
+    d = sweeps_dir(base)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{sw.id}.json.tmp"
+    tmp.write_text(json.dumps(sw.__dict__, indent=2))
+    os.replace(tmp, d / f"{sw.id}.json")
+
+
+def load(sweep_id: str, base: Path) -> Sweep:
+    path = sweeps_dir(base) / f"{sweep_id}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in sweeps_dir(base).glob("*.json")) if sweeps_dir(base).is_dir() else []
+        raise UserError(f"sweep '{sweep_id}' not found in {sweeps_dir(base)}"
+                        + (f"; known: {', '.join(known)}" if known else ""))
+    return Sweep(**json.loads(path.read_text()))
+
+
+def point_label(overrides: dict[str, Any]) -> str:
+    from chexui.compare import short_key
+    return " ".join(f"{short_key(k)}={v}" for k, v in overrides.items())
+
+
+def gpu_count() -> int:
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else NVML when installed); 0 without any."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library or no driver: no GPUs
+        return 0
+
+
+def gpu_slots(parallel: int, nproc: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each of `parallel` run slots; None everywhere on a CPU-only machine."""
+    n = gpu_count()
+    if n == 0:
+        return [None] * parallel
+    if parallel * nproc > n:
+        raise UserError(f"parallel = {parallel} runs x {nproc} processes needs {parallel * nproc} GPUs; "
+                        f"this machine has {n}")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(n)]
+    return [",".join(ids[k * nproc:(k + 1) * nproc]) for k in range(parallel)]
+
+
+def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]:
+    """Run every point not yet completed, `parallel` at a time; {run id: final status}."""
+    from chexui.launch import save_config, start_detached
+    nproc = max(presets_mod.resolve(sw.preset, sw.sets(p["overrides"]))["distributed"]["nproc"] for p in sw.points)
+    free = gpu_slots(sw.parallel, nproc)
+    active: dict[str, tuple[Path, str | None]] = {}  # run id -> (dir, its slot)
+    results: dict[str, str] = {}
+    todo = list(range(len(sw.points)))
+    while todo or active:
+        while todo and free:
+            i = todo.pop(0)
+            point = sw.points[i]
+            run_dir = runs_mod.find_run(point["run"], base) if point["run"] else None
+            status = runs_mod.load_run(run_dir).status if run_dir else None
+            if status == "completed":
+                results[run_dir.name] = status
+                continue
+            slot = free.pop(0)
+            if run_dir is None:
+                cfg = presets_mod.resolve(sw.preset, sw.sets(point["overrides"]))
+                cfg["sweep"] = sw.id
+                run_dir = runs_mod.new_run_dir(base, f"{sw.name}-{i + 1:02d}")
+                save_config(cfg, run_dir)
+                point["run"] = run_dir.name
+                save(sw, base)
+            if status != "running":  # a run left running by an interrupted sweep is only waited for
+                env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
+                start_detached(run_dir, base, env=env)
+            say(f"{'resumed' if status else 'started'} {run_dir.name} ({point_label(point['overrides'])})")
+            active[run_dir.name] = (run_dir, slot)
+        time.sleep(poll_s)
+        for rid, (run_dir, slot) in list(active.items()):
+            if runs_mod.launcher_process(run_dir) is None:
+                info = runs_mod.load_run(run_dir)
+                s = info.summary()
+                results[rid] = info.status
+                say(f"{info.status} {rid}: test AUROC {s['test_auc'] if s['test_auc'] is None else round(s['test_auc'], 4)}")
+                del active[rid]
+                free.append(slot)
+    return results
+
+
+def stop_active(sw: Sweep, base: Path) -> list[str]:
+    """Stop the sweep's running runs cleanly (checkpoints kept; `--resume` continues them)."""
+    stopped = []
+    for point in sw.points:
+        if point["run"]:
+            run_dir = runs_mod.find_run(point["run"], base)
+            if runs_mod.launcher_process(run_dir) is not None:
+                runs_mod.stop_run(run_dir)
+                stopped.append(run_dir.name)
+    return stopped
