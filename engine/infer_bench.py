@@ -50,7 +50,7 @@ def time_model(model, size: int, device: torch.device, batch: int, min_reps: int
     _sync(device)
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 20):
         t0 = time.perf_counter()
         model(x)
         _sync(device)

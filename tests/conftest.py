@@ -63,6 +63,30 @@ def tiny_preset(tmp_path, tiny_demo) -> Path:
     return p
 
 
+PRUNE70 = ["--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.begin_epoch=0.5",
+           "--set", "prune.end_epoch=2.0", "--set", "prune.frequency_steps=2", "--set", "train.epochs=3"]
+ADAPTIVE = 'prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128, sparsity=0.5}]'
+
+
+@pytest.fixture(scope="session")
+def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.CompletedProcess]:
+    """One finished 2-process run with everything on - adaptive pruning (70 % elsewhere), QAT of all
+    layers, export - shared by the tests that only read a finished run (engine launches are the
+    suite's main cost). Returns the run dir and the headless CLI's completed process."""
+    base = tmp_path_factory.mktemp("compressed")
+    preset = base / "tiny.toml"
+    preset.write_text(TINY_PRESET.format(desc="test run", root=tiny_demo, epochs=3))
+    root = tmp_path_factory.getbasetemp()  # the same isolated dirs as `_isolated` (function-scoped)
+    env = {**os.environ, "CHEXUI_CACHE_DIR": str(root / "cache"), "CHEXUI_DEMO_DIR": str(root / "demo-embedded"),
+           "XDG_CONFIG_HOME": str(root / "xdg-config"), "NO_COLOR": "1"}
+    env.pop("CHEXUI_PRESETS", None)
+    r = chexui("run", "--headless", "--preset", preset, *PRUNE70, "--set", ADAPTIVE, "--set", "quantize.enabled=true",
+               "--set", "quantize.scope=all", "--set", "export.enabled=true", "--nproc", 2,
+               "--runs-dir", base / "runs", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return only_run(base / "runs"), r
+
+
 def nih_sample() -> Path:
     p = os.environ.get("CHEXUI_NIH_SAMPLE")
     if not p or not Path(p).is_dir():

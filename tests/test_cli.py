@@ -140,11 +140,11 @@ def test_detach_watch_stop_resume(tmp_path, tiny_preset):
     assert leftover(runs) == []
     assert (runs / run_id / "checkpoints" / "last.pt").is_file()
     # resume with fewer epochs so that it ends soon
-    r = chexui("run", "--resume", run_id, "--headless", "--set", "train.epochs=3", "--runs-dir", runs)
+    r = chexui("run", "--resume", run_id, "--headless", "--set", "train.epochs=2", "--runs-dir", runs)
     assert r.returncode == 0, r.stdout + r.stderr
     assert _status(runs, run_id) == "completed"
     shown = json.loads(chexui("runs", "show", run_id, "--json", "--runs-dir", runs).stdout)
-    assert shown["epochs"] == 3 and shown["test_auc"] is not None and len(shown["evaluations"][-1]["auc"]) == 14
+    assert shown["epochs"] == 2 and shown["test_auc"] is not None and len(shown["evaluations"][-1]["auc"]) == 14
     # watch on a finished run replays it and exits 0
     r = chexui("watch", run_id, "--headless", "--runs-dir", runs)
     assert r.returncode == 0 and "run completed" in r.stdout and "test AUROC" in r.stdout
@@ -187,16 +187,11 @@ def test_two_nodes_on_localhost(tmp_path, tiny_preset):
     assert final_status(ev) == "completed"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_demo) -> tuple[Path, str]:
-    """One finished 1-epoch run on the tiny demo set: (runs dir, run id)."""
-    base = tmp_path_factory.mktemp("trained")
-    preset = base / "tiny.toml"
-    preset.write_text(TINY_PRESET.format(desc="trained", root=tiny_demo, epochs=1))
-    runs = base / "runs"
-    r = chexui("run", "--headless", "--preset", preset, "--runs-dir", runs)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return runs, only_run(runs).name
+@pytest.fixture()
+def trained(compressed_run) -> tuple[Path, str]:
+    """A finished run (the session's shared one, see conftest): (runs dir, run id)."""
+    run, _ = compressed_run
+    return run.parent, run.name
 
 
 def test_eval_on_real_nih_sample(tmp_path, trained):

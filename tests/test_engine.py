@@ -15,7 +15,7 @@ import torch
 from engine.events import EVENT_FIELDS, final_status
 from engine.labels import LABELS
 from engine.metrics import per_class_auroc
-from tests.conftest import chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
+from tests.conftest import PRUNE70, chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,8 @@ def of_type(events, t):
     return [e for e in events if e["type"] == t]
 
 
-def test_headless_run_two_processes(tmp_path, tiny_preset):
-    runs = tmp_path / "runs"
-    r = chexui("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--runs-dir", runs)
-    assert r.returncode == 0, r.stdout + r.stderr
-    run = only_run(runs)
+def test_headless_run_two_processes(compressed_run):
+    run, r = compressed_run  # 2 processes (with pruning and QAT on; see conftest)
     ev = events_of(run)
     for e in ev:
         assert e["v"] == 1 and isinstance(e["ts"], float) and all(f in e for f in EVENT_FIELDS[e["type"]])
@@ -36,7 +33,7 @@ def test_headless_run_two_processes(tmp_path, tiny_preset):
     assert started["world_size"] == 2 and started["dataset"]["n_train"] > 0
     assert started["dataset"]["split_sha256"] == json.loads((run / "split.json").read_text())["sha256"]
     ends = of_type(ev, "epoch_ended")
-    assert [e["epoch"] for e in ends] == [1, 2]
+    assert [e["epoch"] for e in ends] == [1, 2, 3]
     assert all(len(e["memory_mb"]) == 2 and min(e["memory_mb"]) > 0 for e in ends)
     # lr_scale = "linear": the LR is multiplied by the number of processes
     assert ends[0]["lr"] == pytest.approx(0.001 * 2)
@@ -106,11 +103,10 @@ def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset
 
 
 def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
-    """Stopped mid-run and resumed == uninterrupted: losses, test AUROC, and (pruning and QAT on, the
-    stop mid-schedule) the sparsity curve and the fake-quant observers."""
-    prune = ["--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.begin_epoch=0.5",
-             "--set", "prune.end_epoch=2.5", "--set", "prune.frequency_steps=2", "--set", "quantize.enabled=true"]
-    common = ["--preset", tiny_preset, "--set", "train.epochs=3", "--set", "data.image_size=48", *prune, "--headless"]
+    """prune70 shortened (end_epoch 2 of 3) with QAT on: global sparsity 0.70 at and after end_epoch;
+    stopped mid-run and resumed == uninterrupted: losses, test AUROC, the sparsity curve (the stop lands
+    mid-schedule) and the fake-quant observers."""
+    common = ["--preset", tiny_preset, *PRUNE70, "--set", "quantize.enabled=true", "--headless"]
     ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
     assert chexui("run", *common, "--runs-dir", ref_runs).returncode == 0
     proc = chexui_bg("run", *common, "--runs-dir", runs)
@@ -130,6 +126,8 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
     ev = events_of(run_dir)
     assert final_status(ev) == "completed" and of_type(ev, "restarted")
     ref = events_of(only_run(ref_runs))
+    s = {e["epoch"]: e["sparsity"] for e in of_type(ref, "epoch_ended")}
+    assert s[1] < 0.7 and abs(s[2] - 0.70) <= 0.005 and abs(s[3] - 0.70) <= 0.005
     got_epochs = {e["epoch"]: e for e in of_type(ev, "epoch_ended")}
     for e in of_type(ref, "epoch_ended"):
         g = got_epochs[e["epoch"]]
