@@ -355,7 +355,7 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
             sw.parallel = parallel
         seen = set()
         for p in sw.points:  # build the demo set and caches once, before runs start side by side
-            cfg = presets_mod.resolve(sw.preset, sw.sets(p["overrides"]))
+            cfg = sw.config(p)
             key = (cfg["data"]["root"], cfg["data"]["image_size"], cfg["data"]["cache"])
             if key not in seen:
                 seen.add(key)

@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 
 from chexui.runs import RunInfo
+from engine import config
+from engine.events import ARTIFACT_SPLITS
 from engine.labels import CHEXNET_AUROC, LABELS
 
 REFERENCE = "CheXNet (paper)"
@@ -32,23 +34,15 @@ def short_key(key: str) -> str:
     return SHORT.get(key, key.rsplit(".", 1)[-1])
 
 
-def _flat(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            out.update({f"{k}.{kk}": json.dumps(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
-        else:
-            out[k] = v
-    return out
-
-
 def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return json.dumps(v)
     return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def run_labels(runs: list[RunInfo]) -> list[str]:
     """Column labels from the config keys whose values differ between the runs (else the run ids)."""
-    flats = [_flat((r.first("run_started") or {}).get("config", {})) for r in runs]
+    flats = [config.flatten((r.first("run_started") or {}).get("config", {})) for r in runs]
     keys = sorted({k for f in flats for k in f} - IGNORED)
     differ = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
     if len(runs) < 2 or not differ:
@@ -110,8 +104,8 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
             a = arts.get(kind)
             row[f"{kind} bytes"] = a["bytes"] if a else None
             row[f"{kind} gzip"] = a["gzip_bytes"] if a else None
-            ev = _test(r, f"test_{kind}") or (_test(r) if kind == "fp32" and a else None)
-            row[f"{kind} AUROC"] = ev["auc_mean"] if ev and a else None
+            ev = next(filter(None, (_test(r, s) for s in ARTIFACT_SPLITS[kind])), None) if a else None
+            row[f"{kind} AUROC"] = ev["auc_mean"] if ev else None
         rows.append(row)
     return pd.DataFrame(rows).set_index("run").astype("Float64")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
+from chexui.headless import fmt
 from engine import config
 from engine.errors import ConfigError, UserError
 
@@ -46,6 +47,10 @@ class Sweep:
 
     def sets(self, overrides: dict[str, Any]) -> list[str]:
         return [f"{k}={_toml_value(v)}" for k, v in {**self.fixed, **overrides}.items()]
+
+    def config(self, point: dict) -> dict[str, Any]:
+        """The full run config of one grid point (ConfigError naming the key when invalid)."""
+        return presets_mod.resolve(self.preset, self.sets(point["overrides"]))
 
 
 def _toml_value(v: Any) -> str:
@@ -90,26 +95,15 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -
         preset = str((path.parent / preset).resolve())
     name = raw.get("name") or path.name.removesuffix(".toml").removesuffix(".sweep")
     sweep_id = new_id(base, name)
-    fixed = {**fixed, **{k: v for item in extra_sets for k, v in _flat(config.parse_set(item)).items()}}
+    fixed = {**fixed, **{k: v for item in extra_sets for k, v in config.flatten(config.parse_set(item)).items()}}
     if data is not None:
         fixed["data.root"] = str(Path(data).expanduser().resolve())
     sw = Sweep(sweep_id, name, preset, grid, fixed, parallel)
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
-        overrides = dict(zip(keys, combo))
-        presets_mod.resolve(preset, sw.sets(overrides))  # raises ConfigError naming the key
-        sw.points.append({"overrides": overrides, "run": None})
+        sw.points.append({"overrides": dict(zip(keys, combo)), "run": None})
+        sw.config(sw.points[-1])  # every point must resolve before anything starts
     return sw
-
-
-def _flat(nested: dict) -> dict[str, Any]:
-    out = {}
-    for k, v in nested.items():
-        if isinstance(v, dict):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        else:
-            out[k] = v
-    return out
 
 
 def new_id(base: Path, name: str) -> str:
@@ -175,7 +169,7 @@ def gpu_slots(parallel: int, nproc: int) -> list[str | None]:
 def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]:
     """Run every point not yet completed, `parallel` at a time; {run id: final status}."""
     from chexui.launch import save_config, start_detached
-    nproc = max(presets_mod.resolve(sw.preset, sw.sets(p["overrides"]))["distributed"]["nproc"] for p in sw.points)
+    nproc = max(sw.config(p)["distributed"]["nproc"] for p in sw.points)
     free = gpu_slots(sw.parallel, nproc)
     active: dict[str, tuple[Path, str | None]] = {}  # run id -> (dir, its slot)
     results: dict[str, str] = {}
@@ -191,7 +185,7 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 continue
             slot = free.pop(0)
             if run_dir is None:
-                cfg = presets_mod.resolve(sw.preset, sw.sets(point["overrides"]))
+                cfg = sw.config(point)
                 cfg["sweep"] = sw.id
                 run_dir = runs_mod.new_run_dir(base, f"{sw.name}-{i + 1:02d}")
                 save_config(cfg, run_dir)
@@ -208,7 +202,7 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 info = runs_mod.load_run(run_dir)
                 s = info.summary()
                 results[rid] = info.status
-                say(f"{info.status} {rid}: test AUROC {s['test_auc'] if s['test_auc'] is None else round(s['test_auc'], 4)}")
+                say(f"{info.status} {rid}: test AUROC {fmt(s['test_auc'])}")
                 del active[rid]
                 free.append(slot)
     return results

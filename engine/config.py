@@ -219,6 +219,17 @@ def parse_set(item: str) -> dict[str, Any]:
     return {section: {sub: value}}
 
 
+def flatten(cfg: dict[str, Any]) -> dict[str, Any]:
+    """{section: {key: v}} -> {"section.key": v}; top-level keys stay as they are."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{sub}": sv for sub, sv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
 def apply_sets(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """`--set SECTION.KEY=VALUE` items merged over `cfg`, in order (validate the result afterwards)."""
     for item in sets:

@@ -16,6 +16,9 @@ from typing import Any, Iterator
 VERSION = 1
 # Run-dir file that says a stop was asked for (chexui writes it, then signals; the engine reads it).
 STOP_FILE = "stop_requested"
+# `evaluated` split(s) measuring each exported artifact kind, first match wins: a run without QAT has
+# no `test_fp32`, its fp32 artifact is the best model that `test` measured
+ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8",)}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {

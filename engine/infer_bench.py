@@ -19,11 +19,7 @@ import torch
 
 from engine import export
 from engine.errors import UserError
-from engine.events import read_events
-
-# the engine's evaluation of each artifact (`evaluated` split names); fp32 of a non-QAT run is the
-# run's own best model, measured as "test"
-SPLITS = {export.FP32: ("test_fp32", "test"), export.SPARSE: ("test_sparse",), export.INT8: ("test_int8",)}
+from engine.events import ARTIFACT_SPLITS, read_events
 
 
 def cpu_name() -> str:
@@ -81,7 +77,7 @@ def bench_run(run_dir: Path, image_size: int) -> dict:
     for a in arts:
         if not (run_dir / a["path"]).is_file():
             raise UserError(f"{run_dir / a['path']}: exported file is missing")
-        ev = next((evals[s] for s in SPLITS[a["kind"]] if s in evals), None)
+        ev = next((evals[s] for s in ARTIFACT_SPLITS[a["kind"]] if s in evals), None)
         model = export.load_model(run_dir, a)
         row = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
                "test_auc_mean": ev["auc_mean"] if ev else None, "cpu": measure(model, image_size, torch.device("cpu"))}

@@ -105,24 +105,23 @@ def convert(qat_model: nn.Module) -> nn.Module:
         return convert_fx(m)
 
 
+@contextmanager
+def observers_frozen(qat_model: nn.Module):
+    """Fake quantization stays on, but the observers stop updating their ranges (evaluation)."""
+    from torch.ao.quantization import disable_observer, enable_observer
+    qat_model.apply(disable_observer)
+    try:
+        yield
+    finally:
+        qat_model.apply(enable_observer)
+
+
 def save_int8(int8_model: nn.Module, image_size: int, path) -> None:
     """TorchScript (trace + freeze): loads with torch.jit.load alone, no chexui or engine code needed."""
-    import os
-    import tempfile
-    from pathlib import Path
-    path = Path(path)
+    from engine.checkpoint import save_atomic
     with torch.no_grad(), _quiet():
         scripted = torch.jit.freeze(torch.jit.trace(int8_model, torch.zeros(1, 3, image_size, image_size)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic(scripted, path, write=torch.jit.save)
 
 
 def load_int8(path) -> torch.jit.ScriptModule:

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from engine import checkpoint, config, dist, export, metrics, quant
 from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError
-from engine.events import STOP_FILE, EventWriter
+from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
 from engine.labels import LABELS
 from engine.models import build_model
 from engine.prune import Pruner
@@ -261,18 +261,14 @@ class Run:
 
     def predict(self, rows: np.ndarray, model: nn.Module | None = None,
                 device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-        if model is None and self.qat is not None:
-            # evaluation must not move the observers' ranges: freeze them while predicting
-            from torch.ao.quantization import disable_observer, enable_observer
-            self.qat.apply(disable_observer)
-            try:
-                return self.predict(rows, self.qat)
-            finally:
-                self.qat.apply(enable_observer)
+        if model is None:
+            model = self.qat if self.qat is not None else self.model
         device = device or self.d.device
-        logits = predict_logits(model or self.model, self.data.images, rows, self.d, self.t["batch_size"] * 2,
-                                self.channels_last and device.type == "cuda",
-                                lambda: autocast_for(self.cfg, device), device)
+        # evaluating the QAT model must not move its observers' ranges
+        with quant.observers_frozen(model) if model is self.qat else nullcontext():
+            logits = predict_logits(model, self.data.images, rows, self.d, self.t["batch_size"] * 2,
+                                    self.channels_last and device.type == "cuda",
+                                    lambda: autocast_for(self.cfg, device), device)
         return logits, self.data.index.labels[rows].astype(np.float32)
 
     def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None) -> dict:
@@ -365,7 +361,8 @@ class Run:
             model = export.load_model(self.run_dir, a)
             device = torch.device("cpu") if a["kind"] == export.INT8 else self.d.device
             res = self.evaluate("test", model.to(device), device)
-            self.emit("evaluated", split=f"test_{a['kind']}", n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"])
+            self.emit("evaluated", split=ARTIFACT_SPLITS[a["kind"]][0], n=res["n"], auc=res["auc"],
+                      auc_mean=res["auc_mean"])
 
 
 def dataset_summary(run: Run) -> dict:

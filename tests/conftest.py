@@ -20,14 +20,17 @@ from engine import demo
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def isolated_env(base: Path) -> dict[str, str]:
+    """Cache, demo data and user config under the session's temp dir (CHEXUI_PRESETS is unset)."""
+    return {"CHEXUI_CACHE_DIR": str(base / "cache"), "CHEXUI_DEMO_DIR": str(base / "demo-embedded"),
+            "XDG_CONFIG_HOME": str(base / "xdg-config"), "NO_COLOR": "1"}
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("CHEXUI_CACHE_DIR", str(base / "cache"))
-    monkeypatch.setenv("CHEXUI_DEMO_DIR", str(base / "demo-embedded"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "xdg-config"))
+    for k, v in isolated_env(tmp_path_factory.getbasetemp()).items():
+        monkeypatch.setenv(k, v)
     monkeypatch.delenv("CHEXUI_PRESETS", raising=False)
-    monkeypatch.setenv("NO_COLOR", "1")
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +79,8 @@ def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.Comple
     base = tmp_path_factory.mktemp("compressed")
     preset = base / "tiny.toml"
     preset.write_text(TINY_PRESET.format(desc="test run", root=tiny_demo, epochs=3))
-    root = tmp_path_factory.getbasetemp()  # the same isolated dirs as `_isolated` (function-scoped)
-    env = {**os.environ, "CHEXUI_CACHE_DIR": str(root / "cache"), "CHEXUI_DEMO_DIR": str(root / "demo-embedded"),
-           "XDG_CONFIG_HOME": str(root / "xdg-config"), "NO_COLOR": "1"}
+    # session-scoped, so set up before the function-scoped `_isolated`: the same dirs, passed explicitly
+    env = {**os.environ, **isolated_env(tmp_path_factory.getbasetemp())}
     env.pop("CHEXUI_PRESETS", None)
     r = chexui("run", "--headless", "--preset", preset, *PRUNE70, "--set", ADAPTIVE, "--set", "quantize.enabled=true",
                "--set", "quantize.scope=all", "--set", "export.enabled=true", "--nproc", 2,
