@@ -21,6 +21,7 @@ from chexui import runs as runs_mod
 from chexui.headless import HeadlessView, auc_table, console, epoch_line, fmt, plain_mode, table
 from engine import config
 from engine.errors import UserError
+from engine.sanitize import clean
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Train and compress CheXNet-style chest X-ray classifiers. Without a command: the TUI.")
@@ -34,8 +35,13 @@ app.add_typer(data_app, name="data")
 err = console(stderr=True)
 
 
+def say(text: str) -> None:
+    """Plain output that may hold run names, paths or preset text: no control characters."""
+    print(clean(text))
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"error: {message}", markup=False)
+    err.print(f"error: {clean(message)}", markup=False)
     return typer.Exit(code)
 
 
@@ -139,6 +145,9 @@ def run(
             owner = runs_mod.launcher_process(run_dir)
             if owner is not None and owner.pid != os.getpid():  # (a detached launcher resumes itself)
                 raise UserError(f"run {run_dir.name} is running already (chexui stop {run_dir.name})")
+            if owner is None and runs_mod.load_run(run_dir).status == "completed":
+                raise UserError(f"run {run_dir.name} is completed: nothing to resume (start a new run, "
+                                "or `chexui eval` / `chexui bench` it)")
             cfg = config.load_run_config(run_dir / "config.toml")
             if set_:
                 cfg = config.validate(config.apply_sets(cfg, set_), str(run_dir / "config.toml"))
@@ -153,9 +162,9 @@ def run(
         raise fail(str(e))
     if detach:
         pid = start_detached(run_dir, base, node)
-        print(f"started {run_dir.name} in the background (pid {pid})")
-        print(f"  follow: chexui watch {run_dir.name} --headless")
-        print(f"  stop:   chexui stop {run_dir.name}")
+        say(f"started {run_dir.name} in the background (pid {pid})")
+        say(f"  follow: chexui watch {run_dir.name} --headless")
+        say(f"  stop:   chexui stop {run_dir.name}")
         raise typer.Exit(0)
     if not headless and sys.stdout.isatty():  # without a terminal there is no TUI: plain output
         start_detached(run_dir, base, node)
@@ -203,7 +212,7 @@ def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
             raise fail(f"run {run_dir.name} did not stop within {timeout:.0f}s", 1)
     except UserError as e:
         raise fail(str(e))
-    print(f"{run_dir.name}: {runs_mod.load_run(run_dir).status}")
+    say(f"{run_dir.name}: {runs_mod.load_run(run_dir).status}")
 
 
 # ---------------------------------------------------------------- runs
@@ -287,13 +296,15 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
 
 @app.command("bench")
 def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool = typer.Option(False, "--json"),
+              trust: bool = typer.Option(False, "--trust", help="load artifacts whose sha256 does not match "
+                                         "the one recorded at export (they may run code)"),
               runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed."""
     try:
         run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
         size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
         from engine.infer_bench import bench_run
-        res = bench_run(run_dir, size)
+        res = bench_run(run_dir, size, trust)
     except UserError as e:
         raise fail(str(e))
     if as_json:
@@ -407,7 +418,7 @@ def compare_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help
         for t in compare.rich_tables(tbls):
             con.print(t)
     else:
-        print(compare.render(tbls, fmt))
+        say(compare.render(tbls, fmt))
 
 
 @app.command("report")
@@ -422,7 +433,7 @@ def report_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help=
         raise fail(str(e))
     from chexui import compare, report
     path = report.write_report(compare.load(dirs), Path(out), title)
-    print(f"wrote {path} and {len(list(path.parent.glob('*.png')))} figures")
+    say(f"wrote {path} and {len(list(path.parent.glob('*.png')))} figures")
 
 
 # ---------------------------------------------------------------- presets
@@ -457,7 +468,7 @@ def presets_validate(file: str) -> None:
         presets_mod.resolve(file)
     except UserError as e:
         raise fail(str(e))
-    print(f"{file}: ok")
+    say(f"{file}: ok")
 
 
 # ---------------------------------------------------------------- data
@@ -475,7 +486,7 @@ def data_demo(out: str, images: int = typer.Option(2000, "--images", min=10),
     finally:
         if prog:
             prog.stop()
-    print(f"{out}: {images} images at {size} px in {time.perf_counter() - t0:.1f}s (synthetic; see README.txt)")
+    say(f"{out}: {images} images at {size} px in {time.perf_counter() - t0:.1f}s (synthetic; see README.txt)")
 
 
 @data_app.command("check")
@@ -520,7 +531,7 @@ def data_prepare(root: str, size: int = typer.Option(..., "--size", min=16, max=
     except UserError as e:
         raise fail(str(e))
     dt = time.perf_counter() - t0
-    print(f"cache: {cache.cache_paths(index, size)[0]} ({len(index)} images, {dt:.1f}s)")
+    say(f"cache: {cache.cache_paths(index, size)[0]} ({len(index)} images, {dt:.1f}s)")
 
 
 def main() -> None:

@@ -17,6 +17,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from engine.labels import LABELS
+from engine.sanitize import clean
+
+
+class SafeConsole(Console):
+    """A rich Console that strips control characters from every string it is given: run names, error
+    messages, preset descriptions and file names come from files anyone may have written."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class SafeTable(Table):
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:
+        super().add_row(*(clean(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
 
 def plain_mode(stream=None) -> bool:
@@ -27,12 +41,12 @@ def plain_mode(stream=None) -> bool:
 def console(stderr: bool = False) -> Console:
     """Rich console; without a TTY (or with NO_COLOR): no control codes and no wrapping at 80 columns."""
     plain = plain_mode(sys.stderr if stderr else sys.stdout)
-    return Console(stderr=stderr, no_color=plain, highlight=False, soft_wrap=True,
+    return SafeConsole(stderr=stderr, no_color=plain, highlight=False, soft_wrap=True,
                    force_terminal=False if plain else None, width=240 if plain else None)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    t = Table(title=title, box=box.ASCII2 if plain_mode() else box.SIMPLE_HEAVY)
+    t = SafeTable(title=None if title is None else clean(title), box=box.ASCII2 if plain_mode() else box.SIMPLE_HEAVY)
     for c in columns:
         t.add_column(c)
     return t
@@ -50,7 +64,9 @@ def auc_table(aucs: dict[str, float | None], mean: float | None, title: str) -> 
     t.columns[1].justify = "right"
     for name in LABELS:
         v = aucs.get(name)
-        mark = " (best)" if name == best else " (worst)" if name == worst else ""
+        # (all equal, as when every score ties at 0.5: nothing is best or worst)
+        mark = "" if best is None or defined[best] == defined[worst] else \
+            " (best)" if name == best else " (worst)" if name == worst else ""
         t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark)
     t.add_row("mean", fmt(mean))
     return t
@@ -77,7 +93,7 @@ class HeadlessView:
 
     def say(self, text: str) -> None:
         if self.plain:
-            print(text, flush=True)
+            print(clean(text), flush=True)
         else:
             self.console.print(text)
 

@@ -33,14 +33,16 @@ class NodeSpec:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on loopback (the two-node test's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def torchrun_command(cfg: dict[str, Any], run_dir: Path, node: NodeSpec) -> list[str]:
+    """torchrun (through engine.torchrun, which adds the loopback rendezvous) starting engine.train."""
     dcfg = cfg["distributed"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(dcfg["nproc"]),
+    cmd = [sys.executable, "-m", "engine.torchrun", "--nproc-per-node", str(dcfg["nproc"]),
            "--max-restarts", str(dcfg["max_restarts"])]
     if node.nnodes > 1:
         if not node.rdzv_endpoint:
@@ -49,8 +51,8 @@ def torchrun_command(cfg: dict[str, Any], run_dir: Path, node: NodeSpec) -> list
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", node.rdzv_endpoint,
                 "--rdzv-id", cfg.get("name", "chexui")]
     else:
-        # a private rendezvous on a free local port, like --standalone, but restart-friendly
-        cmd += ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+        # a private store on a free port of 127.0.0.1 only: unreachable from the network
+        cmd += ["--nnodes", "1", "--rdzv-backend", "loopback", "--rdzv-endpoint", "127.0.0.1:0",
                 "--rdzv-id", run_dir.name]
     return cmd + ["-m", "engine.train", "--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]
 
@@ -60,11 +62,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def engine_env() -> dict[str, str]:
+def engine_env(single_node: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if single_node:  # the collectives' own sockets on loopback too (they listen on the host's address)
+        env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = "lo"
     return env
 
 
@@ -78,16 +82,26 @@ class Launcher:
         self.returncode: int | None = None
         self.exit_code = 1  # set by finish()
         self._tail: list[str] = []
+        self._events_from = 0  # byte offset of events.jsonl when this launch started
+        self.log_error: str | None = None
 
     def request_stop(self) -> None:
         self.stop_requested = True
         (self.run_dir / STOP_FILE).write_text(str(os.getpid()))
 
     async def _drain(self, stream: asyncio.StreamReader, log) -> None:
+        """Copy the engine's output into engine.log. A log that cannot be written (disk full) does not
+        stop the run: the output is still drained (torchrun would block on a full pipe) and the reason
+        is reported at the end."""
         while line := await stream.readline():
             text = line.decode(errors="replace")
-            log.write(text)
-            log.flush()
+            if log is not None:
+                try:
+                    log.write(text)
+                    log.flush()
+                except OSError as e:
+                    self.log_error = f"{self.run_dir / 'logs' / 'engine.log'}: cannot write ({e.strerror or e})"
+                    log = None
             self._tail = (self._tail + [text.rstrip()])[-40:]
 
     async def _terminate(self) -> None:
@@ -120,11 +134,16 @@ class Launcher:
         """Start torchrun and wait for it. Cancellation stops the run cleanly, then re-raises."""
         cmd = torchrun_command(self.cfg, self.run_dir, self.node)
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-        log = open(self.run_dir / "logs" / "engine.log", "a", encoding="utf-8")
-        log.write("$ " + " ".join(cmd) + "\n")
+        events = self.run_dir / "events.jsonl"
+        self._events_from = events.stat().st_size if events.is_file() else 0
+        try:
+            log = open(self.run_dir / "logs" / "engine.log", "a", encoding="utf-8")
+            log.write("$ " + " ".join(cmd) + "\n")
+        except OSError as e:
+            log, self.log_error = None, f"{self.run_dir / 'logs' / 'engine.log'}: cannot write ({e.strerror or e})"
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env=engine_env(), start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL, env=engine_env(self.node.nnodes == 1), start_new_session=True,
             preexec_fn=_die_with_parent)
         drain = asyncio.create_task(self._drain(self.proc.stdout, log))
         try:
@@ -137,30 +156,42 @@ class Launcher:
             self.finish()
             raise
         finally:
-            log.close()
+            if log is not None:
+                try:
+                    log.close()
+                except OSError:
+                    pass
         return self.finish()
 
     def finish(self) -> int:
-        """Write the final event when the engine could not; return the chexui exit code."""
-        events = read_events(self.run_dir / "events.jsonl")
+        """Write the final event when the engine could not; return the chexui exit code (0 completed or
+        stopped, 2 when the engine's error says the user can fix it, else 1). Only events written since
+        this launch count: a resume that dies before its first event has failed, whatever came before."""
+        path = self.run_dir / "events.jsonl"
+        events = read_events(path, start=self._events_from)
         status = final_status(events)
         if status is None and not events and self.returncode == 0 and self.node.nnodes > 1:
             self.exit_code = 0  # global rank 0 (the event writer) ran on another node; this node's part succeeded
             return 0
         if status is None and (events or self.node.node_rank == 0):
             status = "stopped" if self.stop_requested else "failed"
-            w = EventWriter(self.run_dir / "events.jsonl")
-            if status == "failed":
-                last = next((l for l in reversed(self._tail) if l.strip()), "")
-                w.emit("error", message=f"engine exited with code {self.returncode} before finishing"
-                       + (f": {last}" if last else "") + f" (see {self.run_dir / 'logs' / 'engine.log'})")
-            epochs = [e for e in events if e["type"] == "epoch_ended"]
-            w.emit("run_finished", status=status, epochs=epochs[-1]["epoch"] if epochs else 0,
-                   total_time_s=(events[-1]["ts"] - events[0]["ts"]) if events else 0.0,
-                   best_epoch=0, test_auc_mean=None)
-            w.close()
+            try:
+                w = EventWriter(path)
+                if status == "failed":
+                    last = next((l for l in reversed(self._tail) if l.strip()), "")
+                    w.emit("error", message=f"engine exited with code {self.returncode} before finishing"
+                           + (f": {last}" if last else "") + f" (see {self.run_dir / 'logs' / 'engine.log'})")
+                everything = read_events(path)
+                epochs = [e for e in everything if e["type"] == "epoch_ended"]
+                w.emit("run_finished", status=status, epochs=epochs[-1]["epoch"] if epochs else 0,
+                       total_time_s=(everything[-1]["ts"] - everything[0]["ts"]) if everything else 0.0,
+                       best_epoch=0, test_auc_mean=None)
+                w.close()
+            except OSError as e:
+                self.log_error = f"{path}: cannot write the final status ({e.strerror or e})"
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-        self.exit_code = {"completed": 0, "stopped": 0}.get(status or "failed", 1)
+        codes = [e.get("code") for e in events if e["type"] == "error"]
+        self.exit_code = {"completed": 0, "stopped": 0}.get(status or "failed", 2 if 2 in codes else 1)
         return self.exit_code
 
 

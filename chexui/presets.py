@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,7 @@ import platformdirs
 
 from engine import config
 from engine.errors import ConfigError
+from engine.sanitize import clean
 
 
 @dataclass
@@ -45,6 +48,28 @@ def _name_of(path: Path, base: Path) -> str:
     return path.relative_to(base).with_suffix("").as_posix()
 
 
+def check_trusted(path: Path) -> None:
+    """A preset anyone on the machine can rewrite (world-writable, or in a world-writable dir without
+    the sticky bit) is refused: it decides what data, weights and paths a run uses. One owned by another
+    user is normal in a lab's shared folder, and is named on stderr once."""
+    st = path.stat()
+    parent = path.parent.stat()
+    if st.st_mode & stat.S_IWOTH or (parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX):
+        where = path if st.st_mode & stat.S_IWOTH else path.parent
+        raise ConfigError(f"{path}: refused: {where} is writable by every user (chmod o-w {where})")
+    if st.st_uid not in (os.getuid(), 0) and path not in _NOTED:
+        _NOTED.add(path)
+        try:
+            import pwd
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except (ImportError, KeyError):
+            owner = f"uid {st.st_uid}"
+        print(clean(f"note: preset {path} belongs to {owner}"), file=sys.stderr)
+
+
+_NOTED: set[Path] = set()
+
+
 def available() -> list[PresetFile]:
     """Every preset reachable by name; a name found earlier in the search order hides later ones."""
     seen: dict[str, PresetFile] = {}
@@ -58,10 +83,11 @@ def available() -> list[PresetFile]:
             if name in seen:
                 continue
             try:
+                check_trusted(p)
                 desc = str(config.load_toml(p).get("description", ""))
             except ConfigError as e:
-                desc = f"(unreadable: {e})"
-            seen[name] = PresetFile(name, p, source, desc)
+                desc = f"(unusable: {e})"
+            seen[name] = PresetFile(clean(name), p, source, clean(desc))
     return list(seen.values())
 
 
@@ -88,6 +114,7 @@ def find(ref: str) -> Path:
 def load_chain(ref: str, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
     """The preset merged over the presets it extends (checked file by file, errors name the file)."""
     path = find(ref).resolve()
+    check_trusted(path)
     if path in _seen:
         raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in _seen)})")
     raw = config.validate(config.load_toml(path), str(path), partial=True)

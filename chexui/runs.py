@@ -17,6 +17,8 @@ import psutil
 
 from engine.errors import UserError
 from engine.events import STOP_FILE, final_status, read_events
+from engine.fsutil import write_atomic
+from engine.sanitize import clean
 
 LAUNCHER_FILE = "launcher.json"
 
@@ -25,19 +27,28 @@ def runs_dir(override: str | Path | None = None) -> Path:
     return Path(override or os.environ.get("CHEXUI_RUNS_DIR") or "runs")
 
 
+NAME_MAX = 80  # characters of a run name; the directory adds a 16-character time stamp
+
+
 def new_run_dir(base: Path, name: str) -> Path:
-    base.mkdir(parents=True, exist_ok=True)
+    if len(name) > NAME_MAX:
+        raise UserError(f"--name: {len(name)} characters; at most {NAME_MAX}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
-    for k in range(1000):
-        d = base / (f"{stamp}-{safe}" if k == 0 else f"{stamp}-{safe}-{k}")
-        try:
-            d.mkdir()
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".") or "run"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        for k in range(1000):
+            d = base / (f"{stamp}-{safe}" if k == 0 else f"{stamp}-{safe}-{k}")
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
             for sub in ("checkpoints", "export", "logs"):
                 (d / sub).mkdir()
             return d
-        except FileExistsError:
-            continue
+    except OSError as e:
+        raise UserError(f"{base}: cannot create a run directory ({e.strerror or e}); "
+                        "choose another with --runs-dir or $CHEXUI_RUNS_DIR") from None
     raise UserError(f"{base}: cannot create a run directory for {name!r}")
 
 
@@ -61,19 +72,17 @@ def find_run(ref: str | Path, base: Path) -> Path:
 def write_launcher(run_dir: Path, pid: int | None = None) -> None:
     pid = pid or os.getpid()
     info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": os.uname().nodename}
-    tmp = run_dir / f".{LAUNCHER_FILE}.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, run_dir / LAUNCHER_FILE)
+    write_atomic(run_dir / LAUNCHER_FILE, json.dumps(info))
 
 
 def launcher_process(run_dir: Path) -> psutil.Process | None:
     """The live launcher of this run, or None (a reused pid does not count)."""
     try:
         info = json.loads((run_dir / LAUNCHER_FILE).read_text())
-        proc = psutil.Process(info["pid"])
+        proc = psutil.Process(int(info["pid"]))
         if abs(proc.create_time() - info["create_time"]) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
             return proc
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, psutil.Error):
+    except (OSError, ValueError, TypeError, KeyError, psutil.Error):  # missing, damaged or foreign
         pass
     return None
 
@@ -109,7 +118,7 @@ class RunInfo:
 
     @property
     def id(self) -> str:
-        return self.run_dir.name
+        return clean(self.run_dir.name)
 
     @property
     def status(self) -> str:
@@ -124,6 +133,17 @@ class RunInfo:
         return next((e for e in reversed(self.events) if e["type"] == type_), None)
 
     def summary(self) -> dict[str, Any]:
+        """The run's row for `runs list`; a run dir whose files do not have the shapes chexui writes
+        (hand-edited, foreign) gives a row saying so instead of breaking the whole listing."""
+        try:
+            return self._summary()
+        except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
+            return {"id": self.id, "path": clean(str(self.run_dir)), "status": "unreadable", "preset": None,
+                    "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_val_auc": None,
+                    "test_auc": None, "duration_s": None, "started": None,
+                    "problem": f"events.jsonl: unexpected content ({type(e).__name__})"}
+
+    def _summary(self) -> dict[str, Any]:
         started = self.first("run_started") or {}
         cfg = started.get("config", {})
         epochs = [e for e in self.events if e["type"] == "epoch_ended"]
@@ -135,7 +155,7 @@ class RunInfo:
         if self.events:
             duration = (finished or self.events[-1])["ts"] - self.events[0]["ts"]
         return {
-            "id": self.id, "path": str(self.run_dir), "status": self.status,
+            "id": self.id, "path": clean(str(self.run_dir)), "status": self.status,
             "preset": cfg.get("name"), "arch": cfg.get("model", {}).get("arch"),
             "sweep": cfg.get("sweep"),
             "world_size": (restarted or started).get("world_size"),

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from engine import config, demo, dist
-from engine.train import Run, autocast_for
+from engine.train import Run, amp_dtype, autocast_for
 
 
 def bare_loop(cfg: dict, device: torch.device, steps: int, warmup: int = 3) -> float:
     from engine.models import build_model
     t = cfg["train"]
-    channels_last = t["channels_last"] and device.type == "cuda"
+    channels_last = t["channels_last"]  # as the engine: on every device
     model = build_model(cfg["model"]["arch"], "none").to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -57,7 +57,7 @@ def engine_epochs(cfg: dict, run_dir: Path) -> tuple[float, int]:
     run = Run(cfg, run_dir, d)
     run.setup()
     run.train_one_epoch(1)  # warm-up: allocator, cudnn autotuning, page cache
-    run.state["step"] = 0  # (fit() does this between epochs)
+    run.state.step = 0  # (fit() does this between epochs)
     run.train_one_epoch(2)
     return run.epoch_images_per_s, run.steps_per_epoch
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     bare_ips = bare_loop(cfg, device, steps)
     res = {"arch": args.arch, "image_size": args.size, "batch": args.batch, "steps": steps,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-           "amp": "bf16" if device.type == "cuda" else "none", "channels_last": device.type == "cuda",
+           "amp": str(amp_dtype(cfg, device)).removeprefix("torch."), "channels_last": cfg["train"]["channels_last"],
            "engine_images_per_s": round(engine_ips, 1), "bare_images_per_s": round(bare_ips, 1),
            "ratio": round(engine_ips / bare_ips, 3)}
     if args.json:

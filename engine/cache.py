@@ -3,7 +3,9 @@
 Layout in the cache dir (the user cache dir, or $CHEXUI_CACHE_DIR; datasets may be read-only):
   <key>/images_<size>.u8     N x size x size uint8, rows in CSV order
   <key>/images_<size>.json   {names, size, fingerprint}
-The fingerprint covers names, file sizes and mtimes; a change rebuilds the cache.
+The fingerprint covers names, file sizes and mtimes; a change rebuilds the cache. It is taken before
+decoding and again after: an image replaced while the cache is built fails the build (never a cache
+that claims to be current and holds the old pixels).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import DataError, StorageError
+from engine.fsutil import write_atomic
 from engine.nih import NIHIndex, load_gray
 
 
@@ -30,7 +34,10 @@ def cache_root() -> Path:
 def fingerprint(index: NIHIndex) -> str:
     h = hashlib.sha256()
     for name, p in zip(index.names, index.paths):
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
         h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
@@ -62,6 +69,16 @@ def _decode_chunk(args: tuple[str, list[tuple[int, str]], int, int]) -> int:
     return len(items)
 
 
+def _reserve(path: Path, nbytes: int) -> None:
+    """Create the cache file with all its blocks allocated: a memory map over a sparse file on a full
+    disk dies with SIGBUS at the first page that cannot be stored; this fails up front, cleanly."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, max(1, nbytes))
+    finally:
+        os.close(fd)
+
+
 def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=None,
             force: bool = False) -> np.memmap:
     """Build (or reuse) the cache. Decodes in parallel processes; writes atomically."""
@@ -70,16 +87,17 @@ def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=Non
         if current is not None:
             return current
     data, meta = cache_paths(index, size)
-    data.parent.mkdir(parents=True, exist_ok=True)
     tmp = data.with_suffix(f".tmp{os.getpid()}")
     n = len(index)
-    np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size)).flush()
+    before = fingerprint(index)
     items = [(i, str(p)) for i, p in enumerate(index.paths)]
     chunk = 64
     jobs = [(str(tmp), items[k:k + chunk], n, size) for k in range(0, n, chunk)]
     workers = max(1, workers or os.cpu_count() or 1)
     done = 0
     try:
+        data.parent.mkdir(parents=True, exist_ok=True)
+        _reserve(tmp, n * size * size)
         if workers == 1:
             results = map(_decode_chunk, jobs)
             for k in results:
@@ -94,12 +112,16 @@ def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=Non
                         progress(done, n)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if fingerprint(index) != before:
+            raise DataError(f"{index.root}: images changed while the cache was being built; run again")
         os.replace(tmp, data)
+    except OSError as e:
+        raise StorageError(f"{data.parent}: cannot write the image cache ({e.strerror or e}; it needs "
+                           f"{n * size * size / 2**20:.0f} MiB); free space, set $CHEXUI_CACHE_DIR elsewhere, "
+                           "or set data.cache = false") from None
     finally:
         tmp.unlink(missing_ok=True)
-    info = {"size": size, "n": n, "fingerprint": fingerprint(index), "root": str(index.root),
+    info = {"size": size, "n": n, "fingerprint": before, "root": str(index.root),
             "names": [str(x) for x in index.names]}
-    tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps(info))
-    os.replace(tmp_meta, meta)
+    write_atomic(meta, json.dumps(info))
     return np.memmap(data, dtype=np.uint8, mode="r", shape=(n, size, size))

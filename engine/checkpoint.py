@@ -1,35 +1,80 @@
-"""Atomic checkpoint I/O: temp file in the same dir, fsync, os.replace; read with weights_only."""
+"""A run's checkpoints: atomic writes, weights-only reads, and a best model that always matches last.pt.
+
+`checkpoints/last.pt` holds everything a resume needs; `checkpoints/best.pt` the model of the best
+epoch. A new best is committed in two phases, so that a kill at any moment leaves the two agreeing on
+which epoch is best: `best.next.pt` is written first, then `last.pt` (which names the best epoch), then
+`best.next.pt` replaces `best.pt`. `recover()` (on resume) finishes a commit that last.pt already
+names and drops one it does not.
+"""
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from engine.errors import StorageError
+from engine.fsutil import fsync_dir, remove_stale_temps, write_atomic
+
 
 def save_atomic(obj: Any, path: str | Path, write: Callable[[Any, Any], None] = torch.save) -> None:
-    """`write(obj, file)` into a temp file beside `path`, fsync, rename (torch.jit.save for TorchScript)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Serialize in memory, then write atomically: a full disk raises StorageError with the real reason
+    (torch's zip writer would report it as an `inline_container.cc` enforce failure)."""
+    buf = io.BytesIO()
+    write(obj, buf)
+    write_atomic(path, buf.getbuffer())
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint read with weights_only (no code from the file runs); damage is a StorageError."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StorageError(f"{path}: not found") from None
+    except Exception as e:  # UnpicklingError (a forbidden global), RuntimeError (not a zip), EOFError ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise StorageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
+
+
+class RunCheckpoints:
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.last, self.best, self.best_next = (self.dir / n for n in ("last.pt", "best.pt", "best.next.pt"))
+
+    def clean(self) -> None:
+        """Temp files of writes killed midway (only rank 0 writes here: call it before the first save)."""
+        remove_stale_temps(self.dir)
+
+    def save(self, last: dict, best: dict | None = None) -> None:
+        if best is not None:
+            save_atomic(best, self.best_next)
+        save_atomic(last, self.last)
+        if best is not None:
+            os.replace(self.best_next, self.best)
+            fsync_dir(self.dir)
+
+    def recover(self, best_epoch: int) -> None:
+        if not self.best_next.is_file():
+            return
+        try:
+            epoch = load(self.best_next).get("epoch")
+        except StorageError:
+            epoch = None
+        if epoch == best_epoch and best_epoch > 0:
+            os.replace(self.best_next, self.best)
+        else:
+            self.best_next.unlink()
+
+    def load_best(self, best_epoch: int) -> dict | None:
+        """best.pt, checked to be the epoch last.pt calls best; None when no epoch has been best yet."""
+        if best_epoch == 0 and not self.best.is_file():
+            return None
+        ck = load(self.best)
+        if ck.get("epoch") != best_epoch:
+            raise StorageError(f"{self.best}: holds epoch {ck.get('epoch')}, but the run's best epoch is "
+                               f"{best_epoch}; refusing to report another model's results")
+        return ck

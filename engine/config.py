@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,8 @@ def _check_value(qualified: str, field: Field, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
     if field.choices and value not in field.choices and not field.path_ok:
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected a finite number ({field.describe()})")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         too_low = field.min is not None and (value <= field.min if field.min_exclusive else value < field.min)
         too_high = field.max is not None and value > field.max
@@ -246,6 +249,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a preset") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
 def dumps(cfg: dict[str, Any]) -> str:

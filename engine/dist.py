@@ -38,13 +38,30 @@ class Dist:
         tdist.all_gather_object(out, obj)
         return out
 
-    def any_flag(self, flag: bool) -> bool:
-        """True on every rank when any rank's flag is set (a collective: all ranks must call it)."""
+    def any_flags(self, flags: list[bool]) -> list[bool]:
+        """Each flag true on every rank when it is set on any rank (one collective: all ranks call it)."""
         if not self.active:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            return list(flags)
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return [bool(v > 0) for v in t.tolist()]
+
+    @torch.no_grad()
+    def broadcast_state(self, module: torch.nn.Module, buffers_only: bool = False) -> None:
+        """Rank 0's parameters and buffers (or buffers only) on every rank, in place.
+
+        DDP syncs buffers only before a training forward, so after an epoch each rank holds its own
+        BatchNorm running stats and QAT observer ranges: evaluation and checkpoints must all use rank 0's.
+        """
+        if not self.active:
+            return
+        tensors = list(module.buffers()) if buffers_only else list(module.state_dict().values())
+        for t in tensors:
+            # collectives want dense row-major tensors; channels_last weights go through a copy
+            buf = t if t.is_contiguous() else t.contiguous()
+            tdist.broadcast(buf, src=0)
+            if buf is not t:
+                t.copy_(buf)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         if not self.active:

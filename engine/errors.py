@@ -13,3 +13,19 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     pass
+
+
+class StorageError(UserError):
+    """A file could not be written or read back (disk full, read-only dir, a damaged checkpoint)."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message as one line. A DataLoader worker re-raises an error with its whole traceback
+    as the message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): its last
+    line is the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(e).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(text.split())

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from engine.sanitize import clean_obj
+
 VERSION = 1
 # Run-dir file that says a stop was asked for (chexui writes it, then signals; the engine reads it).
 STOP_FILE = "stop_requested"
@@ -36,6 +38,29 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "run_finished": ("status", "epochs", "total_time_s", "best_epoch", "test_auc_mean"),
     "error": ("message",),
 }
+
+# The type of every required field, checked on read: a line of valid JSON with the wrong shape (a
+# hand-edited or foreign file) is skipped like a malformed one, so no reader meets a surprise.
+_NUM, _OPT_NUM = (int, float), (int, float, type(None))
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "ts": _NUM, "run_id": (str,), "config": (dict,), "world_size": (int,), "nnodes": (int,), "device": (str,),
+    "dataset": (dict,), "epoch": (int,), "step": (int,), "steps": (int,), "loss": _NUM, "images_per_s": _NUM,
+    "train_loss": _NUM, "val_loss": _NUM, "val_auc": (dict,), "val_auc_mean": _OPT_NUM, "lr": _NUM,
+    "epoch_time_s": _NUM, "sparsity": _OPT_NUM, "memory_mb": (list,), "path": (str,), "best": (bool,),
+    "attempt": (int,), "resumed_epoch": (int,), "split": (str,), "n": (int,), "auc": (dict,),
+    "auc_mean": _OPT_NUM, "artifacts": (list,), "status": (str,), "total_time_s": _NUM, "best_epoch": (int,),
+    "test_auc_mean": _OPT_NUM, "message": (str,),
+}
+
+
+def well_formed(ev: Any) -> bool:
+    """A dict with a string type; a known type carries its required fields with the right types."""
+    if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+        return False
+    for name in EVENT_FIELDS.get(ev["type"], ()) + ("ts",):
+        if name not in ev or not isinstance(ev[name], FIELD_TYPES.get(name, (object,))):
+            return False
+    return True
 
 
 def make(type_: str, **fields: Any) -> dict[str, Any]:
@@ -81,7 +106,8 @@ def _jsonable(o: Any) -> Any:
 
 
 def parse_lines(text: str) -> tuple[list[dict[str, Any]], str]:
-    """Complete lines -> events; returns (events, unfinished tail). Bad lines are skipped."""
+    """Complete lines -> events; returns (events, unfinished tail). Malformed or ill-shaped lines are
+    skipped; every string is stripped of control characters (events reach terminals)."""
     lines = text.split("\n")
     tail = lines.pop()  # "" when text ends with a newline, else a partial line still being written
     events = []
@@ -93,16 +119,19 @@ def parse_lines(text: str) -> tuple[list[dict[str, Any]], str]:
             ev = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(ev, dict) and "type" in ev:
-            events.append(ev)
+        if well_formed(ev):
+            events.append(clean_obj(ev))
     return events, tail
 
 
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """All complete events of a file (a partial last line is ignored); [] when missing."""
+def read_events(path: str | Path, start: int = 0) -> list[dict[str, Any]]:
+    """All complete events of a file from byte offset `start` (a partial last line is ignored); [] when
+    missing."""
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
         return []
     return parse_lines(text)[0]
 

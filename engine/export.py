@@ -12,6 +12,7 @@ Each artifact is reported with its file bytes and its gzip bytes (the study comp
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint
+from engine.errors import StorageError
 
 FP32, SPARSE, INT8 = "fp32", "sparse", "int8"
 FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt"}
@@ -55,9 +57,39 @@ def gzip_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=6))
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def artifact(kind: str, path: Path, run_dir: Path) -> dict:
     return {"kind": kind, "path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size,
-            "gzip_bytes": gzip_bytes(path)}
+            "gzip_bytes": gzip_bytes(path), "sha256": sha256(path)}
+
+
+def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
+    """The artifact's file, only if it lies in the run's export/ dir and is the very file the engine
+    wrote (its sha256 as recorded in the `exported` event). An int8 TorchScript file is a program:
+    a planted one would run with the user's rights. `trust` skips the hash (a file the user vouches for)."""
+    export_dir = (run_dir / "export").resolve()
+    path = (run_dir / str(art.get("path", ""))).resolve()
+    if not path.is_relative_to(export_dir) or art.get("kind") not in FILES:
+        raise StorageError(f"{run_dir / 'events.jsonl'}: artifact path {art.get('path')!r} is not a file of "
+                           f"{export_dir}; refusing to load it")
+    if not path.is_file():
+        raise StorageError(f"{path}: exported file is missing")
+    if not trust:
+        want = art.get("sha256")
+        if not want:
+            raise StorageError(f"{path}: no sha256 was recorded for it (exported by an older chexui); "
+                               "pass --trust to load it anyway")
+        if sha256(path) != want:
+            raise StorageError(f"{path}: sha256 differs from the one recorded at export: the file was "
+                               "changed or replaced; refusing to load it (--trust to override)")
+    return path
 
 
 def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int,
@@ -79,9 +111,10 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int,
     return arts
 
 
-def load_model(run_dir: Path, art: dict) -> nn.Module:
-    """An artifact as a module ready for inference (int8 on the CPU only: x86 kernels)."""
-    path = run_dir / art["path"]
+def load_model(run_dir: Path, art: dict, trust: bool = False) -> nn.Module:
+    """An artifact as a module ready for inference (int8 on the CPU only: x86 kernels), after
+    `verified_path`'s checks."""
+    path = verified_path(run_dir, art, trust)
     if art["kind"] == INT8:
         from engine import quant
         return quant.load_int8(path)

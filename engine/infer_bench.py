@@ -69,16 +69,14 @@ def exported(run_dir: Path) -> tuple[list[dict], dict[str, dict]]:
     return ex["artifacts"], evals
 
 
-def bench_run(run_dir: Path, image_size: int) -> dict:
+def bench_run(run_dir: Path, image_size: int, trust: bool = False) -> dict:
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
     rows = []
     for a in arts:
-        if not (run_dir / a["path"]).is_file():
-            raise UserError(f"{run_dir / a['path']}: exported file is missing")
-        ev = next((evals[s] for s in ARTIFACT_SPLITS[a["kind"]] if s in evals), None)
-        model = export.load_model(run_dir, a)
+        ev = next((evals[s] for s in ARTIFACT_SPLITS.get(a["kind"], ()) if s in evals), None)
+        model = export.load_model(run_dir, a, trust)
         row = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
                "test_auc_mean": ev["auc_mean"] if ev else None, "cpu": measure(model, image_size, torch.device("cpu"))}
         row["gpu"] = measure(model.to(gpu), image_size, gpu) if gpu is not None and a["kind"] != export.INT8 else None

@@ -55,3 +55,22 @@ def build_model(arch: str, pretrained: str = "none") -> nn.Module:
             raise ConfigError(f"model.pretrained = {pretrained!r}: no tensor matches a {arch}")
         model.load_state_dict(usable, strict=False)
     return model
+
+
+class WeightedBCE(nn.Module):
+    """Binary cross-entropy with the study's class weighting (as in CheXNet-Keras; the CheXNet paper's
+    14-label model itself used unweighted BCE): per class w+ = |N|/(|P|+|N|) on positives and
+    w- = |P|/(|P|+|N|) on negatives, from the training split's counts. `weighted=False`: plain BCE."""
+
+    def __init__(self, pos, neg, weighted: bool = True):
+        super().__init__()
+        import numpy as np
+        pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+        total = np.maximum(pos + neg, 1)
+        wp, wn = (neg / total, pos / total) if weighted else (np.ones_like(pos), np.ones_like(neg))
+        self.register_buffer("wp", torch.tensor(wp, dtype=torch.float32))
+        self.register_buffer("wn", torch.tensor(wn, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w = y * self.wp + (1 - y) * self.wn
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), y, weight=w)

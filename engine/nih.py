@@ -73,7 +73,8 @@ def read_labels(csv: Path) -> pd.DataFrame:
     empty = names == ""
     if empty.any():
         raise DataError(f"{csv}: row {int(np.argmax(empty.to_numpy())) + 2}: empty 'Image Index'")
-    onehot = df["Finding Labels"].str.strip().str.get_dummies(sep="|")
+    # "Mass | Nodule" (spaces around the separator) means what NIH writes as "Mass|Nodule"
+    onehot = df["Finding Labels"].str.replace(r"\s*\|\s*", "|", regex=True).str.strip().str.get_dummies(sep="|")
     onehot.columns = [c.strip() for c in onehot.columns]
     unknown = sorted(set(onehot.columns) - set(LABELS) - {NO_FINDING})
     if unknown:
@@ -96,15 +97,24 @@ def read_labels(csv: Path) -> pd.DataFrame:
 
 
 def scan_images(root: Path) -> dict[str, Path]:
-    """Image file name -> path, from images/ and NIH's images_NNN/images/ shards."""
+    """Image file name -> path, from images/ and NIH's images_NNN/images/ shards. The same name in two
+    places is an error (which file is the labelled one?); a link that cannot be followed is unreadable."""
     dirs = [root / "images"] + sorted(p / "images" for p in root.glob("images_*") if p.is_dir())
     found: dict[str, Path] = {}
     for d in dirs:
         if d.is_dir():
             with os.scandir(d) as it:
                 for e in it:
-                    if e.is_file():
-                        found.setdefault(e.name, Path(e.path))
+                    try:
+                        is_file = e.is_file()
+                    except OSError as err:  # a symlink loop, a dangling mount
+                        raise DataError(f"{e.path}: cannot read ({err.strerror or err})") from None
+                    if not is_file:
+                        continue
+                    if e.name in found:
+                        raise DataError(f"{e.path}: the image name '{e.name}' is also at {found[e.name]}; "
+                                        "each name must be in one place only")
+                    found[e.name] = Path(e.path)
     return found
 
 
@@ -217,6 +227,8 @@ def load_gray(path: str | Path, size: int) -> np.ndarray:
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
             return np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large to decode ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
 
@@ -233,6 +245,8 @@ def check_dataset(root: str | Path, decode: bool = True, max_problems: int = 20)
                     im.load()
                     key = f"{im.size[0]}x{im.size[1]} {im.mode}"
                     sizes[key] = sizes.get(key, 0) + 1
+            except Image.DecompressionBombError as e:
+                problems.append(f"{p}: image too large to decode ({e})")
             except (OSError, SyntaxError, ValueError) as e:
                 problems.append(f"{p}: cannot read image ({e})")
                 if len(problems) >= max_problems:

@@ -66,9 +66,12 @@ class Pruner:
         if self.due(step):
             for name, m in self.layers.items():
                 amount = round(self.target(name, step) * m.weight.numel())
-                # the library's magnitude selection: keep the largest |w|
+                # the library's magnitude selection (keep the largest |w|) flattens with .view(-1), which a
+                # channels_last weight (CUDA's default here) does not allow: select on a row-major copy.
+                # The mask is then layout-independent (same in a checkpoint whatever the device).
+                w = m.weight.detach().contiguous()
                 self.masks[name] = tprune.L1Unstructured(amount=amount).compute_mask(
-                    m.weight, default_mask=torch.ones_like(m.weight)).bool()
+                    w, default_mask=torch.ones_like(w)).bool()
             self.last_update = step
         self.apply()
 

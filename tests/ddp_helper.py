@@ -9,8 +9,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine import dist, nih
 from engine.data import Images, to_input, train_batches
-from engine.models import build_model
-from engine.train import WeightedBCE, predict_logits
+from engine.evaluate import predict_logits
+from engine.models import WeightedBCE, build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)

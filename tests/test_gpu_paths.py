@@ -1,0 +1,91 @@
+"""The code paths that differ on CUDA, exercised on the CPU: channels_last weights, autocast (bf16, and
+fp16 with its GradScaler), rank-0 buffers before evaluation, and one best model on every rank."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.models import WeightedBCE, build_model
+from engine.prune import Pruner
+from engine.train import train_step
+from tests.conftest import chexui, events_of, only_run
+
+PRUNE = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
+         "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+
+
+def test_pruning_channels_last_weights_gives_the_same_masks_as_contiguous():
+    """CUDA runs keep conv weights channels_last; torch's L1 mask used .view(-1), which they refuse."""
+    torch.manual_seed(0)
+    dense = build_model("resnet18", "none")
+    cl = build_model("resnet18", "none")
+    cl.load_state_dict(dense.state_dict())
+    cl = cl.to(memory_format=torch.channels_last)
+    assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last) and not cl.conv1.weight.is_contiguous()
+    p_dense, p_cl = Pruner(dense, PRUNE, steps_per_epoch=4), Pruner(cl, PRUNE, steps_per_epoch=4)
+    for step in range(1, 6):
+        p_dense.step(step)
+        p_cl.step(step)
+    assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # the layout is kept
+    for name in p_dense.masks:
+        assert torch.equal(p_dense.masks[name], p_cl.masks[name]), name
+    for name, info in p_cl.layer_sparsity().items():
+        assert abs(info["sparsity"] - (0.25 if info["out_channels"] == 64 else 0.7)) <= 0.005, (name, info)
+
+
+def _fp16_step(scaled: bool) -> torch.Tensor:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 14))
+    # the study's weighting gives rare-label negatives tiny weights; here every weight is tiny
+    loss_fn = WeightedBCE(pos=[1e-6] * 14, neg=[1.0] * 14)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaled)
+    before = net[0].weight.detach().clone()
+    x, y = torch.randn(8, 16), torch.zeros(8, 14)
+    train_step(net, loss_fn, opt, scaler, torch.autocast("cpu", dtype=torch.float16), x, y)
+    return (net[0].weight.detach() - before).abs().max()
+
+
+def test_fp16_gradients_underflow_without_the_scaler_and_not_with_it():
+    assert _fp16_step(scaled=False) == 0.0, "the fp16 gradients of tiny losses should underflow to zero"
+    assert _fp16_step(scaled=True) > 0.0, "with loss scaling the first layer must learn"
+
+
+@pytest.mark.slow
+def test_bf16_autocast_run_on_cpu(tmp_path, tiny_preset):
+    runs = tmp_path / "runs"
+    r = chexui("run", "--headless", "--preset", tiny_preset, "--set", "train.amp=bf16", "--set", "train.epochs=1",
+               "--runs-dir", runs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = events_of(only_run(runs))
+    started = [e for e in ev if e["type"] == "run_started"][0]
+    assert started["amp"] == "bfloat16" and started["channels_last"] is True
+    ended = [e for e in ev if e["type"] == "epoch_ended"][0]
+    assert ended["train_loss"] > 0 and ended["val_loss"] > 0
+    assert [e for e in ev if e["type"] == "run_finished"][-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, tiny_demo):
+    """The last epoch is the best one (1 epoch): the 2-process test AUROC must be the AUROC of best.pt
+    evaluated by one process - no rank may read a half-written best.pt or use its own BatchNorm stats."""
+    runs = tmp_path / "runs"
+    r = chexui("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--set", "train.epochs=1",
+               "--runs-dir", runs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(runs)
+    ev = events_of(run)
+    assert [e for e in ev if e["type"] == "run_finished"][-1]["best_epoch"] == 1
+    test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
+    r = chexui("eval", str(run), "--data", tiny_demo, "--json")
+    assert r.returncode == 0, r.stderr
+    one = json.loads(r.stdout)
+    assert one["n"] == test["n"]
+    for label, auc in test["auc"].items():
+        if auc is None:
+            assert one["auc"][label] is None
+        else:
+            assert abs(one["auc"][label] - auc) <= 1e-6, (label, auc, one["auc"][label])
