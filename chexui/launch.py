@@ -62,6 +62,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _become_subreaper() -> None:
+    """Orphaned descendants (workers whose torchrun agent was killed) are re-parented to this process
+    instead of init, so the launcher can still find and end them (Linux PR_SET_CHILD_SUBREAPER)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(36, 1)
+
+
 def engine_env(single_node: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -130,9 +137,26 @@ class Launcher:
                 except asyncio.TimeoutError:
                     continue
 
+    async def _end_orphans(self) -> None:
+        """torchrun has exited: any process of this run still alive (re-parented here) is ended."""
+        try:
+            left = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.Error:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in left:
+                try:
+                    p.send_signal(sig)
+                except psutil.Error:
+                    pass
+            left = (await asyncio.to_thread(psutil.wait_procs, left, 5))[1]
+            if not left:
+                break
+
     async def run(self) -> int:
         """Start torchrun and wait for it. Cancellation stops the run cleanly, then re-raises."""
         cmd = torchrun_command(self.cfg, self.run_dir, self.node)
+        _become_subreaper()
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         events = self.run_dir / "events.jsonl"
         self._events_from = events.stat().st_size if events.is_file() else 0
@@ -148,6 +172,7 @@ class Launcher:
         drain = asyncio.create_task(self._drain(self.proc.stdout, log))
         try:
             self.returncode = await self.proc.wait()
+            await self._end_orphans()  # they would also hold the output pipe open
             await drain
         except asyncio.CancelledError:
             self.request_stop()

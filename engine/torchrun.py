@@ -12,6 +12,7 @@ on a trusted network (as torchrun's own documentation says).
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -51,4 +52,6 @@ rendezvous_handler_registry.register("loopback", create_loopback_handler)
 
 if __name__ == "__main__":
     from torch.distributed.run import main
+    # workers check that this agent is still their parent once their parent-death signal is armed
+    os.environ["CHEXUI_AGENT_PID"] = str(os.getpid())
     sys.exit(main())

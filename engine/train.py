@@ -36,7 +36,7 @@ from engine.fsutil import remove_stale_temps, write_atomic
 from engine.models import WeightedBCE, build_model
 from engine.prune import Pruner
 
-# A loss this many times the loss of predicting 0.5 for every label means the run has diverged
+# Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
 DIVERGED_FACTOR = 100.0
 
 
@@ -62,9 +62,14 @@ class StopSignal:
 
 
 def die_with_parent() -> None:
-    """torchrun starts workers in their own sessions: make sure none outlives it (Linux)."""
+    """torchrun starts workers in their own sessions: make sure none outlives it (Linux). The signal only
+    covers a parent that dies after it is armed: an agent killed while this worker was still importing
+    torch is caught by the parent check."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        agent = os.environ.get("CHEXUI_AGENT_PID")
+        if agent and os.getppid() != int(agent):
+            os._exit(1)
 
 
 def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
@@ -309,12 +314,16 @@ class Run:
         return {"loss": loss, "chance_loss": chance, "auc": auc, "auc_mean": mean, "n": len(y)}
 
     def check_diverged(self, epoch: int, train_loss: float, val: dict) -> None:
+        """Not finite, or both losses far worse than guessing. The validation loss alone can spike by
+        orders of magnitude early in a sound run (BatchNorm running statistics at a high LR; seen at LR
+        0.01, from which such runs recover), so the training loss must agree."""
         if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
             raise Diverged(f"the loss is not finite at epoch {epoch} (train {train_loss}, val {val['loss']})")
-        if val["loss"] > DIVERGED_FACTOR * val["chance_loss"]:
-            raise Diverged(f"the validation loss {val['loss']:.4g} at epoch {epoch} is more than "
-                           f"{DIVERGED_FACTOR:.0f}x the loss of predicting 0.5 for every label "
-                           f"({val['chance_loss']:.4g})")
+        limit = DIVERGED_FACTOR * val["chance_loss"]
+        if train_loss > limit and val["loss"] > limit:
+            raise Diverged(f"the training and validation losses at epoch {epoch} ({train_loss:.4g}, "
+                           f"{val['loss']:.4g}) are more than {DIVERGED_FACTOR:.0f}x the loss of predicting "
+                           f"0.5 for every label ({val['chance_loss']:.4g})")
 
     # ------------------------------------------------------------ main loop
     def fit(self) -> str:
