@@ -113,6 +113,8 @@ async def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView)
     for e in tail.poll():
         view.handle(e)
     view.close()
+    if launcher.log_error:
+        view.say(f"warning: {launcher.log_error}")
     return launcher.exit_code
 
 

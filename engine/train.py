@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import config, dist, export, quant
+from engine import checkpoint, config, dist, export, quant
 from engine.checkpoint import RunCheckpoints
 from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError, one_line
@@ -209,7 +209,6 @@ class Run:
     def resume(self) -> bool:
         if not self.ckpts.last.is_file():
             return False
-        from engine import checkpoint
         ck = checkpoint.load(self.ckpts.last)
         for name, part in self.parts().items():
             if name in ck:  # (a checkpoint from before a part existed resumes with its fresh state)

@@ -31,6 +31,7 @@ def test_headless_run_two_processes(compressed_run):
         assert e["v"] == 1 and isinstance(e["ts"], float) and all(f in e for f in EVENT_FIELDS[e["type"]])
     started = of_type(ev, "run_started")[0]
     assert started["world_size"] == 2 and started["dataset"]["n_train"] > 0
+    assert started["channels_last"] is True  # pruning + QAT + export on channels_last weights, as on CUDA
     assert started["dataset"]["split_sha256"] == json.loads((run / "split.json").read_text())["sha256"]
     ends = of_type(ev, "epoch_ended")
     assert [e["epoch"] for e in ends] == [1, 2, 3]

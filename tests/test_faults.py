@@ -331,6 +331,7 @@ def test_full_disk_at_checkpoint_and_log_is_a_clean_error_and_keeps_the_checkpoi
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert "Traceback" not in out and "last.pt" in out and "File too large" in out, out
+    assert "engine.log: cannot write" in out  # the log that could not be written is reported too
     assert last.read_bytes() == before
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert final_status(events_of(run)) == "failed"

@@ -89,3 +89,16 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
             assert one["auc"][label] is None
         else:
             assert abs(one["auc"][label] - auc) <= 1e-6, (label, auc, one["auc"][label])
+    # and the validation that chose it measured that very model (every rank used rank 0's BatchNorm stats)
+    from engine import config, nih
+    from engine.data import Images
+    from engine.dist import Dist
+    from engine.evaluate import auroc_from_logits, load_best, predict_logits
+    model, cfg = load_best(run)
+    index = nih.index_dataset(tiny_demo)
+    val = nih.make_split(index, config.load_run_config(run / "config.toml")["data"])["val"]
+    logits = predict_logits(model, Images(index, 32), val, Dist(), batch_size=64)
+    val_auc = auroc_from_logits(index.labels[val], logits)[0]
+    recorded = [e for e in ev if e["type"] == "epoch_ended"][0]["val_auc"]
+    for label, auc in recorded.items():
+        assert (auc is None and val_auc[label] is None) or abs(val_auc[label] - auc) <= 1e-6, label
