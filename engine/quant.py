@@ -125,6 +125,8 @@ def save_int8(int8_model: nn.Module, image_size: int, path) -> None:
 
 
 def load_int8(path) -> torch.jit.ScriptModule:
+    """A TorchScript file is a program: call this only through `export.load_model`, which first checks
+    the file against the sha256 recorded when the engine wrote it."""
     torch.backends.quantized.engine = "x86"
     with _quiet():
         return torch.jit.load(str(path), map_location="cpu").eval()
