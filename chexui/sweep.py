@@ -31,6 +31,7 @@ from chexui import runs as runs_mod
 from chexui.headless import fmt
 from engine import config
 from engine.errors import ConfigError, UserError
+from engine.fsutil import write_atomic
 
 FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name"}
 
@@ -116,11 +117,7 @@ def new_id(base: Path, name: str) -> str:
 
 
 def save(sw: Sweep, base: Path) -> None:
-    d = sweeps_dir(base)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{sw.id}.json.tmp"
-    tmp.write_text(json.dumps(sw.__dict__, indent=2))
-    os.replace(tmp, d / f"{sw.id}.json")
+    write_atomic(sweeps_dir(base) / f"{sw.id}.json", json.dumps(sw.__dict__, indent=2))
 
 
 def load(sweep_id: str, base: Path) -> Sweep:
