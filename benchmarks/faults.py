@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import demo  # noqa: E402
-from engine.events import final_status, read_events  # noqa: E402
+from engine.events import final_status, last_evaluation, read_events  # noqa: E402
 
 PRESET = """name = "faults"
 extends = "demo"
@@ -52,8 +52,8 @@ def cli(*args, **kw) -> subprocess.Popen:
 
 def test_auc(run: Path) -> dict | None:
     ev = read_events(run / "events.jsonl")
-    tests = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"]
-    return tests[-1]["auc"] if tests and final_status(ev) == "completed" else None
+    test = last_evaluation(ev)
+    return test["auc"] if test and final_status(ev) == "completed" else None
 
 
 def victims(launcher: psutil.Process, kind: str) -> list[psutil.Process]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -18,7 +17,8 @@ import typer
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.headless import HeadlessView, auc_table, console, epoch_line, fmt, plain_mode, table
+from chexui.format import duration, fmt
+from chexui.headless import HeadlessView, auc_table, console, epoch_line, plain_mode, table
 from engine import config
 from engine.errors import UserError
 from engine.sanitize import clean
@@ -93,29 +93,15 @@ def _prepare_data(cfg: dict) -> None:
                 prog.stop()
 
 
-async def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView) -> int:
-    from chexui.launch import Launcher
+def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView) -> int:
+    from chexui.launch import Launcher, run_to_end
     from engine.events import EventTail
-    launcher = Launcher(cfg, run_dir, node)
-    task = asyncio.ensure_future(launcher.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)
-    tail = EventTail(run_dir / "events.jsonl")
-    try:
-        while not task.done():
-            for e in tail.poll():
-                view.handle(e)
-            await asyncio.sleep(0.2)
-        await task
-    except asyncio.CancelledError:
-        pass  # stopped by a signal: the launcher has stopped the run and written its final status
-    for e in tail.poll():
-        view.handle(e)
+    launcher, tail = Launcher(cfg, run_dir, node), EventTail(run_dir / "events.jsonl")
+    code = asyncio.run(run_to_end(launcher, lambda: [view.handle(e) for e in tail.poll()]))
     view.close()
     if launcher.log_error:
         view.say(f"warning: {launcher.log_error}")
-    return launcher.exit_code
+    return code
 
 
 @app.command()
@@ -144,10 +130,9 @@ def run(
             if preset or data or nproc:
                 raise UserError("--resume continues a run with its saved config; use --set to change keys")
             run_dir = runs_mod.find_run(resume, base)
-            owner = runs_mod.launcher_process(run_dir)
-            if owner is not None and owner.pid != os.getpid():  # (a detached launcher resumes itself)
+            if runs_mod.launcher_process(run_dir) is not None:
                 raise UserError(f"run {run_dir.name} is running already (chexui stop {run_dir.name})")
-            if owner is None and runs_mod.load_run(run_dir).status == "completed":
+            if runs_mod.load_run(run_dir).status == "completed":
                 raise UserError(f"run {run_dir.name} is completed: nothing to resume (start a new run, "
                                 "or `chexui eval` / `chexui bench` it)")
             cfg = config.load_run_config(run_dir / "config.toml")
@@ -176,7 +161,7 @@ def run(
     runs_mod.write_launcher(run_dir)
     view = HeadlessView()
     view.say(f"run dir: {run_dir}")
-    code = asyncio.run(_launch_and_follow(cfg, run_dir, node, view))
+    code = _launch_and_follow(cfg, run_dir, node, view)
     raise typer.Exit(code)
 
 
@@ -200,7 +185,7 @@ def watch(run_ref: str = typer.Argument(..., metavar="RUN"),
         view.handle(e)
     view.close()
     info = runs_mod.load_run(run_dir)
-    raise typer.Exit({"completed": 0, "stopped": 0, "running": 0}.get(info.status, 1))
+    raise typer.Exit(runs_mod.exit_code(info.status, info.events))
 
 
 @app.command()
@@ -219,12 +204,6 @@ def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
 
 # ---------------------------------------------------------------- runs
 
-def _seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    return f"{s / 3600:.1f}h" if s >= 3600 else f"{s / 60:.1f}m" if s >= 60 else f"{s:.0f}s"
-
-
 @runs_app.command("list")
 def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Runs with status, preset, world size, epochs, best val AUROC, test AUROC and duration."""
@@ -241,7 +220,7 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
             t.add_row(f"sweep {sweep}:", "", "", "", "", "", "", "")
         for r in members:
             t.add_row(r["id"], r["status"], str(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
-                      fmt(r["best_val_auc"]), fmt(r["test_auc"]), _seconds(r["duration_s"]))
+                      fmt(r["best_val_auc"]), fmt(r["test_auc"]), duration(r["duration_s"]))
     console().print(t)
 
 

@@ -14,30 +14,15 @@ from typing import Any
 
 import pandas as pd
 
+from chexui.format import short_key, value_text
 from chexui.runs import RunInfo
 from engine import config
-from engine.events import ARTIFACT_SPLITS
+from engine.events import ARTIFACT_SPLITS, last_evaluation
 from engine.labels import CHEXNET_AUROC, LABELS
 
 REFERENCE = "CheXNet (paper)"
-# short names for the keys a study varies; others show as their last dotted part
-SHORT = {"train.lr": "LR", "train.batch_size": "B", "model.arch": "arch", "distributed.nproc": "P",
-         "distributed.nnodes": "nodes", "prune.enabled": "prune", "prune.final_sparsity": "sparsity",
-         "quantize.enabled": "QAT", "quantize.scope": "QAT scope", "train.epochs": "epochs",
-         "data.image_size": "px", "train.min_lr": "min LR", "train.plateau_patience": "patience",
-         "train.early_stop_patience": "early stop"}
 # keys that say nothing about the experiment
 IGNORED = {"name", "description", "sweep", "data.workers", "export.enabled"}
-
-
-def short_key(key: str) -> str:
-    return SHORT.get(key, key.rsplit(".", 1)[-1])
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, list):
-        return json.dumps(v)
-    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def run_labels(runs: list[RunInfo]) -> list[str]:
@@ -55,7 +40,7 @@ def run_labels(runs: list[RunInfo]) -> list[str]:
             section = k.split(".")[0]
             if section in ("prune", "quantize") and not k.endswith(".enabled") and not f.get(f"{section}.enabled"):
                 continue
-            parts.append(f"{short_key(k)}={_fmt(f.get(k))}")
+            parts.append(f"{short_key(k)}={value_text(f.get(k))}")
         labels.append(" ".join(parts))
     if len(set(labels)) < len(labels):  # same differing keys (e.g. repeated runs): add the id
         labels = [f"{lab} ({r.id})" for lab, r in zip(labels, runs)]
@@ -63,7 +48,7 @@ def run_labels(runs: list[RunInfo]) -> list[str]:
 
 
 def _test(r: RunInfo, split: str = "test") -> dict | None:
-    return next((e for e in reversed(r.events) if e["type"] == "evaluated" and e["split"] == split), None)
+    return last_evaluation(r.events, split)
 
 
 def auroc_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from chexui.format import auc_marks, fmt
 from engine.labels import LABELS
 from engine.sanitize import clean
 
@@ -52,21 +53,13 @@ def table(*columns: str, title: str | None = None) -> Table:
     return t
 
 
-def fmt(v: float | None, spec: str = ".4f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def auc_table(aucs: dict[str, float | None], mean: float | None, title: str) -> Table:
-    defined = {k: v for k, v in aucs.items() if v is not None}
-    best = max(defined, key=defined.get) if defined else None
-    worst = min(defined, key=defined.get) if defined else None
+    marks = auc_marks(aucs)
     t = table("label", "AUROC", title=title)
     t.columns[1].justify = "right"
     for name in LABELS:
         v = aucs.get(name)
-        # (all equal, as when every score ties at 0.5: nothing is best or worst)
-        mark = "" if best is None or defined[best] == defined[worst] else \
-            " (best)" if name == best else " (worst)" if name == worst else ""
+        mark = f" ({marks[name]})" if name in marks else ""
         t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark)
     t.add_row("mean", fmt(mean))
     return t

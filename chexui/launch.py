@@ -1,14 +1,18 @@
 """Starting and stopping the engine: the torchrun command line and the launcher process.
 
-The launcher owns a run: it creates the run dir, starts torchrun in its own process group, drains its
-output into logs/engine.log, and when torchrun ends without a final `run_finished` it writes one
-(the engine died). Stop = write the stop request, SIGTERM the group, grace period, SIGKILL.
+The launcher owns a prepared run dir (config saved, data ready): it starts torchrun in its own process
+group, drains its output into logs/engine.log, and when torchrun ends without a final `run_finished`
+it writes one (the engine died). Stop = the stop request (`runs.request_stop`), SIGTERM to the group,
+grace period, SIGKILL. It runs inside `chexui run --headless`, or on its own in the background:
+
+    python -m chexui.launch RUN_DIR [--nnodes N --node-rank R --rdzv-endpoint HOST:PORT]
+
+which is what `chexui run --detach`, the TUI and sweeps start (`start_detached`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import socket
@@ -19,7 +23,8 @@ from typing import Any
 
 import psutil
 
-from engine import config
+from chexui.runs import exit_code, request_stop, write_launcher
+from engine import config, procs
 from engine.events import STOP_FILE, EventWriter, final_status, read_events
 
 GRACE_S = 45.0
@@ -57,18 +62,6 @@ def torchrun_command(cfg: dict[str, Any], run_dir: Path, node: NodeSpec) -> list
     return cmd + ["-m", "engine.train", "--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _become_subreaper() -> None:
-    """Orphaned descendants (workers whose torchrun agent was killed) are re-parented to this process
-    instead of init, so the launcher can still find and end them (Linux PR_SET_CHILD_SUBREAPER)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(36, 1)
-
-
 def engine_env(single_node: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -94,7 +87,7 @@ class Launcher:
 
     def request_stop(self) -> None:
         self.stop_requested = True
-        (self.run_dir / STOP_FILE).write_text(str(os.getpid()))
+        request_stop(self.run_dir, f"launcher {os.getpid()}")
 
     async def _drain(self, stream: asyncio.StreamReader, log) -> None:
         """Copy the engine's output into engine.log. A log that cannot be written (disk full) does not
@@ -156,7 +149,7 @@ class Launcher:
     async def run(self) -> int:
         """Start torchrun and wait for it. Cancellation stops the run cleanly, then re-raises."""
         cmd = torchrun_command(self.cfg, self.run_dir, self.node)
-        _become_subreaper()
+        procs.become_subreaper()  # workers orphaned by a killed torchrun come back here (_end_orphans)
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         events = self.run_dir / "events.jsonl"
         self._events_from = events.stat().st_size if events.is_file() else 0
@@ -168,7 +161,7 @@ class Launcher:
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL, env=engine_env(self.node.nnodes == 1), start_new_session=True,
-            preexec_fn=_die_with_parent)
+            preexec_fn=procs.die_with_parent)
         drain = asyncio.create_task(self._drain(self.proc.stdout, log))
         try:
             self.returncode = await self.proc.wait()
@@ -215,9 +208,28 @@ class Launcher:
             except OSError as e:
                 self.log_error = f"{path}: cannot write the final status ({e.strerror or e})"
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-        codes = [e.get("code") for e in events if e["type"] == "error"]
-        self.exit_code = {"completed": 0, "stopped": 0}.get(status or "failed", 2 if 2 in codes else 1)
+        self.exit_code = exit_code(status or "failed", events)
         return self.exit_code
+
+
+async def run_to_end(launcher: Launcher, poll=None, interval: float = 0.2) -> int:
+    """Run the launcher to its end; SIGINT, SIGTERM and SIGHUP stop the run cleanly (checkpoint kept).
+    `poll()` is called every `interval` seconds while it runs, and once at the end."""
+    task = asyncio.ensure_future(launcher.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        while not task.done():
+            if poll:
+                poll()
+            await asyncio.sleep(interval)
+        await task
+    except asyncio.CancelledError:
+        pass  # stopped by a signal: the launcher has stopped the run and written its final status
+    if poll:
+        poll()
+    return launcher.exit_code
 
 
 def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None,
@@ -225,19 +237,49 @@ def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None,
     """Start the launcher for a prepared run dir in its own session (survives the terminal); its pid.
     `env` adds variables (a sweep gives each run slot its own CUDA_VISIBLE_DEVICES)."""
     import subprocess
-    from chexui.runs import write_launcher
     node = node or NodeSpec()
-    cmd = [sys.executable, "-m", "chexui.cli", "run", "--resume", str(run_dir.resolve()), "--headless",
-           "--runs-dir", str(runs_dir)]
+    cmd = [sys.executable, "-m", "chexui.launch", str(run_dir.resolve())]
     if node.nnodes > 1:
         cmd += ["--nnodes", str(node.nnodes), "--node-rank", str(node.node_rank), "--rdzv-endpoint",
                 str(node.rdzv_endpoint)]
     with open(run_dir / "logs" / "launcher.log", "a") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+                                start_new_session=True, env={**os.environ, "NO_COLOR": "1", **(env or {})},
+                                cwd=Path(__file__).resolve().parent.parent)
     write_launcher(run_dir, proc.pid)
     return proc.pid
 
 
 def save_config(cfg: dict[str, Any], run_dir: Path) -> None:
     config.save(cfg, run_dir / "config.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from chexui.headless import HeadlessView
+    from engine.errors import UserError
+    from engine.events import EventTail
+    ap = argparse.ArgumentParser(prog="chexui.launch", description="Run the engine for a prepared run dir "
+                                 "to its end (what `chexui run --detach`, the TUI and sweeps start).")
+    ap.add_argument("run_dir")
+    ap.add_argument("--nnodes", type=int, default=1)
+    ap.add_argument("--node-rank", type=int, default=0)
+    ap.add_argument("--rdzv-endpoint", default=None)
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    try:
+        cfg = config.load_run_config(run_dir / "config.toml")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_launcher(run_dir)
+    view, tail = HeadlessView(plain=True), EventTail(run_dir / "events.jsonl")
+    launcher = Launcher(cfg, run_dir, NodeSpec(args.nnodes, args.node_rank, args.rdzv_endpoint))
+    code = asyncio.run(run_to_end(launcher, lambda: [view.handle(e) for e in tail.poll()], interval=1.0))
+    if launcher.log_error:
+        view.say(f"warning: {launcher.log_error}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

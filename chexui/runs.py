@@ -15,8 +15,9 @@ from typing import Any
 
 import psutil
 
+from chexui.format import slug
 from engine.errors import UserError
-from engine.events import STOP_FILE, final_status, read_events
+from engine.events import STOP_FILE, final_status, last_evaluation, read_events
 from engine.fsutil import write_atomic
 from engine.sanitize import clean
 
@@ -34,7 +35,7 @@ def new_run_dir(base: Path, name: str) -> Path:
     if len(name) > NAME_MAX:
         raise UserError(f"--name: {len(name)} characters; at most {NAME_MAX}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".") or "run"
+    safe = slug(name, "run")
     try:
         base.mkdir(parents=True, exist_ok=True)
         for k in range(1000):
@@ -100,13 +101,19 @@ def wait_gone(proc: psutil.Process, timeout: float) -> bool:
     return False
 
 
+def request_stop(run_dir: Path, who: str) -> None:
+    """The stop request the engine looks for when it gets SIGTERM: with it, the run ends at the next
+    step with a checkpoint and status "stopped"; without it, SIGTERM means a peer died."""
+    (run_dir / STOP_FILE).write_text(who)
+
+
 def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
     """Ask a run's launcher to stop cleanly (stop request + SIGTERM); True once it has exited."""
     import signal
     proc = launcher_process(run_dir)
     if proc is None:
         raise UserError(f"run {run_dir.name} is not running (status {load_run(run_dir).status})")
-    (run_dir / STOP_FILE).write_text("chexui stop")
+    request_stop(run_dir, "chexui stop")
     proc.send_signal(signal.SIGTERM)
     return wait_gone(proc, timeout)
 
@@ -148,7 +155,7 @@ class RunInfo:
         cfg = started.get("config", {})
         epochs = [e for e in self.events if e["type"] == "epoch_ended"]
         vals = [e["val_auc_mean"] for e in epochs if e.get("val_auc_mean") is not None]
-        test = next((e for e in reversed(self.events) if e["type"] == "evaluated" and e["split"] == "test"), None)
+        test = last_evaluation(self.events)
         finished = self.last("run_finished")
         restarted = self.last("restarted")
         duration = None
@@ -165,6 +172,14 @@ class RunInfo:
             "duration_s": duration,
             "started": started.get("ts"),
         }
+
+
+def exit_code(status: str, events: list[dict[str, Any]] = ()) -> int:
+    """chexui's exit code for a run in `status`: 0 completed, stopped (or still running, for `watch`);
+    2 when the engine's error says the user can fix it (bad data, a full disk); else 1."""
+    if status in ("completed", "stopped", "running"):
+        return 0
+    return 2 if any(e["type"] == "error" and e.get("code") == 2 for e in events) else 1
 
 
 def load_run(run_dir: Path) -> RunInfo:

@@ -28,7 +28,7 @@ from typing import Any
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.headless import fmt
+from chexui.format import fmt, short_key, slug
 from engine import config
 from engine.errors import ConfigError, UserError
 from engine.fsutil import write_atomic
@@ -109,7 +109,7 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -
 
 def new_id(base: Path, name: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "sweep"
+    safe = slug(name, "sweep")
     k = 0
     while (sweeps_dir(base) / f"{stamp}-{safe}{f'-{k}' if k else ''}.json").exists():
         k += 1
@@ -130,7 +130,6 @@ def load(sweep_id: str, base: Path) -> Sweep:
 
 
 def point_label(overrides: dict[str, Any]) -> str:
-    from chexui.compare import short_key
     return " ".join(f"{short_key(k)}={v}" for k, v in overrides.items())
 
 

@@ -185,6 +185,11 @@ def follow(path: str | Path, stop: Any = None, interval: float = 0.2) -> Iterato
             time.sleep(interval)
 
 
+def last_evaluation(events: list[dict[str, Any]], split: str = "test") -> dict[str, Any] | None:
+    """The latest `evaluated` event of a split (a resumed run may have evaluated more than once)."""
+    return next((e for e in reversed(events) if e["type"] == "evaluated" and e["split"] == split), None)
+
+
 def final_status(events: list[dict[str, Any]]) -> str | None:
     """Status of the last `run_finished` after the last start/restart, else None (not finished)."""
     status = None

@@ -9,7 +9,6 @@ torchrun restart) continues exactly where the last checkpoint left it: even mid-
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import checkpoint, config, dist, export, quant
+from engine import checkpoint, config, dist, export, procs, quant
 from engine.checkpoint import RunCheckpoints
 from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError, one_line
@@ -59,17 +58,6 @@ class StopSignal:
             self.requested = True
         else:
             os._exit(128 + signum)
-
-
-def die_with_parent() -> None:
-    """torchrun starts workers in their own sessions: make sure none outlives it (Linux). The signal only
-    covers a parent that dies after it is armed: an agent killed while this worker was still importing
-    torch is caught by the parent check."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        agent = os.environ.get("CHEXUI_AGENT_PID")
-        if agent and os.getppid() != int(agent):
-            os._exit(1)
 
 
 def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
@@ -440,7 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="resolved run config (TOML)")
     ap.add_argument("--run-dir", required=True, help="run directory (events, checkpoints, logs)")
     args = ap.parse_args(argv)
-    die_with_parent()
+    # torchrun starts workers in their own sessions: none may outlive it, not even one whose agent was
+    # killed while it was still importing torch
+    agent = os.environ.get("CHEXUI_AGENT_PID")
+    procs.die_with_parent(int(agent) if agent else None)
     run_dir = Path(args.run_dir)
     try:
         cfg = config.load_run_config(args.config)

@@ -62,6 +62,7 @@ def test_builtin_presets_listed_and_valid():
     assert (r50["train"]["batch_size"], r50["train"]["lr"], r50["train"]["min_lr"]) == (64, 0.001, 1e-5)
 
 
+@pytest.mark.slow
 def test_shared_preset_dir_listed_and_runs_by_name(tmp_path, tiny_demo, monkeypatch):
     shared = tmp_path / "lab-presets"
     shared.mkdir()
@@ -122,6 +123,7 @@ def _status(runs: Path, run_id: str) -> str:
     return {r["id"]: r for r in rows}[run_id]["status"]
 
 
+@pytest.mark.slow
 def test_detach_watch_stop_resume(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
     r = chexui("run", "--detach", "--preset", tiny_preset, "--set", "train.epochs=30", "--runs-dir", runs)
@@ -150,6 +152,7 @@ def test_detach_watch_stop_resume(tmp_path, tiny_preset):
     assert r.returncode == 0 and "run completed" in r.stdout and "test AUROC" in r.stdout
 
 
+@pytest.mark.slow
 def test_killed_launcher_shows_failed_and_resume_completes(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
     r = chexui("run", "--detach", "--preset", tiny_preset, "--set", "train.epochs=30", "--runs-dir", runs)
@@ -168,6 +171,7 @@ def test_killed_launcher_shows_failed_and_resume_completes(tmp_path, tiny_preset
     assert _status(runs, run_id) == "completed"
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost(tmp_path, tiny_preset):
     from chexui.launch import free_port
     endpoint = f"127.0.0.1:{free_port()}"
@@ -194,6 +198,7 @@ def trained(compressed_run) -> tuple[Path, str]:
     return run.parent, run.name
 
 
+@pytest.mark.slow
 def test_eval_on_real_nih_sample(tmp_path, trained):
     root = nih_sample()
     runs, run_id = trained
@@ -208,6 +213,7 @@ def test_eval_on_real_nih_sample(tmp_path, trained):
     assert r.returncode == 2 and "missing" in r.stderr
 
 
+@pytest.mark.slow
 def test_runs_list_and_show_human(trained):
     runs, run_id = trained
     r = chexui("runs", "list", "--runs-dir", runs)

@@ -43,6 +43,7 @@ def test_conv_scope_leaves_batchnorm_biases_and_classifier():
     assert Pruner(model, {**cfg, "scope": "all"}, 4).layers.keys() >= {"fc"}
 
 
+@pytest.mark.slow
 def test_adaptive_targets_sparse_artifact_under_two_processes(compressed_run):
     """The shared 2-process run (conftest): adaptive targets 64 -> 25 %, 128 -> 50 %, others 70 %, with
     QAT on. (The global 0.70 of the plain prune70 schedule: test_stopped_and_resumed_run_...)"""

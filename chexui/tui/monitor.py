@@ -20,20 +20,10 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
+from chexui.format import auc_marks, fmt, hms
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
-
-
-def fmt(v, spec=".4f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def hms(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 PANES = {"status", "progress", "plot!", "aucs", "epochs"}
@@ -192,12 +182,10 @@ class MonitorScreen(Screen):
         aucs, title = (st.test_auc, "test AUROC") if st.test_auc else (st.val_auc, "val AUROC")
         table.border_title = title
         table.clear()
-        defined = {k: v for k, v in aucs.items() if v is not None}
-        best = max(defined, key=defined.get) if defined else None
-        worst = min(defined, key=defined.get) if defined else None
+        marks = auc_marks(aucs)
         for name in LABELS:
             v = aucs.get(name)
-            mark = " ▲" if name == best else " ▼" if name == worst else ""
+            mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name), "")
             table.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark)
         mean = st.test_auc_mean if st.test_auc else (st.epochs[-1]["val_auc_mean"] if st.epochs else None)
         table.add_row("mean", fmt(mean))

@@ -11,11 +11,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from chexui import runs as runs_mod
+from chexui.format import fmt
+from engine.events import last_evaluation
 from engine.labels import LABELS
-
-
-def fmt(v, spec=".4f") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 class RunsScreen(Screen):
@@ -111,8 +109,7 @@ class CompareScreen(Screen):
 
     def on_mount(self) -> None:
         infos = [runs_mod.load_run(d) for d in self.run_dirs]
-        tests = [next((e for e in reversed(i.events) if e["type"] == "evaluated" and e["split"] == "test"), None)
-                 for i in infos]
+        tests = [last_evaluation(i.events) for i in infos]
         table = self.query_one(DataTable)
         table.add_columns("label", *[i.id for i in infos], "B - A")
         for name in list(LABELS) + ["mean"]:

@@ -1,0 +1,60 @@
+"""How chexui writes numbers, durations, config keys and names: one place for each, shared by the
+headless output, the TUI, compare and sweeps. Pure Python (no rich, no pandas, no torch)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# config keys as column labels in comparison tables and sweep point labels
+SHORT = {"train.lr": "LR", "train.batch_size": "B", "model.arch": "arch", "distributed.nproc": "P",
+         "distributed.nnodes": "nodes", "prune.enabled": "prune", "prune.final_sparsity": "sparsity",
+         "quantize.enabled": "QAT", "quantize.scope": "QAT scope", "train.epochs": "epochs",
+         "data.image_size": "px", "train.min_lr": "min LR", "train.plateau_patience": "patience",
+         "train.early_stop_patience": "early stop"}
+
+
+def fmt(v: float | None, spec: str = ".4f") -> str:
+    """A number, or "-" when there is none."""
+    return "-" if v is None else format(v, spec)
+
+
+def duration(s: float | None) -> str:
+    """Seconds as a short human duration: 42s, 3.5m, 1.2h."""
+    if s is None:
+        return "-"
+    return f"{s / 3600:.1f}h" if s >= 3600 else f"{s / 60:.1f}m" if s >= 60 else f"{s:.0f}s"
+
+
+def hms(s: float | None) -> str:
+    """Seconds as h:mm:ss (elapsed time and ETA)."""
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def short_key(key: str) -> str:
+    return SHORT.get(key, key.rsplit(".", 1)[-1])
+
+
+def value_text(v: Any) -> str:
+    """A config value as it reads in a label: 0.001, true, [..]."""
+    if isinstance(v, list):
+        return json.dumps(v)
+    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def auc_marks(aucs: dict[str, float | None]) -> dict[str, str]:
+    """{label: "best" | "worst"} for the highest and lowest defined AUROC; nothing when all are equal
+    (as when every score ties at 0.5)."""
+    defined = {k: v for k, v in aucs.items() if v is not None}
+    if not defined:
+        return {}
+    best, worst = max(defined, key=defined.get), min(defined, key=defined.get)
+    return {} if defined[best] == defined[worst] else {best: "best", worst: "worst"}
+
+
+def slug(name: str, fallback: str) -> str:
+    """A name made safe for a directory or file name: letters, digits, - _ . (no leading dot)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".") or fallback
