@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -72,25 +73,22 @@ def tui(ctx: typer.Context, runs_dir: Optional[str] = typer.Option(None, "--runs
 
 # ---------------------------------------------------------------- run
 
+@contextmanager
+def progress(label: str):
+    """`progress_bar` as a context manager (engine.dataset's progress hook)."""
+    cb, prog = progress_bar(label)
+    try:
+        yield cb
+    finally:
+        if prog:
+            prog.stop()
+
+
 def _prepare_data(cfg: dict) -> None:
-    """Check the dataset (exit 2 on bad data) and build the demo set / cache with a progress bar."""
-    from engine import cache, demo, nih
-    root = cfg["data"]["root"]
-    if not root:
-        if not (demo.default_root() / "Data_Entry_2017.csv").is_file():
-            cb, prog = progress_bar("generating the demo dataset (first use)")
-            demo.ensure(demo.default_root(), progress=cb)
-            if prog:
-                prog.stop()
-        root = str(demo.default_root())
-    index = nih.index_dataset(root)
-    if cfg["data"]["cache"] and cache.open_cache(index, cfg["data"]["image_size"]) is None:
-        cb, prog = progress_bar(f"decoding images into the {cfg['data']['image_size']} px cache")
-        try:
-            cache.prepare(index, cfg["data"]["image_size"], workers=max(1, cfg["data"]["workers"]), progress=cb)
-        finally:
-            if prog:
-                prog.stop()
+    """Check the dataset (exit 2 on bad data) and build the demo set / cache with a progress bar, so the
+    engine (engine.dataset, the same decision) finds them ready."""
+    from engine import dataset
+    dataset.prepare(cfg["data"], progress)
 
 
 def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from engine import cache, demo, nih
+from engine import dataset, nih
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,30 +90,19 @@ class Data:
         return pos, len(y) - pos
 
 
-def resolve_root(root: str) -> Path:
-    """`data.root = ""` means the embedded demo dataset (generated on first use)."""
-    return Path(root).expanduser() if root else demo.ensure(demo.default_root())
-
-
-def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None, progress=None) -> Data:
-    """Index, split and image source. Rank 0 builds the demo set and the cache; the others wait."""
+def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None) -> Data:
+    """Index, split and image source. Rank 0 builds the demo set and the cache; the others then open them."""
     if is_main:
-        resolve_root(data_cfg["root"])  # generates the demo set on first use
+        index, mem = dataset.prepare(data_cfg)
     barrier()
-    root = resolve_root(data_cfg["root"])
-    index = nih.index_dataset(root)
+    if not is_main:
+        index, mem = dataset.prepare(data_cfg, build=False)
+    root = index.root
     split = nih.make_split(index, data_cfg)
     for s in nih.SPLITS:
         if len(split[s]) == 0:
             raise nih.DataError(f"{root}: the {s} split is empty (too few patients?)")
     manifest = nih.split_manifest(index, split)
-    mem = None
-    if data_cfg["cache"]:
-        if is_main:
-            mem = cache.prepare(index, data_cfg["image_size"], workers=max(1, data_cfg["workers"]), progress=progress)
-        barrier()
-        if not is_main:
-            mem = cache.open_cache(index, data_cfg["image_size"])
     return Data(index, split, manifest, Images(index, data_cfg["image_size"], mem))
 
 
