@@ -8,7 +8,7 @@ export CHEXUI_CACHE_DIR=/tmp/chexui-cache CHEXUI_DEMO_DIR=/tmp/chexui-demo PYTHO
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
 for arch in densenet121 resnet50; do
-  timeout 200 python3 -m engine.bench --arch $arch --size 224 --batch 128 --images 6000 --workdir /tmp/bench 2>&1 \
+  timeout 200 python3 benchmarks/engine_bench.py --arch $arch --size 224 --batch 128 --images 6000 --workdir /tmp/bench 2>&1 \
     | grep -v Warning | tee -a "$OUT/bench.txt"
 done
 timeout 150 python3 -m chexui.cli run --headless --runs-dir /tmp/runs --set train.epochs=2 2>&1 | tail -25 | tee "$OUT/demo_run.txt"

@@ -8,7 +8,6 @@ work never starves the GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

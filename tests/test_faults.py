@@ -10,7 +10,6 @@ import os
 import resource
 import shutil
 import signal
-import stat
 import struct
 import zlib
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from engine import config
 from engine.events import final_status
-from tests.conftest import TINY_PRESET, chexui, chexui_bg, events_of, only_run, wait_for_event
+from tests.conftest import chexui, chexui_bg, events_of, only_run, wait_for_event
 
 ESC = "\x1b]52;c;cHduZWQ=\x07\x1b[2J"  # an OSC 52 clipboard write and a screen clear
 

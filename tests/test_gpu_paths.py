@@ -10,7 +10,7 @@ import torch
 
 from engine.models import WeightedBCE, build_model
 from engine.prune import Pruner
-from engine.train import train_step
+from engine.trainer import train_step
 from tests.conftest import chexui, events_of, only_run
 
 PRUNE = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,

@@ -1,7 +1,7 @@
 """Training-throughput benchmark: the engine end to end vs a bare forward/backward loop.
 
-    python -m engine.bench --arch densenet121 --size 64 --batch 32            # CPU figure
-    python -m engine.bench --arch resnet50 --size 224 --batch 128 --images 4000  # on a GPU: bf16, channels_last
+    python benchmarks/engine_bench.py --arch densenet121 --size 64 --batch 32            # CPU figure
+    python benchmarks/engine_bench.py --arch resnet50 --size 224 --batch 128 --images 4000  # on a GPU: bf16, channels_last
 
 The engine figure is the real `Run` (cache loader, on-device augmentation, weighted BCE, Adam, event
 stream) timed over its second epoch; the bare loop feeds pre-made tensors already on the device to the
@@ -16,10 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import sys
 
-from engine import config, demo, dist
-from engine.train import Run, amp_dtype, autocast_for
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+import torch  # noqa: E402
+
+from engine import config, demo, dist  # noqa: E402
+from engine.trainer import Run, amp_dtype, autocast_for  # noqa: E402
 
 
 def bare_loop(cfg: dict, device: torch.device, steps: int, warmup: int = 3) -> float:

@@ -1,0 +1,403 @@
+"""One training process of a run: its state and its phases (engine/train.py is the entry point).
+
+Read top to bottom: setup -> load_data -> build model/optimizer -> resume -> per epoch
+(train_one_epoch, evaluate, plateau/early stop, checkpoints) -> test evaluation of the best model.
+Rank 0 alone writes events, logs and checkpoints. A resumed run (after `chexui stop`, a crash, or a
+torchrun restart) continues exactly where the last checkpoint left it: even mid-epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from engine import checkpoint, dist, export, quant
+from engine.checkpoint import RunCheckpoints
+from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
+from engine.evaluate import auroc_from_logits, predict_logits
+from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
+from engine.fsutil import remove_stale_temps, write_atomic
+from engine.models import WeightedBCE, build_model
+from engine.prune import Pruner
+
+# Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
+DIVERGED_FACTOR = 100.0
+
+
+class Diverged(Exception):
+    """The loss is not finite, or far worse than guessing: no later epoch can be trusted."""
+
+
+class StopSignal:
+    """SIGTERM/SIGINT handling. A requested stop (STOP_FILE present) ends at the next step boundary
+    with a checkpoint; otherwise torchrun is tearing the group down (a peer died): leave at once and
+    keep the last consistent checkpoint, which a restart resumes from."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.requested = run_dir, False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if (self.run_dir / STOP_FILE).exists():
+            self.requested = True
+        else:
+            os._exit(128 + signum)
+
+
+def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None. "auto": bf16 on CUDA, none on the CPU; "bf16"/"fp16" are honoured on
+    any device (so the CPU suite runs the autocast path). QAT's observers calibrate on fp32 activations."""
+    amp = cfg["train"]["amp"]
+    if amp == "none" or cfg["quantize"]["enabled"] or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def autocast_for(cfg: dict, device: torch.device):
+    dtype = amp_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def train_step(net: nn.Module, loss_fn: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               autocast, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step. The scaler is a pass-through unless it is enabled (fp16), where it scales the
+    loss so that small fp16 gradients do not underflow to zero, and skips steps with inf/NaN gradients."""
+    with autocast:
+        loss = loss_fn(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint (as "state") and restored on resume."""
+    epoch: int = 0                 # last completed epoch
+    step: int = 0                  # steps done in the current epoch (a stop can land mid-epoch)
+    global_step: int = 0           # optimizer steps since the start (the pruning schedule's clock)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    loss_sum: float = 0.0          # the current epoch's sampled train losses
+    loss_n: float = 0.0
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class RNGState:
+    """The CPU generator (model init, dropout) as a checkpoint part."""
+
+    def state_dict(self) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        torch.set_rng_state(state)
+
+
+class Run:
+    """Everything one training process holds; methods are the phases."""
+
+    def __init__(self, cfg: dict, run_dir: Path, d: dist.Dist):
+        self.cfg, self.run_dir, self.d = cfg, run_dir, d
+        self.t, self.dc = cfg["train"], cfg["data"]
+        self.events = EventWriter(run_dir / "events.jsonl") if d.is_main else None
+        self.stop = StopSignal(run_dir)
+        self.ckpts = RunCheckpoints(run_dir / "checkpoints")
+        self.state = TrainState()
+
+    # ------------------------------------------------------------ output (rank 0 only)
+    def emit(self, type_: str, **fields) -> None:
+        if self.events:
+            self.events.emit(type_, **fields)
+
+    def log(self, msg: str) -> None:
+        if self.d.is_main:
+            print(msg, flush=True)
+
+    # ------------------------------------------------------------ setup
+    def setup(self) -> None:
+        torch.manual_seed(self.t["seed"])
+        if self.d.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.d.is_main:  # temp files of writes killed midway: only rank 0 writes here
+            self.ckpts.clean()
+            remove_stale_temps(self.run_dir, self.run_dir / "export")
+        self.data: Data = load_data(self.dc, self.d.is_main, self.d.barrier)
+        self.n_train = len(self.data.split["train"])
+        if self.d.is_main:
+            write_atomic(self.run_dir / "split.json", json.dumps(self.data.manifest))
+        model = build_model(self.cfg["model"]["arch"], self.cfg["model"]["pretrained"])
+        # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
+        # measured), so the CPU suite runs the same weight layout as the GPU servers
+        self.channels_last = self.t["channels_last"]
+        self.model = model.to(self.d.device, memory_format=torch.channels_last if self.channels_last else
+                              torch.contiguous_format)
+        # QAT trains a traced copy with fake-quant observers that shares the model's weights
+        q = self.cfg["quantize"]
+        self.qat = quant.prepare(self.model, q["scope"], self.dc["image_size"], q["backend"]) if q["enabled"] else None
+        self.core = self.qat if self.qat is not None else self.model  # what trains and is validated
+        self.net = DDP(self.core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None) \
+            if self.d.active else self.core
+        if self.t["compile"]:
+            self.net = torch.compile(self.net)
+        pos, neg = self.data.pos_neg()
+        self.loss_fn = WeightedBCE(pos, neg, self.t["loss"] == "weighted_bce").to(self.d.device)
+        self.lr = self.t["lr"] * (self.d.world if self.t["lr_scale"] == "linear" else 1)
+        opt_cls = torch.optim.Adam if self.t["optimizer"] == "adam" else torch.optim.SGD
+        self.opt = opt_cls(self.model.parameters(), lr=self.lr)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=self.t["plateau_factor"], patience=self.t["plateau_patience"],
+            min_lr=self.t["min_lr"])
+        self.amp = amp_dtype(self.cfg, self.d.device)
+        # fp16 gradients underflow without loss scaling (a Hernia negative weighs about 0.002)
+        self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.amp == torch.float16)
+        self.steps_per_epoch = len(train_batches(self.n_train, self.t["batch_size"], self.d.world,
+                                                 self.d.rank, self.t["seed"], 0))
+        self.pruner = Pruner(self.model, self.cfg["prune"], self.steps_per_epoch) \
+            if self.cfg["prune"]["enabled"] else None
+
+    def parts(self) -> dict:
+        """The named stateful parts of a checkpoint (state_dict / load_state_dict each): adding a part
+        to training state is one line here."""
+        parts = {"model": self.model, "optimizer": self.opt, "scheduler": self.sched, "scaler": self.scaler,
+                 "state": self.state, "rng": RNGState(), "prune": self.pruner, "qat": self.qat}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def resume(self) -> bool:
+        if not self.ckpts.last.is_file():
+            return False
+        ck = checkpoint.load(self.ckpts.last)
+        for name, part in self.parts().items():
+            if name in ck:  # (a checkpoint from before a part existed resumes with its fresh state)
+                part.load_state_dict(ck[name])
+        if self.d.is_main:
+            self.ckpts.recover(self.state.best_epoch)
+        return True
+
+    def save(self, best: bool = False) -> None:
+        if not self.d.is_main:
+            return
+        meta = {"arch": self.cfg["model"]["arch"], "image_size": self.dc["image_size"]}
+        last = {**meta, **{name: part.state_dict() for name, part in self.parts().items()}}
+        best_ck = None
+        if best:
+            best_ck = {**meta, "model": last["model"], "epoch": self.state.epoch, "val_loss": self.state.best_val_loss}
+            if self.qat is not None:
+                best_ck["qat"] = last["qat"]
+        self.ckpts.save(last, best_ck)
+        self.emit("checkpoint_saved", epoch=self.state.epoch, path="checkpoints/last.pt", best=False)
+        if best:
+            self.emit("checkpoint_saved", epoch=self.state.epoch, path="checkpoints/best.pt", best=True)
+
+    def save_layer_sparsity(self, epoch: int) -> None:
+        """Per-layer sparsity by epoch in the run dir (prune_layers.json)."""
+        path = self.run_dir / "prune_layers.json"
+        history = json.loads(path.read_text()) if path.is_file() else {}
+        history[str(epoch)] = self.pruner.layer_sparsity()
+        write_atomic(path, json.dumps(history))
+
+    # ------------------------------------------------------------ phases
+    def train_one_epoch(self, epoch: int) -> bool:
+        """Train from state.step to the end of the epoch; False when a stop was requested."""
+        st = self.state
+        self.net.train()
+        batches = train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank,
+                                self.t["seed"], epoch)
+        dl = loader(self.data.images, batches[st.step:], self.data.split["train"], self.dc["workers"],
+                    pin=self.d.device.type == "cuda")
+        sync_every = 1 if self.d.device.type == "cpu" else 10
+        t0 = last_report = time.perf_counter()
+        seen = 0
+        for step, (x, y, _) in enumerate(dl, start=st.step):
+            flip = flip_mask(len(x), self.dc["hflip"], self.t["seed"], epoch, step, self.d.rank)
+            x = to_input(x, self.d.device, flip, self.channels_last)
+            loss = train_step(self.net, self.loss_fn, self.opt, self.scaler, autocast_for(self.cfg, self.d.device),
+                              x, y.to(self.d.device, non_blocking=True).float())
+            st.global_step += 1
+            if self.pruner is not None:
+                self.pruner.step(st.global_step)
+            st.step = step + 1
+            # .item() waits for the GPU: on CUDA only every 10th step's loss is read, so the epoch's
+            # train_loss there is the mean of those samples (on CPU, of every step)
+            lv = loss.item() if self.d.device.type == "cpu" or step % sync_every == 0 else None
+            if lv is not None and math.isfinite(lv):
+                st.loss_sum += lv
+                st.loss_n += 1
+            seen += len(x)
+            now = time.perf_counter()
+            if self.d.is_main and now - last_report > 0.5 and lv is not None and math.isfinite(lv):
+                last_report = now
+                self.emit("progress", epoch=epoch, step=step + 1, steps=self.steps_per_epoch, loss=lv,
+                          images_per_s=seen * self.d.world / (now - t0))
+            if (step + 1) % sync_every == 0:
+                stop, bad = self.d.any_flags([self.stop.requested, lv is not None and not math.isfinite(lv)])
+                if bad:
+                    raise Diverged(f"the training loss is not finite at epoch {epoch} step {step + 1}")
+                if stop:
+                    st.train_time_s += time.perf_counter() - t0
+                    return False
+        if self.d.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        st.train_time_s += dt
+        self.epoch_images_per_s = seen * self.d.world / max(dt, 1e-9)
+        return not self.d.any_flags([self.stop.requested])[0]
+
+    def predict(self, rows: np.ndarray, model: nn.Module | None = None, device: torch.device | None = None,
+                d: dist.Dist | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and labels of `rows` over the ranks of `d` (default: all of them)."""
+        model = self.core if model is None else model
+        device, d = device or self.d.device, d or self.d
+        # evaluating the QAT model must not move its observers' ranges
+        with quant.observers_frozen(model) if model is self.qat else nullcontext():
+            logits = predict_logits(model, self.data.images, rows, d, self.t["batch_size"] * 2,
+                                    self.channels_last, lambda: autocast_for(self.cfg, device), device)
+        return logits, self.data.index.labels[rows].astype(np.float32)
+
+    def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None,
+                 d: dist.Dist | None = None) -> dict:
+        if model is None:
+            # each rank holds its own BatchNorm statistics / observer ranges after an epoch: validate
+            # (and so save) rank 0's
+            self.d.broadcast_state(self.core, buffers_only=True)
+        logits, y = self.predict(self.data.split[split], model, device, d)
+        lt, yt = torch.from_numpy(logits).to(self.d.device), torch.from_numpy(y).to(self.d.device)
+        loss = float(self.loss_fn(lt, yt))
+        chance = float(self.loss_fn(torch.zeros_like(lt), yt))  # predicting 0.5 for every label
+        auc, mean, reasons = auroc_from_logits(y, logits)
+        for r in reasons:
+            self.log(f"[{split}] {r}")
+        return {"loss": loss, "chance_loss": chance, "auc": auc, "auc_mean": mean, "n": len(y)}
+
+    def check_diverged(self, epoch: int, train_loss: float, val: dict) -> None:
+        """Not finite, or both losses far worse than guessing. The validation loss alone can spike by
+        orders of magnitude early in a sound run (BatchNorm running statistics at a high LR; seen at LR
+        0.01, from which such runs recover), so the training loss must agree."""
+        if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
+            raise Diverged(f"the loss is not finite at epoch {epoch} (train {train_loss}, val {val['loss']})")
+        limit = DIVERGED_FACTOR * val["chance_loss"]
+        if train_loss > limit and val["loss"] > limit:
+            raise Diverged(f"the training and validation losses at epoch {epoch} ({train_loss:.4g}, "
+                           f"{val['loss']:.4g}) are more than {DIVERGED_FACTOR:.0f}x the loss of predicting "
+                           f"0.5 for every label ({val['chance_loss']:.4g})")
+
+    # ------------------------------------------------------------ main loop
+    def fit(self) -> str:
+        st = self.state
+        t_start = time.perf_counter()
+        wall0 = st.wall_time_s
+        epochs = self.t["epochs"]
+        while st.epoch < epochs:
+            epoch = st.epoch + 1
+            if st.step == 0:
+                self.emit("epoch_started", epoch=epoch)
+                st.loss_sum = st.loss_n = 0.0
+            t_epoch = time.perf_counter()
+            if not self.train_one_epoch(epoch):
+                st.wall_time_s = wall0 + time.perf_counter() - t_start
+                self.save()
+                return "stopped"
+            s, n = self.d.all_reduce_sum([st.loss_sum, st.loss_n])
+            train_loss = s / n if n else math.nan
+            val = self.evaluate("val")
+            self.check_diverged(epoch, train_loss, val)  # before anything of this epoch is kept
+            epoch_time = time.perf_counter() - t_epoch
+            old_lr = self.opt.param_groups[0]["lr"]
+            self.sched.step(val["loss"])
+            lr = self.opt.param_groups[0]["lr"]
+            # while the pruning schedule runs, a less pruned model is not a candidate for best (it would
+            # be exported instead of the pruned one) and early stopping waits for the final sparsity
+            settled = self.pruner is None or self.pruner.finished(st.global_step)
+            improved = settled and val["loss"] < st.best_val_loss
+            if improved:
+                st.best_val_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
+            elif settled:
+                st.bad_epochs += 1
+            mem = self.d.all_gather_object(round(memory_mb(self.d.device), 1))
+            sparsity = self.pruner.sparsity() if self.pruner is not None else None
+            if self.pruner is not None and self.d.is_main:
+                self.save_layer_sparsity(epoch)
+            st.epoch, st.step = epoch, 0
+            self.emit("epoch_ended", epoch=epoch, train_loss=train_loss, val_loss=val["loss"],
+                      val_auc=val["auc"], val_auc_mean=val["auc_mean"], lr=lr, epoch_time_s=epoch_time,
+                      images_per_s=self.epoch_images_per_s, sparsity=sparsity, memory_mb=mem)
+            self.log(f"epoch {epoch}/{epochs} train_loss {train_loss:.4f} val_loss {val['loss']:.4f} "
+                     f"val_auc {val['auc_mean'] or float('nan'):.4f} lr {lr:.2e} {epoch_time:.1f}s")
+            if lr < old_lr:
+                self.emit("lr_reduced", epoch=epoch, lr=lr)
+            st.wall_time_s = wall0 + time.perf_counter() - t_start
+            self.save(best=improved)
+            patience = self.t["early_stop_patience"]
+            if patience and st.bad_epochs >= patience:
+                self.emit("early_stopped", epoch=epoch)
+                self.log(f"early stop: no val-loss improvement for {patience} epochs")
+                break
+        return "completed"
+
+    def load_best(self) -> None:
+        """The best epoch's model on every rank: rank 0 reads best.pt (checked to be the epoch last.pt
+        names) and broadcasts it, so no rank reads a file another is writing, and on several nodes the
+        ranks that have no copy of the run dir get it too."""
+        if self.d.is_main:
+            best = self.ckpts.load_best(self.state.best_epoch)
+            if best is not None:
+                self.model.load_state_dict(best["model"])
+                if self.qat is not None:
+                    self.qat.load_state_dict(best["qat"])
+        self.d.broadcast_state(self.core)
+
+    def test(self) -> dict:
+        self.load_best()
+        res = self.evaluate("test", self.core)
+        self.emit("evaluated", split="test", n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"])
+        return res
+
+    def export(self) -> None:
+        """Write export/ from the best model, then evaluate every compressed artifact as a user would
+        load it, on the test split: `test_fp32` (QAT runs: the float weights without fake quantization),
+        `test_sparse`, `test_int8` (on the CPU). Rank 0 alone: the files are on its disk."""
+        if self.d.is_main:
+            arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"],
+                                        self.dc["image_size"], self.pruner is not None, self.qat)
+            params = list(self.model.parameters())
+            self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
+                      nonzero_parameters=sum(int(p.count_nonzero()) for p in params))
+            for a in arts:
+                self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
+            for a in arts:
+                if a["kind"] == export.FP32 and self.qat is None:
+                    continue  # the fp32 artifact is the model the `test` evaluation just measured
+                model = export.load_model(self.run_dir, a)
+                device = torch.device("cpu") if a["kind"] == export.INT8 else self.d.device
+                res = self.evaluate("test", model.to(device), device, dist.Dist(device=device))
+                self.emit("evaluated", split=ARTIFACT_SPLITS[a["kind"]][0], n=res["n"], auc=res["auc"],
+                          auc_mean=res["auc_mean"])
+        self.d.barrier()
