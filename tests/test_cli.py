@@ -42,7 +42,8 @@ def test_every_command_has_help():
     for cmd in (["--help"], ["run", "--help"], ["watch", "--help"], ["stop", "--help"], ["runs", "list", "--help"],
                 ["runs", "show", "--help"], ["eval", "--help"], ["presets", "list", "--help"],
                 ["presets", "show", "--help"], ["presets", "validate", "--help"], ["data", "demo", "--help"],
-                ["data", "check", "--help"], ["data", "prepare", "--help"]):
+                ["data", "check", "--help"], ["data", "prepare", "--help"], ["bench", "--help"], ["sweep", "--help"],
+                ["compare", "--help"], ["report", "--help"], ["runs", "--help"], ["presets", "--help"], ["data", "--help"]):
         r = runner.invoke(app, cmd)
         assert r.exit_code == 0 and "Usage" in r.output, (cmd, r.output)
 
