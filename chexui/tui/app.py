@@ -1,4 +1,8 @@
-"""The chexui app: launcher, live monitor and runs browser. `make_app` is shared by the CLI and tests."""
+"""The chexui app: launcher, live monitor and runs browser. `make_app` is shared by the CLI and tests.
+
+The App owns navigation (`open_monitor`, `open_runs`, `open_launcher`): screens ask it to move and
+never import one another.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,32 @@ class ChexApp(App):
         self.runs_dir, self.run_dir, self.start, self.poll_s = Path(runs_dir), run, start, poll_s
 
     def on_mount(self) -> None:
-        from chexui.tui.launcher import LauncherScreen
-        from chexui.tui.monitor import MonitorScreen
-        from chexui.tui.runs_browser import RunsScreen
         if self.run_dir is not None:
-            self.push_screen(MonitorScreen(self.run_dir, self.poll_s))
+            self.open_monitor(self.run_dir)
         elif self.start == "runs":
-            self.push_screen(RunsScreen(self.runs_dir))
+            self.open_runs()
         else:
-            self.push_screen(LauncherScreen(self.runs_dir))
+            self.open_launcher()
+
+    def open_monitor(self, run_dir: Path, replace: bool = False) -> None:
+        """A run's monitor, over the current screen (or instead of it: a started run replaces the launcher)."""
+        from chexui.tui.monitor import MonitorScreen
+        screen = MonitorScreen(Path(run_dir), self.poll_s)
+        self.switch_screen(screen) if replace else self.push_screen(screen)
+
+    def open_runs(self) -> None:
+        """Back to the runs browser: the screen below when there is one, else a new browser."""
+        from chexui.tui.runs_browser import RunsScreen
+        if len(self.screen_stack) > 2:
+            self.pop_screen()
+        elif len(self.screen_stack) == 2:
+            self.switch_screen(RunsScreen(self.runs_dir))
+        else:
+            self.push_screen(RunsScreen(self.runs_dir))
+
+    def open_launcher(self) -> None:
+        from chexui.tui.launcher import LauncherScreen
+        self.push_screen(LauncherScreen(self.runs_dir))
 
 
 def make_app(runs_dir: Path | str, run: Path | str | None = None, start: str = "launcher",

@@ -200,8 +200,7 @@ class LauncherScreen(Screen):
         run_dir = runs_mod.new_run_dir(self.runs_dir, cfg.get("name", "run"))
         save_config(cfg, run_dir)
         start_detached(run_dir, self.runs_dir)
-        from chexui.tui.monitor import MonitorScreen
-        self.app.switch_screen(MonitorScreen(run_dir))
+        self.app.open_monitor(run_dir, replace=True)
 
     @on(Button.Pressed, "#save")
     def save_preset(self) -> None:
@@ -225,8 +224,4 @@ class LauncherScreen(Screen):
         self.notify(f"saved {path}")
 
     def action_back(self) -> None:
-        from chexui.tui.runs_browser import RunsScreen
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-        else:
-            self.app.switch_screen(RunsScreen(self.runs_dir))
+        self.app.open_runs()

@@ -1,7 +1,10 @@
 """Live run monitor: loss curves, epoch table, memory per rank, log, per-class AUROC, progress, status.
 
-A worker thread follows events.jsonl and logs/engine.log and posts what is new as messages; the screen
-folds events into a RunState and redraws at most twice a second, so following a busy run stays cheap.
+A worker thread follows events.jsonl and logs/engine.log and posts what is new as messages (events
+flow up); the screen folds them into a RunState and hands each widget its slice of it through a
+reactive attribute (data flows down). A widget redraws when its data changed; the loss plot at most
+every 2 s for running-loss points (an epoch's point is drawn at once), so following a busy run stays
+cheap.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Label, ProgressBar, RichLog, Static
 from textual.worker import get_current_worker
@@ -25,15 +30,91 @@ from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
 
+PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
 
-PANES = {"status", "progress", "plot!", "aucs", "epochs"}
-# which panes an event type changes ("plot" may be deferred, "plot!" may not)
-DIRTIES = {
-    "progress": {"progress", "plot"},
-    "epoch_started": {"progress"},
-    "epoch_ended": {"plot!", "aucs", "epochs", "status"},
-    "evaluated": {"aucs"},
-}
+
+class StatusLine(Static):
+    text = reactive("")
+
+    def watch_text(self, text: str) -> None:
+        self.update(text)
+
+
+class MemoryLine(Static):
+    memory_mb: reactive[tuple] = reactive(tuple)
+
+    def watch_memory_mb(self, mem: tuple) -> None:
+        self.update("memory MB/rank " + (" ".join(f"r{i}:{m:.0f}" for i, m in enumerate(mem)) or "-"))
+
+
+class LossPlot(PlotextPlot):
+    """Running loss and per-epoch train/val loss. `curves` = (running points, epoch rows)."""
+    curves: reactive[tuple] = reactive(lambda: ((), ()))
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._drawn_at, self._epochs_drawn, self._timer = 0.0, -1, None
+
+    def watch_curves(self, curves: tuple) -> None:
+        wait = PLOT_EVERY_S - (time.monotonic() - self._drawn_at)
+        if len(curves[1]) != self._epochs_drawn or wait <= 0:
+            self._draw()
+        elif self._timer is None:  # a new running-loss point can wait; it is drawn with the next one
+            self._timer = self.set_timer(wait, self._draw)
+
+    def _draw(self) -> None:
+        running, epochs = self.curves
+        self._drawn_at, self._epochs_drawn, self._timer = time.monotonic(), len(epochs), None
+        plt = self.plt
+        plt.clear_data()
+        if running:
+            xs, ys = zip(*running[-400:])
+            plt.plot(list(xs), list(ys), label="running", marker="dot")
+        if epochs:
+            ep = [e["epoch"] for e in epochs]
+            plt.plot(ep, [e["train_loss"] for e in epochs], label="train", marker="hd")
+            plt.plot(ep, [e["val_loss"] for e in epochs], label="val", marker="hd")
+        plt.xlabel("epoch")
+        self.refresh()
+
+
+class AucTable(DataTable):
+    """Per-class AUROC with the best and worst marked. `aucs` = (title, {label: auc}, mean)."""
+    aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {}, None))
+
+    def on_mount(self) -> None:
+        self.add_columns("label", "AUROC")
+
+    def watch_aucs(self, value: tuple) -> None:
+        title, aucs, mean = value
+        self.border_title = title
+        self.clear()
+        marks = auc_marks(aucs)
+        for name in LABELS:
+            v = aucs.get(name)
+            mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name), "")
+            self.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark)
+        self.add_row("mean", fmt(mean))
+
+
+class EpochTable(DataTable):
+    """One row per epoch; a sparsity column once a pruning run reports one."""
+    epochs: reactive[tuple] = reactive(tuple)
+
+    def on_mount(self) -> None:
+        self.add_columns("ep", "train", "val", "AUC", "LR", "time", "img/s")
+
+    def watch_epochs(self, epochs: tuple) -> None:
+        pruned = any(e.get("sparsity") is not None for e in epochs)
+        if pruned and len(self.columns) == 7:
+            self.add_column("sparsity")
+        self.clear()
+        for e in epochs:
+            row = [str(e["epoch"]), fmt(e["train_loss"]), fmt(e["val_loss"]), fmt(e.get("val_auc_mean")),
+                   f"{e['lr']:.1e}", f"{e['epoch_time_s']:.1f}s", f"{e['images_per_s']:.0f}"]
+            if len(self.columns) > 7:
+                row.append(fmt(e.get("sparsity"), ".3f"))
+            self.add_row(*row)
 
 
 class RunUpdate(Message):
@@ -68,27 +149,24 @@ class MonitorScreen(Screen):
         self.state = RunState(run_id=self.run_dir.name)
         self.launcher_alive = False
         self.gone = False
-        self._dirty = set(PANES)  # panes to redraw at the next tick
-        self._plot_drawn = 0.0
 
     def compose(self) -> ComposeResult:
-        yield Static(id="status")
+        yield StatusLine(id="status")
         yield ProgressBar(id="progress", show_eta=False)
         with Horizontal(id="top"):
-            yield PlotextPlot(id="loss")
-            yield DataTable(id="aucs", cursor_type="none", zebra_stripes=True)
+            yield LossPlot(id="loss")
+            yield AucTable(id="aucs", cursor_type="none", zebra_stripes=True)
         with Horizontal(id="bottom"):
-            yield DataTable(id="epochs", cursor_type="none")
+            yield EpochTable(id="epochs", cursor_type="none")
             with Vertical(id="side"):
-                yield Static(id="memory")
+                yield MemoryLine(id="memory")
                 yield RichLog(id="log", max_lines=500, wrap=False, markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#aucs", DataTable).add_columns("label", "AUROC")
-        self.query_one("#epochs", DataTable).add_columns("ep", "train", "val", "AUC", "LR", "time", "img/s")
-        self.query_one("#loss", PlotextPlot).border_title = "loss"
-        self.set_interval(0.5, self.redraw)
+        self.query_one(LossPlot).border_title = "loss"
+        self.set_interval(1.0, self.show_status)  # elapsed time and ETA move on
+        self.push_down()
         self.follow()
 
     # ------------------------------------------------------------ data in (worker thread)
@@ -113,14 +191,27 @@ class MonitorScreen(Screen):
     def on_run_update(self, msg: RunUpdate) -> None:
         for e in msg.events:
             self.state.apply(e)
-            self._dirty |= DIRTIES.get(e.get("type"), {"status"})
-        if (msg.launcher_alive, msg.gone) != (self.launcher_alive, self.gone):
-            self._dirty.add("status")
         self.launcher_alive, self.gone = msg.launcher_alive, msg.gone
         if msg.log_lines:
             self.query_one("#log", RichLog).write("\n".join(msg.log_lines))
+        self.push_down()
 
-    # ------------------------------------------------------------ data down (redraw)
+    # ------------------------------------------------------------ data down
+    def push_down(self) -> None:
+        """Each widget gets its slice of the state; reactive attributes redraw only what changed."""
+        st = self.state
+        self.show_status()
+        if st.steps:
+            self.query_one(ProgressBar).update(total=st.steps, progress=st.step)
+        self.query_one(LossPlot).curves = (tuple(st.running_loss), tuple(st.epochs))
+        self.query_one(AucTable).aucs = ("test AUROC", st.test_auc, st.test_auc_mean) if st.test_auc else \
+            ("val AUROC", st.val_auc, st.epochs[-1]["val_auc_mean"] if st.epochs else None)
+        self.query_one(EpochTable).epochs = tuple(st.epochs)
+        self.query_one(MemoryLine).memory_mb = tuple(st.memory_mb)
+
+    def show_status(self) -> None:
+        self.query_one(StatusLine).text = self.status_text()
+
     def status_text(self) -> str:
         st = self.state
         status = st.status
@@ -128,79 +219,14 @@ class MonitorScreen(Screen):
             status = "run directory deleted"
         elif status == "running" and not self.launcher_alive and st.events:
             status = "engine ended without finishing (failed)"
-        parts = [f"[b]{st.run_id}[/b]", st.preset or "-", st.arch, f"world {st.world_size or '-'}",
-                 st.device or "-", f"elapsed {hms(st.elapsed_s())}", f"ETA {hms(st.eta_s())}", f"[b]{status}[/b]"]
+        # text from the run is escaped: a "[" in a run name or an error must not read as markup
+        parts = [f"[b]{escape(st.run_id)}[/b]", escape(st.preset or "-"), escape(st.arch),
+                 f"world {st.world_size or '-'}", escape(st.device or "-"), f"elapsed {hms(st.elapsed_s())}",
+                 f"ETA {hms(st.eta_s())}", f"[b]{escape(status)}[/b]"]
         text = " | ".join(p for p in parts if p)
         if st.errors:
-            text += f"\n[red]error: {st.errors[-1]}[/red]"
+            text += f"\n[red]error: {escape(st.errors[-1])}[/red]"
         return text
-
-    def redraw(self) -> None:
-        """Redraw only the panes whose data changed; the running-loss curve at most every 2 s."""
-        st, now = self.state, time.monotonic()
-        if st.status == "running" and self.launcher_alive and now - getattr(self, "_clock", 0) > 1.0:
-            self._clock = now
-            self._dirty.add("status")  # elapsed and ETA move on
-        if "plot" in self._dirty and "plot!" not in self._dirty and now - self._plot_drawn < 2.0:
-            self._dirty.discard("plot")  # a new running-loss point can wait; an epoch cannot
-            self._plot_pending = True
-        elif getattr(self, "_plot_pending", False) and now - self._plot_drawn >= 2.0:
-            self._dirty.add("plot")
-        dirty, self._dirty = self._dirty, set()
-        if "status" in dirty:
-            self.query_one("#status", Static).update(self.status_text())
-        if "progress" in dirty and st.steps:
-            self.query_one("#progress", ProgressBar).update(total=st.steps, progress=st.step)
-        if dirty & {"plot", "plot!"}:
-            self._plot_drawn, self._plot_pending = now, False
-            self._draw_loss()
-        if "aucs" in dirty:
-            self._draw_aucs()
-        if "epochs" in dirty:
-            self._draw_epochs()
-            mem = " ".join(f"r{i}:{m:.0f}" for i, m in enumerate(st.memory_mb))
-            self.query_one("#memory", Static).update(f"memory MB/rank {mem or '-'}")
-
-    def _draw_loss(self) -> None:
-        plot = self.query_one("#loss", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
-        st = self.state
-        if st.running_loss:
-            xs, ys = zip(*st.running_loss[-400:])
-            plt.plot(list(xs), list(ys), label="running", marker="dot")
-        if st.epochs:
-            ep = [e["epoch"] for e in st.epochs]
-            plt.plot(ep, [e["train_loss"] for e in st.epochs], label="train", marker="hd")
-            plt.plot(ep, [e["val_loss"] for e in st.epochs], label="val", marker="hd")
-        plt.xlabel("epoch")
-        plot.refresh()
-
-    def _draw_aucs(self) -> None:
-        table = self.query_one("#aucs", DataTable)
-        st = self.state
-        aucs, title = (st.test_auc, "test AUROC") if st.test_auc else (st.val_auc, "val AUROC")
-        table.border_title = title
-        table.clear()
-        marks = auc_marks(aucs)
-        for name in LABELS:
-            v = aucs.get(name)
-            mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name), "")
-            table.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark)
-        mean = st.test_auc_mean if st.test_auc else (st.epochs[-1]["val_auc_mean"] if st.epochs else None)
-        table.add_row("mean", fmt(mean))
-
-    def _draw_epochs(self) -> None:
-        table = self.query_one("#epochs", DataTable)
-        if self.state.has_sparsity and "sparsity" not in [str(c.label) for c in table.columns.values()]:
-            table.add_column("sparsity")
-        table.clear()
-        for e in self.state.epochs:
-            row = [str(e["epoch"]), fmt(e["train_loss"]), fmt(e["val_loss"]), fmt(e.get("val_auc_mean")),
-                   f"{e['lr']:.1e}", f"{e['epoch_time_s']:.1f}s", f"{e['images_per_s']:.0f}"]
-            if len(table.columns) > 7:
-                row.append(fmt(e.get("sparsity"), ".3f"))
-            table.add_row(*row)
 
     # ------------------------------------------------------------ keys
     @work(thread=True, group="stop")
@@ -219,11 +245,7 @@ class MonitorScreen(Screen):
             self.notify("the run is not running", severity="warning")
 
     def action_back(self) -> None:
-        from chexui.tui.runs_browser import RunsScreen
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-        else:
-            self.app.switch_screen(RunsScreen(self.app.runs_dir))
+        self.app.open_runs()
 
     def action_quit_app(self) -> None:
         if not self.launcher_alive:

@@ -64,10 +64,9 @@ class RunsScreen(Screen):
         return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
 
     def action_open(self) -> None:
-        from chexui.tui.monitor import MonitorScreen
         run_id = self._current()
         if run_id:
-            self.app.push_screen(MonitorScreen(self.runs_dir / run_id))
+            self.app.open_monitor(self.runs_dir / run_id)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
@@ -89,8 +88,7 @@ class RunsScreen(Screen):
         self.app.push_screen(CompareScreen([self.runs_dir / r for r in self.marked]))
 
     def action_new(self) -> None:
-        from chexui.tui.launcher import LauncherScreen
-        self.app.push_screen(LauncherScreen(self.runs_dir))
+        self.app.open_launcher()
 
 
 class CompareScreen(Screen):
