@@ -23,26 +23,14 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import demo  # noqa: E402
+from engine import config, demo  # noqa: E402
 from engine.events import final_status, last_evaluation, read_events  # noqa: E402
 
-PRESET = """name = "faults"
-extends = "demo"
-[data]
-root = "{root}"
-image_size = 32
-workers = 0
-val_fraction = 0.2
-test_fraction = 0.25
-[train]
-epochs = 3
-batch_size = 8
-early_stop_patience = 0
-[distributed]
-nproc = 2
-[export]
-enabled = false
-"""
+# a 2-process tiny run on the demo phantoms (the preset is data: built from the config schema)
+RUN = {"name": "faults", "data": {"image_size": 32, "workers": 0, "val_fraction": 0.2, "test_fraction": 0.25},
+       "model": {"arch": "resnet18", "pretrained": "none"},
+       "train": {"epochs": 3, "batch_size": 8, "early_stop_patience": 0}, "distributed": {"nproc": 2},
+       "export": {"enabled": False}}
 
 
 def cli(*args, **kw) -> subprocess.Popen:
@@ -125,7 +113,7 @@ def main() -> int:
     if not (root / "Data_Entry_2017.csv").is_file():
         demo.generate(root, n_images=160, size=32, seed=1)
     preset = work / "faults.toml"
-    preset.write_text(PRESET.format(root=root))
+    preset.write_text(config.dumps(config.merge(RUN, {"data": {"root": str(root)}})))
     t0 = time.time()
     cli("run", "--headless", "--preset", preset, "--runs-dir", work / "reference").wait(timeout=600)
     run_s = time.time() - t0

@@ -46,6 +46,18 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def find(run_ref: str, runs_dir: Optional[str]) -> Path:
+    """RUN (an id, a unique part of one, or a path) in the runs dir, or exit 2 saying why."""
+    try:
+        return runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
+    except UserError as e:
+        raise fail(str(e))
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
 def progress_bar(label: str):
     """A rich progress callback (done, total) in a terminal; occasional plain lines otherwise."""
     if plain_mode(sys.stderr):
@@ -259,17 +271,16 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     """Evaluate a trained run's best model on any NIH-layout dataset (per-class AUROC)."""
     if split not in ("test", "all"):
         raise fail(f"--split {split!r}: expected test or all")
+    run_dir = find(run_ref, runs_dir)
+    from engine import nih
     try:
-        run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
-        from engine import nih
         nih.find_csv(Path(data))  # a bad --data fails here, before torch is imported
         from engine.evaluate import evaluate_run
         res = evaluate_run(run_dir, data, split)
     except UserError as e:
         raise fail(str(e))
     if as_json:
-        print(json.dumps(res, indent=2))
-        return
+        return print_json(res)
     console().print(auc_table(res["auc"], res["auc_mean"], f"{res['split']} AUROC on {data} ({res['n']} images)"))
 
 
@@ -279,16 +290,15 @@ def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
                                          "the one recorded at export (they may run code)"),
               runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed."""
+    run_dir = find(run_ref, runs_dir)
     try:
-        run_dir = runs_mod.find_run(run_ref, runs_mod.runs_dir(runs_dir))
         size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
         from engine.infer_bench import bench_run
         res = bench_run(run_dir, size, trust)
     except UserError as e:
         raise fail(str(e))
     if as_json:
-        print(json.dumps(res, indent=2))
-        return
+        return print_json(res)
     gpu = res["gpu"] is not None
     cols = ["model", "file", "bytes", "gzip bytes", "x fp32", "test AUROC", "CPU b1 ms", "CPU b32 img/s"]
     t = table(*cols, *(["GPU b1 ms", "GPU b32 img/s"] if gpu else []))

@@ -37,6 +37,32 @@ class NodeSpec:
     rdzv_endpoint: str | None = None
 
 
+def gpu_count() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else NVML (nvidia-ml-py) when
+    installed, else nvidia-smi, else 0. No torch import: the TUI and sweeps ask before any run."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library or no driver
+        pass
+    import shutil
+    import subprocess
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5).stdout
+            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0
+
+
 def free_port() -> int:
     """A free TCP port on loopback (the two-node test's rendezvous)."""
     with socket.socket() as sock:

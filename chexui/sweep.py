@@ -29,6 +29,7 @@ from typing import Any
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
 from chexui.format import fmt, short_key, slug
+from chexui.launch import gpu_count
 from engine import config
 from engine.errors import ConfigError, UserError
 from engine.fsutil import write_atomic
@@ -131,22 +132,6 @@ def load(sweep_id: str, base: Path) -> Sweep:
 
 def point_label(overrides: dict[str, Any]) -> str:
     return " ".join(f"{short_key(k)}={v}" for k, v in overrides.items())
-
-
-def gpu_count() -> int:
-    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else NVML when installed); 0 without any."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no NVML library or no driver: no GPUs
-        return 0
 
 
 def gpu_slots(parallel: int, nproc: int) -> list[str | None]:

@@ -89,6 +89,13 @@ def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.Comple
     return only_run(base / "runs"), r
 
 
+def run_tiny(runs: Path, preset: Path, *sets: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`chexui run --headless` of a preset with `--set` items; the CLI's result and the run's events."""
+    r = chexui("run", "--headless", "--preset", preset, *[a for s in sets for a in ("--set", s)], "--runs-dir", runs)
+    dirs = [d for d in runs.iterdir() if d.is_dir()] if runs.is_dir() else []
+    return r, events_of(dirs[0]) if len(dirs) == 1 else []
+
+
 def nih_sample() -> Path:
     p = os.environ.get("CHEXUI_NIH_SAMPLE")
     if not p or not Path(p).is_dir():

@@ -124,14 +124,19 @@ def _status(runs: Path, run_id: str) -> str:
     return {r["id"]: r for r in rows}[run_id]["status"]
 
 
+def detached_long_run(runs: Path, preset: Path) -> tuple[str, str]:
+    """A 30-epoch run started with --detach, once its first epoch has ended: (run id, CLI output)."""
+    r = chexui("run", "--detach", "--preset", preset, "--set", "train.epochs=30", "--runs-dir", runs)
+    assert r.returncode == 0, r.stderr
+    wait_for_event(runs, lambda e: e["type"] == "epoch_ended")
+    return only_run(runs).name, r.stdout
+
+
 @pytest.mark.slow
 def test_detach_watch_stop_resume(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
-    r = chexui("run", "--detach", "--preset", tiny_preset, "--set", "train.epochs=30", "--runs-dir", runs)
-    assert r.returncode == 0, r.stderr
-    run_id = only_run(runs).name
-    assert run_id in r.stdout and "chexui watch" in r.stdout
-    wait_for_event(runs, lambda e: e["type"] == "epoch_ended")
+    run_id, out = detached_long_run(runs, tiny_preset)
+    assert run_id in out and "chexui watch" in out
     assert _status(runs, run_id) == "running"
     watcher = chexui_bg("watch", run_id, "--headless", "--runs-dir", runs)
     r = chexui("stop", run_id, "--runs-dir", runs)
@@ -156,10 +161,7 @@ def test_detach_watch_stop_resume(tmp_path, tiny_preset):
 @pytest.mark.slow
 def test_killed_launcher_shows_failed_and_resume_completes(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
-    r = chexui("run", "--detach", "--preset", tiny_preset, "--set", "train.epochs=30", "--runs-dir", runs)
-    assert r.returncode == 0, r.stderr
-    run_id = only_run(runs).name
-    wait_for_event(runs, lambda e: e["type"] == "epoch_ended")
+    run_id, _ = detached_long_run(runs, tiny_preset)
     launcher = json.loads((runs / run_id / "launcher.json").read_text())["pid"]
     os.kill(launcher, signal.SIGKILL)
     end = time.time() + 60

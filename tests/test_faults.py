@@ -19,7 +19,7 @@ import pytest
 
 from engine import config
 from engine.events import final_status
-from tests.conftest import chexui, chexui_bg, events_of, only_run, wait_for_event
+from tests.conftest import chexui, chexui_bg, events_of, run_tiny, wait_for_event
 
 ESC = "\x1b]52;c;cHduZWQ=\x07\x1b[2J"  # an OSC 52 clipboard write and a screen clear
 
@@ -227,11 +227,8 @@ def test_resume_that_dies_before_its_first_event_fails(tmp_path, tiny_demo):
 @pytest.mark.slow
 def test_a_diverging_run_fails_and_keeps_its_last_good_checkpoint(tmp_path, tiny_preset):
     """7: lr = 10 used to finish "completed" with every AUROC 0.5 and one marked best."""
-    runs = tmp_path / "runs"
-    r = chexui("run", "--headless", "--preset", tiny_preset, "--set", "train.lr=10", "--set", "train.epochs=3",
-               "--runs-dir", runs)
+    r, ev = run_tiny(tmp_path / "runs", tiny_preset, "train.lr=10", "train.epochs=3")
     assert r.returncode == 1, r.stdout + r.stderr
-    ev = events_of(only_run(runs))
     assert final_status(ev) == "failed"
     message = [e for e in ev if e["type"] == "error"][-1]["message"]
     assert "diverged" in message and "train.lr" in message

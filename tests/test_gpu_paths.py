@@ -11,7 +11,7 @@ import torch
 from engine.models import WeightedBCE, build_model
 from engine.prune import Pruner
 from engine.trainer import train_step
-from tests.conftest import chexui, events_of, only_run
+from tests.conftest import chexui, events_of, only_run, run_tiny
 
 PRUNE = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
          "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
@@ -56,11 +56,8 @@ def test_fp16_gradients_underflow_without_the_scaler_and_not_with_it():
 
 @pytest.mark.slow
 def test_bf16_autocast_run_on_cpu(tmp_path, tiny_preset):
-    runs = tmp_path / "runs"
-    r = chexui("run", "--headless", "--preset", tiny_preset, "--set", "train.amp=bf16", "--set", "train.epochs=1",
-               "--runs-dir", runs)
+    r, ev = run_tiny(tmp_path / "runs", tiny_preset, "train.amp=bf16", "train.epochs=1")
     assert r.returncode == 0, r.stdout + r.stderr
-    ev = events_of(only_run(runs))
     started = [e for e in ev if e["type"] == "run_started"][0]
     assert started["amp"] == "bfloat16" and started["channels_last"] is True
     ended = [e for e in ev if e["type"] == "epoch_ended"][0]

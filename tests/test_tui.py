@@ -44,6 +44,18 @@ def cells(table: DataTable) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
+def on_recorded_monitor(tmp_path, name: str, size: tuple[int, int], check) -> None:
+    """Open the monitor on a recorded run, let it load, then `check(app)`."""
+    run = recorded_run(tmp_path, name)
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            check(app)
+    asyncio.run(go())
+
+
 def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
     run = recorded_run(tmp_path, "two_rank")
 
@@ -65,30 +77,20 @@ def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
 
 
 def test_pruning_run_has_sparsity_column(tmp_path):
-    run = recorded_run(tmp_path, "prune")
-
-    async def go():
-        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
-        async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot)
-            table = app.screen.query_one("#epochs", DataTable)
-            labels = [str(c.label) for c in table.columns.values()]
-            assert labels[-1] == "sparsity"
-            last = cells(table)[-1]
-            assert float(last[-1]) == pytest.approx(0.70, abs=0.005)
-    asyncio.run(go())
+    def check(app):
+        table = app.screen.query_one("#epochs", DataTable)
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[-1] == "sparsity"
+        last = cells(table)[-1]
+        assert float(last[-1]) == pytest.approx(0.70, abs=0.005)
+    on_recorded_monitor(tmp_path, "prune", (120, 40), check)
 
 
 def test_failed_run_shows_the_error(tmp_path):
-    run = recorded_run(tmp_path, "failed")
-
-    async def go():
-        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
-        async with app.run_test(size=(100, 30)) as pilot:
-            await settle(pilot)
-            status = text_of(app, "#status")
-            assert "failed" in status and "error:" in status and "cannot read image" in status
-    asyncio.run(go())
+    def check(app):
+        status = text_of(app, "#status")
+        assert "failed" in status and "error:" in status and "cannot read image" in status
+    on_recorded_monitor(tmp_path, "failed", (100, 30), check)
 
 
 def test_partial_line_deleted_dir_and_dead_engine(tmp_path):

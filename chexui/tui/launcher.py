@@ -7,8 +7,6 @@ field is flagged where it is, before Start.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 from textual import on, work
@@ -20,6 +18,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Select, Static
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
+from chexui.launch import gpu_count
 from engine import config
 from engine.errors import UserError
 
@@ -31,26 +30,6 @@ FIELDS = {
 COMPRESSION = ("prune50", "prune70", "prune-adaptive", "qat-conv", "qat-all", "prune70-qat")
 
 
-def detect_gpus() -> int:
-    """GPUs on this machine: nvidia-ml-py when installed, else nvidia-smi, else 0."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        pass
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5).stdout
-            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return 0
-
-
 class LauncherScreen(Screen):
     BINDINGS = [Binding("ctrl+s", "start", "Start"), Binding("b,escape", "back", "Runs"),
                 Binding("q", "app.quit", "Quit")]
@@ -60,7 +39,7 @@ class LauncherScreen(Screen):
         self.runs_dir = Path(runs_dir)
         self.preset = "demo"
         self.errors: dict[str, str] = {}
-        gpus = detect_gpus()
+        gpus = gpu_count()
         self.proc_label = "GPUs" if gpus else "processes (CPU)"
         self.max_proc = gpus or max(1, os.cpu_count() or 1)
 
