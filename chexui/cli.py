@@ -18,7 +18,7 @@ import typer
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.format import duration, fmt
+from chexui.format import duration, fmt, labelled
 from chexui.headless import HeadlessView, auc_table, console, epoch_line, plain_mode, table
 from engine import config
 from engine.errors import UserError
@@ -221,7 +221,7 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = table("run", "status", "preset", "world", "epochs", "best val AUC", "test AUC", "time")
+    t = table("run", "status", "preset", "world", "epochs", "best val AUC (labels)", "test AUC (labels)", "time")
     groups: dict = {}
     for r in rows:
         groups.setdefault(r.get("sweep") or "", []).append(r)
@@ -230,7 +230,8 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
             t.add_row(f"sweep {sweep}:", "", "", "", "", "", "", "")
         for r in members:
             t.add_row(r["id"], r["status"], str(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
-                      fmt(r["best_val_auc"]), fmt(r["test_auc"]), duration(r["duration_s"]))
+                      labelled(r["best_val_auc"], r.get("best_val_labels")), labelled(r["test_auc"], r.get("test_labels")),
+                      duration(r["duration_s"]))
     console().print(t)
 
 
@@ -255,7 +256,7 @@ def runs_show(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
     for e in epochs:
         con.print(epoch_line(e))
     for e in tests:
-        con.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)"))
+        con.print(auc_table(e, f"{e['split']} AUROC ({e['n']} images)"))
     for m in errors:
         con.print(f"error: {m}", markup=False)
 
@@ -267,8 +268,12 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
              data: str = typer.Option(..., "--data", help="NIH-layout dataset dir"),
              split: str = typer.Option("test", "--split", help="test (the run's split rule) or all"),
              as_json: bool = typer.Option(False, "--json"),
+             trust: bool = typer.Option(False, "--trust", help="load an int8 artifact whose sha256 does not match "
+                                        "the one recorded at export (it may run code)"),
              runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """Evaluate a trained run's best model on any NIH-layout dataset (per-class AUROC)."""
+    """Evaluate what a trained run ships on any NIH-layout dataset: per-class AUROC with 95 % CIs.
+
+    The best fp32 model; for a QAT run, its int8 artifact and its fake-quantized best model."""
     if split not in ("test", "all"):
         raise fail(f"--split {split!r}: expected test or all")
     run_dir = find(run_ref, runs_dir)
@@ -276,12 +281,14 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     try:
         nih.find_csv(Path(data))  # a bad --data fails here, before torch is imported
         from engine.evaluate import evaluate_run
-        res = evaluate_run(run_dir, data, split)
+        res = evaluate_run(run_dir, data, split, trust)
     except UserError as e:
         raise fail(str(e))
     if as_json:
         return print_json(res)
-    console().print(auc_table(res["auc"], res["auc_mean"], f"{res['split']} AUROC on {data} ({res['n']} images)"))
+    con = console()
+    for m in res["models"]:
+        con.print(auc_table(m, f"{m['model']}: {res['split']} AUROC on {data} ({res['n']} images)"))
 
 
 @app.command("bench")
@@ -310,7 +317,7 @@ def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
             cells += [f"{g['latency_b1_ms']:.2f}", f"{g['throughput_b32']:.0f}"] if g else ["-", "-"]
         t.add_row(*cells)
     con = console()
-    con.print(f"{res['run']}: {res['image_size']} px; CPU {res['cpu']} ({res['threads']} threads)"
+    con.print(f"{res['run']}: {res['image_size']} px; CPU {res['cpu']} (int8: {res.get('cpu_int8_isa', '?')}; {res['threads']} threads)"
               + (f"; GPU {res['gpu']} (fp32)" if gpu else ""), markup=False)
     con.print(t)
     if any(a["kind"] == "sparse" for a in res["artifacts"]):
@@ -389,19 +396,34 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
 FORMATS = ("table", "csv", "markdown", "json")
 
 
+def _with_baseline(refs: list[str], baseline: str | None, base_dir: Path) -> tuple[list[Path], int]:
+    """The run dirs, and the baseline's position among them (added first when not one of them)."""
+    dirs = _run_dirs(refs, base_dir)
+    if baseline is None:
+        return dirs, 0
+    b = runs_mod.find_run(baseline, base_dir).resolve()
+    resolved = [d.resolve() for d in dirs]
+    if b in resolved:
+        return dirs, resolved.index(b)
+    return [b, *dirs], 0
+
+
 @app.command("compare")
 def compare_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help="run ids/paths or sweep ids"),
                 fmt: str = typer.Option("table", "--format", "-f", help="table, csv, markdown or json"),
+                baseline: Optional[str] = typer.Option(None, "--baseline", metavar="RUN",
+                                                       help="run the others are compared with (default: the first)"),
                 runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """Study tables across runs: per-class test AUROC (with CheXNet's), training time, storage."""
+    """Study tables across runs: per-class test AUROC (with CheXNet's), training time, storage, and
+    each run's paired difference from a baseline with its 95 % CI and p-value (same test split)."""
     if fmt not in FORMATS:
         raise fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     try:
-        dirs = _run_dirs(run_refs, runs_mod.runs_dir(runs_dir))
+        dirs, base = _with_baseline(run_refs, baseline, runs_mod.runs_dir(runs_dir))
     except UserError as e:
         raise fail(str(e))
     from chexui import compare
-    tbls = compare.tables(compare.load(dirs))
+    tbls = compare.tables(compare.load(dirs), base)
     if fmt == "table":
         con = console()
         for t in compare.rich_tables(tbls):
@@ -414,14 +436,16 @@ def compare_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help
 def report_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help="run ids/paths or sweep ids"),
                out: str = typer.Option(..., "--out", help="output dir for report.md and the PNG figures"),
                title: str = typer.Option("chexui report", "--title"),
+               baseline: Optional[str] = typer.Option(None, "--baseline", metavar="RUN",
+                                                      help="run the others are compared with (default: the first)"),
                runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """A Markdown report with the compare tables and PNG figures (loss, time, storage, AUROC)."""
+    """A Markdown report with the compare tables (paired differences included) and PNG figures."""
     try:
-        dirs = _run_dirs(run_refs, runs_mod.runs_dir(runs_dir))
+        dirs, base = _with_baseline(run_refs, baseline, runs_mod.runs_dir(runs_dir))
     except UserError as e:
         raise fail(str(e))
     from chexui import compare, report
-    path = report.write_report(compare.load(dirs), Path(out), title)
+    path = report.write_report(compare.load(dirs), Path(out), title, base)
     say(f"wrote {path} and {len(list(path.parent.glob('*.png')))} figures")
 
 

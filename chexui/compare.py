@@ -4,6 +4,10 @@
   runs (`LR=0.001 B=64`), and the CheXNet paper's published AUROC as a reference column.
 - training time: processes, epochs, total hours, hours per epoch, training images/s.
 - storage: parameters, nonzero parameters, and the bytes and gzip bytes of each exported artifact.
+- paired: each run against a baseline run evaluated on the same test split (same split sha256):
+  the difference in test AUROC per class and of the mean, with its paired patient-bootstrap 95 % CI
+  and p-value, from the runs' saved predictions (predictions/test.npz). Runs on other splits are left
+  out of it, with a note saying why.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from chexui.format import short_key, value_text
+from chexui.format import n_defined, short_key, value_text
 from chexui.runs import RunInfo
-from engine import config
+from engine import bootstrap, config, metrics, predictions
+from engine.errors import UserError
 from engine.events import ARTIFACT_SPLITS, last_evaluation
 from engine.labels import CHEXNET_AUROC, LABELS
 
@@ -31,7 +37,7 @@ def run_labels(runs: list[RunInfo]) -> list[str]:
     keys = sorted({k for f in flats for k in f} - IGNORED)
     differ = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
     if len(runs) < 2 or not differ:
-        return [r.id for r in runs]
+        return _unique([r.id for r in runs])
     # keys off by default (pruning/QAT disabled) hide their sub-keys: "prune=false" says it all
     labels = []
     for f in flats:
@@ -44,20 +50,89 @@ def run_labels(runs: list[RunInfo]) -> list[str]:
         labels.append(" ".join(parts))
     if len(set(labels)) < len(labels):  # same differing keys (e.g. repeated runs): add the id
         labels = [f"{lab} ({r.id})" for lab, r in zip(labels, runs)]
-    return labels
+    return _unique(labels)
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """A run given twice (e.g. against itself) gets "#2" on its second column."""
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
 
 
 def _test(r: RunInfo, split: str = "test") -> dict | None:
     return last_evaluation(r.events, split)
 
 
+MEAN_LABELS = "labels in mean"
+
+
 def auroc_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
     cols = {}
     for r, lab in zip(runs, labels):
         t = _test(r)
-        cols[lab] = [t["auc"].get(name) if t else None for name in LABELS] + [t["auc_mean"] if t else None]
-    cols[REFERENCE] = [CHEXNET_AUROC[name] for name in LABELS] + [sum(CHEXNET_AUROC.values()) / len(LABELS)]
-    return pd.DataFrame(cols, index=[*LABELS, "mean"], dtype="float64")
+        cols[lab] = ([t["auc"].get(name) if t else None for name in LABELS]
+                     + [t["auc_mean"] if t else None, n_defined(t["auc"]) if t else None])
+    cols[REFERENCE] = ([CHEXNET_AUROC[name] for name in LABELS]
+                       + [sum(CHEXNET_AUROC.values()) / len(LABELS), len(LABELS)])
+    return pd.DataFrame(cols, index=[*LABELS, "mean", MEAN_LABELS], dtype="float64")
+
+
+def _split_sha(r: RunInfo) -> str | None:
+    return ((r.first("run_started") or {}).get("dataset") or {}).get("split_sha256")
+
+
+def _predictions(r: RunInfo) -> dict:
+    return predictions.load(predictions.path_for(r.run_dir, "test"))
+
+
+def _unpaired(base: RunInfo, r: RunInfo) -> str | None:
+    """Why `r` cannot be paired with the baseline, or None."""
+    if _test(base) is None or _test(r) is None:
+        return "no test evaluation (the run did not complete)"
+    if _split_sha(base) != _split_sha(r) or _split_sha(r) is None:
+        return "evaluated on a different test split (split sha256 differs), so its images are not the baseline's"
+    return None
+
+
+def paired_table(runs: list[RunInfo], labels: list[str], base: int) -> pd.DataFrame:
+    """Rows (run, label): B minus the baseline A, its paired 95 % CI and p-value. The bootstrap
+    resamples the same patients for both runs (the baseline's recorded resamples and seed).
+    `.attrs`: the baseline's label and the notes on runs left out."""
+    a, rows, notes = runs[base], [], []
+    spec = bootstrap.Spec(**{k: v for k, v in ((_test(a) or {}).get("bootstrap") or {}).items()
+                             if k in ("resamples", "seed")})
+    pa = None
+    for i, (r, lab) in enumerate(zip(runs, labels)):
+        if i == base:
+            continue
+        why = _unpaired(a, r)
+        if why is None:
+            try:
+                pa = pa or _predictions(a)
+                pb = _predictions(r)
+            except UserError as e:
+                why = f"no saved predictions ({e})"
+        if why is None and not np.array_equal(pa["image_ids"], pb["image_ids"]):
+            why = "its saved predictions are for other images than the baseline's"
+        if why is not None:
+            notes.append(f"{lab}: not compared with the baseline: {why}")
+            continue
+        y = pa["labels"]
+        aucs_a = metrics.per_class_auroc(y, pa["probs"])[0]
+        aucs_b = metrics.per_class_auroc(y, pb["probs"])[0]
+        res = bootstrap.paired(y, pa["probs"], pb["probs"], pa["patient_ids"], aucs_a, aucs_b, spec)
+        for name, d in [*res["labels"].items(), ("mean", res["mean"])]:
+            lo, hi = d["ci"] or (None, None)
+            rows.append({"run": lab, "label": name, "delta": d["delta"], "ci_lo": lo, "ci_hi": hi, "p": d["p"],
+                         "distinguishable": None if lo is None else bool(lo > 0 or hi < 0)})
+    df = pd.DataFrame(rows, columns=["run", "label", "delta", "ci_lo", "ci_hi", "p", "distinguishable"])
+    df = df.set_index(["run", "label"])
+    df.attrs.update(baseline=labels[base], notes=notes, bootstrap=spec.record())
+    return df
 
 
 def time_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
@@ -95,17 +170,47 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run").astype("Float64")
 
 
-def tables(runs: list[RunInfo]) -> dict[str, pd.DataFrame]:
+def tables(runs: list[RunInfo], baseline: int = 0) -> dict[str, pd.DataFrame]:
     labels = run_labels(runs)
-    return {"auroc": auroc_table(runs, labels), "time": time_table(runs, labels),
-            "storage": storage_table(runs, labels)}
+    out = {"auroc": auroc_table(runs, labels), "time": time_table(runs, labels),
+           "storage": storage_table(runs, labels)}
+    if len(runs) > 1:
+        out["paired"] = paired_table(runs, labels, baseline)
+    return out
 
 
-TITLES = {"auroc": "Test AUROC per class", "time": "Training time", "storage": "Storage"}
+TITLES = {"auroc": "Test AUROC per class", "time": "Training time", "storage": "Storage",
+          "paired": "Paired difference in test AUROC against the baseline"}
+
+
+def _p_text(p: float, resamples: int) -> str:
+    return f"p<{1 / resamples:.3g}" if p == 0 else f"p={p:.3f}"
+
+
+def paired_display(df: pd.DataFrame) -> pd.DataFrame:
+    """One text column per run: "+0.0123 (-0.0100 to +0.0310) p=0.210", marked * when the 95 % CI
+    excludes 0 (a difference distinguishable from noise)."""
+    cols, resamples = {}, (df.attrs.get("bootstrap") or {}).get("resamples") or 1
+    for run in dict.fromkeys(df.index.get_level_values(0)):
+        sub = df.loc[run]
+        cols[run] = ["-" if pd.isna(row.delta) or pd.isna(row.ci_lo) else
+                     f"{row.delta:+.4f} ({row.ci_lo:+.4f} to {row.ci_hi:+.4f}) {_p_text(row.p, resamples)}"
+                     + (" *" if row.distinguishable else "") for row in sub.itertuples()]
+    return pd.DataFrame(cols, index=[*LABELS, "mean"])
+
+
+def paired_caption(df: pd.DataFrame) -> str:
+    b = df.attrs.get("bootstrap") or {}
+    lines = [f"Each run minus the baseline ({df.attrs.get('baseline')}) on the same test images: difference, "
+             f"95% CI from {b.get('resamples')} paired {b.get('unit')} bootstrap resamples (seed {b.get('seed')}), "
+             "two-sided p-value; * = the CI excludes 0 (distinguishable from noise)."]
+    return "\n".join(lines + list(df.attrs.get("notes") or []))
 
 
 def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Numbers as text for the table and Markdown formats (AUROC 4 places, hours 3, bytes with commas)."""
+    if name == "paired":
+        return paired_display(df)
     out = df.astype(object).copy()
     for col in df.columns:
         def f(v, col=col):
@@ -121,28 +226,49 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
                 return f"{int(v):,}"
             return str(v)
         out[col] = [f(v) for v in df[col]]
+    if name == "auroc":
+        out.loc[MEAN_LABELS] = ["-" if pd.isna(v) else f"{int(v)}/{len(LABELS)}" for v in df.loc[MEAN_LABELS]]
     return out
+
+
+def _json(name: str, df: pd.DataFrame):
+    if name == "paired":
+        return {"baseline": df.attrs.get("baseline"), "bootstrap": df.attrs.get("bootstrap"),
+                "notes": df.attrs.get("notes"),
+                "runs": {run: json.loads(df.loc[run].to_json(orient="index"))
+                         for run in dict.fromkeys(df.index.get_level_values(0))}}
+    return json.loads(df.to_json(orient="index"))
 
 
 def render(tbls: dict[str, pd.DataFrame], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps({k: json.loads(df.to_json(orient="index")) for k, df in tbls.items()}, indent=2)
+        return json.dumps({k: _json(k, df) for k, df in tbls.items()}, indent=2)
     parts = []
     for name, df in tbls.items():
         if fmt == "csv":
-            parts.append(f"# {TITLES[name]}\n" + df.to_csv(index_label="label" if name == "auroc" else "run"))
+            index = ["run", "label"] if name == "paired" else "label" if name == "auroc" else "run"
+            parts.append(f"# {TITLES[name]}\n" + df.to_csv(index_label=index))
+        elif name == "paired" and df.empty:
+            parts.append(f"### {TITLES[name]}\n\n" + paired_caption(df).replace("\n", "\n\n") + "\n")
         else:  # markdown
-            parts.append(f"### {TITLES[name]}\n\n" + _display(name, df).to_markdown(stralign="right", disable_numparse=True) + "\n")
+            caption = "\n" + paired_caption(df).replace("\n", "\n\n") + "\n" if name == "paired" else ""
+            parts.append(f"### {TITLES[name]}\n\n" + _display(name, df).to_markdown(stralign="right", disable_numparse=True)
+                         + "\n" + caption)
     return "\n".join(parts)
 
 
 def rich_tables(tbls: dict[str, pd.DataFrame]):
     from chexui.headless import table
     for name, df in tbls.items():
+        if name == "paired" and df.empty:
+            yield paired_caption(df)
+            continue
         shown = _display(name, df)
-        t = table("label" if name == "auroc" else "run", *shown.columns, title=TITLES[name])
+        t = table("label" if name in ("auroc", "paired") else "run", *shown.columns, title=TITLES[name])
         for idx, row in shown.iterrows():
             t.add_row(str(idx), *row.tolist())
+        if name == "paired":
+            t.caption = paired_caption(df)
         yield t
 
 

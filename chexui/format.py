@@ -58,3 +58,24 @@ def auc_marks(aucs: dict[str, float | None]) -> dict[str, str]:
 def slug(name: str, fallback: str) -> str:
     """A name made safe for a directory or file name: letters, digits, - _ . (no leading dot)."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".") or fallback
+
+
+def n_defined(aucs: dict[str, float | None]) -> int:
+    """How many labels a mean AUROC averages: those with an AUROC (a label with no positives or no
+    negatives in the split has none)."""
+    return sum(v is not None for v in aucs.values())
+
+
+def labelled(mean: float | None, n_labels: int | None) -> str:
+    """A mean AUROC with how many of the 14 labels it covers: "0.7350 (14/14)"."""
+    from engine.labels import LABELS
+    return fmt(mean) if mean is None or n_labels is None else f"{fmt(mean)} ({n_labels}/{len(LABELS)})"
+
+
+def mean_text(mean: float | None, aucs: dict[str, float | None] | None) -> str:
+    return labelled(mean, n_defined(aucs) if aucs else None)
+
+
+def ci_text(ci: list[float] | None) -> str:
+    """A 95 % confidence interval: "0.656-0.824", or "-" without one."""
+    return "-" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from chexui.format import auc_marks, fmt
+from chexui.format import auc_marks, ci_text, fmt, mean_text, n_defined
 from engine.labels import LABELS
 from engine.sanitize import clean
 
@@ -53,15 +53,21 @@ def table(*columns: str, title: str | None = None) -> Table:
     return t
 
 
-def auc_table(aucs: dict[str, float | None], mean: float | None, title: str) -> Table:
+def auc_table(ev: dict[str, Any], title: str) -> Table:
+    """An `evaluated` event (or `chexui eval` result) as a table: per-class AUROC with its 95 % CI, and
+    the mean with how many labels it covers."""
+    aucs, cis = ev["auc"], ev.get("auc_ci") or {}
     marks = auc_marks(aucs)
-    t = table("label", "AUROC", title=title)
-    t.columns[1].justify = "right"
+    boot = ev.get("bootstrap")
+    t = table("label", "AUROC", "95% CI", title=title)
+    t.columns[1].justify = t.columns[2].justify = "right"
     for name in LABELS:
         v = aucs.get(name)
         mark = f" ({marks[name]})" if name in marks else ""
-        t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark)
-    t.add_row("mean", fmt(mean))
+        t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark, ci_text(cis.get(name)))
+    t.add_row(f"mean of {n_defined(aucs)}/{len(LABELS)} labels", fmt(ev.get("auc_mean")), ci_text(ev.get("auc_mean_ci")))
+    if boot:
+        t.caption = f"95% CI: {boot['resamples']} {boot['unit']} bootstrap resamples, seed {boot['seed']}"
     return t
 
 
@@ -69,7 +75,7 @@ def epoch_line(e: dict[str, Any]) -> str:
     mem = "/".join(f"{m:.0f}" for m in e.get("memory_mb") or [])
     sp = f" sparsity {e['sparsity']:.3f}" if e.get("sparsity") is not None else ""
     return (f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} val_loss {e['val_loss']:.4f} "
-            f"val_auc {fmt(e.get('val_auc_mean'))} lr {e['lr']:.2e} time {e['epoch_time_s']:.1f}s "
+            f"val_auc {mean_text(e.get('val_auc_mean'), e.get('val_auc'))} lr {e['lr']:.2e} time {e['epoch_time_s']:.1f}s "
             f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}")
 
 
@@ -134,9 +140,10 @@ class HeadlessView:
             self.say(f"early stop after epoch {e['epoch']}")
         elif t == "evaluated" and e["split"] == "test":
             self._end_progress()
-            self.console.print(auc_table(e["auc"], e["auc_mean"], f"{e['split']} AUROC ({e['n']} images)"))
+            self.console.print(auc_table(e, f"{e['split']} AUROC ({e['n']} images)"))
         elif t == "evaluated":  # an exported artifact: its mean is enough here (`runs show` has the table)
-            self.say(f"{e['split']} AUROC mean {fmt(e['auc_mean'])} ({e['n']} images)")
+            self.say(f"{e['split']} AUROC mean {mean_text(e['auc_mean'], e['auc'])} 95% CI "
+                     f"{ci_text(e.get('auc_mean_ci'))} ({e['n']} images)")
         elif t == "exported":
             fp32 = next((a["bytes"] for a in e["artifacts"] if a["kind"] == "fp32"), None)
             for a in e["artifacts"]:
@@ -148,7 +155,11 @@ class HeadlessView:
         elif t == "run_finished":
             self._end_progress()
             self.say(f"run {e['status']}: {e['epochs']} epochs in {e['total_time_s']:.0f}s, best epoch "
-                     f"{e['best_epoch']}, test AUROC {fmt(e.get('test_auc_mean'))}")
+                     f"{e['best_epoch']}, test AUROC {self._test_mean(e)}")
+
+    def _test_mean(self, finished: dict[str, Any]) -> str:
+        n = finished.get("test_n_labels_defined")
+        return fmt(finished.get("test_auc_mean")) + (f" ({n}/{len(LABELS)})" if n is not None else "")
 
     def close(self) -> None:
         self._end_progress()

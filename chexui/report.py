@@ -31,7 +31,7 @@ def loss_figure(runs: list[RunInfo], labels: list[str], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("weighted BCE")
+    axes[0].set_ylabel("BCE (train.loss; validation: train.val_loss)")
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -83,6 +83,7 @@ def storage_figure(tbl, path: Path) -> None:
 
 
 def auroc_figure(tbl, path: Path) -> None:
+    tbl = tbl.drop(index=compare.MEAN_LABELS)
     fig, ax = plt.subplots(figsize=(11, 5))
     x = np.arange(len(LABELS) + 1)
     cols = list(tbl.columns)
@@ -104,14 +105,17 @@ def auroc_figure(tbl, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report") -> Path:
+def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", baseline: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    tbls = compare.tables(runs)
+    tbls = compare.tables(runs, baseline)
     labels = list(tbls["time"].index)
     # long labels would squeeze the plots: then figures say R1..Rn and the run list says which is which
     short = [f"R{i + 1}" for i in range(len(runs))] if max(map(len, labels)) > 32 else labels
     fig_tbls = {k: v.rename(index=dict(zip(labels, short)), columns=dict(zip(labels, short)))
                 for k, v in tbls.items()}
+    if "paired" in fig_tbls:
+        fig_tbls["paired"].attrs = {**tbls["paired"].attrs,
+                                    "baseline": dict(zip(labels, short))[tbls["paired"].attrs["baseline"]]}
     figures = {"loss.png": "Train and validation loss per epoch", "auroc.png": "Per-class test AUROC",
                "time.png": "Training time", "storage.png": "Model storage"}
     loss_figure(runs, short, out / "loss.png")

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from chexui.format import slug
+from chexui.format import n_defined, slug
 from engine.errors import UserError
 from engine.events import STOP_FILE, final_status, last_evaluation, read_events
 from engine.fsutil import write_atomic
@@ -147,14 +147,16 @@ class RunInfo:
         except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
             return {"id": self.id, "path": clean(str(self.run_dir)), "status": "unreadable", "preset": None,
                     "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_val_auc": None,
-                    "test_auc": None, "duration_s": None, "started": None,
+                    "best_val_labels": None, "test_auc": None, "test_labels": None, "test_auc_ci": None,
+                    "duration_s": None, "started": None,
                     "problem": f"events.jsonl: unexpected content ({type(e).__name__})"}
 
     def _summary(self) -> dict[str, Any]:
         started = self.first("run_started") or {}
         cfg = started.get("config", {})
         epochs = [e for e in self.events if e["type"] == "epoch_ended"]
-        vals = [e["val_auc_mean"] for e in epochs if e.get("val_auc_mean") is not None]
+        vals = [e for e in epochs if e.get("val_auc_mean") is not None]
+        best_val = max(vals, key=lambda e: e["val_auc_mean"]) if vals else None
         test = last_evaluation(self.events)
         finished = self.last("run_finished")
         restarted = self.last("restarted")
@@ -167,8 +169,11 @@ class RunInfo:
             "sweep": cfg.get("sweep"),
             "world_size": (restarted or started).get("world_size"),
             "epochs": epochs[-1]["epoch"] if epochs else 0,
-            "best_val_auc": max(vals) if vals else None,
+            "best_val_auc": best_val["val_auc_mean"] if best_val else None,
+            "best_val_labels": n_defined(best_val["val_auc"]) if best_val else None,
             "test_auc": test["auc_mean"] if test else None,
+            "test_labels": n_defined(test["auc"]) if test else None,
+            "test_auc_ci": test.get("auc_mean_ci") if test else None,
             "duration_s": duration,
             "started": started.get("ts"),
         }

@@ -28,7 +28,7 @@ from typing import Any
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.format import fmt, short_key, slug
+from chexui.format import labelled, short_key, slug
 from chexui.launch import gpu_count
 from engine import config
 from engine.errors import ConfigError, UserError
@@ -183,7 +183,7 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 info = runs_mod.load_run(run_dir)
                 s = info.summary()
                 results[rid] = info.status
-                say(f"{info.status} {rid}: test AUROC {fmt(s['test_auc'])}")
+                say(f"{info.status} {rid}: test AUROC {labelled(s['test_auc'], s['test_labels'])}")
                 del active[rid]
                 free.append(slot)
     return results

@@ -29,10 +29,11 @@ class Field:
     max: float | None = None  # inclusive
     min_exclusive: bool = False
     path_ok: bool = False  # a value outside `choices` is accepted as a file path
+    sparsity_ok: bool = False  # a number from 0 to 0.99 is accepted besides `choices`
 
     def describe(self) -> str:
         if self.choices:
-            extra = " or a file path" if self.path_ok else ""
+            extra = " or a file path" if self.path_ok else " or a sparsity from 0 to 0.99" if self.sparsity_ok else ""
             return "one of " + ", ".join(repr(c) for c in self.choices) + extra
         name = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                 list: "a list"}.get(self.kind if isinstance(self.kind, type) else float, "a value")
@@ -58,6 +59,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "model": {
         "arch": Field("densenet121", str, choices=("densenet121", "resnet50", "resnet18")),
         "pretrained": Field("imagenet", str, choices=("imagenet", "none"), path_ok=True),
+        # torchvision's name for the ImageNet weights (pretrained = "imagenet"): V1 is the classic recipe
+        # the study's Keras weights correspond to; V2 (ResNet50 only) torchvision's newer one
+        "weights": Field("IMAGENET1K_V1", str, choices=("IMAGENET1K_V1", "IMAGENET1K_V2")),
     },
     "train": {
         "epochs": Field(100, int, min=1, max=10000),
@@ -66,6 +70,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "lr_scale": Field("linear", str, choices=("linear", "none")),
         "optimizer": Field("adam", str, choices=("adam", "sgd")),
         "loss": Field("weighted_bce", str, choices=("weighted_bce", "bce")),
+        # the validation loss (LR plateau, early stopping, best checkpoint): "same" as train.loss, or
+        # "unweighted" BCE (Keras' class_weight weights the training loss only: the study's)
+        "val_loss": Field("same", str, choices=("same", "unweighted")),
+        # "keras": cut when bad epochs reach the patience, improvement = an absolute min_delta (the study's
+        # Keras callback); "pytorch": torch's ReduceLROnPlateau (bad epochs exceed it, relative threshold)
+        "plateau_rule": Field("keras", str, choices=("keras", "pytorch")),
+        "plateau_min_delta": Field(1e-4, NUM, min=0.0, max=1.0),
         "plateau_patience": Field(5, int, min=0),
         "plateau_factor": Field(0.1, NUM, min=0.0, max=1.0, min_exclusive=True),
         "min_lr": Field(1e-5, NUM, min=0.0),
@@ -88,19 +99,37 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "final_sparsity": Field(0.5, NUM, min=0.0, max=0.99),
         "begin_epoch": Field(0.5, NUM, min=0.0),
         "end_epoch": Field(7.0, NUM, min=0.0),
-        "power": Field(3, NUM, min=0.0, min_exclusive=True),
+        "power": Field(4, NUM, min=0.0, min_exclusive=True),  # the study's degree-4 polynomial
         "frequency_steps": Field(100, int, min=1),
         "adaptive": Field([], list),
+        # widths `adaptive` does not list: a sparsity, "keep" (not pruned), or "final" (final_sparsity)
+        "adaptive_default": Field("final", (int, float, str), choices=("keep", "final"), sparsity_ok=True),
+        # which epochs may be the best checkpoint: "schedule_end" = only once the final sparsity is reached
+        # (early stopping counts from there too); "start" = any epoch, as Keras' callbacks did in the study
+        "best_from": Field("schedule_end", str, choices=("schedule_end", "start")),
     },
     "quantize": {
         "enabled": Field(False, bool),
         "scope": Field("conv", str, choices=("conv", "all")),
         "backend": Field("x86", str, choices=("x86",)),
+        # after this many epochs the observers' ranges / the conv-BN modules' BatchNorm statistics stop
+        # updating (torchvision's QAT reference: 4 and 3); 0 = never (the study's TF-MOT)
+        "freeze_observers_epoch": Field(0, int, min=0),
+        "freeze_bn_epoch": Field(0, int, min=0),
+    },
+    "eval": {
+        # patient-bootstrap 95 % confidence intervals of every test AUROC; 0 resamples = none
+        "bootstrap_resamples": Field(1000, int, min=0, max=10000),
+        "bootstrap_seed": Field(0, int, min=0),
     },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
     },
 }
+# torchvision's ImageNet weights per architecture (a test checks this against torchvision itself)
+ARCH_WEIGHTS = {"densenet121": ("IMAGENET1K_V1",), "resnet50": ("IMAGENET1K_V1", "IMAGENET1K_V2"),
+                "resnet18": ("IMAGENET1K_V1",)}
+
 # `sweep` is set by `chexui sweep` on each run it starts (the sweep id); presets leave it empty
 TOP_LEVEL = {"name": Field("custom", str), "description": Field("", str), "extends": Field("", str),
              "sweep": Field("", str)}
@@ -125,10 +154,12 @@ def _check_value(qualified: str, field: Field, value: Any, source: str) -> Any:
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
-    if field.choices and value not in field.choices and not field.path_ok:
+    if field.choices and isinstance(value, str) and value not in field.choices and not field.path_ok:
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected a finite number ({field.describe()})")
+    if field.sparsity_ok and isinstance(value, (int, float)) and not 0.0 <= value <= 0.99:
+        raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         too_low = field.min is not None and (value <= field.min if field.min_exclusive else value < field.min)
         too_high = field.max is not None and value > field.max
@@ -180,6 +211,10 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
     if p["enabled"] and p["end_epoch"] > cfg["train"]["epochs"]:
         raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
                           f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)")
+    m = cfg["model"]
+    if m["pretrained"] == "imagenet" and m["weights"] not in ARCH_WEIGHTS[m["arch"]]:
+        raise ConfigError(f"{source}: key 'model.weights' = {m['weights']!r}: torchvision has no such weights for "
+                          f"{m['arch']} (expected {' or '.join(ARCH_WEIGHTS[m['arch']])})")
     d = cfg["data"]
     if d["val_fraction"] + d["test_fraction"] >= 0.9:
         raise ConfigError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must be < 0.9")

@@ -42,24 +42,70 @@ def auroc_from_logits(y: np.ndarray, logits: np.ndarray) -> tuple[dict, float | 
     return metrics.per_class_auroc(y, 1 / (1 + np.exp(-logits.astype(np.float64))))
 
 
-def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
-    cfg = config.load_run_config(run_dir / "config.toml")
+def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
     for name in ("best.pt", "last.pt"):
         p = run_dir / "checkpoints" / name
         if p.is_file():
-            model = build_model(cfg["model"]["arch"], "none")
-            model.load_state_dict(checkpoint.load(p)["model"])
-            return model.eval(), cfg
+            return p, checkpoint.load(p)
     raise UserError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt (has the run trained an epoch?)")
 
 
-def evaluate_run(run_dir: Path, data_root: str, split: str = "test") -> dict:
-    model, cfg = load_best(run_dir)
+def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """The float model of the run's best checkpoint (its last when it has no best yet)."""
+    cfg = config.load_run_config(run_dir / "config.toml")
+    _, ck = _checkpoint(run_dir)
+    model = build_model(cfg["model"]["arch"], "none")
+    model.load_state_dict(ck["model"])
+    return model.eval(), cfg
+
+
+def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[str, nn.Module]]:
+    """What the run ships, each with a description: a QAT run's int8 artifact (when exported, loaded
+    only if its sha256 matches the export's record) and its fake-quantized best model; any other run's
+    best fp32 model. A QAT run's float weights alone are not a model it ships."""
+    from engine import export, quant
+    from engine.events import read_events
+    path, ck = _checkpoint(run_dir)
+    model = build_model(cfg["model"]["arch"], "none")
+    model.load_state_dict(ck["model"])
+    rel = path.relative_to(run_dir)
+    q = cfg["quantize"]
+    if not q["enabled"]:
+        return [(f"fp32 model of {rel}", model.eval())]
+    out = []
+    exported = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
+    int8 = next((a for a in (exported or {}).get("artifacts", []) if a.get("kind") == export.INT8), None)
+    if int8 is not None:
+        out.append((f"int8 artifact {int8['path']} (sha256 checked)", export.load_model(run_dir, int8, trust)))
+    qat = quant.prepare(model, q["scope"], cfg["data"]["image_size"], q["backend"])
+    qat.load_state_dict(ck["qat"])
+    quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
+    out.append((f"QAT fake-quantized model of {rel}", qat.eval()))
+    return out
+
+
+def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool = False) -> dict:
+    """Per-class AUROC (with patient-bootstrap 95 % intervals) of what the run ships on any NIH-layout
+    dataset; the first model is the run's main one (QAT: the int8 artifact when there is one)."""
+    from engine import bootstrap
+    cfg = config.load_run_config(run_dir / "config.toml")
+    shipped = shipped_models(run_dir, cfg, trust)
     index = nih.index_dataset(data_root)
     size = cfg["data"]["image_size"]
     rows = np.arange(len(index)) if split == "all" else nih.make_split(index, cfg["data"])["test"]
     mem = cache.prepare(index, size) if cfg["data"]["cache"] else None
-    logits = predict_logits(model, Images(index, size, mem), rows, Dist(), batch_size=64)
-    auc, mean, reasons = auroc_from_logits(index.labels[rows], logits)
+    y = index.labels[rows]
+    results = []
+    for name, model in shipped:
+        logits = predict_logits(model, Images(index, size, mem), rows, Dist(device=torch.device("cpu")), batch_size=64)
+        auc, mean, reasons = auroc_from_logits(y, logits)
+        res = {"model": name, "auc": auc, "auc_mean": mean,
+               "n_labels_defined": sum(v is not None for v in auc.values()), "undefined": reasons}
+        e = cfg["eval"]
+        if e["bootstrap_resamples"]:
+            probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+            res.update(bootstrap.intervals(y, probs, index.patients[rows], auc,
+                                           bootstrap.Spec(e["bootstrap_resamples"], e["bootstrap_seed"])))
+        results.append(res)
     return {"run": run_dir.name, "data": str(index.root), "split": split, "n": int(len(rows)),
-            "auc": auc, "auc_mean": mean, "undefined": reasons}
+            **results[0], "models": results}

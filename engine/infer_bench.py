@@ -10,7 +10,6 @@ save storage, not time) - measuring it says so.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -18,18 +17,9 @@ from pathlib import Path
 import torch
 
 from engine import export
+from engine.cpuinfo import cpu_name, int8_isa
 from engine.errors import UserError
 from engine.events import ARTIFACT_SPLITS, read_events
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -81,6 +71,6 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False) -> dict:
                "test_auc_mean": ev["auc_mean"] if ev else None, "cpu": measure(model, image_size, torch.device("cpu"))}
         row["gpu"] = measure(model.to(gpu), image_size, gpu) if gpu is not None and a["kind"] != export.INT8 else None
         rows.append(row)
-    return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+    return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "cpu_int8_isa": int8_isa(), "threads": torch.get_num_threads(),
             "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
             "artifacts": rows}

@@ -3,11 +3,15 @@
     s(t) = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0)) ** power      for t0 <= t < t1
            s_f                                                          for t >= t1
 
-t counts optimizer steps; t0/t1 come from the fractional begin/end epochs. Masks are recomputed
-every `frequency_steps` (and at t1) by weight magnitude per layer, and re-applied after every optimizer
-step so pruned weights stay zero. Weights are identical on every rank under DDP, so masks are too.
+This is TF-MOT's `PolynomialDecay` (the study's; power 4 there and by default here). t counts
+optimizer steps; t0/t1 come from the fractional begin/end epochs. Masks are recomputed every
+`frequency_steps` from t0 by weight magnitude per layer, and re-applied after every optimizer step so
+pruned weights stay zero. Unlike TF-MOT, which prunes only on multiples of the frequency and so can
+stop short of s_f when (t1 - t0) is not one, the masks are also recomputed at t1: the run reaches the
+sparsity it was asked for. Weights are identical on every rank under DDP, so masks are too.
 `scope = "conv"` prunes conv weights only (no BatchNorm, biases or classifier); `"all"` adds the
-classifier. `adaptive` gives a final target per layer by output channels.
+classifier. `adaptive` gives a final target per layer by output channels; `adaptive_default` the
+target of widths it does not list (a sparsity, "keep" = not pruned, or "final" = final_sparsity).
 """
 
 from __future__ import annotations
@@ -37,11 +41,19 @@ class Pruner:
         self.cfg = cfg
         self.layers = prunable(model, cfg["scope"])
         by_width = {a["out_channels"]: a["sparsity"] for a in cfg["adaptive"]}
-        self.final = {name: by_width.get(self._width(m), cfg["final_sparsity"]) for name, m in self.layers.items()}
+        self.final = {name: by_width.get(self._width(m), self.unlisted(cfg)) for name, m in self.layers.items()}
         self.t0 = round(cfg["begin_epoch"] * steps_per_epoch)
         self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
         self.masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in self.layers.items()}
         self.last_update = -1
+
+    @staticmethod
+    def unlisted(cfg: dict) -> float:
+        """The final sparsity of a layer whose width `adaptive` does not list (all of them without it)."""
+        default = cfg["adaptive_default"] if cfg["adaptive"] else "final"
+        if default == "final":
+            return cfg["final_sparsity"]
+        return 0.0 if default == "keep" else float(default)
 
     @staticmethod
     def _width(m: nn.Module) -> int:

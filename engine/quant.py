@@ -105,15 +105,49 @@ def convert(qat_model: nn.Module) -> nn.Module:
         return convert_fx(m)
 
 
+def _fake_quants(qat_model: nn.Module) -> dict[str, nn.Module]:
+    from torch.ao.quantization import FakeQuantizeBase
+    return {name: m for name, m in qat_model.named_modules() if isinstance(m, FakeQuantizeBase)}
+
+
 @contextmanager
 def observers_frozen(qat_model: nn.Module):
-    """Fake quantization stays on, but the observers stop updating their ranges (evaluation)."""
-    from torch.ao.quantization import disable_observer, enable_observer
+    """Fake quantization stays on, but the observers stop updating their ranges (evaluation); each
+    observer is left as it was (a range frozen by `freeze_observers` stays frozen)."""
+    from torch.ao.quantization import disable_observer
+    fqs = list(_fake_quants(qat_model).values())
+    before = [fq.observer_enabled.clone() for fq in fqs]
     qat_model.apply(disable_observer)
     try:
         yield
     finally:
-        qat_model.apply(enable_observer)
+        for fq, flag in zip(fqs, before):
+            fq.observer_enabled.copy_(flag)
+
+
+def freeze_observers(qat_model: nn.Module) -> None:
+    """Stop every observer for the rest of training (its flag is a buffer: checkpoints keep it)."""
+    from torch.ao.quantization import disable_observer
+    qat_model.apply(disable_observer)
+
+
+def freeze_bn(qat_model: nn.Module) -> None:
+    """The conv-BN modules QAT folds (ResNet's) stop updating their BatchNorm statistics. DenseNet's
+    BatchNorms precede their convs, are not folded, and keep training like the float model's."""
+    from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+    qat_model.apply(freeze_bn_stats)
+
+
+def bit_widths(qat_model: nn.Module) -> dict:
+    """What the QAT model quantizes to: activation and weight bit widths (the x86 settings quantize
+    activations to 7 bits - `reduce_range`, which keeps the older VNNI-less int8 kernels from
+    overflowing - and weights to 8), and how many fake-quant points each has."""
+    acts, weights = [], []
+    for name, fq in _fake_quants(qat_model).items():
+        bits = int(fq.quant_max - fq.quant_min + 1).bit_length() - 1
+        (weights if name.endswith("weight_fake_quant") else acts).append(bits)
+    return {"activation_bits": sorted(set(acts)), "weight_bits": sorted(set(weights)),
+            "activation_points": len(acts), "weight_points": len(weights)}
 
 
 def save_int8(int8_model: nn.Module, image_size: int, path) -> None:

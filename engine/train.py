@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import config, dist, procs
+from engine import config, dist, procs, quant
 from engine.errors import UserError, one_line
 from engine.trainer import Diverged, Run
 
@@ -69,16 +69,18 @@ def main(argv: list[str] | None = None) -> int:
                      dataset=dataset_summary(run), steps_per_epoch=run.steps_per_epoch, pid=os.getpid(),
                      parameters=sum(p.numel() for p in run.model.parameters()),
                      channels_last=weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4,
-                     amp=str(run.amp).removeprefix("torch.") if run.amp is not None else None)
+                     amp=str(run.amp).removeprefix("torch.") if run.amp is not None else None,
+                     quantization=quant.bit_widths(run.qat) if run.qat is not None else None)
         status = run.fit()
-        test_mean = None
+        test_mean = n_labels = None
         if status == "completed":
-            test_mean = run.test()["auc_mean"]
+            res = run.test()
+            test_mean, n_labels = res["auc_mean"], sum(v is not None for v in res["auc"].values())
             if cfg["export"]["enabled"]:
                 run.export()
         run.emit("run_finished", status=status, epochs=run.state.epoch,
                  total_time_s=run.state.wall_time_s,
-                 best_epoch=run.state.best_epoch, test_auc_mean=test_mean,
+                 best_epoch=run.state.best_epoch, test_auc_mean=test_mean, test_n_labels_defined=n_labels,
                  train_time_s=run.state.train_time_s)
         d.barrier()  # every rank is done before the group is torn down
         return 0

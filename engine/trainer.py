@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import checkpoint, dist, export, quant
+from engine import bootstrap, checkpoint, dist, export, predictions, quant
 from engine.checkpoint import RunCheckpoints
 from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
 from engine.evaluate import auroc_from_logits, predict_logits
 from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
-from engine.models import WeightedBCE, build_model
+from engine.models import build_model, losses
 from engine.prune import Pruner
 
 # Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
@@ -69,6 +69,20 @@ def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
 def autocast_for(cfg: dict, device: torch.device):
     dtype = amp_dtype(cfg, device)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def plateau_scheduler(opt: torch.optim.Optimizer, t: dict) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """torch's ReduceLROnPlateau set to cut the LR when `train.plateau_rule` says:
+    "keras" (the study's Keras 2.3 callback): an epoch improves when val loss < best - min_delta
+    (absolute), and the LR is cut when the bad epochs *reach* the patience; torch cuts when they
+    *exceed* it, so Keras' patience p is torch's p - 1 (patience 0 and 1 both cut on every bad epoch
+    in Keras), and Keras cuts whenever the LR is above min_lr (torch skips cuts smaller than its eps,
+    1e-8). "pytorch": torch's own rule, min_delta as its relative threshold."""
+    keras = t["plateau_rule"] == "keras"
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=t["plateau_factor"], min_lr=t["min_lr"], threshold=t["plateau_min_delta"],
+        threshold_mode="abs" if keras else "rel", eps=0.0 if keras else 1e-8,
+        patience=max(t["plateau_patience"] - 1, 0) if keras else t["plateau_patience"])
 
 
 def memory_mb(device: torch.device) -> float:
@@ -154,7 +168,8 @@ class Run:
         self.n_train = len(self.data.split["train"])
         if self.d.is_main:
             write_atomic(self.run_dir / "split.json", json.dumps(self.data.manifest))
-        model = build_model(self.cfg["model"]["arch"], self.cfg["model"]["pretrained"])
+        m = self.cfg["model"]
+        model = build_model(m["arch"], m["pretrained"], m["weights"])
         # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
         # measured), so the CPU suite runs the same weight layout as the GPU servers
         self.channels_last = self.t["channels_last"]
@@ -169,13 +184,11 @@ class Run:
         if self.t["compile"]:
             self.net = torch.compile(self.net)
         pos, neg = self.data.pos_neg()
-        self.loss_fn = WeightedBCE(pos, neg, self.t["loss"] == "weighted_bce").to(self.d.device)
+        self.loss_fn, self.val_loss_fn = (f.to(self.d.device) for f in losses(self.t, pos, neg))
         self.lr = self.t["lr"] * (self.d.world if self.t["lr_scale"] == "linear" else 1)
         opt_cls = torch.optim.Adam if self.t["optimizer"] == "adam" else torch.optim.SGD
         self.opt = opt_cls(self.model.parameters(), lr=self.lr)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, mode="min", factor=self.t["plateau_factor"], patience=self.t["plateau_patience"],
-            min_lr=self.t["min_lr"])
+        self.sched = plateau_scheduler(self.opt, self.t)
         self.amp = amp_dtype(self.cfg, self.d.device)
         # fp16 gradients underflow without loss scaling (a Hernia negative weighs about 0.002)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.amp == torch.float16)
@@ -290,12 +303,13 @@ class Run:
             self.d.broadcast_state(self.core, buffers_only=True)
         logits, y = self.predict(self.data.split[split], model, device, d)
         lt, yt = torch.from_numpy(logits).to(self.d.device), torch.from_numpy(y).to(self.d.device)
-        loss = float(self.loss_fn(lt, yt))
-        chance = float(self.loss_fn(torch.zeros_like(lt), yt))  # predicting 0.5 for every label
+        zeros = torch.zeros_like(lt)  # predicting 0.5 for every label: the chance losses
         auc, mean, reasons = auroc_from_logits(y, logits)
         for r in reasons:
             self.log(f"[{split}] {r}")
-        return {"loss": loss, "chance_loss": chance, "auc": auc, "auc_mean": mean, "n": len(y)}
+        return {"loss": float(self.val_loss_fn(lt, yt)), "chance_loss": float(self.val_loss_fn(zeros, yt)),
+                "train_chance_loss": float(self.loss_fn(zeros, yt)), "auc": auc, "auc_mean": mean, "n": len(y),
+                "logits": logits, "labels": y}
 
     def check_diverged(self, epoch: int, train_loss: float, val: dict) -> None:
         """Not finite, or both losses far worse than guessing. The validation loss alone can spike by
@@ -303,11 +317,21 @@ class Run:
         0.01, from which such runs recover), so the training loss must agree."""
         if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
             raise Diverged(f"the loss is not finite at epoch {epoch} (train {train_loss}, val {val['loss']})")
-        limit = DIVERGED_FACTOR * val["chance_loss"]
-        if train_loss > limit and val["loss"] > limit:
+        if train_loss > DIVERGED_FACTOR * val["train_chance_loss"] and val["loss"] > DIVERGED_FACTOR * val["chance_loss"]:
             raise Diverged(f"the training and validation losses at epoch {epoch} ({train_loss:.4g}, "
                            f"{val['loss']:.4g}) are more than {DIVERGED_FACTOR:.0f}x the loss of predicting "
-                           f"0.5 for every label ({val['chance_loss']:.4g})")
+                           f"0.5 for every label ({val['train_chance_loss']:.4g}, {val['chance_loss']:.4g})")
+
+    def freeze_qat(self, epoch: int) -> None:
+        """Late in QAT, stop moving the observers' ranges / the folded BatchNorms' statistics (keys
+        quantize.freeze_*_epoch; 0 = never). Applied at every epoch start, so a resumed run is frozen too."""
+        q = self.cfg["quantize"]
+        if self.qat is None:
+            return
+        if q["freeze_observers_epoch"] and epoch > q["freeze_observers_epoch"]:
+            quant.freeze_observers(self.qat)
+        if q["freeze_bn_epoch"] and epoch > q["freeze_bn_epoch"]:
+            quant.freeze_bn(self.qat)
 
     # ------------------------------------------------------------ main loop
     def fit(self) -> str:
@@ -320,6 +344,7 @@ class Run:
             if st.step == 0:
                 self.emit("epoch_started", epoch=epoch)
                 st.loss_sum = st.loss_n = 0.0
+            self.freeze_qat(epoch)
             t_epoch = time.perf_counter()
             if not self.train_one_epoch(epoch):
                 st.wall_time_s = wall0 + time.perf_counter() - t_start
@@ -334,8 +359,10 @@ class Run:
             self.sched.step(val["loss"])
             lr = self.opt.param_groups[0]["lr"]
             # while the pruning schedule runs, a less pruned model is not a candidate for best (it would
-            # be exported instead of the pruned one) and early stopping waits for the final sparsity
-            settled = self.pruner is None or self.pruner.finished(st.global_step)
+            # be exported instead of the pruned one) and early stopping waits for the final sparsity;
+            # prune.best_from = "start" lifts that (the study's Keras callbacks watched every epoch)
+            settled = (self.pruner is None or self.cfg["prune"]["best_from"] == "start"
+                       or self.pruner.finished(st.global_step))
             improved = settled and val["loss"] < st.best_val_loss
             if improved:
                 st.best_val_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
@@ -374,10 +401,31 @@ class Run:
                     self.qat.load_state_dict(best["qat"])
         self.d.broadcast_state(self.core)
 
+    def report(self, split: str, res: dict) -> None:
+        """Rank 0: keep the split's predictions (predictions/<split>.npz) and emit `evaluated` with the
+        patient-bootstrap 95 % intervals of every AUROC."""
+        if not self.d.is_main:
+            return
+        rows = self.data.split["test"]
+        idx = self.data.index
+        probs = 1 / (1 + np.exp(-res["logits"].astype(np.float64)))
+        predictions.save(self.run_dir, split, idx.names[rows], idx.patients[rows], res["labels"], probs)
+        e = self.cfg["eval"]
+        extra = {}
+        if e["bootstrap_resamples"]:
+            t0 = time.perf_counter()
+            extra = bootstrap.intervals(res["labels"], probs, idx.patients[rows], res["auc"],
+                                        bootstrap.Spec(e["bootstrap_resamples"], e["bootstrap_seed"]))
+            self.log(f"[{split}] bootstrap: {e['bootstrap_resamples']} patient resamples in "
+                     f"{time.perf_counter() - t0:.1f}s")
+        self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"],
+                  n_labels_defined=sum(v is not None for v in res["auc"].values()),
+                  predictions=f"{predictions.DIR}/{split}.npz", **extra)
+
     def test(self) -> dict:
         self.load_best()
         res = self.evaluate("test", self.core)
-        self.emit("evaluated", split="test", n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"])
+        self.report("test", res)
         return res
 
     def export(self) -> None:
@@ -398,6 +446,5 @@ class Run:
                 model = export.load_model(self.run_dir, a)
                 device = torch.device("cpu") if a["kind"] == export.INT8 else self.d.device
                 res = self.evaluate("test", model.to(device), device, dist.Dist(device=device))
-                self.emit("evaluated", split=ARTIFACT_SPLITS[a["kind"]][0], n=res["n"], auc=res["auc"],
-                          auc_mean=res["auc_mean"])
+                self.report(ARTIFACT_SPLITS[a["kind"]][0], res)
         self.d.barrier()

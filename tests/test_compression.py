@@ -31,7 +31,8 @@ def test_schedule_is_polynomial_from_initial_to_final():
 def test_conv_scope_leaves_batchnorm_biases_and_classifier():
     model = build_model("resnet18", "none")
     cfg = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
-           "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+           "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1,
+           "adaptive_default": "final"}
     p = Pruner(model, cfg, steps_per_epoch=4)
     assert all(isinstance(m, torch.nn.Conv2d) for m in p.layers.values()) and "fc" not in p.layers
     for step in range(1, 6):

@@ -250,7 +250,7 @@ def test_auc_table_marks_no_best_when_all_are_equal():
     from engine.labels import LABELS
     con = console()
     with con.capture() as cap:
-        con.print(auc_table({k: 0.5 for k in LABELS}, 0.5, "test"))
+        con.print(auc_table({"auc": {k: 0.5 for k in LABELS}, "auc_mean": 0.5}, "test"))
     assert "(best)" not in cap.get() and "(worst)" not in cap.get()
 
 

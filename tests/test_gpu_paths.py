@@ -14,7 +14,8 @@ from engine.trainer import train_step
 from tests.conftest import chexui, events_of, only_run, run_tiny
 
 PRUNE = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
-         "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+         "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1,
+         "adaptive_default": "final"}
 
 
 def test_pruning_channels_last_weights_gives_the_same_masks_as_contiguous():

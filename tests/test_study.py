@@ -87,8 +87,12 @@ def test_study_presets_and_sweep_files_resolve():
 def test_compare_a_recorded_sweep_in_all_four_formats():
     sweep = recorded_sweep()
     data = json.loads(compare(sweep, fmt="json"))
-    assert set(data) == {"auroc", "time", "storage"}
-    assert list(data["auroc"]) == [*LABELS, "mean"]
+    assert set(data) == {"auroc", "time", "storage", "paired"}
+    assert list(data["auroc"]) == [*LABELS, "mean", "labels in mean"]
+    assert set(data["auroc"]["labels in mean"].values()) == {14}
+    # runs recorded before predictions were kept cannot be paired, and the table says so
+    assert data["paired"]["runs"] == {} and len(data["paired"]["notes"]) == 3
+    assert all("no saved predictions" in n for n in data["paired"]["notes"])
     cols = list(data["auroc"]["Atelectasis"])
     assert cols[-1] == "CheXNet (paper)" and len(cols) == 5
     assert sorted(cols[:-1]) == sorted(f"B={b} LR={lr}" for b in (16, 32) for lr in (0.01, 0.001))

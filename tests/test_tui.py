@@ -70,7 +70,7 @@ def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
             aucs = screen.query_one("#aucs", DataTable)
             assert aucs.border_title == "test AUROC"
             rows = cells(aucs)
-            assert [r[0] for r in rows] == list(LABELS) + ["mean"]
+            assert [r[0] for r in rows] == list(LABELS) + ["mean (14/14)"]
             assert "completed" in text_of(app, "#status") and "world 2" in text_of(app, "#status")
             assert screen.query_one("#epochs", DataTable).row_count == len(screen.state.epochs) >= 2
     asyncio.run(go())
@@ -135,7 +135,9 @@ def test_runs_browser_opens_and_compares(tmp_path):
             await settle(pilot, 0.5)
             assert isinstance(app.screen, CompareScreen)
             rows = cells(app.screen.query_one(DataTable))
-            assert [r[0] for r in rows] == list(LABELS) + ["mean"] and len(rows[0]) == 4
+            assert [r[0] for r in rows] == list(LABELS) + ["mean (14/14)"] and len(rows[0]) == 4
+            # recorded before predictions were kept: no paired difference, and the note says why
+            assert "no saved predictions" in text_of(app, "#note")
             await pilot.press("b", "enter")
             await settle(pilot)
             assert isinstance(app.screen, MonitorScreen) and app.screen.state.status == "completed"
@@ -201,12 +203,15 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
             while time.time() < end:
                 await pilot.pause(0.5)
                 screen = app.screen
-                if isinstance(screen, MonitorScreen) and screen.state.test_auc and not screen.launcher_alive:
+                if isinstance(screen, MonitorScreen) and screen.state.test and not screen.launcher_alive:
                     break
             screen = app.screen
             assert isinstance(screen, MonitorScreen) and screen.state.status == "completed"
             await settle(pilot, 0.6)
             rows = cells(screen.query_one("#aucs", DataTable))
-            assert [r[0] for r in rows] == list(LABELS) + ["mean"]
+            assert [r[0] for r in rows[:-1]] == list(LABELS) and rows[-1][0].startswith("mean (")
+            # a live run's test evaluation carries its 95 % CIs: lo-hi around the AUROC
+            lo, hi = map(float, rows[-1][2].split("-"))
+            assert lo <= float(rows[-1][1]) <= hi
             assert screen.query_one("#aucs", DataTable).border_title == "test AUROC"
     asyncio.run(go())

@@ -75,7 +75,7 @@ def test_run_state_folds_a_recorded_two_rank_run():
         st.apply(e)
     ends = [e for e in events if e["type"] == "epoch_ended"]
     assert st.status == "completed" and st.world_size == 2 and len(st.epochs) == len(ends)
-    assert len(st.memory_mb) == 2 and st.test_auc and st.test_auc_mean == last_evaluation(events)["auc_mean"]
+    assert len(st.memory_mb) == 2 and st.test and st.test["auc_mean"] == last_evaluation(events)["auc_mean"]
     assert st.eta_s() is None and st.elapsed_s() > 0  # finished: no ETA
 
 

@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
-from chexui.format import auc_marks, fmt, hms
+from chexui.format import auc_marks, ci_text, fmt, hms, mean_text, n_defined
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
@@ -79,22 +79,25 @@ class LossPlot(PlotextPlot):
 
 
 class AucTable(DataTable):
-    """Per-class AUROC with the best and worst marked. `aucs` = (title, {label: auc}, mean)."""
-    aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {}, None))
+    """Per-class AUROC with the best and worst marked, and the 95 % CIs of a test evaluation.
+    `aucs` = (title, an `evaluated` event or {"auc": {label: auc}, "auc_mean": mean})."""
+    aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {"auc": {}, "auc_mean": None}))
 
     def on_mount(self) -> None:
-        self.add_columns("label", "AUROC")
+        self.add_columns("label", "AUROC", "95% CI")
 
     def watch_aucs(self, value: tuple) -> None:
-        title, aucs, mean = value
+        title, ev = value
+        aucs, cis = ev.get("auc") or {}, ev.get("auc_ci") or {}
         self.border_title = title
         self.clear()
         marks = auc_marks(aucs)
         for name in LABELS:
             v = aucs.get(name)
             mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name), "")
-            self.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark)
-        self.add_row("mean", fmt(mean))
+            self.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark, ci_text(cis.get(name)))
+        self.add_row(f"mean ({n_defined(aucs)}/{len(LABELS)})" if aucs else "mean", fmt(ev.get("auc_mean")),
+                     ci_text(ev.get("auc_mean_ci")))
 
 
 class EpochTable(DataTable):
@@ -110,7 +113,7 @@ class EpochTable(DataTable):
             self.add_column("sparsity")
         self.clear()
         for e in epochs:
-            row = [str(e["epoch"]), fmt(e["train_loss"]), fmt(e["val_loss"]), fmt(e.get("val_auc_mean")),
+            row = [str(e["epoch"]), fmt(e["train_loss"]), fmt(e["val_loss"]), mean_text(e.get("val_auc_mean"), e.get("val_auc")),
                    f"{e['lr']:.1e}", f"{e['epoch_time_s']:.1f}s", f"{e['images_per_s']:.0f}"]
             if len(self.columns) > 7:
                 row.append(fmt(e.get("sparsity"), ".3f"))
@@ -204,8 +207,8 @@ class MonitorScreen(Screen):
         if st.steps:
             self.query_one(ProgressBar).update(total=st.steps, progress=st.step)
         self.query_one(LossPlot).curves = (tuple(st.running_loss), tuple(st.epochs))
-        self.query_one(AucTable).aucs = ("test AUROC", st.test_auc, st.test_auc_mean) if st.test_auc else \
-            ("val AUROC", st.val_auc, st.epochs[-1]["val_auc_mean"] if st.epochs else None)
+        self.query_one(AucTable).aucs = ("test AUROC", st.test) if st.test else \
+            ("val AUROC", {"auc": st.val_auc, "auc_mean": st.epochs[-1]["val_auc_mean"] if st.epochs else None})
         self.query_one(EpochTable).epochs = tuple(st.epochs)
         self.query_one(MemoryLine).memory_mb = tuple(st.memory_mb)
 

@@ -28,8 +28,7 @@ class RunState:
     memory_mb: list[float] = field(default_factory=list)
     images_per_s: float | None = None
     val_auc: dict[str, float | None] = field(default_factory=dict)
-    test_auc: dict[str, float | None] = field(default_factory=dict)
-    test_auc_mean: float | None = None
+    test: dict[str, Any] | None = None  # the `evaluated` event of the test split
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     finished: dict[str, Any] | None = None
@@ -66,7 +65,7 @@ class RunState:
         elif t == "early_stopped":
             self.notes.append(f"early stop after epoch {e['epoch']}")
         elif t == "evaluated" and e.get("split") == "test":
-            self.test_auc, self.test_auc_mean = dict(e.get("auc") or {}), e.get("auc_mean")
+            self.test = e
         elif t == "error":
             self.errors.append(e.get("message", ""))
         elif t == "run_finished":
