@@ -295,23 +295,28 @@ def eval_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
 def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool = typer.Option(False, "--json"),
               trust: bool = typer.Option(False, "--trust", help="load artifacts whose sha256 does not match "
                                          "the one recorded at export (they may run code)"),
+              compile_: bool = typer.Option(True, "--compile/--no-compile",
+                                            help="also time the fp32 and int8 models compiled (torch.compile)"),
               runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed."""
+    """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed, eager
+    and compiled; the speed-up is against the fastest fp32 row."""
     run_dir = find(run_ref, runs_dir)
     try:
         size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
         from engine.infer_bench import bench_run
-        res = bench_run(run_dir, size, trust)
+        res = bench_run(run_dir, size, trust, compile_)
     except UserError as e:
         raise fail(str(e))
     if as_json:
         return print_json(res)
     gpu = res["gpu"] is not None
-    cols = ["model", "file", "bytes", "gzip bytes", "x fp32", "test AUROC", "CPU b1 ms", "CPU b32 img/s"]
+    cols = ["model", "runtime", "file", "bytes", "gzip bytes", "x fp32", "test AUROC", "CPU b1 ms", "CPU b32 img/s",
+            "x fp32 speed"]
     t = table(*cols, *(["GPU b1 ms", "GPU b32 img/s"] if gpu else []))
     for a in res["artifacts"]:
-        cells = [a["kind"], a["path"], f"{a['bytes']:,}", f"{a['gzip_bytes']:,}", fmt(a["x_fp32"], ".2f"),
-                 fmt(a["test_auc_mean"]), f"{a['cpu']['latency_b1_ms']:.1f}", f"{a['cpu']['throughput_b32']:.1f}"]
+        cells = [a["kind"], a["runtime"], a["path"], f"{a['bytes']:,}", f"{a['gzip_bytes']:,}", fmt(a["x_fp32"], ".2f"),
+                 fmt(a["test_auc_mean"]), f"{a['cpu']['latency_b1_ms']:.1f}", f"{a['cpu']['throughput_b32']:.1f}",
+                 fmt(a["x_fp32_speed"], ".2f")]
         if gpu:
             g = a["gpu"]
             cells += [f"{g['latency_b1_ms']:.2f}", f"{g['throughput_b32']:.0f}"] if g else ["-", "-"]

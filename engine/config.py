@@ -112,6 +112,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "enabled": Field(False, bool),
         "scope": Field("conv", str, choices=("conv", "all")),
         "backend": Field("x86", str, choices=("x86",)),
+        # "pt2e": torchao's PT2E flow, int8 artifact a torch.export program (.pt2); "fx": torch.ao's FX
+        # graph mode (deprecated by torch), int8 artifact TorchScript (.pt)
+        "engine": Field("pt2e", str, choices=("pt2e", "fx")),
         # after this many epochs the observers' ranges / the conv-BN modules' BatchNorm statistics stop
         # updating (torchvision's QAT reference: 4 and 3); 0 = never (the study's TF-MOT)
         "freeze_observers_epoch": Field(0, int, min=0),
@@ -211,6 +214,10 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
     if p["enabled"] and p["end_epoch"] > cfg["train"]["epochs"]:
         raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
                           f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)")
+    q = cfg["quantize"]
+    if q["enabled"] and q["engine"] == "pt2e" and q["freeze_bn_epoch"]:
+        raise ConfigError(f"{source}: key 'quantize.freeze_bn_epoch' = {q['freeze_bn_epoch']}: PT2E has no BatchNorm "
+                          "freezing; use 0, or quantize.engine = \"fx\"")
     m = cfg["model"]
     if m["pretrained"] == "imagenet" and m["weights"] not in ARCH_WEIGHTS[m["arch"]]:
         raise ConfigError(f"{source}: key 'model.weights' = {m['weights']!r}: torchvision has no such weights for "

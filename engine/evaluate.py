@@ -77,10 +77,11 @@ def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[
     int8 = next((a for a in (exported or {}).get("artifacts", []) if a.get("kind") == export.INT8), None)
     if int8 is not None:
         out.append((f"int8 artifact {int8['path']} (sha256 checked)", export.load_model(run_dir, int8, trust)))
-    qat = quant.prepare(model, q["scope"], cfg["data"]["image_size"], q["backend"])
+    qat = quant.prepare(model, q, cfg["data"]["image_size"])
     qat.load_state_dict(ck["qat"])
     quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
-    out.append((f"QAT fake-quantized model of {rel}", qat.eval()))
+    qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)
+    out.append((f"QAT fake-quantized model of {rel}", qat))
     return out
 
 

@@ -3,7 +3,8 @@
 - `model_fp32.pt`   the float model: {"format", "arch", "image_size", "model": state_dict}
 - `model_sparse.pt` (pruned runs) the same weights with every tensor that has zeros stored as a packed
                     bit mask plus its nonzero values, only where that is smaller than the dense tensor
-- `model_int8.pt`   (QAT runs) the converted int8 model as TorchScript: `torch.jit.load` is all it needs
+- `model_int8.pt2`  (QAT runs) the converted int8 model as a `torch.export` program: torch alone loads it
+  (`quantize.engine = "fx"`: `model_int8.pt`, TorchScript)
 
 The fp32 and sparse files are plain torch.save dicts of tensors, strings and ints (weights_only loads).
 Each artifact is reported with its file bytes and its gzip bytes (the study compared compressed storage).
@@ -23,7 +24,8 @@ from engine import checkpoint
 from engine.errors import StorageError
 
 FP32, SPARSE, INT8 = "fp32", "sparse", "int8"
-FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt"}
+FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2"}
+INT8_FX = "model_int8.pt"  # quantize.engine = "fx": TorchScript
 
 
 def to_sparse(state: dict[str, torch.Tensor]) -> dict:
@@ -106,8 +108,9 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int,
         arts.append(artifact(SPARSE, out / FILES[SPARSE], run_dir))
     if qat_model is not None:
         from engine import quant
-        quant.save_int8(quant.convert(qat_model), image_size, out / FILES[INT8])
-        arts.append(artifact(INT8, out / FILES[INT8], run_dir))
+        path = out / (FILES[INT8] if quant.is_pt2e(qat_model) else INT8_FX)
+        quant.save_int8(quant.convert(qat_model), image_size, path)
+        arts.append(artifact(INT8, path, run_dir))
     return arts
 
 

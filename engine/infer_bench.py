@@ -59,7 +59,18 @@ def exported(run_dir: Path) -> tuple[list[dict], dict[str, dict]]:
     return ex["artifacts"], evals
 
 
-def bench_run(run_dir: Path, image_size: int, trust: bool = False) -> dict:
+def compiled(model: torch.nn.Module, int8: bool) -> torch.nn.Module:
+    """The model through torch.compile (Inductor) with freezing: BatchNorm folded, weights constant, the
+    int8 quantize/dequantize patterns of a PT2E program lowered to oneDNN int8 kernels. Eager PT2E int8 is
+    a reference graph (dequantize, then fp32 conv) and slower than fp32: only compiled is it int8 speed."""
+    import torch._inductor.config as inductor
+    inductor.freezing = True
+    return torch.compile(model.module if int8 else model.eval())
+
+
+def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool = True) -> dict:
+    """Rows: each artifact as loaded (eager), and with `compile` the fp32 and PT2E int8 ones compiled
+    too; `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline)."""
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
@@ -67,10 +78,19 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False) -> dict:
     for a in arts:
         ev = next((evals[s] for s in ARTIFACT_SPLITS.get(a["kind"], ()) if s in evals), None)
         model = export.load_model(run_dir, a, trust)
-        row = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
-               "test_auc_mean": ev["auc_mean"] if ev else None, "cpu": measure(model, image_size, torch.device("cpu"))}
+        base = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
+                "test_auc_mean": ev["auc_mean"] if ev else None}
+        row = {**base, "runtime": "eager", "cpu": measure(model, image_size, torch.device("cpu"))}
         row["gpu"] = measure(model.to(gpu), image_size, gpu) if gpu is not None and a["kind"] != export.INT8 else None
         rows.append(row)
+        pt2 = a["kind"] == export.INT8 and str(a["path"]).endswith(".pt2")
+        if compile and (a["kind"] == export.FP32 or pt2):
+            model = export.load_model(run_dir, a, trust)
+            rows.append({**base, "runtime": "compiled", "gpu": None,
+                         "cpu": measure(compiled(model, pt2), image_size, torch.device("cpu"))})
+    best_fp32 = max((r["cpu"]["throughput_b32"] for r in rows if r["kind"] == export.FP32), default=None)
+    for r in rows:
+        r["x_fp32_speed"] = r["cpu"]["throughput_b32"] / best_fp32 if best_fp32 else None
     return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "cpu_int8_isa": int8_isa(), "threads": torch.get_num_threads(),
             "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
             "artifacts": rows}

@@ -1,13 +1,22 @@
-"""Quantization-aware training with torch.ao's FX graph mode (x86 backend) and the int8 conversion.
+"""Quantization-aware training and the int8 conversion: torchao's PT2E flow (default) or torch.ao's FX
+graph mode (`quantize.engine = "fx"`, deprecated by torch, kept for one release).
 
-`prepare` traces the float model and inserts fake-quant observers: `scope = "conv"` quantizes conv
+PT2E (`quantize.engine = "pt2e"`): the float model is captured with `torch.export` (strict: torchvision's
+ResNets reuse one ReLU module, which non-strict capture cannot annotate), `X86InductorQuantizer` annotates
+it (`scope = "conv"`: conv layers, fused with their BatchNorm/ReLU; `"all"`: every supported op but the
+14-logit classifier), and `prepare_qat_pt2e` inserts fake quantization: int8 weights per channel,
+uint8 activations (8 bits; FX's x86 settings use 7). `convert_pt2e` folds BatchNorm and quantizes the
+weights; the int8 artifact is that graph as a `torch.export` program (`.pt2`: int8 weight tensors, torch's
+quantize/dequantize ops), which loads with `torch.export.load` alone - no pickle, no chexui code.
+
+FX (`"fx"`): `prepare` traces the float model and inserts fake-quant observers: `scope = "conv"` quantizes conv
 layers only (with their fused BatchNorm/ReLU), `"all"` every layer the x86 backend supports (conv,
 add, pooling, BatchNorm, ...) but the final classifier, whose logits stay float. Where BatchNorm
 follows a conv (ResNet) the QAT conv-bn module simulates the folding during training and folds it at
 conversion; DenseNet's BN-ReLU-conv order leaves its BatchNorms standalone (quantized BatchNorm with
 "all", float with "conv").
 
-The prepared module shares every parameter and buffer with the float model it was made from, so the
+Either way the prepared module shares every parameter with the float model it was made from, so the
 float model's state_dict (checkpoints, the fp32 artifact) always holds the QAT-trained weights, and the
 pruner's in-place masks act on the weights QAT sees.
 """
@@ -86,8 +95,32 @@ def qconfig_mapping(gm: torch.fx.GraphModule, scope: str, backend: str = "x86"):
     return mapping
 
 
-def prepare(model: nn.Module, scope: str, image_size: int, backend: str = "x86") -> nn.Module:
-    """The QAT model (a torch.fx GraphModule) for a float model in train mode."""
+def _batch_dim():
+    return ({0: torch.export.Dim("batch")},)
+
+
+def prepare(model: nn.Module, q: dict, image_size: int) -> nn.Module:
+    """The QAT model (a GraphModule) for a float model in train mode; `q` is the [quantize] config."""
+    if q["engine"] == "fx":
+        return _prepare_fx(model, q["scope"], image_size, q["backend"])
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    model.train()
+    example = (torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device),)
+    gm = torch.export.export(model, example, dynamic_shapes=_batch_dim(), strict=True).module()
+    quantizer, config = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config(is_qat=True)
+    if q["scope"] == "all":
+        head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        quantizer.set_global(config).set_module_name_qconfig(head, None)
+    else:
+        quantizer.set_module_type_qconfig(nn.Conv2d, config)
+    qat = prepare_qat_pt2e(gm, quantizer)
+    allow_exported_model_train_eval(qat)  # .train()/.eval() switch BatchNorm and dropout in the graph
+    return qat
+
+
+def _prepare_fx(model: nn.Module, scope: str, image_size: int, backend: str = "x86") -> nn.Module:
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
     torch.backends.quantized.engine = backend
     model.train()
@@ -97,27 +130,45 @@ def prepare(model: nn.Module, scope: str, image_size: int, backend: str = "x86")
         return prepare_qat_fx(gm, qconfig_mapping(gm, scope, backend), example)
 
 
+def is_pt2e(qat_model: nn.Module) -> bool:
+    return not any(name.endswith("weight_fake_quant") for name, _ in qat_model.named_modules())
+
+
 def convert(qat_model: nn.Module) -> nn.Module:
     """An int8 copy of a QAT model (CPU, eval mode); the QAT model itself is left as it is."""
-    from torch.ao.quantization.quantize_fx import convert_fx
     m = copy.deepcopy(qat_model).cpu().eval()
+    if is_pt2e(qat_model):
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+        return _without_unused_tensors(convert_pt2e(m))
+    from torch.ao.quantization.quantize_fx import convert_fx
     with _quiet():
         return convert_fx(m)
 
 
+def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """convert_pt2e leaves the float weights registered beside the int8 ones it made; export would
+    store both (1.25x the fp32 bytes). Drop every parameter and buffer the graph no longer reads."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(gm.get_submodule(owner) if owner else gm, attr)
+    return gm
+
+
 def _fake_quants(qat_model: nn.Module) -> dict[str, nn.Module]:
-    from torch.ao.quantization import FakeQuantizeBase
-    return {name: m for name, m in qat_model.named_modules() if isinstance(m, FakeQuantizeBase)}
+    """The fake-quantize modules of either engine (torch.ao's and torchao's have the same buffers)."""
+    return {name: m for name, m in qat_model.named_modules()
+            if isinstance(getattr(m, "observer_enabled", None), torch.Tensor) and hasattr(m, "quant_max")}
 
 
 @contextmanager
 def observers_frozen(qat_model: nn.Module):
     """Fake quantization stays on, but the observers stop updating their ranges (evaluation); each
     observer is left as it was (a range frozen by `freeze_observers` stays frozen)."""
-    from torch.ao.quantization import disable_observer
     fqs = list(_fake_quants(qat_model).values())
     before = [fq.observer_enabled.clone() for fq in fqs]
-    qat_model.apply(disable_observer)
+    freeze_observers(qat_model)
     try:
         yield
     finally:
@@ -127,40 +178,66 @@ def observers_frozen(qat_model: nn.Module):
 
 def freeze_observers(qat_model: nn.Module) -> None:
     """Stop every observer for the rest of training (its flag is a buffer: checkpoints keep it)."""
-    from torch.ao.quantization import disable_observer
-    qat_model.apply(disable_observer)
+    for fq in _fake_quants(qat_model).values():
+        fq.observer_enabled.fill_(0)
 
 
 def freeze_bn(qat_model: nn.Module) -> None:
-    """The conv-BN modules QAT folds (ResNet's) stop updating their BatchNorm statistics. DenseNet's
+    """FX only (config refuses it with PT2E). The conv-BN modules QAT folds (ResNet's) stop updating their BatchNorm statistics. DenseNet's
     BatchNorms precede their convs, are not folded, and keep training like the float model's."""
     from torch.ao.nn.intrinsic.qat import freeze_bn_stats
     qat_model.apply(freeze_bn_stats)
 
 
 def bit_widths(qat_model: nn.Module) -> dict:
-    """What the QAT model quantizes to: activation and weight bit widths (the x86 settings quantize
-    activations to 7 bits - `reduce_range`, which keeps the older VNNI-less int8 kernels from
-    overflowing - and weights to 8), and how many fake-quant points each has."""
+    """What the QAT model quantizes to: activation and weight bit widths (PT2E: 8 and 8; FX's x86
+    settings: activations 7 bits - `reduce_range`, which keeps VNNI-less int8 kernels from overflowing),
+    and how many fake-quant points each has. Weights are the per-channel ones."""
     acts, weights = [], []
-    for name, fq in _fake_quants(qat_model).items():
+    for fq in _fake_quants(qat_model).values():
         bits = int(fq.quant_max - fq.quant_min + 1).bit_length() - 1
-        (weights if name.endswith("weight_fake_quant") else acts).append(bits)
+        per_channel = fq.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        (weights if per_channel else acts).append(bits)
     return {"activation_bits": sorted(set(acts)), "weight_bits": sorted(set(weights)),
             "activation_points": len(acts), "weight_points": len(weights)}
 
 
 def save_int8(int8_model: nn.Module, image_size: int, path) -> None:
-    """TorchScript (trace + freeze): loads with torch.jit.load alone, no chexui or engine code needed."""
+    """PT2E: a `torch.export` program (.pt2). FX: TorchScript (trace + freeze). Either loads with torch
+    alone, no chexui or engine code needed."""
     from engine.checkpoint import save_atomic
+    example = (torch.zeros(2, 3, image_size, image_size),)
+    if str(path).endswith(".pt2"):
+        program = torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
+        save_atomic(program, path, write=torch.export.save)
+        return
     with torch.no_grad(), _quiet():
         scripted = torch.jit.freeze(torch.jit.trace(int8_model, torch.zeros(1, 3, image_size, image_size)))
     save_atomic(scripted, path, write=torch.jit.save)
 
 
-def load_int8(path) -> torch.jit.ScriptModule:
-    """A TorchScript file is a program: call this only through `export.load_model`, which first checks
-    the file against the sha256 recorded when the engine wrote it."""
+class Program(nn.Module):
+    """A loaded .pt2 program as a module that can be put in eval mode: an exported module refuses
+    .train()/.eval(), and a converted int8 graph has nothing that depends on the mode."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "Program":
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def load_int8(path) -> nn.Module:
+    """Call this only through `export.load_model`, which first checks the file against the sha256
+    recorded when the engine wrote it (a TorchScript file is a program)."""
+    if str(path).endswith(".pt2"):
+        # torch's own quantize/dequantize ops, which a .pt2 program calls, are registered by this import
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+        return Program(torch.export.load(str(path)).module())
     torch.backends.quantized.engine = "x86"
     with _quiet():
         return torch.jit.load(str(path), map_location="cpu").eval()

@@ -177,7 +177,7 @@ class Run:
                               torch.contiguous_format)
         # QAT trains a traced copy with fake-quant observers that shares the model's weights
         q = self.cfg["quantize"]
-        self.qat = quant.prepare(self.model, q["scope"], self.dc["image_size"], q["backend"]) if q["enabled"] else None
+        self.qat = quant.prepare(self.model, q, self.dc["image_size"]) if q["enabled"] else None
         self.core = self.qat if self.qat is not None else self.model  # what trains and is validated
         self.net = DDP(self.core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None) \
             if self.d.active else self.core

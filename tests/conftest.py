@@ -74,7 +74,7 @@ ADAPTIVE = 'prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128,
 @pytest.fixture(scope="session")
 def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.CompletedProcess]:
     """One finished 2-process run with everything on - adaptive pruning (70 % elsewhere), QAT of all
-    layers (observers and BatchNorm statistics frozen after epoch 2 of 3), export - shared by the tests that only read a finished run (engine launches are the
+    layers (PT2E; observers frozen after epoch 2 of 3), export - shared by the tests that only read a finished run (engine launches are the
     suite's main cost). Returns the run dir and the headless CLI's completed process."""
     base = tmp_path_factory.mktemp("compressed")
     preset = base / "tiny.toml"
@@ -84,7 +84,7 @@ def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.Comple
     env.pop("CHEXUI_PRESETS", None)
     r = chexui("run", "--headless", "--preset", preset, *PRUNE70, "--set", ADAPTIVE, "--set", "quantize.enabled=true",
                "--set", "quantize.scope=all", "--set", "export.enabled=true", "--nproc", 2,
-               "--set", "quantize.freeze_observers_epoch=2", "--set", "quantize.freeze_bn_epoch=2",
+               "--set", "quantize.freeze_observers_epoch=2",
                "--runs-dir", base / "runs", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return only_run(base / "runs"), r

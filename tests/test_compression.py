@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,12 +90,13 @@ def _bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("scope", ["conv", "all"])
-def test_qat_int8_model_agrees_with_the_fake_quantized_one(scope):
-    """A few QAT steps, then int8 conversion: its probabilities match the fake-quantized model's."""
+@pytest.mark.parametrize("scope,engine", [("conv", "pt2e"), ("conv", "fx"), ("all", "fx")])
+def test_qat_int8_model_agrees_with_the_fake_quantized_one(scope, engine):
+    """A few QAT steps, then int8 conversion: its probabilities match the fake-quantized model's.
+    (PT2E with scope "all": the shared 2-process run, test_qat_two_processes_...)"""
     torch.manual_seed(0)
     model = build_model("resnet18", "none")
-    qat = quant.prepare(model, scope, 32)
+    qat = quant.prepare(model, {"scope": scope, "engine": engine, "backend": "x86"}, 32)
     opt = torch.optim.Adam(qat.parameters(), 1e-3)
     x, y = torch.randn(16, 3, 32, 32), (torch.rand(16, 14) < 0.3).float()
     for _ in range(5):
@@ -104,7 +106,7 @@ def test_qat_int8_model_agrees_with_the_fake_quantized_one(scope):
         opt.step()
     qat.eval()
     int8 = quant.convert(qat)
-    with torch.no_grad():
+    with torch.no_grad(), quant.observers_frozen(qat):
         diff = (torch.sigmoid(int8(x)) - torch.sigmoid(qat(x))).abs()
         untrained = (torch.sigmoid(build_model("resnet18", "none")(x)) - torch.sigmoid(qat(x))).abs()
     print(f"int8 vs QAT probabilities: mean {diff.mean():.4f} max {diff.max():.4f}; "
@@ -115,7 +117,7 @@ def test_qat_int8_model_agrees_with_the_fake_quantized_one(scope):
 
 
 @pytest.mark.slow
-def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it(tmp_path, compressed_run):
+def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it(tmp_path, compressed_run, tiny_demo):
     run, _ = compressed_run  # 2 processes, QAT of all layers (and pruning), exported
     ev = events_of(run)
     assert [e for e in ev if e["type"] == "run_started"][0]["world_size"] == 2
@@ -124,18 +126,34 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     assert arts["int8"]["gzip_bytes"] < arts["int8"]["bytes"] == (run / arts["int8"]["path"]).stat().st_size
     evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
     assert {"test", "test_fp32", "test_int8"} <= set(evals) and set(evals["test_int8"]["auc"]) == set(LABELS)
-    # loadable without chexui's code: plain torch in isolated mode (no repo on sys.path)
-    code = ("import sys, torch; assert 'engine' not in sys.modules; "
-            f"m = torch.jit.load({str(run / arts['int8']['path'])!r}); print(tuple(m(torch.zeros(2, 3, 32, 32)).shape))")
+    # loadable without chexui's code: plain torch in isolated mode (no repo on sys.path, no torchao), and
+    # on the run's own first test images it gives the probabilities the run's evaluation kept
+    assert arts["int8"]["path"].endswith(".pt2")
+    from engine import nih, predictions
+    from engine.data import Images, to_input
+    index = nih.index_dataset(tiny_demo)
+    names = list(predictions.load(run / "predictions" / "test_int8.npz")["image_ids"][:6])
+    rows = np.array([list(index.names).index(n) for n in names])
+    torch.save(to_input(Images(index, 32)[rows][0], torch.device("cpu")), tmp_path / "x.pt")
+    code = ("import sys, torch, torch.ao.quantization.fx._decomposed\n"
+            "assert 'engine' not in sys.modules and 'torchao' not in sys.modules\n"
+            f"m = torch.export.load({str(run / arts['int8']['path'])!r}).module()\n"
+            "x = torch.load('x.pt', weights_only=True)\n"
+            "print(torch.sigmoid(m(x).double()).flatten().tolist())")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout.strip() == "(2, 14)", out.stderr
+    assert out.returncode == 0, out.stderr
+    kept = predictions.load(run / "predictions" / "test_int8.npz")["probs"][:6]
+    assert np.allclose(np.array(json.loads(out.stdout.strip().splitlines()[-1])).reshape(6, 14), kept, atol=1e-6)
     r = chexui("bench", str(run), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert [a["kind"] for a in res["artifacts"]] == ["fp32", "sparse", "int8"] and res["image_size"] == 32
+    rows = [(a["kind"], a["runtime"]) for a in res["artifacts"]]
+    assert rows == [("fp32", "eager"), ("fp32", "compiled"), ("sparse", "eager"), ("int8", "eager"), ("int8", "compiled")]
+    assert res["image_size"] == 32 and res["cpu_int8_isa"]
     for a in res["artifacts"]:
-        assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0
-    assert res["artifacts"][2]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
+        assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0 and a["x_fp32_speed"] > 0
+    assert max(a["x_fp32_speed"] for a in res["artifacts"] if a["kind"] == "fp32") == 1.0
+    assert res["artifacts"][3]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
 
 
 def test_bench_on_a_run_without_exports_exits_2(tmp_path):

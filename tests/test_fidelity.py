@@ -183,7 +183,8 @@ def test_unweighted_validation_loss_is_plain_bce_while_training_stays_weighted()
 
 def test_evaluating_keeps_observers_that_were_frozen():
     from engine import quant
-    qat = quant.prepare(build_model("resnet18", "none"), "conv", 32)
+    q = {**config.defaults()["quantize"], "enabled": True}
+    qat = quant.prepare(build_model("resnet18", "none"), q, 32)
     fqs = quant._fake_quants(qat).values()
     with quant.observers_frozen(qat):
         assert all(int(f.observer_enabled) == 0 for f in fqs)
@@ -192,15 +193,29 @@ def test_evaluating_keeps_observers_that_were_frozen():
     with quant.observers_frozen(qat):
         pass
     assert all(int(f.observer_enabled) == 0 for f in fqs)       # a frozen range stays frozen
-    assert quant.bit_widths(qat)["activation_bits"] == [7] and quant.bit_widths(qat)["weight_bits"] == [8]
+    assert quant.bit_widths(qat)["activation_bits"] == [8] and quant.bit_widths(qat)["weight_bits"] == [8]
+    fx = quant.prepare(build_model("resnet18", "none"), {**q, "engine": "fx"}, 32)
+    assert quant.bit_widths(fx)["activation_bits"] == [7]  # torch.ao FX's x86 reduce_range
+
+
+def test_batchnorm_freezing_is_fx_only_and_freezes_the_folded_convs():
+    from engine import quant
+    with pytest.raises(ConfigError, match="quantize.freeze_bn_epoch"):
+        config.validate({"quantize": {"enabled": True, "freeze_bn_epoch": 3}}, "p.toml")
+    cfg = config.validate({"quantize": {"enabled": True, "engine": "fx", "freeze_bn_epoch": 3}})
+    fx = quant.prepare(build_model("resnet18", "none"), cfg["quantize"], 32)
+    folded = [m for m in fx.modules() if hasattr(m, "freeze_bn")]
+    assert folded and not any(m.freeze_bn for m in folded)
+    quant.freeze_bn(fx)
+    assert all(m.freeze_bn for m in folded)
 
 
 @pytest.mark.slow
 def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed_run, tiny_demo):
-    run, _ = compressed_run  # QAT of all layers, observers and BN statistics frozen after epoch 2
+    run, _ = compressed_run  # PT2E QAT of all layers, observers frozen after epoch 2
     ev = events_of(run)
     started = next(e for e in ev if e["type"] == "run_started")
-    assert started["quantization"]["activation_bits"] == [7] and started["quantization"]["weight_bits"] == [8]
+    assert started["quantization"]["activation_bits"] == [8] and started["quantization"]["weight_bits"] == [8]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     flags = [v for k, v in ck["qat"].items() if k.endswith("observer_enabled")]
     assert flags and all(int(f) == 0 for f in flags)
@@ -208,7 +223,7 @@ def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     names = [m["model"] for m in res["models"]]
-    assert names[0].startswith("int8 artifact export/model_int8.pt") and "fake-quantized" in names[1]
+    assert names[0].startswith("int8 artifact export/model_int8.pt2") and "fake-quantized" in names[1]
     assert res["model"] == names[0] and res["auc"] == res["models"][0]["auc"]
     # on the run's own test split, the int8 artifact scores what the run recorded for it
     int8 = next(e for e in ev if e["type"] == "evaluated" and e["split"] == "test_int8")
