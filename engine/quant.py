@@ -24,21 +24,10 @@ pruner's in-place masks act on the weights QAT sees.
 from __future__ import annotations
 
 import copy
-import warnings
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-
-
-@contextmanager
-def _quiet():
-    # torch.ao.quantization announces its move to torchao on every call; the API is what we use here
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        yield
 
 
 def traced(model: nn.Module) -> torch.fx.GraphModule:
@@ -105,19 +94,39 @@ def prepare(model: nn.Module, q: dict, image_size: int) -> nn.Module:
         return _prepare_fx(model, q["scope"], image_size, q["backend"])
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     model.train()
-    example = (torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device),)
-    gm = torch.export.export(model, example, dynamic_shapes=_batch_dim(), strict=True).module()
-    quantizer, config = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config(is_qat=True)
-    if q["scope"] == "all":
-        head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-        quantizer.set_global(config).set_module_name_qconfig(head, None)
-    else:
-        quantizer.set_module_type_qconfig(nn.Conv2d, config)
-    qat = prepare_qat_pt2e(gm, quantizer)
+    qat = prepare_qat_pt2e(_captured(model, image_size), _quantizer(model, q["scope"], is_qat=True))
     allow_exported_model_train_eval(qat)  # .train()/.eval() switch BatchNorm and dropout in the graph
     return qat
+
+
+def _captured(model: nn.Module, image_size: int) -> torch.fx.GraphModule:
+    """The model as torch.export captures it (strict: torchvision's ResNets reuse one ReLU module, which
+    non-strict capture leaves unannotatable), any batch size."""
+    example = (torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device),)
+    return torch.export.export(model, example, dynamic_shapes=_batch_dim(), strict=True).module()
+
+
+def _quantizer(model: nn.Module, scope: str, is_qat: bool):
+    """x86 Inductor quantization of the conv layers ("conv") or of every supported op but the classifier."""
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    quantizer, config = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if scope == "all":
+        head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        return quantizer.set_global(config).set_module_name_qconfig(head, None)
+    return quantizer.set_module_type_qconfig(nn.Conv2d, config)
+
+
+@torch.no_grad()
+def post_training(model: nn.Module, scope: str, image_size: int, batches) -> nn.Module:
+    """Post-training static quantization (PT2E): observers calibrated on `batches` (normalised input
+    tensors, as the model sees them in evaluation), then the int8 graph `convert` makes from a QAT model."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    model = copy.deepcopy(model).cpu().eval()
+    prepared = prepare_pt2e(_captured(model, image_size), _quantizer(model, scope, is_qat=False))
+    for x in batches:
+        prepared(x.cpu())
+    return _without_unused_tensors(convert_pt2e(prepared))
 
 
 def _prepare_fx(model: nn.Module, scope: str, image_size: int, backend: str = "x86") -> nn.Module:
@@ -126,8 +135,8 @@ def _prepare_fx(model: nn.Module, scope: str, image_size: int, backend: str = "x
     model.train()
     example = (torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device),)
     gm = traced(model)
-    with _quiet():
-        return prepare_qat_fx(gm, qconfig_mapping(gm, scope, backend), example)
+    # (torch warns that the FX API is deprecated: it is, and chexui lets the warning through)
+    return prepare_qat_fx(gm, qconfig_mapping(gm, scope, backend), example)
 
 
 def is_pt2e(qat_model: nn.Module) -> bool:
@@ -141,8 +150,7 @@ def convert(qat_model: nn.Module) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
         return _without_unused_tensors(convert_pt2e(m))
     from torch.ao.quantization.quantize_fx import convert_fx
-    with _quiet():
-        return convert_fx(m)
+    return convert_fx(m)
 
 
 def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -211,7 +219,7 @@ def save_int8(int8_model: nn.Module, image_size: int, path) -> None:
         program = torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
         save_atomic(program, path, write=torch.export.save)
         return
-    with torch.no_grad(), _quiet():
+    with torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(int8_model, torch.zeros(1, 3, image_size, image_size)))
     save_atomic(scripted, path, write=torch.jit.save)
 
@@ -239,5 +247,4 @@ def load_int8(path) -> nn.Module:
         import torch.ao.quantization.fx._decomposed  # noqa: F401
         return Program(torch.export.load(str(path)).module())
     torch.backends.quantized.engine = "x86"
-    with _quiet():
-        return torch.jit.load(str(path), map_location="cpu").eval()
+    return torch.jit.load(str(path), map_location="cpu").eval()

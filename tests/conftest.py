@@ -71,6 +71,9 @@ PRUNE70 = ["--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "
 ADAPTIVE = 'prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128, sparsity=0.5}]'
 
 
+NO_DEPRECATED = "error::DeprecationWarning,error::FutureWarning"
+
+
 @pytest.fixture(scope="session")
 def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.CompletedProcess]:
     """One finished 2-process run with everything on - adaptive pruning (70 % elsewhere), QAT of all
@@ -82,6 +85,9 @@ def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.Comple
     # session-scoped, so set up before the function-scoped `_isolated`: the same dirs, passed explicitly
     env = {**os.environ, **isolated_env(tmp_path_factory.getbasetemp())}
     env.pop("CHEXUI_PRESETS", None)
+    # deprecation and future warnings are errors in every process (PYTHONWARNINGS reaches the torchrun
+    # workers): the quantization path must use nothing torch has deprecated, and hide nothing
+    env["PYTHONWARNINGS"] = NO_DEPRECATED
     r = chexui("run", "--headless", "--preset", preset, *PRUNE70, "--set", ADAPTIVE, "--set", "quantize.enabled=true",
                "--set", "quantize.scope=all", "--set", "export.enabled=true", "--nproc", 2,
                "--set", "quantize.freeze_observers_epoch=2",

@@ -15,7 +15,7 @@ from engine import export, quant
 from engine.labels import LABELS
 from engine.models import build_model
 from engine.prune import Pruner, schedule
-from tests.conftest import chexui, events_of
+from tests.conftest import NO_DEPRECATED, chexui, events_of
 
 
 def test_schedule_is_polynomial_from_initial_to_final():
@@ -163,3 +163,52 @@ def test_bench_on_a_run_without_exports_exits_2(tmp_path):
     (run / "events.jsonl").write_text("")
     r = chexui("bench", str(run))
     assert r.returncode == 2 and "no exported models" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_qat_run_raises_no_quantization_or_torchscript_deprecation_warning(compressed_run):
+    """The shared 2-process QAT run ran with deprecation and future warnings as errors in every process
+    (conftest: PYTHONWARNINGS) and completed: PT2E QAT, conversion, the .pt2 export and its evaluation
+    use nothing torch has deprecated, and chexui silences nothing."""
+    run, r = compressed_run
+    assert NO_DEPRECATED == "error::DeprecationWarning,error::FutureWarning" and r.returncode == 0
+    arts = [e for e in events_of(run) if e["type"] == "exported"][0]["artifacts"]
+    assert any(a["kind"] == "int8" and a["path"].endswith(".pt2") for a in arts)
+    assert any(e["type"] == "evaluated" and e["split"] == "test_int8" for e in events_of(run))
+
+
+def test_the_fx_engine_still_warns_that_it_is_deprecated():
+    """The check above can fail: torch's FX QAT API (quantize.engine = "fx") raises a deprecation
+    warning, which chexui no longer hides."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with pytest.raises(DeprecationWarning, match="(?i)deprecat"):
+            quant.prepare(build_model("resnet18", "none"), {"scope": "conv", "engine": "fx", "backend": "x86"}, 32)
+
+
+def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_inputs(tmp_path):
+    """PT2E post-training static quantization (what `chexui compress --ptq` builds on): calibrated on a
+    few batches, the int8 graph's probabilities stay close to the float model's, it saves as a .pt2
+    of int8 weights, and the saved program gives the same outputs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(  # small, so the test stays quick; a conv-BN-ReLU stack and a classifier
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 14)).eval()
+    batches = [torch.randn(8, 3, 32, 32) for _ in range(4)]
+    int8 = quant.post_training(model, "all", 32, batches)
+    x = batches[0]
+    with torch.no_grad():
+        diff = (torch.sigmoid(int8(x)) - torch.sigmoid(model(x))).abs()
+    assert diff.mean() < 0.02, diff.mean()
+    path = tmp_path / "model_int8.pt2"
+    quant.save_int8(int8, 32, path)
+    program = torch.export.load(str(path))
+    tensors = [t for t in [*program.state_dict.values(), *program.constants.values()] if isinstance(t, torch.Tensor)]
+    conv_weights = [m.weight for m in model if isinstance(m, torch.nn.Conv2d)]
+    # the conv weights are stored as int8 only: no float tensor of their shapes is left in the program
+    assert sorted(t.numel() for t in tensors if t.dtype == torch.int8) == sorted(w.numel() for w in conv_weights)
+    assert not {tuple(t.shape) for t in tensors if t.is_floating_point()} & {tuple(w.shape) for w in conv_weights}
+    with torch.no_grad():
+        assert torch.equal(quant.load_int8(path)(x), int8(x))
