@@ -204,6 +204,9 @@ def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_in
     assert diff.mean() < 0.02, diff.mean()
     path = tmp_path / "model_int8.pt2"
     quant.save_int8(int8, 32, path)
+    import zipfile
+    with zipfile.ZipFile(path) as z:  # the serialized graph is deflated, the tensors stored as they are
+        assert {i.compress_type for i in z.infolist() if i.filename.endswith(".json")} == {zipfile.ZIP_DEFLATED}
     program = torch.export.load(str(path))
     tensors = [t for t in [*program.state_dict.values(), *program.constants.values()] if isinstance(t, torch.Tensor)]
     conv_weights = [m.weight for m in model if isinstance(m, torch.nn.Conv2d)]
