@@ -7,6 +7,11 @@ For each model (random weights: speed does not depend on their values): eager fp
 of all layers but the classifier, as `quantize.scope = "all"`) eager and compiled, each at batch 1
 (median latency) and batch 32 (throughput), timed by the same code as `chexui bench`. Prints the CPU
 model and its int8 instruction sets: int8 speed depends on them.
+
+Caution (2026-11-26): with random weights the figures are not trustworthy: this script measured int8
+compiled at 3.6x compiled fp32 for ResNet50 while `chexui bench` on a trained QAT run measured 0.86x, and
+Inductor's output code (TORCH_LOGS=output_code) shows fp32 `extern_kernels.convolution` calls for both
+programs, i.e. no int8 lowering. Until that is explained, quote `chexui bench` on real runs.
 """
 
 from __future__ import annotations
