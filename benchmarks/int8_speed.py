@@ -8,10 +8,9 @@ of all layers but the classifier, as `quantize.scope = "all"`) eager and compile
 (median latency) and batch 32 (throughput), timed by the same code as `chexui bench`. Prints the CPU
 model and its int8 instruction sets: int8 speed depends on them.
 
-Caution (2026-11-26): with random weights the figures are not trustworthy: this script measured int8
-compiled at 3.6x compiled fp32 for ResNet50 while `chexui bench` on a trained QAT run measured 0.86x, and
-Inductor's output code (TORCH_LOGS=output_code) shows fp32 `extern_kernels.convolution` calls for both
-programs, i.e. no int8 lowering. Until that is explained, quote `chexui bench` on real runs.
+Its int8 rows are int8 kernels only because `quant.post_training` imports torchao's x86 quantizer,
+which registers the Inductor passes; `chexui bench` imports it for its compiled int8 row (a program
+compiled without them runs fp32 convolutions: 0.86x instead of 3.28x on a QAT ResNet50 at 224 px).
 """
 
 from __future__ import annotations

@@ -61,10 +61,15 @@ def exported(run_dir: Path) -> tuple[list[dict], dict[str, dict]]:
 
 def compiled(model: torch.nn.Module, int8: bool) -> torch.nn.Module:
     """The model through torch.compile (Inductor) with freezing: BatchNorm folded, weights constant, the
-    int8 quantize/dequantize patterns of a PT2E program lowered to oneDNN int8 kernels. Eager PT2E int8 is
-    a reference graph (dequantize, then fp32 conv) and slower than fp32: only compiled is it int8 speed."""
+    int8 quantize/dequantize patterns of a PT2E program lowered to oneDNN int8 kernels by torchao's passes.
+    Eager PT2E int8 is a reference graph (dequantize, then fp32 conv) and slower than fp32: only compiled
+    is it int8 speed."""
     import torch._inductor.config as inductor
     inductor.freezing = True
+    if int8:
+        # importing torchao's x86 quantizer registers its Inductor passes (int8 weight packing, the q/dq
+        # lift-up); without them Inductor compiles the program's convolutions in fp32
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
     return torch.compile(model.module if int8 else model.eval())
 
 
