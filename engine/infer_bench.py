@@ -9,6 +9,7 @@ save storage, not time) - measuring it says so.
 
 from __future__ import annotations
 
+import importlib
 import os
 import statistics
 import time
@@ -69,7 +70,7 @@ def compiled(model: torch.nn.Module, int8: bool) -> torch.nn.Module:
     if int8:
         # importing torchao's x86 quantizer registers its Inductor passes (int8 weight packing, the q/dq
         # lift-up); without them Inductor compiles the program's convolutions in fp32
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
     return torch.compile(model.module if int8 else model.eval())
 
 

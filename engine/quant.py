@@ -7,7 +7,8 @@ it (`scope = "conv"`: conv layers, fused with their BatchNorm/ReLU; `"all"`: eve
 14-logit classifier), and `prepare_qat_pt2e` inserts fake quantization: int8 weights per channel,
 uint8 activations (8 bits; FX's x86 settings use 7). `convert_pt2e` folds BatchNorm and quantizes the
 weights; the int8 artifact is that graph as a `torch.export` program (`.pt2`: int8 weight tensors, torch's
-quantize/dequantize ops), which loads with `torch.export.load` alone - no pickle, no chexui code.
+quantize/dequantize ops, tensors stored as raw bytes), which loads with `torch.export.load` alone, no chexui
+code; chexui loads one only after its sha256 check and `check_program_archive`.
 
 FX (`"fx"`): `prepare` traces the float model and inserts fake-quant observers: `scope = "conv"` quantizes conv
 layers only (with their fused BatchNorm/ReLU), `"all"` every layer the x86 backend supports (conv,
@@ -253,10 +254,39 @@ class Program(nn.Module):
         return self.module(x)
 
 
+def check_program_archive(path) -> None:
+    """Refuse a .pt2 that holds anything torch.export.load would unpickle: entries marked `use_pickle`,
+    custom-object constants, AOTInductor or legacy-format parts, and a sample-inputs file that
+    `torch.load(weights_only=True)` rejects (torch then retries it with weights_only=False). The programs
+    chexui writes hold plain tensors only, so this costs them nothing."""
+    import io
+    import json
+    import zipfile
+
+    from engine.errors import StorageError
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        configs = [n for n in names if n.endswith(("/model_weights_config.json", "/model_constants_config.json"))]
+        odd = [n for n in names if "aotinductor" in n or n.rsplit("/", 1)[-1].startswith("serialized_")]
+        if len(configs) != 2 or odd:
+            raise StorageError(f"{path}: not a torch.export program as chexui writes them; refusing to load it")
+        for name in configs:
+            for key, meta in json.loads(z.read(name))["config"].items():
+                if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
+                    raise StorageError(f"{path}: entry {key!r} is not a plain tensor; refusing to load it")
+        for name in (n for n in names if n.endswith(".pt")):
+            try:
+                torch.load(io.BytesIO(z.read(name)), weights_only=True)
+            except Exception:
+                raise StorageError(f"{path}: {name} is not plain tensor data; refusing to load it") from None
+
+
 def load_int8(path) -> nn.Module:
     """Call this only through `export.load_model`, which first checks the file against the sha256
-    recorded when the engine wrote it (a TorchScript file is a program)."""
+    recorded when the engine wrote it (a TorchScript file is a program; torch.export.load unpickles
+    some entries, which `check_program_archive` refuses besides)."""
     if str(path).endswith(".pt2"):
+        check_program_archive(path)
         # torch's own quantize/dequantize ops, which a .pt2 program calls, are registered by this import
         import torch.ao.quantization.fx._decomposed  # noqa: F401
         return Program(torch.export.load(str(path)).module())

@@ -230,3 +230,49 @@ def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("torchao.quantization.pt2e")
+
+
+def _rewrite(src, dst, change):
+    """Copy a zip archive, passing each entry's bytes through change(name, data)."""
+    import zipfile
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for info in a.infolist():
+            b.writestr(info, change(info.filename, a.read(info)))
+
+
+class _Planted:
+    """Unpickling this writes a marker file: what a hostile archive entry would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pt2_whose_entries_would_be_unpickled_is_refused_before_torch_reads_it(tmp_path):
+    """torch.export.load unpickles entries marked use_pickle, and retries a sample-inputs file that
+    weights_only rejects with weights_only=False: such a file is refused and nothing in it runs."""
+    from engine.errors import StorageError
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 14)).eval()
+    good = tmp_path / "model_int8.pt2"
+    quant.save_int8(quant.post_training(model, "all", 32, [torch.randn(2, 3, 32, 32)]), 32, good)
+    quant.load_int8(good)  # the file chexui writes passes
+    marker = tmp_path / "pwned"
+
+    def pickled_flag(name, data):
+        if name.endswith("model_weights_config.json"):
+            cfg = json.loads(data)
+            next(iter(cfg["config"].values()))["use_pickle"] = True
+            return json.dumps(cfg).encode()
+        return data
+
+    def planted_inputs(name, data):
+        return _bytes(_Planted(str(marker))) if name.endswith("sample_inputs/model.pt") else data
+
+    for change in (pickled_flag, planted_inputs):
+        bad = tmp_path / f"{change.__name__}.pt2"
+        _rewrite(good, bad, change)
+        with pytest.raises(StorageError, match="refusing to load it"):
+            quant.load_int8(bad)
+    assert not marker.exists()
