@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.labels import n_defined
+
 # config keys as column labels in comparison tables and sweep point labels
 SHORT = {"train.lr": "LR", "train.batch_size": "B", "model.arch": "arch", "distributed.nproc": "P",
          "distributed.nnodes": "nodes", "prune.enabled": "prune", "prune.final_sparsity": "sparsity",
@@ -58,12 +60,6 @@ def auc_marks(aucs: dict[str, float | None]) -> dict[str, str]:
 def slug(name: str, fallback: str) -> str:
     """A name made safe for a directory or file name: letters, digits, - _ . (no leading dot)."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).lstrip(".") or fallback
-
-
-def n_defined(aucs: dict[str, float | None]) -> int:
-    """How many labels a mean AUROC averages: those with an AUROC (a label with no positives or no
-    negatives in the split has none)."""
-    return sum(v is not None for v in aucs.values())
 
 
 def labelled(mean: float | None, n_labels: int | None) -> str:

@@ -34,6 +34,12 @@ class Spec:
     resamples: int = 1000
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, eval_cfg: dict) -> "Spec | None":
+        """From a run config's [eval] section; None when it asks for no intervals (0 resamples)."""
+        n = eval_cfg["bootstrap_resamples"]
+        return cls(n, eval_cfg["bootstrap_seed"]) if n else None
+
     def record(self) -> dict:
         """What an `evaluated` event says about how its intervals were made."""
         return {"resamples": self.resamples, "seed": self.seed, "unit": UNIT, "method": "percentile",

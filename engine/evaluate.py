@@ -13,7 +13,7 @@ from engine import cache, checkpoint, config, metrics, nih
 from engine.data import Images, eval_batches, to_input
 from engine.dist import Dist
 from engine.errors import UserError
-from engine.labels import LABELS
+from engine.labels import LABELS, n_defined
 from engine.models import build_model
 
 
@@ -37,9 +37,20 @@ def predict_logits(model: nn.Module, images, rows: np.ndarray, d: Dist, batch_si
     return full
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """sigmoid(logits) in float64: no ties made by float32 rounding near 0 and 1."""
+    return 1 / (1 + np.exp(-logits.astype(np.float64)))
+
+
 def auroc_from_logits(y: np.ndarray, logits: np.ndarray) -> tuple[dict, float | None, list[str]]:
-    """Per-class AUROC of sigmoid(logits) (float64: no ties made by float32 rounding near 0 and 1)."""
-    return metrics.per_class_auroc(y, 1 / (1 + np.exp(-logits.astype(np.float64))))
+    """Per-class AUROC of the probabilities."""
+    return metrics.per_class_auroc(y, probabilities(logits))
+
+
+def _float_model(cfg: dict, ck: dict) -> nn.Module:
+    model = build_model(cfg["model"]["arch"], "none")
+    model.load_state_dict(ck["model"])
+    return model.eval()
 
 
 def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
@@ -53,10 +64,7 @@ def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
 def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     """The float model of the run's best checkpoint (its last when it has no best yet)."""
     cfg = config.load_run_config(run_dir / "config.toml")
-    _, ck = _checkpoint(run_dir)
-    model = build_model(cfg["model"]["arch"], "none")
-    model.load_state_dict(ck["model"])
-    return model.eval(), cfg
+    return _float_model(cfg, _checkpoint(run_dir)[1]), cfg
 
 
 def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[str, nn.Module]]:
@@ -66,12 +74,11 @@ def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[
     from engine import export, quant
     from engine.events import read_events
     path, ck = _checkpoint(run_dir)
-    model = build_model(cfg["model"]["arch"], "none")
-    model.load_state_dict(ck["model"])
+    model = _float_model(cfg, ck)
     rel = path.relative_to(run_dir)
     q = cfg["quantize"]
     if not q["enabled"]:
-        return [(f"fp32 model of {rel}", model.eval())]
+        return [(f"fp32 model of {rel}", model)]
     out = []
     exported = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
     int8 = next((a for a in (exported or {}).get("artifacts", []) if a.get("kind") == export.INT8), None)
@@ -95,18 +102,14 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     size = cfg["data"]["image_size"]
     rows = np.arange(len(index)) if split == "all" else nih.make_split(index, cfg["data"])["test"]
     mem = cache.prepare(index, size) if cfg["data"]["cache"] else None
-    y = index.labels[rows]
+    y, spec = index.labels[rows], bootstrap.Spec.from_config(cfg["eval"])
     results = []
     for name, model in shipped:
-        logits = predict_logits(model, Images(index, size, mem), rows, Dist(device=torch.device("cpu")), batch_size=64)
+        logits = predict_logits(model, Images(index, size, mem), rows, Dist(), batch_size=64)
         auc, mean, reasons = auroc_from_logits(y, logits)
-        res = {"model": name, "auc": auc, "auc_mean": mean,
-               "n_labels_defined": sum(v is not None for v in auc.values()), "undefined": reasons}
-        e = cfg["eval"]
-        if e["bootstrap_resamples"]:
-            probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
-            res.update(bootstrap.intervals(y, probs, index.patients[rows], auc,
-                                           bootstrap.Spec(e["bootstrap_resamples"], e["bootstrap_seed"])))
+        res = {"model": name, "auc": auc, "auc_mean": mean, "n_labels_defined": n_defined(auc), "undefined": reasons}
+        if spec is not None:
+            res.update(bootstrap.intervals(y, probabilities(logits), index.patients[rows], auc, spec))
         results.append(res)
     return {"run": run_dir.name, "data": str(index.root), "split": split, "n": int(len(rows)),
             **results[0], "models": results}

@@ -5,6 +5,12 @@ LABELS: tuple[str, ...] = (
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 NO_FINDING = "No Finding"
+
+
+def n_defined(aucs: dict) -> int:
+    """How many labels a mean AUROC averages: those with an AUROC (a label with no positives or no
+    negatives in the split has none)."""
+    return sum(v is not None for v in aucs.values())
 NUM_CLASSES = len(LABELS)
 
 # CheXNet (Rajpurkar et al. 2017, arXiv:1711.05225, Table 1): published per-class test AUROC on

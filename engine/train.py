@@ -17,6 +17,7 @@ from torch import nn
 
 from engine import config, dist, procs, quant
 from engine.errors import UserError, one_line
+from engine.labels import n_defined
 from engine.trainer import Diverged, Run
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         test_mean = n_labels = None
         if status == "completed":
             res = run.test()
-            test_mean, n_labels = res["auc_mean"], sum(v is not None for v in res["auc"].values())
+            test_mean, n_labels = res["auc_mean"], n_defined(res["auc"])
             if cfg["export"]["enabled"]:
                 run.export()
         run.emit("run_finished", status=status, epochs=run.state.epoch,

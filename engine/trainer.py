@@ -26,9 +26,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from engine import bootstrap, checkpoint, dist, export, predictions, quant
 from engine.checkpoint import RunCheckpoints
 from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
-from engine.evaluate import auroc_from_logits, predict_logits
+from engine.evaluate import auroc_from_logits, predict_logits, probabilities
 from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
+from engine.labels import n_defined
 from engine.models import build_model, losses
 from engine.prune import Pruner
 
@@ -325,9 +326,9 @@ class Run:
     def freeze_qat(self, epoch: int) -> None:
         """Late in QAT, stop moving the observers' ranges / the folded BatchNorms' statistics (keys
         quantize.freeze_*_epoch; 0 = never). Applied at every epoch start, so a resumed run is frozen too."""
-        q = self.cfg["quantize"]
         if self.qat is None:
             return
+        q = self.cfg["quantize"]
         if q["freeze_observers_epoch"] and epoch > q["freeze_observers_epoch"]:
             quant.freeze_observers(self.qat)
         if q["freeze_bn_epoch"] and epoch > q["freeze_bn_epoch"]:
@@ -406,21 +407,16 @@ class Run:
         patient-bootstrap 95 % intervals of every AUROC."""
         if not self.d.is_main:
             return
-        rows = self.data.split["test"]
-        idx = self.data.index
-        probs = 1 / (1 + np.exp(-res["logits"].astype(np.float64)))
-        predictions.save(self.run_dir, split, idx.names[rows], idx.patients[rows], res["labels"], probs)
-        e = self.cfg["eval"]
-        extra = {}
-        if e["bootstrap_resamples"]:
+        rows, idx = self.data.split["test"], self.data.index
+        probs = probabilities(res["logits"])
+        path = predictions.save(self.run_dir, split, idx.names[rows], idx.patients[rows], res["labels"], probs)
+        spec, extra = bootstrap.Spec.from_config(self.cfg["eval"]), {}
+        if spec is not None:
             t0 = time.perf_counter()
-            extra = bootstrap.intervals(res["labels"], probs, idx.patients[rows], res["auc"],
-                                        bootstrap.Spec(e["bootstrap_resamples"], e["bootstrap_seed"]))
-            self.log(f"[{split}] bootstrap: {e['bootstrap_resamples']} patient resamples in "
-                     f"{time.perf_counter() - t0:.1f}s")
+            extra = bootstrap.intervals(res["labels"], probs, idx.patients[rows], res["auc"], spec)
+            self.log(f"[{split}] bootstrap: {spec.resamples} patient resamples in {time.perf_counter() - t0:.1f}s")
         self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"],
-                  n_labels_defined=sum(v is not None for v in res["auc"].values()),
-                  predictions=f"{predictions.DIR}/{split}.npz", **extra)
+                  n_labels_defined=n_defined(res["auc"]), predictions=str(path.relative_to(self.run_dir)), **extra)
 
     def test(self) -> dict:
         self.load_best()
