@@ -327,6 +327,8 @@ def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
     con.print(t)
     if any(a["kind"] == "sparse" for a in res["artifacts"]):
         con.print("sparse: loaded into dense tensors, so it runs at fp32 speed; its zeros save storage", markup=False)
+    for line in res.get("skipped", []):
+        con.print(f"not measured: {line}", markup=False)
 
 
 # ---------------------------------------------------------------- sweeps and study tables

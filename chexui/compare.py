@@ -160,14 +160,17 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
                                "parameters": ex.get("parameters") or (r.first("run_started") or {}).get("parameters"),
                                "nonzero": ex.get("nonzero_parameters")}
         arts = {a["kind"]: a for a in ex.get("artifacts", [])}
-        for kind in ("fp32", "sparse", "int8"):
+        for kind in ARTIFACT_SPLITS:
             a = arts.get(kind)
             row[f"{kind} bytes"] = a["bytes"] if a else None
             row[f"{kind} gzip"] = a["gzip_bytes"] if a else None
             ev = next(filter(None, (_test(r, s) for s in ARTIFACT_SPLITS[kind])), None) if a else None
             row[f"{kind} AUROC"] = ev["auc_mean"] if ev else None
         rows.append(row)
-    return pd.DataFrame(rows).set_index("run").astype("Float64")
+    df = pd.DataFrame(rows).set_index("run").astype("Float64")
+    # ONNX columns only where some run has ONNX files (runs exported before ONNX, or without the extra)
+    onnx = [c for c in df.columns if c.startswith("onnx_") and df[c.split(" ")[0] + " bytes"].isna().all()]
+    return df.drop(columns=onnx)
 
 
 def tables(runs: list[RunInfo], baseline: int = 0) -> dict[str, pd.DataFrame]:

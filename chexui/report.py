@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 
 from chexui import compare  # noqa: E402
 from chexui.runs import RunInfo  # noqa: E402
+from engine.events import ARTIFACT_SPLITS  # noqa: E402
 from engine.labels import LABELS  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def time_figure(tbl, path: Path) -> None:
 
 
 def storage_figure(tbl, path: Path) -> None:
-    kinds = [k for k in ("fp32", "sparse", "int8") if tbl[f"{k} bytes"].notna().any()]
+    kinds = [k for k in ARTIFACT_SPLITS if f"{k} bytes" in tbl and tbl[f"{k} bytes"].notna().any()]
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(tbl) + 1.8))
     y = np.arange(len(tbl))
     h = 0.8 / (2 * max(1, len(kinds)))

@@ -127,6 +127,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
+        "onnx": Field(True, bool),  # also model_fp32.onnx / model_int8.onnx (needs the chexui[onnx] extra)
     },
 }
 # torchvision's ImageNet weights per architecture (a test checks this against torchvision itself)

@@ -20,7 +20,8 @@ VERSION = 1
 STOP_FILE = "stop_requested"
 # `evaluated` split(s) measuring each exported artifact kind, first match wins: a run without QAT has
 # no `test_fp32`, its fp32 artifact is the best model that `test` measured
-ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8",)}
+ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8",),
+                   "onnx_fp32": ("test_onnx_fp32",), "onnx_int8": ("test_onnx_int8",)}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {

@@ -3,8 +3,10 @@
 - `model_fp32.pt`   the float model: {"format", "arch", "image_size", "model": state_dict}
 - `model_sparse.pt` (pruned runs) the same weights with every tensor that has zeros stored as a packed
                     bit mask plus its nonzero values, only where that is smaller than the dense tensor
-- `model_int8.pt2`  (QAT runs) the converted int8 model as a `torch.export` program: torch alone loads it
-  (`quantize.engine = "fx"`: `model_int8.pt`, TorchScript)
+- `model_int8.pt2`  (QAT and PTQ runs) the converted int8 model as a `torch.export` program: torch alone
+                    loads it (`quantize.engine = "fx"`: `model_int8.pt`, TorchScript)
+- `model_fp32.onnx`, `model_int8.onnx` (`export.onnx`, with the `chexui[onnx]` extra) the same models as
+                    ONNX, the int8 one in QDQ form (`engine.onnx_export`): onnxruntime alone runs them
 
 The fp32 and sparse files are plain torch.save dicts of tensors, strings and ints (weights_only loads).
 Each artifact is reported with its file bytes and its gzip bytes (the study compared compressed storage).
@@ -23,8 +25,10 @@ from torch import nn
 from engine import checkpoint
 from engine.errors import StorageError
 
-FP32, SPARSE, INT8 = "fp32", "sparse", "int8"
-FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2"}
+FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"
+FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2",
+         ONNX_FP32: "model_fp32.onnx", ONNX_INT8: "model_int8.onnx"}
+CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)  # x86 int8 kernels / onnxruntime's CPU provider
 INT8_FX = "model_int8.pt"  # quantize.engine = "fx": TorchScript
 
 
@@ -94,9 +98,10 @@ def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
     return path
 
 
-def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int,
-                  pruned: bool, qat_model: nn.Module | None) -> list[dict]:
-    """Write the run's artifacts (rank 0); returns the `exported` event's list."""
+def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, pruned: bool,
+                  int8_model: nn.Module | None, onnx: bool = True, log=print) -> list[dict]:
+    """Write the run's artifacts (rank 0) from its float model and, for QAT/PTQ runs, its converted
+    int8 model; returns the `exported` event's list."""
     out = run_dir / "export"
     out.mkdir(exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -106,24 +111,47 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int,
     if pruned:
         checkpoint.save_atomic({"format": "chexui-sparse/1", **meta, **to_sparse(state)}, out / FILES[SPARSE])
         arts.append(artifact(SPARSE, out / FILES[SPARSE], run_dir))
-    if qat_model is not None:
+    program = None
+    if int8_model is not None:
         from engine import quant
-        path = out / (FILES[INT8] if quant.is_pt2e(qat_model) else INT8_FX)
-        quant.save_int8(quant.convert(qat_model), image_size, path)
-        arts.append(artifact(INT8, path, run_dir))
+        if quant.is_pt2e_int8(int8_model):
+            program = quant.program(int8_model, image_size)
+            quant.save_int8(program, image_size, out / FILES[INT8])
+            arts.append(artifact(INT8, out / FILES[INT8], run_dir))
+        else:
+            quant.save_int8(int8_model, image_size, out / INT8_FX)
+            arts.append(artifact(INT8, out / INT8_FX, run_dir))
+    if onnx:
+        from engine import onnx_export
+        if onnx_export.missing():
+            log(f"ONNX artifacts skipped: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
+        else:
+            onnx_export.save(build_float(arch, state), image_size, out / FILES[ONNX_FP32])
+            arts.append(artifact(ONNX_FP32, out / FILES[ONNX_FP32], run_dir))
+            if program is not None:
+                onnx_export.save(program, image_size, out / FILES[ONNX_INT8])
+                arts.append(artifact(ONNX_INT8, out / FILES[ONNX_INT8], run_dir))
+            elif int8_model is not None:
+                log("ONNX int8 skipped: only PT2E int8 models export to ONNX (quantize.engine = \"pt2e\")")
     return arts
 
 
+def build_float(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    from engine.models import build_model
+    model = build_model(arch, "none")
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load_model(run_dir: Path, art: dict, trust: bool = False) -> nn.Module:
-    """An artifact as a module ready for inference (int8 on the CPU only: x86 kernels), after
+    """An artifact as a module ready for inference (int8 and ONNX on the CPU only), after
     `verified_path`'s checks."""
     path = verified_path(run_dir, art, trust)
     if art["kind"] == INT8:
         from engine import quant
         return quant.load_int8(path)
-    from engine.models import build_model
+    if art["kind"] in (ONNX_FP32, ONNX_INT8):
+        from engine import onnx_export
+        return onnx_export.Session(path)
     saved = checkpoint.load(path)
-    state = saved["model"] if art["kind"] == FP32 else from_sparse(saved)
-    model = build_model(saved["arch"], "none")
-    model.load_state_dict(state)
-    return model.eval()
+    return build_float(saved["arch"], saved["model"] if art["kind"] == FP32 else from_sparse(saved))

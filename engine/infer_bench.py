@@ -2,7 +2,8 @@
 
 For each artifact of the run's `exported` event: file and gzip bytes, the test AUROC the engine measured
 for that very artifact, CPU latency at batch 1 (median) and throughput at batch 32 at the run's image
-size, and the same on the GPU when there is one (the int8 model uses x86 CPU kernels only). Inputs are
+size, and the same on the GPU when there is one (the int8 model uses x86 CPU kernels only, the ONNX files
+run in onnxruntime on the CPU). Inputs are
 random: timing does not depend on the pixels. The sparse artifact runs with dense kernels (its zeros
 save storage, not time) - measuring it says so.
 """
@@ -74,29 +75,39 @@ def compiled(model: torch.nn.Module, int8: bool) -> torch.nn.Module:
     return torch.compile(model.module if int8 else model.eval())
 
 
+RUNTIMES = {export.ONNX_FP32: "onnxruntime", export.ONNX_INT8: "onnxruntime"}
+
+
 def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool = True) -> dict:
-    """Rows: each artifact as loaded (eager), and with `compile` the fp32 and PT2E int8 ones compiled
-    too; `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline)."""
+    """Rows: each artifact as loaded (PyTorch eager, or onnxruntime for the ONNX files), and with
+    `compile` the fp32 and PT2E int8 ones compiled too; `x_fp32_speed` = b32 throughput over the fastest
+    fp32 row's (the optimised baseline: compiled PyTorch or onnxruntime)."""
+    from engine import onnx_export
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
-    rows = []
+    rows, skipped = [], []
     for a in arts:
+        if a["kind"] in RUNTIMES and onnx_export.missing():
+            skipped.append(f"{a['path']}: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
+            continue
         ev = next((evals[s] for s in ARTIFACT_SPLITS.get(a["kind"], ()) if s in evals), None)
         model = export.load_model(run_dir, a, trust)
         base = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
                 "test_auc_mean": ev["auc_mean"] if ev else None}
-        row = {**base, "runtime": "eager", "cpu": measure(model, image_size, torch.device("cpu"))}
-        row["gpu"] = measure(model.to(gpu), image_size, gpu) if gpu is not None and a["kind"] != export.INT8 else None
+        row = {**base, "runtime": RUNTIMES.get(a["kind"], "eager"), "cpu": measure(model, image_size, torch.device("cpu"))}
+        cpu_only = a["kind"] in export.CPU_ONLY
+        row["gpu"] = measure(model.to(gpu), image_size, gpu) if gpu is not None and not cpu_only else None
         rows.append(row)
         pt2 = a["kind"] == export.INT8 and str(a["path"]).endswith(".pt2")
         if compile and (a["kind"] == export.FP32 or pt2):
             model = export.load_model(run_dir, a, trust)
             rows.append({**base, "runtime": "compiled", "gpu": None,
                          "cpu": measure(compiled(model, pt2), image_size, torch.device("cpu"))})
-    best_fp32 = max((r["cpu"]["throughput_b32"] for r in rows if r["kind"] == export.FP32), default=None)
+    best_fp32 = max((r["cpu"]["throughput_b32"] for r in rows if r["kind"] in (export.FP32, export.ONNX_FP32)),
+                    default=None)
     for r in rows:
         r["x_fp32_speed"] = r["cpu"]["throughput_b32"] / best_fp32 if best_fp32 else None
-    return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "cpu_int8_isa": int8_isa(), "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
-            "artifacts": rows}
+    return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "cpu_int8_isa": int8_isa(),
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None, "artifacts": rows, "skipped": skipped}

@@ -144,6 +144,13 @@ def is_pt2e(qat_model: nn.Module) -> bool:
     return not any(name.endswith("weight_fake_quant") for name, _ in qat_model.named_modules())
 
 
+def is_pt2e_int8(int8_model: nn.Module) -> bool:
+    """A converted model is PT2E's when its graph calls torch's decomposed quantize/dequantize ops (FX's
+    converted graphs call quantized modules instead)."""
+    return isinstance(int8_model, torch.fx.GraphModule) and any(
+        n.op == "call_function" and "quantized_decomposed" in str(n.target) for n in int8_model.graph.nodes)
+
+
 def convert(qat_model: nn.Module) -> nn.Module:
     """An int8 copy of a QAT model (CPU, eval mode); the QAT model itself is left as it is."""
     m = copy.deepcopy(qat_model).cpu().eval()
@@ -211,14 +218,20 @@ def bit_widths(qat_model: nn.Module) -> dict:
             "activation_points": len(acts), "weight_points": len(weights)}
 
 
-def save_int8(int8_model: nn.Module, image_size: int, path) -> None:
+def program(int8_model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
+    """A PT2E int8 model as the `torch.export` program its .pt2 and ONNX artifacts are made from."""
+    example = (torch.zeros(2, 3, image_size, image_size),)
+    return torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
+
+
+def save_int8(int8_model: nn.Module | torch.export.ExportedProgram, image_size: int, path) -> None:
     """PT2E: a `torch.export` program (.pt2). FX: TorchScript (trace + freeze). Either loads with torch
     alone, no chexui or engine code needed."""
     from engine.checkpoint import save_atomic
-    example = (torch.zeros(2, 3, image_size, image_size),)
     if str(path).endswith(".pt2"):
-        program = torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
-        save_atomic(program, path, write=_save_deflated)
+        if not isinstance(int8_model, torch.export.ExportedProgram):
+            int8_model = program(int8_model, image_size)
+        save_atomic(int8_model, path, write=_save_deflated)
         return
     with torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(int8_model, torch.zeros(1, 3, image_size, image_size)))

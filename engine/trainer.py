@@ -427,10 +427,12 @@ class Run:
     def export(self) -> None:
         """Write export/ from the best model, then evaluate every compressed artifact as a user would
         load it, on the test split: `test_fp32` (QAT runs: the float weights without fake quantization),
-        `test_sparse`, `test_int8` (on the CPU). Rank 0 alone: the files are on its disk."""
+        `test_sparse`, `test_int8`, `test_onnx_fp32`, `test_onnx_int8` (int8 and ONNX on the CPU).
+        Rank 0 alone: the files are on its disk."""
         if self.d.is_main:
-            arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"],
-                                        self.dc["image_size"], self.pruner is not None, self.qat)
+            int8 = quant.convert(self.qat) if self.qat is not None else None
+            arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"], self.dc["image_size"],
+                                        self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log)
             params = list(self.model.parameters())
             self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
                       nonzero_parameters=sum(int(p.count_nonzero()) for p in params))
@@ -440,7 +442,7 @@ class Run:
                 if a["kind"] == export.FP32 and self.qat is None:
                     continue  # the fp32 artifact is the model the `test` evaluation just measured
                 model = export.load_model(self.run_dir, a)
-                device = torch.device("cpu") if a["kind"] == export.INT8 else self.d.device
+                device = torch.device("cpu") if a["kind"] in export.CPU_ONLY else self.d.device
                 res = self.evaluate("test", model.to(device), device, dist.Dist(device=device))
                 self.report(ARTIFACT_SPLITS[a["kind"]][0], res)
         self.d.barrier()

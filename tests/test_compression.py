@@ -65,7 +65,7 @@ def test_adaptive_targets_sparse_artifact_under_two_processes(compressed_run):
     assert [e for e in ev if e["type"] == "run_finished"][0]["best_epoch"] >= 2
     # the sparse artifact holds the fp32 artifact's weights: same test AUROC, fewer bytes
     arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
-    assert set(arts) == {"fp32", "sparse", "int8"} and arts["sparse"]["bytes"] < arts["fp32"]["bytes"]
+    assert set(arts) == {"fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"} and arts["sparse"]["bytes"] < arts["fp32"]["bytes"]
     evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
     assert evals["test_sparse"]["auc"] == evals["test_fp32"]["auc"]
 
@@ -148,12 +148,46 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     rows = [(a["kind"], a["runtime"]) for a in res["artifacts"]]
-    assert rows == [("fp32", "eager"), ("fp32", "compiled"), ("sparse", "eager"), ("int8", "eager"), ("int8", "compiled")]
+    assert rows == [("fp32", "eager"), ("fp32", "compiled"), ("sparse", "eager"), ("int8", "eager"), ("int8", "compiled"),
+                    ("onnx_fp32", "onnxruntime"), ("onnx_int8", "onnxruntime")]
     assert res["image_size"] == 32 and res["cpu_int8_isa"]
     for a in res["artifacts"]:
         assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0 and a["x_fp32_speed"] > 0
-    assert max(a["x_fp32_speed"] for a in res["artifacts"] if a["kind"] == "fp32") == 1.0
+    assert max(a["x_fp32_speed"] for a in res["artifacts"] if a["kind"] in ("fp32", "onnx_fp32")) == 1.0
     assert res["artifacts"][3]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
+
+
+@pytest.mark.slow
+def test_onnx_artifacts_run_in_onnxruntime_alone_and_match_the_torch_models(tmp_path, compressed_run, tiny_demo):
+    """model_fp32.onnx and the QDQ model_int8.onnx: evaluated by the run on the test split; a fresh
+    `python -I` with onnxruntime and numpy only (no torch, no chexui) gives the probabilities the run kept;
+    ONNX fp32 equals the PyTorch fp32 model within 1e-4 and ONNX int8 the fake-quantized QAT model within 0.02."""
+    run, _ = compressed_run
+    ev = events_of(run)
+    arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
+    assert arts["onnx_fp32"]["path"] == "export/model_fp32.onnx" and arts["onnx_int8"]["path"] == "export/model_int8.onnx"
+    assert arts["onnx_int8"]["bytes"] <= 0.30 * arts["fp32"]["bytes"]
+    evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
+    assert {"test_onnx_fp32", "test_onnx_int8"} <= set(evals)
+    from engine import nih, predictions
+    from engine.data import Images, to_input
+    kept = {s: predictions.load(run / "predictions" / f"{s}.npz") for s in ("test", "test_fp32", "test_onnx_fp32", "test_onnx_int8")}
+    assert np.abs(kept["test_onnx_fp32"]["probs"] - kept["test_fp32"]["probs"]).max() < 1e-4
+    assert np.abs(kept["test_onnx_int8"]["probs"] - kept["test"]["probs"]).max() < 0.02  # `test`: the QAT model
+    index = nih.index_dataset(tiny_demo)
+    names = list(kept["test_onnx_int8"]["image_ids"][:6])
+    rows = np.array([list(index.names).index(n) for n in names])
+    np.save(tmp_path / "x.npy", to_input(Images(index, 32)[rows][0], torch.device("cpu")).numpy())
+    for kind in ("onnx_fp32", "onnx_int8"):
+        code = ("import sys, json, numpy as np, onnxruntime as ort\n"
+                f"s = ort.InferenceSession({str(run / arts[kind]['path'])!r}, providers=['CPUExecutionProvider'])\n"
+                "logits = s.run(['logits'], {'image': np.load('x.npy')})[0]\n"
+                "assert not {'torch', 'engine', 'chexui'} & set(sys.modules)\n"
+                "print(json.dumps((1 / (1 + np.exp(-logits.astype(np.float64)))).tolist()))")
+        out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        got = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
+        assert np.allclose(got, kept[f"test_{kind}"]["probs"][:6], atol=1e-6), kind
 
 
 def test_bench_on_a_run_without_exports_exits_2(tmp_path):
@@ -276,3 +310,14 @@ def test_a_pt2_whose_entries_would_be_unpickled_is_refused_before_torch_reads_it
         with pytest.raises(StorageError, match="refusing to load it"):
             quant.load_int8(bad)
     assert not marker.exists()
+
+
+def test_without_the_onnx_extra_the_export_says_how_to_enable_it_and_writes_the_rest(tmp_path, monkeypatch):
+    from engine import export, onnx_export
+    monkeypatch.setattr(onnx_export, "missing", lambda: ["onnxruntime"])
+    said: list[str] = []
+    arts = export.export_models(tmp_path, build_model("resnet18", "none"), "resnet18", 32, pruned=False,
+                                int8_model=None, onnx=True, log=said.append)
+    assert [a["kind"] for a in arts] == ["fp32"] and not list((tmp_path / "export").glob("*.onnx"))
+    assert said == ["ONNX artifacts skipped: onnxruntime not installed; install the ONNX extra to get them: "
+                    "pip install 'chexui[onnx]'"]

@@ -1,0 +1,61 @@
+"""ONNX artifacts: `model_fp32.onnx` (every run) and `model_int8.onnx` (PT2E QAT and PTQ runs), and
+running them with onnxruntime.
+
+Both come from `torch.onnx.export` (the dynamo exporter, dynamic batch): the int8 one from the very
+`torch.export` program saved as `model_int8.pt2`, whose quantize/dequantize ops become ONNX
+QuantizeLinear/DequantizeLinear pairs around float ops (the QDQ format). onnxruntime fuses those pairs
+into int8 kernels (QLinearConv, ...) when it loads the model, so the file keeps the QAT/PTQ scales
+exactly and any ONNX runtime can run it. Input `image` (N, 3, H, W, normalised as in training),
+output `logits` (N, 14).
+
+onnx, onnxscript and onnxruntime are the optional extra `chexui[onnx]` (in `dev`); without them the
+ONNX steps are skipped with a message saying how to enable them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+from torch import nn
+
+HINT = "install the ONNX extra to get them: pip install 'chexui[onnx]'"
+
+
+def missing() -> list[str]:
+    """The packages ONNX export and inference need that are not installed."""
+    return [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+
+
+def save(model: nn.Module | torch.export.ExportedProgram, image_size: int, path) -> None:
+    """Export a float model or an int8 program to ONNX at `path` (atomically)."""
+    from engine.fsutil import write_atomic
+    example = (torch.zeros(2, 3, image_size, image_size),)
+    if isinstance(model, nn.Module):
+        model = model.cpu().eval()
+    program = torch.onnx.export(model, example, dynamo=True, verbose=False, input_names=["image"],
+                                output_names=["logits"], external_data=False,
+                                dynamic_shapes=None if isinstance(model, torch.export.ExportedProgram)
+                                else ({0: torch.export.Dim("batch")},))
+    write_atomic(path, program.model_proto.SerializeToString())
+
+
+class Session(nn.Module):
+    """An ONNX model in an onnxruntime CPU session, called like the torch models it stands beside.
+    An ONNX file is data (a protobuf graph of standard ops), but chexui still opens one only after
+    its sha256 check (`export.load_model`)."""
+
+    def __init__(self, path):
+        super().__init__()
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def train(self, mode: bool = True) -> "Session":
+        return self  # nothing in an inference session depends on the mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (channels_last input is a strided view: onnxruntime wants contiguous NCHW)
+        feed = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {self.input: feed})[0])
