@@ -130,7 +130,7 @@ def run(
     resume: Optional[str] = typer.Option(None, "--resume", help="continue a stopped or failed RUN"),
 ) -> None:
     """Train a model: resolve the preset, start the engine under torchrun, show progress."""
-    from chexui.launch import NodeSpec, save_config, start_detached
+    from chexui.launch import NodeSpec, save_config
     base = runs_mod.runs_dir(runs_dir)
     node = NodeSpec(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     try:
@@ -157,6 +157,12 @@ def run(
             save_config(cfg, run_dir)
     except UserError as e:
         raise fail(str(e))
+    _start(cfg, run_dir, base, node, headless, detach)
+
+
+def _start(cfg: dict, run_dir: Path, base: Path, node, headless: bool, detach: bool) -> None:
+    """Launch the engine on a prepared run dir: in the background, under the TUI, or followed headless."""
+    from chexui.launch import start_detached
     if detach:
         pid = start_detached(run_dir, base, node)
         say(f"started {run_dir.name} in the background (pid {pid})")
@@ -173,6 +179,38 @@ def run(
     view.say(f"run dir: {run_dir}")
     code = _launch_and_follow(cfg, run_dir, node, view)
     raise typer.Exit(code)
+
+
+@app.command()
+def compress(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="a finished run (its checkpoints/best.pt)"),
+    prune: Optional[str] = typer.Option(None, "--prune", help="one-shot magnitude pruning: 0.5, 0.7 (any "
+                                        "sparsity) or adaptive (the per-width targets of the adaptive presets)"),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0, help="masked fine-tune epochs after pruning"),
+    ptq: bool = typer.Option(False, "--ptq", help="post-training static int8 quantization (PT2E), calibrated "
+                             "on a seeded sample of the training split"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (default: pt-<what it does>)"),
+    set_: list[str] = typer.Option([], "--set", "-s", help="override: SECTION.KEY=VALUE (repeatable)"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="processes (GPUs) for the fine-tune"),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir"),
+    headless: bool = typer.Option(False, "--headless", help="plain progress output, no TUI"),
+    detach: bool = typer.Option(False, "--detach", help="run in the background; follow with `chexui watch`"),
+) -> None:
+    """Compress a trained run after training, as a new run that records its parent: prune its best model
+    at once (optionally fine-tune with the masks held) and/or quantize it to int8. Stop and resume it
+    like any run (`chexui run --resume`); `chexui compare` puts it beside training-time compression."""
+    from chexui.compress import compress_config
+    from chexui.launch import NodeSpec, save_config
+    base = runs_mod.runs_dir(runs_dir)
+    parent = find(run_ref, runs_dir)
+    try:
+        cfg = compress_config(parent, prune, finetune_epochs, ptq, name, set_, nproc)
+        _prepare_data(cfg)
+        run_dir = runs_mod.new_run_dir(base, cfg["name"])
+        save_config(cfg, run_dir)
+    except UserError as e:
+        raise fail(str(e))
+    _start(cfg, run_dir, base, NodeSpec(), headless, detach)
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 - AUROC: the 14 labels + mean, one column per run, labelled by the config keys that differ between the
   runs (`LR=0.001 B=64`), and the CheXNet paper's published AUROC as a reference column.
-- training time: processes, epochs, total hours, hours per epoch, training images/s.
+- training time: parent run (post-training compression), processes, epochs, total hours, compute hours
+  with the parent's training, hours per epoch, training images/s.
 - storage: parameters, nonzero parameters, and the bytes and gzip bytes of each exported artifact.
 - paired: each run against a baseline run evaluated on the same test split (same split sha256):
   the difference in test AUROC per class and of the mean, with its paired patient-bootstrap 95 % CI
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexui.format import n_defined, short_key, value_text
+from chexui.format import compression_text, n_defined, short_key, value_text
 from chexui.runs import RunInfo
 from engine import bootstrap, config, metrics, predictions
 from engine.errors import UserError
@@ -28,25 +29,30 @@ from engine.labels import CHEXNET_AUROC, LABELS
 
 REFERENCE = "CheXNet (paper)"
 # keys that say nothing about the experiment
-IGNORED = {"name", "description", "sweep", "data.workers", "export.enabled"}
+IGNORED = {"name", "description", "sweep", "data.workers", "export.enabled", "compress.parent"}
+
+
+COMPRESSION = ("prune.", "quantize.", "compress.")  # summed up by `compression_text`
+IMPLIED_BY_PARENT = {"train.epochs", "train.lr", "model.pretrained"}  # a compress run sets these from --options
 
 
 def run_labels(runs: list[RunInfo]) -> list[str]:
-    """Column labels from the config keys whose values differ between the runs (else the run ids)."""
-    flats = [config.flatten((r.first("run_started") or {}).get("config", {})) for r in runs]
+    """Column labels from what differs between the runs: the compression method in a few words, then
+    the other config keys whose values differ (else the run ids)."""
+    cfgs = [(r.first("run_started") or {}).get("config", {}) for r in runs]
+    flats = [config.flatten(c) for c in cfgs]
     keys = sorted({k for f in flats for k in f} - IGNORED)
-    differ = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
-    if len(runs) < 2 or not differ:
+    differ = [k for k in keys if not k.startswith(COMPRESSION)
+              and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    methods = [compression_text(c) for c in cfgs]
+    if len(runs) < 2 or not (differ or len(set(methods)) > 1):
         return _unique([r.id for r in runs])
-    # keys off by default (pruning/QAT disabled) hide their sub-keys: "prune=false" says it all
     labels = []
-    for f in flats:
-        parts = []
-        for k in differ:
-            section = k.split(".")[0]
-            if section in ("prune", "quantize") and not k.endswith(".enabled") and not f.get(f"{section}.enabled"):
-                continue
-            parts.append(f"{short_key(k)}={value_text(f.get(k))}")
+    for cfg, f, method in zip(cfgs, flats, methods):
+        compressed_after = bool((cfg.get("compress") or {}).get("parent"))
+        parts = [method] if len(set(methods)) > 1 else []
+        parts += [f"{short_key(k)}={value_text(f.get(k))}" for k in differ
+                  if not (compressed_after and k in IMPLIED_BY_PARENT)]
         labels.append(" ".join(parts))
     if len(set(labels)) < len(labels):  # same differing keys (e.g. repeated runs): add the id
         labels = [f"{lab} ({r.id})" for lab, r in zip(labels, runs)]
@@ -142,10 +148,14 @@ def time_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
         started = r.last("restarted") or r.first("run_started") or {}
         done = r.last("run_finished") or {}
         total = done.get("total_time_s")
+        # a post-training compression run: its parent's training time counts toward its compute
+        parent = (r.first("run_started") or {}).get("parent") or {}
+        compute = total + (parent.get("total_time_s") or 0) if total is not None else None
         rows.append({
-            "run": lab, "status": r.status, "processes": started.get("world_size"),
+            "run": lab, "status": r.status, "parent": parent.get("run_id"), "processes": started.get("world_size"),
             "epochs": len(epochs), "best epoch": done.get("best_epoch"),
             "total h": total / 3600 if total is not None else None,
+            "compute h (with parent)": compute / 3600 if compute is not None else None,
             "h / epoch": sum(e["epoch_time_s"] for e in epochs) / len(epochs) / 3600 if epochs else None,
             "train images/s": sum(e["images_per_s"] for e in epochs) / len(epochs) if epochs else None,
         })
@@ -221,7 +231,7 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
                 return "-"
             if name == "auroc" or "AUROC" in col:
                 return f"{v:.4f}"
-            if col in ("total h", "h / epoch"):
+            if col in ("total h", "compute h (with parent)", "h / epoch"):
                 return f"{v:.3f}"
             if col == "train images/s":
                 return f"{v:.1f}"

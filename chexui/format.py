@@ -40,6 +40,23 @@ def short_key(key: str) -> str:
     return SHORT.get(key, key.rsplit(".", 1)[-1])
 
 
+def compression_text(cfg: dict) -> str:
+    """A run's compression in a few words: "dense", "prune70", "prune-adaptive", "qat-all",
+    "prune70+qat-conv"; `chexui compress` runs: "post-training prune70 ft1", "post-training ptq-all"."""
+    p, q, c = cfg.get("prune") or {}, cfg.get("quantize") or {}, cfg.get("compress") or {}
+    parts = []
+    if p.get("enabled"):
+        parts.append("prune-adaptive" if p.get("adaptive") else f"prune{round(100 * p.get('final_sparsity', 0))}")
+        if c.get("parent") and (cfg.get("train") or {}).get("epochs"):
+            parts[-1] += f" ft{cfg['train']['epochs']}"
+    if q.get("enabled"):
+        parts.append(f"qat-{q.get('scope')}")
+    if c.get("ptq"):
+        parts.append(f"ptq-{c.get('scope')}")
+    text = "+".join(parts) or "dense"
+    return f"post-training {text}" if c.get("parent") else text
+
+
 def value_text(v: Any) -> str:
     """A config value as it reads in a label: 0.001, true, [..]."""
     if isinstance(v, list):

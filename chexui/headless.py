@@ -111,6 +111,10 @@ class HeadlessView:
                      f"world size {e['world_size']} ({e['nnodes']} node(s)); data {ds['root']}: "
                      f"{ds['n_train']} train / {ds['n_val']} val / {ds['n_test']} test images, "
                      f"{ds['n_patients']} patients")
+            if e.get("parent"):
+                par = e["parent"]
+                self.say(f"compressing the best model (epoch {par.get('best_epoch')}) of run {par.get('run_id')}: "
+                         f"{cfg.get('description', '')}")
         elif t == "restarted":
             self.say(f"resumed at epoch {e['resumed_epoch']} (attempt {e['attempt']})")
         elif t == "epoch_started":

@@ -64,7 +64,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "weights": Field("IMAGENET1K_V1", str, choices=("IMAGENET1K_V1", "IMAGENET1K_V2")),
     },
     "train": {
-        "epochs": Field(100, int, min=1, max=10000),
+        "epochs": Field(100, int, min=0, max=10000),  # 0: compress runs only (no fine-tune)
         "batch_size": Field(16, int, min=1, max=4096),
         "lr": Field(0.001, NUM, min=0.0, max=10.0, min_exclusive=True),
         "lr_scale": Field("linear", str, choices=("linear", "none")),
@@ -107,6 +107,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # which epochs may be the best checkpoint: "schedule_end" = only once the final sparsity is reached
         # (early stopping counts from there too); "start" = any epoch, as Keras' callbacks did in the study
         "best_from": Field("schedule_end", str, choices=("schedule_end", "start")),
+        # "gradual": the polynomial schedule above; "one_shot": every layer pruned to its final target at
+        # step 0 (from the starting weights: `chexui compress`'s post-training pruning), masks then fixed
+        "schedule": Field("gradual", str, choices=("gradual", "one_shot")),
     },
     "quantize": {
         "enabled": Field(False, bool),
@@ -124,6 +127,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # patient-bootstrap 95 % confidence intervals of every test AUROC; 0 resamples = none
         "bootstrap_resamples": Field(1000, int, min=0, max=10000),
         "bootstrap_seed": Field(0, int, min=0),
+    },
+    # `chexui compress` sets this section: a run that starts from another run's best model
+    "compress": {
+        "parent": Field("", str),  # the parent run dir; empty: an ordinary training run
+        "ptq": Field(False, bool),  # post-training static int8 quantization (PT2E) after any fine-tune
+        "scope": Field("all", str, choices=("conv", "all")),  # what PTQ quantizes (as quantize.scope)
+        "calibration_images": Field(512, int, min=1),  # seeded sample of the training split
     },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
@@ -209,16 +219,24 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
     cfg = merge(defaults(), raw)
     cfg.pop("extends", None)
     p = cfg["prune"]
-    if p["enabled"] and p["end_epoch"] <= p["begin_epoch"]:
+    gradual = p["enabled"] and p["schedule"] == "gradual"
+    if gradual and p["end_epoch"] <= p["begin_epoch"]:
         raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: must be greater "
                           f"than prune.begin_epoch = {p['begin_epoch']}")
-    if p["enabled"] and p["end_epoch"] > cfg["train"]["epochs"]:
+    if gradual and p["end_epoch"] > cfg["train"]["epochs"]:
         raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
                           f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)")
     q = cfg["quantize"]
     if q["enabled"] and q["engine"] == "pt2e" and q["freeze_bn_epoch"]:
         raise ConfigError(f"{source}: key 'quantize.freeze_bn_epoch' = {q['freeze_bn_epoch']}: PT2E has no BatchNorm "
                           "freezing; use 0, or quantize.engine = \"fx\"")
+    c = cfg["compress"]
+    if cfg["train"]["epochs"] == 0 and not c["parent"]:
+        raise ConfigError(f"{source}: key 'train.epochs' = 0: expected at least 1 (0 is for `chexui compress` "
+                          "runs, which start from a trained model)")
+    if c["ptq"] and (q["enabled"] or not c["parent"]):
+        raise ConfigError(f"{source}: key 'compress.ptq' = true: post-training quantization is for `chexui compress` "
+                          "runs (compress.parent set) without QAT (quantize.enabled = false)")
     m = cfg["model"]
     if m["pretrained"] == "imagenet" and m["weights"] not in ARCH_WEIGHTS[m["arch"]]:
         raise ConfigError(f"{source}: key 'model.weights' = {m['weights']!r}: torchvision has no such weights for "

@@ -12,6 +12,8 @@ sparsity it was asked for. Weights are identical on every rank under DDP, so mas
 `scope = "conv"` prunes conv weights only (no BatchNorm, biases or classifier); `"all"` adds the
 classifier. `adaptive` gives a final target per layer by output channels; `adaptive_default` the
 target of widths it does not list (a sparsity, "keep" = not pruned, or "final" = final_sparsity).
+`schedule = "one_shot"` (post-training pruning, `chexui compress`): every layer at its final target at
+step 0, by the magnitudes of the weights it starts from, with the same masks, scopes and adaptive targets.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ class Pruner:
         self.layers = prunable(model, cfg["scope"])
         by_width = {a["out_channels"]: a["sparsity"] for a in cfg["adaptive"]}
         self.final = {name: by_width.get(self._width(m), self.unlisted(cfg)) for name, m in self.layers.items()}
-        self.t0 = round(cfg["begin_epoch"] * steps_per_epoch)
-        self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
+        if cfg["schedule"] == "one_shot":  # final targets from step 0: call step(0) once the weights are in
+            self.t0 = self.t1 = 0
+        else:
+            self.t0 = round(cfg["begin_epoch"] * steps_per_epoch)
+            self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
         self.masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in self.layers.items()}
         self.last_update = -1
 

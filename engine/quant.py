@@ -163,12 +163,15 @@ def convert(qat_model: nn.Module) -> nn.Module:
 
 def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """convert_pt2e leaves the float weights registered beside the int8 ones it made; export would
-    store both (1.25x the fp32 bytes). Drop every parameter and buffer the graph no longer reads."""
+    store both (1.25x the fp32 bytes). Drop every parameter and buffer the graph no longer reads.
+    The result accepts .eval() (evaluation code calls it; an int8 graph has nothing mode-dependent)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
         if name not in used:
             owner, _, attr = name.rpartition(".")
             delattr(gm.get_submodule(owner) if owner else gm, attr)
+    allow_exported_model_train_eval(gm)
     return gm
 
 

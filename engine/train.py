@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import config, dist, procs, quant
+from engine import compress, config, dist, procs, quant
 from engine.errors import UserError, one_line
 from engine.labels import n_defined
 from engine.trainer import Diverged, Run
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                      parameters=sum(p.numel() for p in run.model.parameters()),
                      channels_last=weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4,
                      amp=str(run.amp).removeprefix("torch.") if run.amp is not None else None,
-                     quantization=quant.bit_widths(run.qat) if run.qat is not None else None)
+                     quantization=quant.bit_widths(run.qat) if run.qat is not None else None,
+                     **({"parent": compress.parent_summary(run.parent)} if run.parent else {}))
+            if run.parent:
+                run.start_from_parent()
         status = run.fit()
         test_mean = n_labels = None
         if status == "completed":

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import bootstrap, checkpoint, dist, export, predictions, quant
+from engine import bootstrap, checkpoint, compress, dist, export, predictions, quant
 from engine.checkpoint import RunCheckpoints
-from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
+from engine.errors import UserError
+from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
 from engine.evaluate import auroc_from_logits, predict_logits, probabilities
 from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
@@ -171,6 +172,9 @@ class Run:
             write_atomic(self.run_dir / "split.json", json.dumps(self.data.manifest))
         m = self.cfg["model"]
         model = build_model(m["arch"], m["pretrained"], m["weights"])
+        self.parent = self.cfg["compress"]["parent"]
+        if self.parent and not self.ckpts.last.is_file():  # (a resume reads its own last.pt instead)
+            model.load_state_dict(compress.parent_state(self.parent))
         # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
         # measured), so the CPU suite runs the same weight layout as the GPU servers
         self.channels_last = self.t["channels_last"]
@@ -197,6 +201,9 @@ class Run:
                                                  self.d.rank, self.t["seed"], 0))
         self.pruner = Pruner(self.model, self.cfg["prune"], self.steps_per_epoch) \
             if self.cfg["prune"]["enabled"] else None
+        if self.pruner is not None and self.cfg["prune"]["schedule"] == "one_shot":
+            self.pruner.step(0)  # final masks from the starting weights (a resume restores its own)
+        self.int8: nn.Module | None = None  # the post-training int8 model (compress.ptq), made in test()
 
     def parts(self) -> dict:
         """The named stateful parts of a checkpoint (state_dict / load_state_dict each): adding a part
@@ -418,11 +425,53 @@ class Run:
         self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"],
                   n_labels_defined=n_defined(res["auc"]), predictions=str(path.relative_to(self.run_dir)), **extra)
 
+    def start_from_parent(self) -> None:
+        """A compress run's epoch 0 (fresh runs only): the parent's best model, pruned when pruning, on
+        the parent's very split; validated and saved as the best so far, so a fine-tune epoch replaces it
+        only by beating it, and a run without fine-tune has its model checkpointed."""
+        t0 = time.perf_counter()
+        info = compress.parent_summary(self.parent)
+        if info["split_sha256"] != self.data.manifest["sha256"]:
+            raise UserError(f"{self.parent}: its data split (sha256 {info['split_sha256']}) is not this run's "
+                            f"({self.data.manifest['sha256']}): the data or [data] keys changed since it ran")
+        val = self.evaluate("val")
+        self.state.best_val_loss = val["loss"]
+        sparsity = f", sparsity {self.pruner.sparsity():.3f}" if self.pruner is not None else ""
+        self.log(f"epoch 0: best model of {info['run_id']}{sparsity}: val_loss {val['loss']:.4f} "
+                 f"val_auc {val['auc_mean'] or float('nan'):.4f}")
+        if self.pruner is not None and self.d.is_main:
+            self.save_layer_sparsity(0)
+        self.state.wall_time_s += time.perf_counter() - t0  # compression time counts as the run's time
+        self.save(best=True)
+
+    def post_training_int8(self) -> nn.Module:
+        """PT2E static quantization of the best model (rank 0, CPU), its observers calibrated on a
+        seeded sample of the training split."""
+        c = self.cfg["compress"]
+        rows = compress.calibration_rows(self.data.split["train"], c["calibration_images"], self.t["seed"])
+        _, batches = eval_batches(len(rows), self.t["batch_size"] * 2, 1, 0)
+        inputs = (to_input(self.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)
+        t0 = time.perf_counter()
+        int8 = quant.post_training(self.model, c["scope"], self.dc["image_size"], inputs)
+        self.state.wall_time_s += time.perf_counter() - t0
+        self.log(f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "
+                 f"{time.perf_counter() - t0:.1f}s")
+        return int8
+
     def test(self) -> dict:
         self.load_best()
-        res = self.evaluate("test", self.core)
-        self.report("test", res)
-        return res
+        if not self.cfg["compress"]["ptq"]:
+            res = self.evaluate("test", self.core)
+            self.report("test", res)
+            return res
+        # post-training quantization: what the run ships, and so its `test` evaluation, is the int8 model
+        res = None
+        if self.d.is_main:
+            self.int8 = self.post_training_int8()
+            cpu = torch.device("cpu")
+            res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu))
+            self.report("test", res)
+        return self.d.all_gather_object(res)[0]
 
     def export(self) -> None:
         """Write export/ from the best model, then evaluate every compressed artifact as a user would
@@ -430,7 +479,7 @@ class Run:
         `test_sparse`, `test_int8`, `test_onnx_fp32`, `test_onnx_int8` (int8 and ONNX on the CPU).
         Rank 0 alone: the files are on its disk."""
         if self.d.is_main:
-            int8 = quant.convert(self.qat) if self.qat is not None else None
+            int8 = quant.convert(self.qat) if self.qat is not None else self.int8
             arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"], self.dc["image_size"],
                                         self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log)
             params = list(self.model.parameters())
@@ -439,7 +488,7 @@ class Run:
             for a in arts:
                 self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
             for a in arts:
-                if a["kind"] == export.FP32 and self.qat is None:
+                if a["kind"] == export.FP32 and int8 is None:
                     continue  # the fp32 artifact is the model the `test` evaluation just measured
                 model = export.load_model(self.run_dir, a)
                 device = torch.device("cpu") if a["kind"] in export.CPU_ONLY else self.d.device

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import export, quant
+from engine import config, export, quant
 from engine.labels import LABELS
 from engine.models import build_model
 from engine.prune import Pruner, schedule
@@ -31,9 +31,9 @@ def test_schedule_is_polynomial_from_initial_to_final():
 
 def test_conv_scope_leaves_batchnorm_biases_and_classifier():
     model = build_model("resnet18", "none")
-    cfg = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
-           "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1,
-           "adaptive_default": "final"}
+    cfg = {**config.defaults()["prune"], "scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
+           "final_sparsity": 0.7, "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3,
+           "frequency_steps": 1, "adaptive_default": "final"}
     p = Pruner(model, cfg, steps_per_epoch=4)
     assert all(isinstance(m, torch.nn.Conv2d) for m in p.layers.values()) and "fc" not in p.layers
     for step in range(1, 6):
@@ -72,8 +72,8 @@ def test_adaptive_targets_sparse_artifact_under_two_processes(compressed_run):
 
 def test_sparse_artifact_stores_only_nonzeros_and_round_trips():
     model = build_model("resnet18", "none")
-    cfg = {"scope": "conv", "adaptive": [], "final_sparsity": 0.7, "initial_sparsity": 0.7, "begin_epoch": 0.0,
-           "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+    cfg = {**config.defaults()["prune"], "scope": "conv", "adaptive": [], "final_sparsity": 0.7,
+           "initial_sparsity": 0.7, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
     Pruner(model, cfg, steps_per_epoch=1).step(1)
     state = model.state_dict()
 

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
+from engine import config
 from engine.models import WeightedBCE, build_model
 from engine.prune import Pruner
 from engine.trainer import train_step
 from tests.conftest import chexui, events_of, only_run, run_tiny
 
-PRUNE = {"scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
+PRUNE = {**config.defaults()["prune"], "scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
          "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1,
          "adaptive_default": "final"}
 

@@ -1,0 +1,80 @@
+"""`chexui compress RUN`: the config of a post-training compression run made from a finished run's
+config (engine/compress.py has what the engine does with it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chexui import presets as presets_mod
+from engine import config
+from engine.compress import parent_best
+from engine.errors import UserError
+from engine.events import read_events
+
+# the adaptive per-width targets `--prune adaptive` uses: the training-time presets' (ResNet18 shares
+# ResNet50's widths 64-512 and so its table)
+ADAPTIVE_PRESETS = {"densenet121": "prune-adaptive", "resnet50": "resnet50-prune-adaptive",
+                    "resnet18": "resnet50-prune-adaptive"}
+
+
+def prune_section(prune: str, arch: str) -> dict[str, Any]:
+    """The [prune] keys of `--prune 0.5|0.7|adaptive` (or any sparsity in (0, 0.99])."""
+    keys: dict[str, Any] = {"enabled": True, "schedule": "one_shot", "best_from": "start"}
+    if prune == "adaptive":
+        p = presets_mod.resolve(ADAPTIVE_PRESETS[arch])["prune"]
+        return {**keys, "adaptive": p["adaptive"], "adaptive_default": p["adaptive_default"],
+                "final_sparsity": p["final_sparsity"]}
+    try:
+        sparsity = float(prune)
+    except ValueError:
+        sparsity = -1.0
+    if not 0.0 < sparsity <= 0.99:
+        raise UserError(f"--prune {prune!r}: expected a sparsity in (0, 0.99] such as 0.5 or 0.7, or 'adaptive'")
+    return {**keys, "final_sparsity": sparsity, "adaptive": []}
+
+
+def _parent_base_lr(parent: Path, cfg: dict) -> float:
+    """The parent's learning rate at its last epoch (after its plateau cuts), per worker: a fine-tune
+    continues where training ended rather than restarting at the initial rate."""
+    events = read_events(parent / "events.jsonl")
+    last = next((e for e in reversed(events) if e["type"] == "epoch_ended"), None)
+    started = next((e for e in events if e["type"] == "run_started"), {})
+    if last is None:
+        return cfg["train"]["lr"]
+    world = started.get("world_size") or 1
+    return last["lr"] / (world if cfg["train"]["lr_scale"] == "linear" else 1)
+
+
+def compress_config(parent: Path, prune: str | None, finetune_epochs: int, ptq: bool, name: str | None,
+                    sets: list[str], nproc: int | None = None) -> dict[str, Any]:
+    """The resolved config of a compress run from `parent` (exit-2 errors as UserError)."""
+    if prune is None and not ptq:
+        raise UserError("nothing to do: give --prune 0.5|0.7|adaptive and/or --ptq")
+    if finetune_epochs and prune is None:
+        raise UserError("--finetune-epochs is a masked fine-tune after pruning: it needs --prune")
+    cfg = config.load_run_config(parent / "config.toml")
+    pruning = prune_section(prune, cfg["model"]["arch"]) if prune is not None else None
+    parent_best(parent)  # exit 2 now, not in the engine, when there is no best model
+    if cfg["quantize"]["enabled"]:
+        raise UserError(f"run {parent.name} trained with QAT: its int8 model is exported already; compress "
+                        "starts from a float run")
+    what = []
+    if pruning is not None:
+        cfg["prune"] = {**cfg["prune"], **pruning}
+        what.append(f"prune{round(float(prune) * 100)}" if prune != "adaptive" else "prune-adaptive")
+        if finetune_epochs:
+            what.append(f"ft{finetune_epochs}")
+    if ptq:
+        what.append("ptq")
+    cfg["name"] = name or "-".join(["pt", *what])
+    cfg["description"] = f"post-training {' + '.join(what)} of {parent.name}"
+    cfg["sweep"] = ""
+    cfg["model"]["pretrained"] = "none"  # the weights are the parent's
+    cfg["train"]["epochs"] = finetune_epochs
+    cfg["train"]["lr"] = _parent_base_lr(parent, cfg)
+    cfg["compress"] = {**cfg["compress"], "parent": str(parent.resolve()), "ptq": ptq}
+    cfg["export"]["enabled"] = True
+    if nproc is not None:
+        cfg["distributed"]["nproc"] = nproc
+    return config.validate(config.apply_sets(cfg, sets), f"{parent / 'config.toml'} (compress)")

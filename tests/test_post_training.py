@@ -1,0 +1,176 @@
+"""Post-training compression (`chexui compress`): one-shot pruning with a masked fine-tune and PTQ, as
+new runs that record their parent, side by side with training-time compression in `compare`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import config, predictions
+from engine.models import build_model
+from engine.prune import Pruner
+
+from tests.conftest import TINY_PRESET, chexui, events_of, isolated_env, only_run, wait_for_event
+
+# quicker runs: fewer bootstrap resamples (the intervals are not the subject here)
+QUICK = ["--set", "eval.bootstrap_resamples=100"]
+
+
+def test_one_shot_pruning_reaches_every_target_at_step_0_and_holds_it():
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none")
+    cfg = {**config.defaults()["prune"], "enabled": True, "schedule": "one_shot", "final_sparsity": 0.7,
+           "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "adaptive_default": "final"}
+    p = Pruner(model, cfg, steps_per_epoch=4)
+    p.step(0)
+    for name, info in p.layer_sparsity().items():
+        assert abs(info["sparsity"] - (0.25 if info["out_channels"] == 64 else 0.7)) <= 0.005, name
+    masks = {k: v.clone() for k, v in p.masks.items()}
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(torch.randn_like(prm))  # what an optimizer step does to pruned weights
+    p.step(7)  # after any later step: the same masks, re-applied
+    assert all(torch.equal(masks[k], p.masks[k]) for k in masks)
+    assert all(abs(i["sparsity"] - i["target"]) <= 0.005 for i in p.layer_sparsity().values())
+
+
+@pytest.fixture(scope="module")
+def post_training(tmp_path_factory, tiny_demo):
+    """A finished baseline (export on), then `chexui compress` of it twice: --prune 0.7 --finetune-epochs 1
+    and --ptq. Returns (runs dir, {"baseline"|"prune"|"ptq": run dir})."""
+    base = tmp_path_factory.mktemp("post-training")
+    preset = base / "tiny.toml"
+    preset.write_text(TINY_PRESET.format(desc="baseline", root=tiny_demo, epochs=2))
+    env = {**os.environ, **isolated_env(tmp_path_factory.getbasetemp())}
+    env.pop("CHEXUI_PRESETS", None)
+    runs = base / "runs"
+    r = chexui("run", "--headless", "--preset", preset, "--name", "baseline", "--set", "export.enabled=true",
+               *QUICK, "--runs-dir", runs, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = {"baseline": only_run(runs)}
+    for key, args in (("prune", ["--prune", "0.7", "--finetune-epochs", "1"]), ("ptq", ["--ptq"])):
+        r = chexui("compress", "baseline", *args, "--headless", *QUICK, "--runs-dir", runs, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"compressing the best model (epoch {_finished(out['baseline'])['best_epoch']}) of run " \
+               f"{out['baseline'].name}" in r.stdout
+        out[key] = max((d for d in runs.iterdir() if d.is_dir() and d not in out.values()), key=lambda d: d.name)
+    return runs, out
+
+
+def _finished(run: Path) -> dict:
+    return [e for e in events_of(run) if e["type"] == "run_finished"][-1]
+
+
+def _artifacts(run: Path) -> dict[str, dict]:
+    return {a["kind"]: a for a in [e for e in events_of(run) if e["type"] == "exported"][-1]["artifacts"]}
+
+
+def _probs(run: Path, split: str) -> np.ndarray:
+    return predictions.load(run / "predictions" / f"{split}.npz")["probs"]
+
+
+@pytest.mark.slow
+def test_compress_prune_finetune_is_a_run_with_its_parent_and_the_target_sparsity(post_training):
+    _, runs = post_training
+    run, parent = runs["prune"], runs["baseline"]
+    ev = events_of(run)
+    started = [e for e in ev if e["type"] == "run_started"][0]
+    assert started["parent"]["run_id"] == parent.name and started["parent"]["path"] == str(parent.resolve())
+    assert started["parent"]["split_sha256"] == started["dataset"]["split_sha256"]
+    assert started["config"]["compress"]["parent"] == str(parent.resolve())
+    assert started["config"]["prune"]["schedule"] == "one_shot" and started["config"]["train"]["epochs"] == 1
+    epochs = [e for e in ev if e["type"] == "epoch_ended"]
+    assert len(epochs) == 1 and abs(epochs[0]["sparsity"] - 0.7) <= 0.005  # held through the fine-tune
+    assert _finished(run)["status"] == "completed"
+    arts = _artifacts(run)
+    assert {"fp32", "sparse", "onnx_fp32"} <= set(arts) and arts["sparse"]["bytes"] < 0.45 * arts["fp32"]["bytes"]
+    layers = json.loads((run / "prune_layers.json").read_text())
+    assert set(layers) >= {"0", "1"} and all(abs(v["sparsity"] - 0.7) <= 0.005 for v in layers["1"].values())
+    evals = {e["split"] for e in ev if e["type"] == "evaluated"}
+    assert {"test", "test_sparse", "test_onnx_fp32"} <= evals
+    assert np.abs(_probs(run, "test_onnx_fp32") - _probs(run, "test")).max() < 1e-4
+    # the parent is untouched: same events, same best checkpoint
+    assert (parent / "checkpoints" / "best.pt").is_file() and _finished(parent)["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_compress_ptq_ships_int8_and_onnx_int8_calibrated_on_training_images(post_training):
+    _, runs = post_training
+    run = runs["ptq"]
+    arts = _artifacts(run)
+    assert arts["int8"]["path"] == "export/model_int8.pt2" and arts["onnx_int8"]["path"] == "export/model_int8.onnx"
+    for kind in ("int8", "onnx_int8"):
+        assert arts[kind]["bytes"] <= 0.30 * arts["fp32"]["bytes"], kind
+    evals = {e["split"]: e for e in events_of(run) if e["type"] == "evaluated"}
+    assert {"test", "test_fp32", "test_int8", "test_onnx_fp32", "test_onnx_int8"} <= set(evals)
+    # `test` is the int8 model the run made; the exported .pt2, reloaded, gives the same numbers
+    assert np.abs(_probs(run, "test_int8") - _probs(run, "test")).max() < 1e-6
+    assert np.abs(_probs(run, "test_onnx_int8") - _probs(run, "test")).max() < 0.02
+    assert np.abs(_probs(run, "test_onnx_fp32") - _probs(run, "test_fp32")).max() < 1e-4
+    # the float model it quantized is the parent's best, unchanged
+    assert np.abs(_probs(run, "test_fp32") - _probs(runs["baseline"], "test")).max() < 1e-6
+    log = (run / "logs" / "engine.log").read_text()
+    assert "post-training int8 (all): calibrated on" in log and "training images" in log
+    assert [e for e in events_of(run) if e["type"] == "epoch_ended"] == []
+
+
+@pytest.mark.slow
+def test_compare_puts_post_training_rows_beside_training_time_ones(post_training, compressed_run):
+    runs_dir, runs = post_training
+    qat_prune, _ = compressed_run  # training-time adaptive pruning + QAT, 2 processes, same tiny data
+    refs = [str(runs[k]) for k in ("baseline", "prune", "ptq")] + [str(qat_prune)]
+    r = chexui("compare", *refs, "--format", "json", "--runs-dir", runs_dir)
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)
+    labels = list(t["time"])
+    assert labels[1].startswith("post-training prune70 ft1") and labels[2].startswith("post-training ptq-all")
+    assert labels[3].startswith("prune-adaptive+qat-all")
+    assert [t["time"][lab]["parent"] for lab in labels] == [None, runs["baseline"].name, runs["baseline"].name, None]
+    parent_h = t["time"][labels[0]]["total h"]
+    assert t["time"][labels[2]]["compute h (with parent)"] == pytest.approx(parent_h + t["time"][labels[2]]["total h"])
+    s = t["storage"]
+    assert s[labels[1]]["sparse AUROC"] is not None and s[labels[2]]["int8 AUROC"] is not None
+    assert s[labels[2]]["onnx_int8 AUROC"] is not None and s[labels[3]]["onnx_int8 AUROC"] is not None
+    assert s[labels[2]]["onnx_int8 bytes"] <= 0.30 * s[labels[2]]["fp32 bytes"]
+    table = chexui("compare", *refs, "--runs-dir", runs_dir).stdout
+    assert "parent" in table and runs["baseline"].name in table
+
+
+@pytest.mark.slow
+def test_a_stopped_compress_fine_tune_resumes_like_any_run(tmp_path, post_training):
+    _, runs = post_training
+    out = tmp_path / "runs"
+    r = chexui("compress", str(runs["baseline"]), "--prune", "0.5", "--finetune-epochs", "30", "--detach",
+               "--set", "export.enabled=false", "--runs-dir", out)
+    assert r.returncode == 0, r.stderr
+    run, _ = wait_for_event(out, lambda e: e["type"] == "epoch_ended")
+    r = chexui("stop", run.name, "--runs-dir", out)
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+    r = chexui("run", "--resume", run.name, "--headless", "--set", "train.epochs=2", "--runs-dir", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = events_of(run)
+    assert len([e for e in ev if e["type"] == "run_started"]) == 1 and [e for e in ev if e["type"] == "restarted"]
+    epochs = [e for e in ev if e["type"] == "epoch_ended"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(abs(e["sparsity"] - 0.5) <= 0.005 for e in epochs)
+    assert _finished(run)["status"] == "completed"
+
+
+def test_compress_without_a_best_model_or_with_nothing_to_do_exits_2(tmp_path, tiny_preset):
+    run = tmp_path / "runs" / "20260101-000000-untrained"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = config.validate(config.load_toml(tiny_preset) | {"extends": ""}, str(tiny_preset))
+    config.save(cfg, run / "config.toml")
+    (run / "events.jsonl").write_text("")
+    r = chexui("compress", str(run), "--ptq", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "best.pt: not found; compress starts from a run's best model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = chexui("compress", str(run), "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "nothing to do" in r.stderr
+    r = chexui("compress", str(run), "--prune", "0.995", "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "--prune '0.995'" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [run.name]  # no run dir was made
