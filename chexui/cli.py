@@ -407,6 +407,8 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
             sw.parallel = parallel
         seen = set()
         for p in sw.points:  # build the demo set and caches once, before runs start side by side
+            if "compress" in p:
+                continue  # (on its parent's data)
             cfg = sw.config(p)
             key = (cfg["data"]["root"], cfg["data"]["image_size"], cfg["data"]["cache"])
             if key not in seen:
@@ -416,7 +418,10 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
     except UserError as e:
         raise fail(str(e))
     say = HeadlessView().say
-    say(f"sweep {sw.id}: {len(sw.points)} runs of {sw.preset}, {sw.parallel} at a time; runs dir {base}")
+    n_after = sum("compress" in p for p in sw.points)
+    say(f"sweep {sw.id}: {len(sw.points) - n_after} runs of {sw.preset}"
+        + (f" (and presets in its grid) + {n_after} post-training compressions" if n_after else "")
+        + f", {sw.parallel} at a time; runs dir {base}")
     say(f"  Ctrl-C stops it; continue with: chexui sweep --resume {sw.id}")
 
     def interrupt(signum, frame):

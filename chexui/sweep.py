@@ -11,6 +11,12 @@ A sweep file is TOML data:
     "train.lr" = [0.01, 0.001]
     "train.batch_size" = [16, 32, 64]
 
+The grid may vary the preset itself (`preset = ["study/densenet121", "study/densenet121-prune70"]`, the
+`[set]` overrides apply to each). `[[compress]]` entries (`prune = 0.7`, `finetune_epochs = 2`,
+`ptq = true`, as `chexui compress` takes them) add post-training compression runs: each entry is applied
+to every grid run without compression once that run has completed (a run that did not complete has
+none), so one sweep compares compressing during and after training.
+
 Its state lives in `<runs dir>/.sweeps/<id>.json`: the points and the run each one got. Starting the
 sweep again with `--resume ID` skips completed runs, resumes stopped or failed ones from their last
 checkpoint and starts the rest.
@@ -34,7 +40,8 @@ from engine import config
 from engine.errors import ConfigError, UserError
 from engine.fsutil import write_atomic
 
-FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name"}
+FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name", "compress"}
+COMPRESS_KEYS = {"prune", "finetune_epochs", "ptq"}
 
 
 @dataclass
@@ -45,14 +52,23 @@ class Sweep:
     grid: dict[str, list]
     fixed: dict[str, Any]
     parallel: int = 1
-    points: list[dict] = field(default_factory=list)  # {"overrides": {key: value}, "run": id | None}
+    # {"overrides": {key: value}, "run": id | None}; a compress point also has "compress" (its entry) and
+    # "parent" (the index of the grid point it compresses)
+    points: list[dict] = field(default_factory=list)
 
     def sets(self, overrides: dict[str, Any]) -> list[str]:
-        return [f"{k}={_toml_value(v)}" for k, v in {**self.fixed, **overrides}.items()]
+        return [f"{k}={_toml_value(v)}" for k, v in {**self.fixed, **overrides}.items() if k != "preset"]
 
-    def config(self, point: dict) -> dict[str, Any]:
-        """The full run config of one grid point (ConfigError naming the key when invalid)."""
-        return presets_mod.resolve(self.preset, self.sets(point["overrides"]))
+    def config(self, point: dict, base: Path | None = None) -> dict[str, Any]:
+        """The full run config of one point (ConfigError naming the key when invalid); a compress
+        point's is made from its parent's run (in `base`), which must have completed."""
+        if "compress" in point:
+            from chexui.compress import compress_config
+            c = point["compress"]
+            parent = runs_mod.find_run(self.points[point["parent"]]["run"], base)
+            return compress_config(parent, None if c.get("prune") is None else str(c["prune"]),
+                                   c.get("finetune_epochs", 0), c.get("ptq", False), None, [])
+        return presets_mod.resolve(point["overrides"].get("preset", self.preset), self.sets(point["overrides"]))
 
 
 def _toml_value(v: Any) -> str:
@@ -81,9 +97,9 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -
     for k in raw:
         if k not in FILE_KEYS:
             raise ConfigError(f"{path}: unknown key '{k}'; allowed: {', '.join(sorted(FILE_KEYS))}")
-    if not isinstance(raw.get("preset"), str):
-        raise ConfigError(f"{path}: key 'preset' (a preset NAME or FILE) is required")
     grid, fixed = raw.get("grid", {}), raw.get("set", {})
+    if not isinstance(raw.get("preset"), str) and "preset" not in grid:
+        raise ConfigError(f"{path}: key 'preset' (a preset NAME or FILE) is required, or a grid over 'preset'")
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: a [grid] table with at least one key is required")
     for k, values in grid.items():
@@ -92,9 +108,16 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -
     parallel = raw.get("parallel", 1)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ConfigError(f"{path}: key 'parallel' = {parallel!r}: expected an integer >= 1")
-    preset = raw["preset"]
-    if preset.endswith(".toml") and not Path(preset).is_absolute():
-        preset = str((path.parent / preset).resolve())
+    def local(preset: str) -> str:
+        return str((path.parent / preset).resolve()) if preset.endswith(".toml") and not Path(preset).is_absolute() \
+            else preset
+    preset = local(raw.get("preset") or grid["preset"][0])
+    if "preset" in grid:
+        grid = {**grid, "preset": [local(str(v)) for v in grid["preset"]]}
+    variants = raw.get("compress", [])
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and v and set(v) <= COMPRESS_KEYS for v in variants):
+        raise ConfigError(f"{path}: key 'compress': expected [[compress]] tables with keys from "
+                          f"{', '.join(sorted(COMPRESS_KEYS))}")
     name = raw.get("name") or path.name.removesuffix(".toml").removesuffix(".sweep")
     sweep_id = new_id(base, name)
     fixed = {**fixed, **{k: v for item in extra_sets for k, v in config.flatten(config.parse_set(item)).items()}}
@@ -104,8 +127,27 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
         sw.points.append({"overrides": dict(zip(keys, combo)), "run": None})
-        sw.config(sw.points[-1])  # every point must resolve before anything starts
+        cfg = sw.config(sw.points[-1])  # every point must resolve before anything starts
+        dense, parent = not (cfg["prune"]["enabled"] or cfg["quantize"]["enabled"]), len(sw.points) - 1
+        for v in variants if dense else []:
+            _check_variant(v, cfg["model"]["arch"], path)
+            sw.points.append({"overrides": {}, "run": None, "compress": v, "parent": parent})
     return sw
+
+
+def _check_variant(v: dict, arch: str, path: Path) -> None:
+    from chexui.compress import prune_section
+    try:
+        if "prune" in v:
+            prune_section(str(v["prune"]), arch)
+        elif v.get("finetune_epochs"):
+            raise UserError("finetune_epochs needs prune (a masked fine-tune)")
+        if not isinstance(v.get("finetune_epochs", 0), int) or not isinstance(v.get("ptq", False), bool):
+            raise UserError("finetune_epochs is an integer and ptq true or false")
+        if "prune" not in v and not v.get("ptq"):
+            raise UserError("nothing to do: give prune and/or ptq = true")
+    except UserError as e:
+        raise ConfigError(f"{path}: [[compress]] {v}: {e}") from None
 
 
 def new_id(base: Path, name: str) -> str:
@@ -130,8 +172,10 @@ def load(sweep_id: str, base: Path) -> Sweep:
     return Sweep(**json.loads(path.read_text()))
 
 
-def point_label(overrides: dict[str, Any]) -> str:
-    return " ".join(f"{short_key(k)}={v}" for k, v in overrides.items())
+def point_label(point: dict[str, Any]) -> str:
+    if "compress" in point:
+        return "compress " + " ".join(f"{k}={v}" for k, v in point["compress"].items()) + f" of run {point['parent'] + 1}"
+    return " ".join(f"{short_key(k)}={v}" for k, v in point["overrides"].items())
 
 
 def gpu_slots(parallel: int, nproc: int) -> list[str | None]:
@@ -150,15 +194,27 @@ def gpu_slots(parallel: int, nproc: int) -> list[str | None]:
 def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]:
     """Run every point not yet completed, `parallel` at a time; {run id: final status}."""
     from chexui.launch import save_config, start_detached
-    nproc = max(sw.config(p)["distributed"]["nproc"] for p in sw.points)
+    nproc = max(sw.config(p)["distributed"]["nproc"] for p in sw.points if "compress" not in p)
     free = gpu_slots(sw.parallel, nproc)
-    active: dict[str, tuple[Path, str | None]] = {}  # run id -> (dir, its slot)
+    active: dict[str, tuple[Path, str | None, int]] = {}  # run id -> (dir, its slot, its point)
     results: dict[str, str] = {}
     todo = list(range(len(sw.points)))
+
+    def status_of(point: dict) -> str | None:
+        return runs_mod.load_run(runs_mod.find_run(point["run"], base)).status if point["run"] else None
+
     while todo or active:
+        waiting = []  # compress points whose parent run is still queued or running
         while todo and free:
             i = todo.pop(0)
             point = sw.points[i]
+            if "compress" in point and status_of(sw.points[point["parent"]]) != "completed":
+                pending = point["parent"] in todo + waiting or point["parent"] in [a[2] for a in active.values()]
+                if pending:
+                    waiting.append(i)
+                else:
+                    say(f"skipped {point_label(point)}: that run did not complete")
+                continue
             run_dir = runs_mod.find_run(point["run"], base) if point["run"] else None
             status = runs_mod.load_run(run_dir).status if run_dir else None
             if status == "completed":
@@ -166,7 +222,7 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 continue
             slot = free.pop(0)
             if run_dir is None:
-                cfg = sw.config(point)
+                cfg = sw.config(point, base)
                 cfg["sweep"] = sw.id
                 run_dir = runs_mod.new_run_dir(base, f"{sw.name}-{i + 1:02d}")
                 save_config(cfg, run_dir)
@@ -175,10 +231,11 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
             if status != "running":  # a run left running by an interrupted sweep is only waited for
                 env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
                 start_detached(run_dir, base, env=env)
-            say(f"{'resumed' if status else 'started'} {run_dir.name} ({point_label(point['overrides'])})")
-            active[run_dir.name] = (run_dir, slot)
+            say(f"{'resumed' if status else 'started'} {run_dir.name} ({point_label(point)})")
+            active[run_dir.name] = (run_dir, slot, i)
+        todo = waiting + todo
         time.sleep(poll_s)
-        for rid, (run_dir, slot) in list(active.items()):
+        for rid, (run_dir, slot, _) in list(active.items()):
             if runs_mod.launcher_process(run_dir) is None:
                 info = runs_mod.load_run(run_dir)
                 s = info.summary()

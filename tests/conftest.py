@@ -140,10 +140,13 @@ def only_run(runs: Path) -> Path:
 
 
 def wait_for_event(runs: Path, pred, timeout: float = 120) -> tuple[Path, dict]:
-    """Poll the (single) run in `runs` until an event satisfies pred."""
+    """Poll the runs in `runs` (or the run dir `runs`) until an event satisfies pred."""
     end = time.time() + timeout
     while time.time() < end:
-        dirs = [d for d in runs.iterdir() if d.is_dir()] if runs.is_dir() else []
+        if (runs / "events.jsonl").is_file():
+            dirs = [runs]
+        else:
+            dirs = [d for d in runs.iterdir() if d.is_dir()] if runs.is_dir() else []
         for d in dirs:
             for e in events_of(d):
                 if pred(e):

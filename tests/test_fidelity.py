@@ -240,7 +240,8 @@ def test_every_evaluation_keeps_its_predictions_and_carries_patient_bootstrap_ci
     run, _ = compressed_run
     split = json.loads((run / "split.json").read_text())
     evals = [e for e in events_of(run) if e["type"] == "evaluated"]
-    assert {e["split"] for e in evals} == {"test", "test_fp32", "test_sparse", "test_int8"}
+    assert {e["split"] for e in evals} == {"test", "test_fp32", "test_sparse", "test_int8", "test_onnx_fp32",
+                                           "test_onnx_int8"}
     for e in evals:
         p = predictions.load(run / e["predictions"])
         assert len(p["image_ids"]) == e["n"] == len(split["test"])

@@ -41,24 +41,35 @@ def test_one_shot_pruning_reaches_every_target_at_step_0_and_holds_it():
 
 @pytest.fixture(scope="module")
 def post_training(tmp_path_factory, tiny_demo):
-    """A finished baseline (export on), then `chexui compress` of it twice: --prune 0.7 --finetune-epochs 1
-    and --ptq. Returns (runs dir, {"baseline"|"prune"|"ptq": run dir})."""
+    """A finished baseline, then three `chexui compress` runs of it side by side (so their start-up
+    overlaps): --prune 0.7 --finetune-epochs 1, --ptq, and --prune 0.5 --finetune-epochs 30, which is
+    stopped after its first epoch and resumed to end at epoch 2. Returns (runs dir, {"baseline" |
+    "prune" | "ptq" | "resumed": run dir, "resume_output": the resume's stdout})."""
     base = tmp_path_factory.mktemp("post-training")
     preset = base / "tiny.toml"
     preset.write_text(TINY_PRESET.format(desc="baseline", root=tiny_demo, epochs=2))
     env = {**os.environ, **isolated_env(tmp_path_factory.getbasetemp())}
     env.pop("CHEXUI_PRESETS", None)
     runs = base / "runs"
-    r = chexui("run", "--headless", "--preset", preset, "--name", "baseline", "--set", "export.enabled=true",
-               *QUICK, "--runs-dir", runs, env=env)
+    r = chexui("run", "--headless", "--preset", preset, "--name", "baseline", *QUICK, "--runs-dir", runs, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    out = {"baseline": only_run(runs)}
-    for key, args in (("prune", ["--prune", "0.7", "--finetune-epochs", "1"]), ("ptq", ["--ptq"])):
-        r = chexui("compress", "baseline", *args, "--headless", *QUICK, "--runs-dir", runs, env=env)
+    out: dict = {"baseline": only_run(runs)}
+    for key, args in (("prune", ["--prune", "0.7", "--finetune-epochs", "1", "--name", "prune"]),
+                      ("ptq", ["--ptq", "--name", "ptq"]),
+                      ("resumed", ["--prune", "0.5", "--finetune-epochs", "30", "--name", "resumed",
+                                   "--set", "export.enabled=false"])):
+        r = chexui("compress", "baseline", *args, "--detach", *QUICK, "--runs-dir", runs, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"compressing the best model (epoch {_finished(out['baseline'])['best_epoch']}) of run " \
-               f"{out['baseline'].name}" in r.stdout
-        out[key] = max((d for d in runs.iterdir() if d.is_dir() and d not in out.values()), key=lambda d: d.name)
+        out[key] = next(d for d in runs.iterdir() if d.name.endswith(f"-{key}"))
+    wait_for_event(out["resumed"], lambda e: e["type"] == "epoch_ended")
+    r = chexui("stop", str(out["resumed"]), "--runs-dir", runs, env=env)
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+    r = chexui("run", "--resume", out["resumed"].name, "--headless", "--set", "train.epochs=2", "--runs-dir", runs,
+               env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out["resume_output"] = r.stdout
+    for key in ("prune", "ptq"):
+        wait_for_event(out[key], lambda e: e["type"] == "run_finished", timeout=180)
     return runs, out
 
 
@@ -94,6 +105,8 @@ def test_compress_prune_finetune_is_a_run_with_its_parent_and_the_target_sparsit
     evals = {e["split"] for e in ev if e["type"] == "evaluated"}
     assert {"test", "test_sparse", "test_onnx_fp32"} <= evals
     assert np.abs(_probs(run, "test_onnx_fp32") - _probs(run, "test")).max() < 1e-4
+    shown = chexui("watch", str(run), "--headless").stdout
+    assert f"compressing the best model (epoch {_finished(parent)['best_epoch']}) of run {parent.name}" in shown
     # the parent is untouched: same events, same best checkpoint
     assert (parent / "checkpoints" / "best.pt").is_file() and _finished(parent)["status"] == "completed"
 
@@ -142,22 +155,15 @@ def test_compare_puts_post_training_rows_beside_training_time_ones(post_training
 
 
 @pytest.mark.slow
-def test_a_stopped_compress_fine_tune_resumes_like_any_run(tmp_path, post_training):
+def test_a_stopped_compress_fine_tune_resumes_like_any_run(post_training):
     _, runs = post_training
-    out = tmp_path / "runs"
-    r = chexui("compress", str(runs["baseline"]), "--prune", "0.5", "--finetune-epochs", "30", "--detach",
-               "--set", "export.enabled=false", "--runs-dir", out)
-    assert r.returncode == 0, r.stderr
-    run, _ = wait_for_event(out, lambda e: e["type"] == "epoch_ended")
-    r = chexui("stop", run.name, "--runs-dir", out)
-    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
-    r = chexui("run", "--resume", run.name, "--headless", "--set", "train.epochs=2", "--runs-dir", out)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run = runs["resumed"]
     ev = events_of(run)
+    assert [e["status"] for e in ev if e["type"] == "run_finished"] == ["stopped", "completed"]
     assert len([e for e in ev if e["type"] == "run_started"]) == 1 and [e for e in ev if e["type"] == "restarted"]
     epochs = [e for e in ev if e["type"] == "epoch_ended"]
     assert [e["epoch"] for e in epochs] == [1, 2] and all(abs(e["sparsity"] - 0.5) <= 0.005 for e in epochs)
-    assert _finished(run)["status"] == "completed"
+    assert "run completed: 2 epochs" in runs["resume_output"]
 
 
 def test_compress_without_a_best_model_or_with_nothing_to_do_exits_2(tmp_path, tiny_preset):

@@ -73,6 +73,24 @@ def test_sweep_file_errors_exit_2_before_any_run(tmp_path):
     assert r.returncode == 2 and "sweep 'nope' not found" in r.stderr
 
 
+def test_a_sweep_over_presets_adds_post_training_runs_of_its_dense_runs(tmp_path):
+    """The study's post-training sweeps: a grid over presets, with [[compress]] entries applied to each
+    grid run without compression; a bad entry exits 2 before anything runs."""
+    from chexui import sweep as sweep_mod
+    sw = sweep_mod.load_file(sweep_mod.find_file("study/post-training-resnet50"), [], None, tmp_path)
+    grid = [p for p in sw.points if "compress" not in p]
+    after = [p for p in sw.points if "compress" in p]
+    assert [p["overrides"]["preset"] for p in grid][:2] == ["study/resnet50", "study/resnet50-prune50"]
+    assert len(grid) == 6 and len(after) == 7 and {p["parent"] for p in after} == {0}  # the dense run only
+    assert sweep_mod.point_label(after[1]) == "compress prune=0.5 finetune_epochs=5 of run 1"
+    for name in ("study/post-training-densenet121", "study/post-training-demo"):
+        assert any("compress" in p for p in sweep_mod.load_file(sweep_mod.find_file(name), [], None, tmp_path).points)
+    bad = tmp_path / "bad.sweep.toml"
+    bad.write_text('[grid]\npreset = ["demo"]\n[[compress]]\nprune = 1.5\n')
+    r = chexui("sweep", bad, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "[[compress]]" in r.stderr and "--prune '1.5'" in r.stderr, r.stderr
+
+
 def test_study_presets_and_sweep_files_resolve():
     r = chexui("presets", "list", "--json")
     names = {p["name"] for p in json.loads(r.stdout)}
