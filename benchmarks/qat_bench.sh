@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compression benchmark for the Compression issue: a short QAT run (all supported layers) at 224 px for
 # ResNet50 and DenseNet121 on a small demo set, then `chexui bench` on each: fp32 vs int8 bytes,
-# test AUROC, CPU latency (batch 1) and throughput (batch 32), and GPU figures when there is a GPU.
+# test AUROC, CPU latency (batch 1) and throughput (batch 32) of every artifact - PyTorch eager and
+# compiled, the ONNX files in onnxruntime (and OpenVINO when `chexui[openvino]` is installed) - and GPU
+# figures when there is a GPU.
 # The runs are short: the point is the artifacts' size and speed, not their accuracy.
 #   bash benchmarks/qat_bench.sh            # IMAGES=300 EPOCHS=1 by default; OUT=dir for the output
 set -uo pipefail

@@ -42,14 +42,17 @@ def run_labels(runs: list[RunInfo]) -> list[str]:
     cfgs = [(r.first("run_started") or {}).get("config", {}) for r in runs]
     flats = [config.flatten(c) for c in cfgs]
     keys = sorted({k for f in flats for k in f} - IGNORED)
-    differ = [k for k in keys if not k.startswith(COMPRESSION)
-              and len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    after = [bool(f.get("compress.parent")) for f in flats]
+
+    def values(k: str) -> set[str]:  # (a compress run's epochs/LR say nothing its method does not)
+        return {json.dumps(f.get(k), default=str) for f, a in zip(flats, after)
+                if not (a and k in IMPLIED_BY_PARENT)}
+    differ = [k for k in keys if not k.startswith(COMPRESSION) and len(values(k)) > 1]
     methods = [compression_text(c) for c in cfgs]
     if len(runs) < 2 or not (differ or len(set(methods)) > 1):
         return _unique([r.id for r in runs])
     labels = []
-    for cfg, f, method in zip(cfgs, flats, methods):
-        compressed_after = bool((cfg.get("compress") or {}).get("parent"))
+    for f, method, compressed_after in zip(flats, methods, after):
         parts = [method] if len(set(methods)) > 1 else []
         parts += [f"{short_key(k)}={value_text(f.get(k))}" for k in differ
                   if not (compressed_after and k in IMPLIED_BY_PARENT)]
@@ -168,7 +171,9 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
         ex = r.last("exported") or {}
         row: dict[str, Any] = {"run": lab,
                                "parameters": ex.get("parameters") or (r.first("run_started") or {}).get("parameters"),
-                               "nonzero": ex.get("nonzero_parameters")}
+                               "nonzero": ex.get("nonzero_parameters"),
+                               # zeros over the pruned layers' weights (the pruning target's measure)
+                               "sparsity": ex.get("sparsity")}
         arts = {a["kind"]: a for a in ex.get("artifacts", [])}
         for kind in ARTIFACT_SPLITS:
             a = arts.get(kind)
@@ -235,6 +240,8 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
                 return f"{v:.3f}"
             if col == "train images/s":
                 return f"{v:.1f}"
+            if col == "sparsity":
+                return f"{v:.3f}"
             if isinstance(v, (int, float)) and float(v).is_integer():
                 return f"{int(v):,}"
             return str(v)

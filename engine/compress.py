@@ -15,9 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from engine import checkpoint
 from engine.errors import UserError
 from engine.events import read_events
 
@@ -32,8 +30,9 @@ def parent_best(parent: str | Path) -> Path:
     return path
 
 
-def parent_state(parent: str | Path) -> dict[str, torch.Tensor]:
+def parent_state(parent: str | Path) -> dict:
     """The float weights of the parent's best model (weights-only read)."""
+    from engine import checkpoint  # (torch: the CLI's checks import this module without it)
     return checkpoint.load(parent_best(parent))["model"]
 
 

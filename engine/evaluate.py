@@ -69,21 +69,24 @@ def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
 
 def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[str, nn.Module]]:
     """What the run ships, each with a description: a QAT run's int8 artifact (when exported, loaded
-    only if its sha256 matches the export's record) and its fake-quantized best model; any other run's
-    best fp32 model. A QAT run's float weights alone are not a model it ships."""
+    only if its sha256 matches the export's record) and its fake-quantized best model; a post-training
+    int8 run's int8 artifact and the float model it was quantized from; any other run's best fp32
+    model. A QAT run's float weights alone are not a model it ships."""
     from engine import export, quant
     from engine.events import read_events
     path, ck = _checkpoint(run_dir)
     model = _float_model(cfg, ck)
     rel = path.relative_to(run_dir)
     q = cfg["quantize"]
-    if not q["enabled"]:
+    if not q["enabled"] and not cfg["compress"]["ptq"]:
         return [(f"fp32 model of {rel}", model)]
     out = []
     exported = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
     int8 = next((a for a in (exported or {}).get("artifacts", []) if a.get("kind") == export.INT8), None)
     if int8 is not None:
         out.append((f"int8 artifact {int8['path']} (sha256 checked)", export.load_model(run_dir, int8, trust)))
+    if not q["enabled"]:  # post-training int8
+        return out + [(f"fp32 model of {rel} (before post-training quantization)", model)]
     qat = quant.prepare(model, q, cfg["data"]["image_size"])
     qat.load_state_dict(ck["qat"])
     quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with

@@ -79,9 +79,10 @@ RUNTIMES = {export.ONNX_FP32: "onnxruntime", export.ONNX_INT8: "onnxruntime"}
 
 
 def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool = True) -> dict:
-    """Rows: each artifact as loaded (PyTorch eager, or onnxruntime for the ONNX files), and with
-    `compile` the fp32 and PT2E int8 ones compiled too; `x_fp32_speed` = b32 throughput over the fastest
-    fp32 row's (the optimised baseline: compiled PyTorch or onnxruntime)."""
+    """Rows: each artifact as loaded (PyTorch eager, or onnxruntime for the ONNX files), with `compile`
+    the fp32 and PT2E int8 ones compiled too, and the ONNX files in OpenVINO when it is installed;
+    `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline: compiled
+    PyTorch, onnxruntime or OpenVINO)."""
     from engine import onnx_export
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
@@ -104,6 +105,9 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
             model = export.load_model(run_dir, a, trust)
             rows.append({**base, "runtime": "compiled", "gpu": None,
                          "cpu": measure(compiled(model, pt2), image_size, torch.device("cpu"))})
+        if a["kind"] in RUNTIMES and onnx_export.has_openvino():
+            model = onnx_export.OpenVINO(export.verified_path(run_dir, a, trust))
+            rows.append({**base, "runtime": "openvino", "gpu": None, "cpu": measure(model, image_size, torch.device("cpu"))})
     best_fp32 = max((r["cpu"]["throughput_b32"] for r in rows if r["kind"] in (export.FP32, export.ONNX_FP32)),
                     default=None)
     for r in rows:

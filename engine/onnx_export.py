@@ -9,7 +9,8 @@ exactly and any ONNX runtime can run it. Input `image` (N, 3, H, W, normalised a
 output `logits` (N, 14).
 
 onnx, onnxscript and onnxruntime are the optional extra `chexui[onnx]` (in `dev`); without them the
-ONNX steps are skipped with a message saying how to enable them.
+ONNX steps are skipped with a message saying how to enable them. `chexui bench` also runs the ONNX files
+in OpenVINO when the optional extra `chexui[openvino]` is installed (it reads ONNX QDQ models as they are).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import torch
 from torch import nn
 
 HINT = "install the ONNX extra to get them: pip install 'chexui[onnx]'"
+
+
+def has_openvino() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def missing() -> list[str]:
@@ -59,3 +64,18 @@ class Session(nn.Module):
         # (channels_last input is a strided view: onnxruntime wants contiguous NCHW)
         feed = np.ascontiguousarray(x.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run(None, {self.input: feed})[0])
+
+
+class OpenVINO(nn.Module):
+    """An ONNX model compiled by OpenVINO for the CPU (`chexui bench` only; opened after the sha256 check)."""
+
+    def __init__(self, path):
+        super().__init__()
+        import openvino as ov
+        self.compiled = ov.Core().compile_model(str(path), "CPU")
+
+    def train(self, mode: bool = True) -> "OpenVINO":
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.compiled(np.ascontiguousarray(x.detach().float().cpu().numpy()))[0])

@@ -484,7 +484,8 @@ class Run:
                                         self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log)
             params = list(self.model.parameters())
             self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
-                      nonzero_parameters=sum(int(p.count_nonzero()) for p in params))
+                      nonzero_parameters=sum(int(p.count_nonzero()) for p in params),
+                      sparsity=self.pruner.sparsity() if self.pruner is not None else None)
             for a in arts:
                 self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
             for a in arts:

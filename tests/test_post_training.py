@@ -112,7 +112,7 @@ def test_compress_prune_finetune_is_a_run_with_its_parent_and_the_target_sparsit
 
 
 @pytest.mark.slow
-def test_compress_ptq_ships_int8_and_onnx_int8_calibrated_on_training_images(post_training):
+def test_compress_ptq_ships_int8_and_onnx_int8_calibrated_on_training_images(post_training, tiny_demo):
     _, runs = post_training
     run = runs["ptq"]
     arts = _artifacts(run)
@@ -123,13 +123,21 @@ def test_compress_ptq_ships_int8_and_onnx_int8_calibrated_on_training_images(pos
     assert {"test", "test_fp32", "test_int8", "test_onnx_fp32", "test_onnx_int8"} <= set(evals)
     # `test` is the int8 model the run made; the exported .pt2, reloaded, gives the same numbers
     assert np.abs(_probs(run, "test_int8") - _probs(run, "test")).max() < 1e-6
-    assert np.abs(_probs(run, "test_onnx_int8") - _probs(run, "test")).max() < 0.02
+    # ONNX int8 runs the same int8 graph in onnxruntime's kernels (their rounding differs a little)
+    assert np.abs(_probs(run, "test_onnx_int8") - _probs(run, "test")).mean() < 0.01
+    assert abs(evals["test_onnx_int8"]["auc_mean"] - evals["test"]["auc_mean"]) <= 0.02
     assert np.abs(_probs(run, "test_onnx_fp32") - _probs(run, "test_fp32")).max() < 1e-4
     # the float model it quantized is the parent's best, unchanged
     assert np.abs(_probs(run, "test_fp32") - _probs(runs["baseline"], "test")).max() < 1e-6
     log = (run / "logs" / "engine.log").read_text()
     assert "post-training int8 (all): calibrated on" in log and "training images" in log
     assert [e for e in events_of(run) if e["type"] == "epoch_ended"] == []
+    # `chexui eval` measures what the run ships: the int8 artifact first, then the float model it quantized
+    r = chexui("eval", str(run), "--data", tiny_demo, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [m["model"].split(" ")[0] for m in res["models"]] == ["int8", "fp32"]
+    assert res["auc_mean"] == pytest.approx(evals["test_int8"]["auc_mean"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -147,6 +155,7 @@ def test_compare_puts_post_training_rows_beside_training_time_ones(post_training
     parent_h = t["time"][labels[0]]["total h"]
     assert t["time"][labels[2]]["compute h (with parent)"] == pytest.approx(parent_h + t["time"][labels[2]]["total h"])
     s = t["storage"]
+    assert abs(s[labels[1]]["sparsity"] - 0.7) <= 0.005 and s[labels[2]]["sparsity"] is None
     assert s[labels[1]]["sparse AUROC"] is not None and s[labels[2]]["int8 AUROC"] is not None
     assert s[labels[2]]["onnx_int8 AUROC"] is not None and s[labels[3]]["onnx_int8 AUROC"] is not None
     assert s[labels[2]]["onnx_int8 bytes"] <= 0.30 * s[labels[2]]["fp32 bytes"]
