@@ -208,25 +208,34 @@ def label_counts(labels: np.ndarray) -> dict[str, int]:
 
 # ---------------------------------------------------------------- images
 
-def load_gray(path: str | Path, size: int) -> np.ndarray:
-    """Decode any PIL mode (L, RGB, RGBA, I;16 ...) to 8-bit grayscale, resized to size x size.
+def to_gray8(im: Image.Image) -> Image.Image:
+    """Any PIL mode (L, RGB, RGBA, I;16 ...) as 8-bit grayscale: 16-bit scaled by 255/65535."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float32)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(a.max()))
+        return Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        return im.convert("RGBA").convert("L") if im.mode != "LA" else im.convert("L")
+    return im if im.mode == "L" else im.convert("L")
 
-    The one decode path of the project: the cache stores exactly this array.
+
+def resized(im: Image.Image, size: int) -> np.ndarray:
+    """An 8-bit grayscale image at size x size, as training sees it."""
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_gray(path: str | Path, size: int) -> np.ndarray:
+    """Decode any PIL mode to 8-bit grayscale, resized to size x size.
+
+    The one decode path of the project: the cache stores exactly this array, and `chexui predict`
+    feeds DICOM pixels (engine/images.py) through the same `resized`.
     """
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float32)
-                hi = 65535.0 if im.mode.startswith("I;16") else max(1.0, float(a.max()))
-                im = Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8))
-            elif im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA").convert("L") if im.mode != "LA" else im.convert("L")
-            elif im.mode != "L":
-                im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return np.asarray(im, dtype=np.uint8)
+            return resized(to_gray8(im), size)
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: image too large to decode ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -54,4 +54,7 @@ if __name__ == "__main__":
     from torch.distributed.run import main
     # workers check that this agent is still their parent once their parent-death signal is armed
     os.environ["CHEXUI_AGENT_PID"] = str(os.getpid())
-    sys.exit(main())
+    main()  # (raises when a worker failed: that exit keeps the normal interpreter teardown)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the workers are done and torchrun has shut its agent down: skip torch's 1 s teardown

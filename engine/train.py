@@ -103,4 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip the interpreter's teardown of torch's thousands of modules: 1.2 s per process, measured
+    # (`python -c "import engine.trainer"` 4.2 s vs 2.9 s with os._exit). Everything this process
+    # wrote is closed by now (events, logs; checkpoints are fsynced when written).
+    os._exit(code)

@@ -1,0 +1,64 @@
+"""`chexui predict`: the 14 probabilities of a trained run's model for image files (PNG, JPEG, DICOM).
+
+The model is what the run ships (`evaluate.shipped_models`: a QAT/PTQ run's int8 artifact, else its
+best fp32 model) or the exported artifact named by `--artifact`; images go through the training
+path's decode (`engine.images.load` -> `nih.resized`) and normalisation (`data.to_input`), in batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import config, export, images
+from engine.data import to_input
+from engine.errors import DataError, UserError
+from engine.evaluate import probabilities, shipped_models
+from engine.events import read_events
+
+
+def model_for(run_dir: Path, artifact: str | None, trust: bool = False) -> tuple[str, torch.nn.Module, dict]:
+    cfg = config.load_run_config(run_dir / "config.toml")
+    if artifact is None:
+        name, model = shipped_models(run_dir, cfg, trust)[0]
+        return name, model, cfg
+    ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
+    arts = {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
+    if artifact not in arts:
+        raise UserError(f"--artifact {artifact}: run {run_dir.name} exported {', '.join(arts) or 'nothing'}")
+    return f"{artifact} artifact {arts[artifact]['path']} (sha256 checked)", export.load_model(run_dir, arts[artifact], trust), cfg
+
+
+@torch.no_grad()
+def predict(run_dir: Path, paths: list[str], artifact: str | None = None, trust: bool = False,
+            batch_size: int = 32, progress=None) -> dict:
+    """{"model", "image_size", "rows": [{"file", "probs": [14]}], "unreadable": [{"file", "reason"}]}."""
+    files = images.find(paths)
+    if not files:
+        raise UserError(f"no image files (PNG, JPEG, DICOM) in {', '.join(map(str, paths))}")
+    name, model, cfg = model_for(run_dir, artifact, trust)
+    size = cfg["data"]["image_size"]
+    model.eval()
+    rows, bad, batch, names = [], [], [], []
+
+    def flush() -> None:
+        if batch:
+            logits = model(to_input(torch.from_numpy(np.stack(batch)), torch.device("cpu"))).float().numpy()
+            rows.extend({"file": str(f), "probs": p.tolist()} for f, p in zip(names, probabilities(logits)))
+            batch.clear()
+            names.clear()
+
+    for i, f in enumerate(files):
+        try:
+            batch.append(images.load(f, size))
+            names.append(f)
+        except (DataError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            bad.append({"file": str(f), "reason": str(e) if isinstance(e, DataError) else f"{f}: {e.strerror}"})
+        if len(batch) == batch_size:
+            flush()
+        if progress:
+            progress(i + 1, len(files))
+    flush()
+    return {"run": run_dir.name, "model": name, "image_size": size, "rows": rows, "unreadable": bad}

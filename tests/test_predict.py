@@ -1,0 +1,91 @@
+"""`chexui predict` on PNG, JPEG and DICOM files (DICOMs made with pydicom: MONOCHROME1/2, 8-, 12- and
+16-bit, with and without a VOI window, and one without pixel data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from engine import images, nih, predictions
+
+from tests.conftest import chexui
+
+
+def write_dicom(path: Path, stored: np.ndarray | None, bits: int = 16, photometric: str = "MONOCHROME2",
+                window: tuple[float, float] | None = None, modality: str = "DX") -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, modality
+    if stored is not None:
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (16 if bits > 8 else 8), bits, bits - 1, 0
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+        ds.PixelData = stored.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def formats_of(pixels: np.ndarray, out: Path) -> None:
+    """The same 8-bit pixels as PNG and as DICOMs of every kind the acceptance lists."""
+    x = pixels.astype(np.int64)
+    Image.fromarray(pixels).save(out / "same.png")
+    write_dicom(out / "m2-16bit.dcm", x * 257, 16)
+    write_dicom(out / "m1-12bit.dcm", 4095 - np.rint(x * 4095 / 255), 12, "MONOCHROME1")
+    write_dicom(out / "m2-12bit-voi.dcm", np.rint(x * 4095 / 255), 12, window=(2047.5, 4096))
+    write_dicom(out / "m1-16bit-voi", 65535 - x * 257, 16, "MONOCHROME1", window=(32767.5, 65536))  # no suffix
+    write_dicom(out / "report.dcm", None, modality="SR")
+
+
+def test_every_format_decodes_to_the_same_pixels_as_training(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 40)).astype(np.uint8)
+    formats_of(pixels, tmp_path)
+    files = images.find([tmp_path])
+    assert {f.name for f in files} == {"same.png", "m2-16bit.dcm", "m1-12bit.dcm", "m2-12bit-voi.dcm",
+                                       "m1-16bit-voi", "report.dcm"}
+    want = nih.load_gray(tmp_path / "same.png", 32)  # the dataset/cache decode
+    for f in files:
+        if f.name != "report.dcm":
+            assert np.array_equal(images.load(f, 32), want), f.name
+    with pytest.raises(Exception, match="DICOM without pixel data"):
+        images.load(tmp_path / "report.dcm", 32)
+
+
+@pytest.mark.slow
+def test_predict_gives_the_runs_own_probabilities_and_the_same_for_every_format(tmp_path, compressed_run, tiny_demo):
+    run, _ = compressed_run
+    kept = predictions.load(run / "predictions" / "test_fp32.npz")
+    index = nih.index_dataset(tiny_demo)
+    first = Path(index.paths[list(index.names).index(kept["image_ids"][0])])
+    # a JPEG's decoded pixels are the "same pixels" every other format then stores
+    Image.open(first).convert("L").save(tmp_path / "same.jpg", quality=95)
+    pixels = np.asarray(Image.open(tmp_path / "same.jpg").convert("L"))
+    formats_of(pixels, tmp_path)
+    r = chexui("predict", str(run), str(first), str(tmp_path), "--artifact", "fp32", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["model"].startswith("fp32 artifact") and len(res["rows"]) == 7
+    probs = {Path(row["file"]).name: np.array(row["probs"]) for row in res["rows"]}
+    # the dataset image through predict == the run's own evaluation of it (the training preprocessing)
+    assert np.allclose(probs[first.name], kept["probs"][0], atol=1e-6)
+    for name in ("same.png", "m2-16bit.dcm", "m1-12bit.dcm", "m2-12bit-voi.dcm", "m1-16bit-voi"):
+        assert np.allclose(probs[name], probs["same.jpg"], atol=1e-7), name
+    assert [Path(b["file"]).name for b in res["unreadable"]] == ["report.dcm"]
+    assert "skipped: " in r.stderr and "DICOM without pixel data" in r.stderr
+    # default: what the run ships (QAT: its int8 artifact); csv has a header of the 14 labels
+    r = chexui("predict", str(run), str(tmp_path / "same.png"), "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("file,Atelectasis,Cardiomegaly")
+    r = chexui("predict", str(run), str(tmp_path / "report.dcm"))
+    assert r.returncode == 2 and "none of the 1 files could be read" in r.stderr
