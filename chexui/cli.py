@@ -371,6 +371,39 @@ def predict_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
         con.print(t)
 
 
+@app.command("explain")
+def explain_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
+                paths: list[str] = typer.Argument(..., metavar="IMAGE...", help="image files or directories"),
+                out: str = typer.Option(..., "--out", help="directory for the PNGs and agreement.json"),
+                labels: str = typer.Option("top3", "--labels", help="top3 | all | NAME,NAME..."),
+                artifacts: Optional[str] = typer.Option(None, "--artifacts", help="fp32,sparse (default: the "
+                                                        "run's float artifacts; the first is the baseline)"),
+                baseline: Optional[str] = typer.Option(None, "--baseline", help="RUN whose best model is the "
+                                                       "baseline (default: a compress run's parent)"),
+                trust: bool = typer.Option(False, "--trust", help="load an artifact whose sha256 does not match"),
+                runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
+    """Grad-CAM heatmaps of a run's models on images, side by side, with each model's agreement with the
+    baseline (Pearson r of the maps, IoU of their top 10 %)."""
+    run_dir = find(run_ref, runs_dir)
+    base_dir = find(baseline, runs_dir) if baseline else None
+    try:
+        from engine.explain import explain_run
+        res = explain_run(run_dir, paths, Path(out), labels, artifacts.split(",") if artifacts else None, trust,
+                          base_dir)
+    except UserError as e:
+        raise fail(str(e))
+    for line in res["skipped"]:
+        err.print(f"skipped: {clean(line)}", markup=False)
+    if not res["records"]:
+        raise fail("no image could be read")
+    t = table("image", "label", "artifact", "probability", "r (vs baseline)", "top-10% IoU")
+    for r in res["records"]:
+        t.add_row(clean(Path(r["image"]).name), r["label"], r["artifact"], f"{r['probability']:.3f}",
+                  fmt(r.get("pearson"), ".3f"), fmt(r.get("top_iou"), ".3f"))
+    console().print(t)
+    say(f"figures and agreement.json in {res['out']}")
+
+
 @app.command("bench")
 def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool = typer.Option(False, "--json"),
               trust: bool = typer.Option(False, "--trust", help="load artifacts whose sha256 does not match "

@@ -100,8 +100,8 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     dataset; the first model is the run's main one (QAT: the int8 artifact when there is one)."""
     from engine import bootstrap
     cfg = config.load_run_config(run_dir / "config.toml")
+    index = nih.index_dataset(data_root)  # (a bad data dir fails before any model is loaded)
     shipped = shipped_models(run_dir, cfg, trust)
-    index = nih.index_dataset(data_root)
     size = cfg["data"]["image_size"]
     rows = np.arange(len(index)) if split == "all" else nih.make_split(index, cfg["data"])["test"]
     mem = cache.prepare(index, size) if cfg["data"]["cache"] else None

@@ -107,33 +107,37 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"arch": arch, "image_size": image_size}
     checkpoint.save_atomic({"format": "chexui-fp32/1", **meta, "model": state}, out / FILES[FP32])
-    arts = [artifact(FP32, out / FILES[FP32], run_dir)]
+    written = [(FP32, out / FILES[FP32])]
     if pruned:
         checkpoint.save_atomic({"format": "chexui-sparse/1", **meta, **to_sparse(state)}, out / FILES[SPARSE])
-        arts.append(artifact(SPARSE, out / FILES[SPARSE], run_dir))
+        written.append((SPARSE, out / FILES[SPARSE]))
     program = None
     if int8_model is not None:
         from engine import quant
         if quant.is_pt2e_int8(int8_model):
             program = quant.program(int8_model, image_size)
             quant.save_int8(program, image_size, out / FILES[INT8])
-            arts.append(artifact(INT8, out / FILES[INT8], run_dir))
+            written.append((INT8, out / FILES[INT8]))
         else:
             quant.save_int8(int8_model, image_size, out / INT8_FX)
-            arts.append(artifact(INT8, out / INT8_FX, run_dir))
+            written.append((INT8, out / INT8_FX))
     if onnx:
         from engine import onnx_export
         if onnx_export.missing():
             log(f"ONNX artifacts skipped: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
         else:
             onnx_export.save(build_float(arch, state), image_size, out / FILES[ONNX_FP32])
-            arts.append(artifact(ONNX_FP32, out / FILES[ONNX_FP32], run_dir))
+            written.append((ONNX_FP32, out / FILES[ONNX_FP32]))
             if program is not None:
                 onnx_export.save(program, image_size, out / FILES[ONNX_INT8])
-                arts.append(artifact(ONNX_INT8, out / FILES[ONNX_INT8], run_dir))
+                written.append((ONNX_INT8, out / FILES[ONNX_INT8]))
             elif int8_model is not None:
                 log("ONNX int8 skipped: only PT2E int8 models export to ONNX (quantize.engine = \"pt2e\")")
-    return arts
+    # gzip sizes and hashes on two threads (zlib and hashlib release the GIL): a ResNet50's five files
+    # are about 300 MB to compress
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda kp: artifact(kp[0], kp[1], run_dir), written))
 
 
 def build_float(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:

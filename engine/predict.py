@@ -19,16 +19,16 @@ from engine.evaluate import probabilities, shipped_models
 from engine.events import read_events
 
 
-def model_for(run_dir: Path, artifact: str | None, trust: bool = False) -> tuple[str, torch.nn.Module, dict]:
-    cfg = config.load_run_config(run_dir / "config.toml")
-    if artifact is None:
-        name, model = shipped_models(run_dir, cfg, trust)[0]
-        return name, model, cfg
+def model_for(run_dir: Path, cfg: dict, artifact: str | None, trust: bool = False) -> tuple[str, torch.nn.Module]:
     ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
     arts = {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
+    if artifact is None:
+        if export.INT8 not in arts or not (cfg["quantize"]["enabled"] or cfg["compress"]["ptq"]):
+            return shipped_models(run_dir, cfg, trust)[0]
+        artifact = export.INT8  # what a QAT/PTQ run ships (without building its QAT twin, as eval does)
     if artifact not in arts:
         raise UserError(f"--artifact {artifact}: run {run_dir.name} exported {', '.join(arts) or 'nothing'}")
-    return f"{artifact} artifact {arts[artifact]['path']} (sha256 checked)", export.load_model(run_dir, arts[artifact], trust), cfg
+    return f"{artifact} artifact {arts[artifact]['path']} (sha256 checked)", export.load_model(run_dir, arts[artifact], trust)
 
 
 @torch.no_grad()
@@ -38,13 +38,17 @@ def predict(run_dir: Path, paths: list[str], artifact: str | None = None, trust:
     files = images.find(paths)
     if not files:
         raise UserError(f"no image files (PNG, JPEG, DICOM) in {', '.join(map(str, paths))}")
-    name, model, cfg = model_for(run_dir, artifact, trust)
+    cfg = config.load_run_config(run_dir / "config.toml")
     size = cfg["data"]["image_size"]
-    model.eval()
+    loaded: list = []  # (name, model), loaded with the first readable batch
     rows, bad, batch, names = [], [], [], []
 
     def flush() -> None:
         if batch:
+            if not loaded:
+                loaded.append(model_for(run_dir, cfg, artifact, trust))
+                loaded[0][1].eval()
+            model = loaded[0][1]
             logits = model(to_input(torch.from_numpy(np.stack(batch)), torch.device("cpu"))).float().numpy()
             rows.extend({"file": str(f), "probs": p.tolist()} for f, p in zip(names, probabilities(logits)))
             batch.clear()
@@ -61,4 +65,7 @@ def predict(run_dir: Path, paths: list[str], artifact: str | None = None, trust:
         if progress:
             progress(i + 1, len(files))
     flush()
-    return {"run": run_dir.name, "model": name, "image_size": size, "rows": rows, "unreadable": bad}
+    if artifact is not None and not loaded:  # (say a wrong --artifact even when no file was readable)
+        model_for(run_dir, cfg, artifact, trust)
+    return {"run": run_dir.name, "model": loaded[0][0] if loaded else None, "image_size": size, "rows": rows,
+            "unreadable": bad}

@@ -84,8 +84,66 @@ def test_predict_gives_the_runs_own_probabilities_and_the_same_for_every_format(
         assert np.allclose(probs[name], probs["same.jpg"], atol=1e-7), name
     assert [Path(b["file"]).name for b in res["unreadable"]] == ["report.dcm"]
     assert "skipped: " in r.stderr and "DICOM without pixel data" in r.stderr
-    # default: what the run ships (QAT: its int8 artifact); csv has a header of the 14 labels
-    r = chexui("predict", str(run), str(tmp_path / "same.png"), "--format", "csv")
-    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("file,Atelectasis,Cardiomegaly")
+    # default: what the run ships (QAT: its int8 artifact): the run's own int8 evaluation of that image
+    r = chexui("predict", str(run), str(first), "--format", "csv")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0].startswith("file,Atelectasis,Cardiomegaly") and len(lines) == 2
+    int8 = np.array([float(v) for v in lines[1].split(",")[1:]])
+    kept_int8 = predictions.load(run / "predictions" / "test_int8.npz")
+    assert kept_int8["image_ids"][0] == kept["image_ids"][0] and np.allclose(int8, kept_int8["probs"][0], atol=2e-6)
     r = chexui("predict", str(run), str(tmp_path / "report.dcm"))
     assert r.returncode == 2 and "none of the 1 files could be read" in r.stderr
+
+
+def test_gradcam_peaks_where_the_evidence_is_and_agreement_scores_behave():
+    """A model whose logit reads one region: Grad-CAM's peak falls inside it; a map agrees fully with
+    itself and less with a shifted one."""
+    import torch
+    from torch import nn
+
+    from engine.explain import agreement, gradcam
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            f = torch.relu(self.features(x))
+            return f.mean(dim=(2, 3)).sum(1, keepdim=True).repeat(1, 14)
+
+    torch.manual_seed(0)
+    model = Probe()
+    with torch.no_grad():
+        model.features.weight.fill_(1.0)
+        model.features.bias.zero_()
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., 20:28, 4:12] = 1.0  # the only evidence
+    cam = gradcam(model, x, [0, 5])
+    assert cam.shape == (2, 32, 32) and cam.max() == 1.0
+    r, c = np.unravel_index(cam[0].argmax(), cam[0].shape)
+    assert 20 <= r < 28 and 4 <= c < 12
+    assert agreement(cam[0], cam[0]) == {"pearson": 1.0, "top_iou": 1.0}
+    shifted = agreement(cam[0], np.roll(cam[0], 12, axis=1))
+    assert shifted["pearson"] < 0.5 and shifted["top_iou"] < 0.5
+    assert agreement(cam[0], np.zeros_like(cam[0])) == {"pearson": None, "top_iou": None}
+
+
+@pytest.mark.slow
+def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(tmp_path, compressed_run, tiny_demo):
+    run, _ = compressed_run  # pruned (+ QAT): fp32 and sparse artifacts; itself as the baseline
+    imgs = sorted((tiny_demo / "images").iterdir())[:2]
+    r = chexui("explain", str(run), *map(str, imgs), "--out", tmp_path / "x", "--labels", "Cardiomegaly,Mass",
+               "--baseline", str(run))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "x" / "agreement.json").read_text())
+    assert res["artifacts"] == [f"baseline {run.name}", "fp32", "sparse"]
+    assert len(res["records"]) == 2 * 2 * 3 and {rec["label"] for rec in res["records"]} == {"Cardiomegaly", "Mass"}
+    # the run's fp32 and sparse artifacts hold its best model's weights: the same maps as the baseline
+    for rec in res["records"]:
+        if rec["artifact"] != res["artifacts"][0] and rec["pearson"] is not None:
+            assert rec["pearson"] > 0.999 and rec["top_iou"] == 1.0
+    names = {p.name for p in (tmp_path / "x").iterdir()}
+    assert f"{imgs[0].stem}-compare.png" in names and f"{imgs[0].stem}-sparse-Mass.png" in names
+    r = chexui("explain", str(run), str(imgs[0]), "--out", tmp_path / "y", "--artifacts", "int8")
+    assert r.returncode == 2 and "int8 programs have no named layers" in r.stderr
