@@ -293,23 +293,26 @@ class Run:
         return not self.d.any_flags([self.stop.requested])[0]
 
     def predict(self, rows: np.ndarray, model: nn.Module | None = None, device: torch.device | None = None,
-                d: dist.Dist | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels of `rows` over the ranks of `d` (default: all of them)."""
+                d: dist.Dist | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and labels of `rows` over the ranks of `d` (default: all of them); `amp = False`: no
+        autocast (exported and post-training int8 models, measured as a user runs them: CPU bf16
+        autocast moves an int8 program's logits by 0.03)."""
         model = self.core if model is None else model
         device, d = device or self.d.device, d or self.d
+        autocast = (lambda: autocast_for(self.cfg, device)) if amp else nullcontext
         # evaluating the QAT model must not move its observers' ranges
         with quant.observers_frozen(model) if model is self.qat else nullcontext():
             logits = predict_logits(model, self.data.images, rows, d, self.t["batch_size"] * 2,
-                                    self.channels_last, lambda: autocast_for(self.cfg, device), device)
+                                    self.channels_last, autocast, device)
         return logits, self.data.index.labels[rows].astype(np.float32)
 
     def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None,
-                 d: dist.Dist | None = None) -> dict:
+                 d: dist.Dist | None = None, amp: bool = True) -> dict:
         if model is None:
             # each rank holds its own BatchNorm statistics / observer ranges after an epoch: validate
             # (and so save) rank 0's
             self.d.broadcast_state(self.core, buffers_only=True)
-        logits, y = self.predict(self.data.split[split], model, device, d)
+        logits, y = self.predict(self.data.split[split], model, device, d, amp)
         lt, yt = torch.from_numpy(logits).to(self.d.device), torch.from_numpy(y).to(self.d.device)
         zeros = torch.zeros_like(lt)  # predicting 0.5 for every label: the chance losses
         auc, mean, reasons = auroc_from_logits(y, logits)
@@ -469,7 +472,7 @@ class Run:
         if self.d.is_main:
             self.int8 = self.post_training_int8()
             cpu = torch.device("cpu")
-            res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu))
+            res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu), amp=False)
             self.report("test", res)
         return self.d.all_gather_object(res)[0]
 
@@ -493,6 +496,7 @@ class Run:
                     continue  # the fp32 artifact is the model the `test` evaluation just measured
                 model = export.load_model(self.run_dir, a)
                 device = torch.device("cpu") if a["kind"] in export.CPU_ONLY else self.d.device
-                res = self.evaluate("test", model.to(device), device, dist.Dist(device=device))
+                # as a user runs the file: no autocast (it is a training-speed setting)
+                res = self.evaluate("test", model.to(device), device, dist.Dist(device=device), amp=False)
                 self.report(ARTIFACT_SPLITS[a["kind"]][0], res)
         self.d.barrier()
