@@ -9,12 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import cache, checkpoint, config, metrics, nih
+from engine import cache, checkpoint, config, export, metrics, nih
 from engine.data import Images, eval_batches, to_input
 from engine.dist import Dist
 from engine.errors import UserError
 from engine.labels import LABELS, n_defined
-from engine.models import build_model
 
 
 @torch.no_grad()
@@ -47,12 +46,6 @@ def auroc_from_logits(y: np.ndarray, logits: np.ndarray) -> tuple[dict, float | 
     return metrics.per_class_auroc(y, probabilities(logits))
 
 
-def _float_model(cfg: dict, ck: dict) -> nn.Module:
-    model = build_model(cfg["model"]["arch"], "none")
-    model.load_state_dict(ck["model"])
-    return model.eval()
-
-
 def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
     for name in ("best.pt", "last.pt"):
         p = run_dir / "checkpoints" / name
@@ -64,7 +57,7 @@ def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
 def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     """The float model of the run's best checkpoint (its last when it has no best yet)."""
     cfg = config.load_run_config(run_dir / "config.toml")
-    return _float_model(cfg, _checkpoint(run_dir)[1]), cfg
+    return export.build_float(cfg["model"]["arch"], _checkpoint(run_dir)[1]["model"]), cfg
 
 
 def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[str, nn.Module]]:
@@ -72,17 +65,15 @@ def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[
     only if its sha256 matches the export's record) and its fake-quantized best model; a post-training
     int8 run's int8 artifact and the float model it was quantized from; any other run's best fp32
     model. A QAT run's float weights alone are not a model it ships."""
-    from engine import export, quant
-    from engine.events import read_events
+    from engine import quant
     path, ck = _checkpoint(run_dir)
-    model = _float_model(cfg, ck)
+    model = export.build_float(cfg["model"]["arch"], ck["model"])
     rel = path.relative_to(run_dir)
     q = cfg["quantize"]
     if not q["enabled"] and not cfg["compress"]["ptq"]:
         return [(f"fp32 model of {rel}", model)]
     out = []
-    exported = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
-    int8 = next((a for a in (exported or {}).get("artifacts", []) if a.get("kind") == export.INT8), None)
+    int8 = export.recorded(run_dir).get(export.INT8)
     if int8 is not None:
         out.append((f"int8 artifact {int8['path']} (sha256 checked)", export.load_model(run_dir, int8, trust)))
     if not q["enabled"]:  # post-training int8

@@ -90,14 +90,12 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
     from engine.data import to_input
     from engine.errors import DataError, UserError
     from engine.evaluate import probabilities
-    from engine.events import read_events
     from engine.labels import LABELS
     from engine.sanitize import clean
 
     run_dir, out = Path(run_dir), Path(out)
     size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
-    ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
-    arts = {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
+    arts = export.recorded(run_dir)
     kinds = kinds or [k for k in (export.FP32, export.SPARSE) if k in arts]
     bad = [k for k in kinds if k not in (export.FP32, export.SPARSE) or k not in arts]
     if not kinds or bad:

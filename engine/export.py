@@ -76,6 +76,13 @@ def artifact(kind: str, path: Path, run_dir: Path) -> dict:
             "gzip_bytes": gzip_bytes(path), "sha256": sha256(path)}
 
 
+def recorded(run_dir: Path) -> dict[str, dict]:
+    """The artifacts of the run's last `exported` event by kind (empty when it has none)."""
+    from engine.events import read_events
+    ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
+    return {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
+
+
 def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
     """The artifact's file, only if it lies in the run's export/ dir and is the very file the engine
     wrote (its sha256 as recorded in the `exported` event). An int8 TorchScript file is a program:

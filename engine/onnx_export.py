@@ -46,10 +46,24 @@ def save(model: nn.Module | torch.export.ExportedProgram, image_size: int, path)
     write_atomic(path, program.model_proto.SerializeToString())
 
 
-class Session(nn.Module):
-    """An ONNX model in an onnxruntime CPU session, called like the torch models it stands beside.
-    An ONNX file is data (a protobuf graph of standard ops), but chexui still opens one only after
-    its sha256 check (`export.load_model`)."""
+class _Runtime(nn.Module):
+    """An ONNX model in another runtime, called like the torch models it stands beside: NCHW float32
+    in, logits out; nothing in it depends on train/eval mode."""
+
+    def train(self, mode: bool = True) -> "_Runtime":
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (channels_last input is a strided view: the runtimes want contiguous NCHW)
+        return torch.from_numpy(self.run(np.ascontiguousarray(x.detach().float().cpu().numpy())))
+
+    def run(self, feed: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Session(_Runtime):
+    """An onnxruntime CPU session. An ONNX file is data (a protobuf graph of standard ops), but chexui
+    still opens one only after its sha256 check (`export.load_model`)."""
 
     def __init__(self, path):
         super().__init__()
@@ -57,27 +71,19 @@ class Session(nn.Module):
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
-    def train(self, mode: bool = True) -> "Session":
-        return self  # nothing in an inference session depends on the mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (channels_last input is a strided view: onnxruntime wants contiguous NCHW)
-        feed = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input: feed})[0])
+    def run(self, feed: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: feed})[0]
 
 
-class OpenVINO(nn.Module):
-    """An ONNX model compiled by OpenVINO for the CPU (`chexui bench` only; opened after the sha256 check).
-    Float layers run in fp32: OpenVINO's default on CPUs with bf16 instructions is bf16, which made its
-    "fp32" row twice the CPU's fp32 peak (measured on this AVX-512 EPYC)."""
+class OpenVINO(_Runtime):
+    """The ONNX model compiled by OpenVINO for the CPU (`chexui bench` only; opened after the sha256
+    check). Float layers run in fp32: OpenVINO's default on CPUs with bf16 instructions is bf16, which
+    made its "fp32" row twice the CPU's fp32 peak (measured on this AVX-512 EPYC)."""
 
     def __init__(self, path):
         super().__init__()
         import openvino as ov
         self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
-    def train(self, mode: bool = True) -> "OpenVINO":
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.compiled(np.ascontiguousarray(x.detach().float().cpu().numpy()))[0])
+    def run(self, feed: np.ndarray) -> np.ndarray:
+        return self.compiled(feed)[0]

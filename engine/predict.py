@@ -16,12 +16,10 @@ from engine import config, export, images
 from engine.data import to_input
 from engine.errors import DataError, UserError
 from engine.evaluate import probabilities, shipped_models
-from engine.events import read_events
 
 
 def model_for(run_dir: Path, cfg: dict, artifact: str | None, trust: bool = False) -> tuple[str, torch.nn.Module]:
-    ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
-    arts = {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
+    arts = export.recorded(run_dir)
     if artifact is None:
         if export.INT8 not in arts or not (cfg["quantize"]["enabled"] or cfg["compress"]["ptq"]):
             return shipped_models(run_dir, cfg, trust)[0]

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                      resumed_step=run.state.step, world_size=d.world)
             run.log(f"resumed from epoch {run.state.epoch} step {run.state.step} (attempt {attempt})")
         else:
+            parent = compress.parent_summary(run.parent) if run.parent else None
             weight = next(m.weight for m in run.model.modules() if isinstance(m, nn.Conv2d))
             run.emit("run_started", run_id=run_dir.name, config=cfg, world_size=d.world, nnodes=d.nnodes,
                      device=str(d.device) if d.device.type == "cpu" else torch.cuda.get_device_name(d.device),
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                      channels_last=weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4,
                      amp=str(run.amp).removeprefix("torch.") if run.amp is not None else None,
                      quantization=quant.bit_widths(run.qat) if run.qat is not None else None,
-                     **({"parent": compress.parent_summary(run.parent)} if run.parent else {}))
-            if run.parent:
-                run.start_from_parent()
+                     **({"parent": parent} if parent else {}))
+            if parent:
+                run.start_from_parent(parent)
         status = run.fit()
         test_mean = n_labels = None
         if status == "completed":

@@ -428,12 +428,12 @@ class Run:
         self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"],
                   n_labels_defined=n_defined(res["auc"]), predictions=str(path.relative_to(self.run_dir)), **extra)
 
-    def start_from_parent(self) -> None:
+    def start_from_parent(self, info: dict) -> None:
         """A compress run's epoch 0 (fresh runs only): the parent's best model, pruned when pruning, on
-        the parent's very split; validated and saved as the best so far, so a fine-tune epoch replaces it
-        only by beating it, and a run without fine-tune has its model checkpointed."""
+        the parent's very split (`info`: `compress.parent_summary`); validated and saved as the best so
+        far, so a fine-tune epoch replaces it only by beating it, and a run without fine-tune has its
+        model checkpointed."""
         t0 = time.perf_counter()
-        info = compress.parent_summary(self.parent)
         if info["split_sha256"] != self.data.manifest["sha256"]:
             raise UserError(f"{self.parent}: its data split (sha256 {info['split_sha256']}) is not this run's "
                             f"({self.data.manifest['sha256']}): the data or [data] keys changed since it ran")
