@@ -153,6 +153,7 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
                     ("onnx_fp32", "onnxruntime"), ("onnx_int8", "onnxruntime")]
     openvino = [a["kind"] for a in res["artifacts"] if a["runtime"] == "openvino"]  # the optional extra
     assert openvino == (["onnx_fp32", "onnx_int8"] if importlib.util.find_spec("openvino") else [])
+    assert all(a["test_auc_mean"] is None for a in res["artifacts"] if a["runtime"] == "openvino")
     assert res["image_size"] == 32 and res["cpu_int8_isa"]
     for a in res["artifacts"]:
         assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0 and a["x_fp32_speed"] > 0
