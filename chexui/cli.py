@@ -337,9 +337,12 @@ def predict_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
                 artifact: Optional[str] = typer.Option(None, "--artifact", help="fp32 | sparse | int8 | onnx_fp32 "
                                                        "| onnx_int8 (default: what the run ships)"),
                 fmt_: str = typer.Option("table", "--format", help="table | csv | json"),
+                calibrate: bool = typer.Option(False, "--calibrate", help="show probabilities after the run's "
+                                               "per-label temperature scaling (fitted on validation)"),
                 trust: bool = typer.Option(False, "--trust", help="load an artifact whose sha256 does not match"),
                 runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """The 14 probabilities per image from a trained run's model; unreadable files are listed and skipped."""
+    """The 14 probabilities per image from a trained run's model, and the positive labels at the run's
+    operating points (chosen on validation); unreadable files are listed and skipped."""
     from engine.labels import LABELS
     if fmt_ not in ("table", "csv", "json"):
         raise fail(f"--format {fmt_!r}: expected table, csv or json")
@@ -347,7 +350,7 @@ def predict_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     try:
         from engine.predict import predict
         with progress("predicting") as cb:
-            res = predict(run_dir, paths, artifact, trust, progress=cb)
+            res = predict(run_dir, paths, artifact, trust, progress=cb, calibrate=calibrate)
     except UserError as e:
         raise fail(str(e))
     for b in res["unreadable"]:
@@ -359,27 +362,35 @@ def predict_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     elif fmt_ == "csv":
         import csv
         w = csv.writer(sys.stdout)
-        w.writerow(["file", *LABELS])
+        w.writerow(["file", *LABELS, "positive"])
         for r in res["rows"]:
-            w.writerow([clean(r["file"]), *(f"{p:.6f}" for p in r["probs"])])
+            w.writerow([clean(r["file"]), *(f"{p:.6f}" for p in r["probs"]), "|".join(r["positive"])])
     else:
-        t = table("file", *LABELS)
-        for r in res["rows"]:
-            t.add_row(clean(r["file"]), *(f"{p:.3f}" for p in r["probs"]))
+        t = table("file", *LABELS, "positive")
+        for r in res["rows"]:  # "+": a positive call at the run's operating point
+            t.add_row(clean(r["file"]), *(f"{p:.3f}" + ("+" if c else "") for p, c in zip(r["probs"], r["calls"])),
+                      ", ".join(r["positive"]) or ("-" if res["operating_point"] else "(no thresholds)"))
         con = console()
-        con.print(f"{res['run']}: {res['model']}, {res['image_size']} px", markup=False)
+        op = res["operating_point"]
+        con.print(f"{res['run']}: {res['model']}, {res['image_size']} px; "
+                  + (f"calls at the run's {op['rule']} thresholds (chosen on validation)" if op else
+                     "no operating points recorded: probabilities only")
+                  + ("; probabilities temperature-scaled" if res["calibrated"] else ""), markup=False)
         con.print(t)
 
 
 @app.command("explain")
 def explain_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
                 paths: list[str] = typer.Argument(..., metavar="IMAGE...", help="image files or directories"),
-                out: str = typer.Option(..., "--out", help="directory for the PNGs and agreement.json"),
+                out: Optional[str] = typer.Option(None, "--out", help="directory for the PNGs and agreement.json "
+                                                  "(default: RUN/explain, listed in the TUI's runs browser)"),
                 labels: str = typer.Option("top3", "--labels", help="top3 | all | NAME,NAME..."),
-                artifacts: Optional[str] = typer.Option(None, "--artifacts", help="fp32,sparse (default: the "
-                                                        "run's float artifacts; the first is the baseline)"),
+                artifacts: Optional[str] = typer.Option(None, "--artifacts", help="fp32,sparse,int8 (default: "
+                                                        "all the run has; int8 = a QAT run's fake-quantized twin)"),
                 baseline: Optional[str] = typer.Option(None, "--baseline", help="RUN whose best model is the "
                                                        "baseline (default: a compress run's parent)"),
+                layer: Optional[str] = typer.Option(None, "--layer", help="block whose activations are mapped "
+                                                    "(default: the last, layer4 / features; e.g. layer3 for finer maps)"),
                 trust: bool = typer.Option(False, "--trust", help="load an artifact whose sha256 does not match"),
                 runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Grad-CAM heatmaps of a run's models on images, side by side, with each model's agreement with the
@@ -388,8 +399,8 @@ def explain_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
     base_dir = find(baseline, runs_dir) if baseline else None
     try:
         from engine.explain import explain_run
-        res = explain_run(run_dir, paths, Path(out), labels, artifacts.split(",") if artifacts else None, trust,
-                          base_dir)
+        res = explain_run(run_dir, paths, Path(out) if out else run_dir / "explain", labels,
+                          artifacts.split(",") if artifacts else None, trust, base_dir, layer)
     except UserError as e:
         raise fail(str(e))
     for line in res["skipped"]:
@@ -501,7 +512,10 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
+    # (SIGINT too: a process started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python then leaves it so; Ctrl-C or `kill -INT` must still stop the sweep cleanly)
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         results = sweep_mod.run_queue(sw, base, say)
     except KeyboardInterrupt:
@@ -538,6 +552,8 @@ def compare_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help
                 fmt: str = typer.Option("table", "--format", "-f", help="table, csv, markdown or json"),
                 baseline: Optional[str] = typer.Option(None, "--baseline", metavar="RUN",
                                                        help="run the others are compared with (default: the first)"),
+                heatmaps: int = typer.Option(0, "--heatmaps", min=0, metavar="N", help="also Grad-CAM agreement "
+                                             "with the baseline on N seeded test images (runs the models)"),
                 runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Study tables across runs: per-class test AUROC (with CheXNet's), training time, storage, and
     each run's paired difference from a baseline with its 95 % CI and p-value (same test split)."""
@@ -548,7 +564,10 @@ def compare_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help
     except UserError as e:
         raise fail(str(e))
     from chexui import compare
-    tbls = compare.tables(compare.load(dirs), base)
+    try:
+        tbls = compare.tables(compare.load(dirs), base, heatmaps)
+    except UserError as e:
+        raise fail(str(e))
     if fmt == "table":
         con = console()
         for t in compare.rich_tables(tbls):
@@ -563,14 +582,20 @@ def report_cmd(run_refs: list[str] = typer.Argument(..., metavar="RUN...", help=
                title: str = typer.Option("chexui report", "--title"),
                baseline: Optional[str] = typer.Option(None, "--baseline", metavar="RUN",
                                                       help="run the others are compared with (default: the first)"),
+               heatmaps: int = typer.Option(16, "--heatmaps", min=0, metavar="N", help="Grad-CAM agreement "
+                                            "with the baseline on N seeded test images (0: none)"),
                runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """A Markdown report with the compare tables (paired differences included) and PNG figures."""
+    """A Markdown report with the compare tables (paired differences and Grad-CAM agreement included)
+    and PNG figures."""
     try:
         dirs, base = _with_baseline(run_refs, baseline, runs_mod.runs_dir(runs_dir))
     except UserError as e:
         raise fail(str(e))
     from chexui import compare, report
-    path = report.write_report(compare.load(dirs), Path(out), title, base)
+    try:
+        path = report.write_report(compare.load(dirs), Path(out), title, base, heatmaps)
+    except UserError as e:
+        raise fail(str(e))
     say(f"wrote {path} and {len(list(path.parent.glob('*.png')))} figures")
 
 

@@ -9,6 +9,10 @@
   the difference in test AUROC per class and of the mean, with its paired patient-bootstrap 95 % CI
   and p-value, from the runs' saved predictions (predictions/test.npz). Runs on other splits are left
   out of it, with a note saying why.
+- heatmaps (opt-in, `--heatmaps N`: it runs the models): on N seeded test images of the baseline,
+  each run's shipped model's Grad-CAM agreement with the baseline's (Pearson r, top-10 % IoU) for the
+  baseline's top-3 labels, beside the mean AUROC difference, and on a demo set how often the map's
+  peak falls in the drawn finding (engine.explain.sample_agreement).
 """
 
 from __future__ import annotations
@@ -188,17 +192,57 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
     return df.drop(columns=onnx)
 
 
-def tables(runs: list[RunInfo], baseline: int = 0) -> dict[str, pd.DataFrame]:
+def heatmap_table(runs: list[RunInfo], labels: list[str], base: int, n_images: int, seed: int = 0) -> pd.DataFrame:
+    """Rows (run, model): Grad-CAM agreement with the baseline on a seeded sample of its test images."""
+    from engine.explain import sample_agreement
+    others = [i for i in range(len(runs)) if i != base]
+    by_id = {runs[i].run_dir.name: labels[i] for i in [base, *others]}
+    recs = sample_agreement(runs[base].run_dir, [runs[i].run_dir for i in others], n_images, seed)
+    aucs = {lab: (_test(r) or {}).get("auc_mean") for r, lab in zip(runs, labels)}
+    rows, notes = [], []
+    for rec in recs:
+        lab = by_id[rec["run"]]
+        if rec.get("skipped"):
+            notes.append(f"none computed: {rec['skipped']}" if lab == labels[base] else f"{lab}: not compared: {rec['skipped']}")
+            continue
+        delta = None if rec["model"] == "baseline" or None in (aucs[lab], aucs[labels[base]]) else aucs[lab] - aucs[labels[base]]
+        rows.append({"run": lab, "model": rec["model"], "images": rec["images"], "maps": rec["maps"],
+                     "mean AUROC - baseline": delta, "r (Pearson)": rec["pearson"], "top-10% IoU": rec["top_iou"],
+                     "peak in drawn finding": rec["peak_hits"] / rec["peak_maps"] if rec["peak_maps"] else None,
+                     "peak maps": rec["peak_maps"]})
+    df = pd.DataFrame(rows, columns=["run", "model", "images", "maps", "mean AUROC - baseline", "r (Pearson)",
+                                     "top-10% IoU", "peak in drawn finding", "peak maps"]).set_index(["run", "model"])
+    df.attrs.update(baseline=labels[base], notes=notes, seed=seed)
+    return df
+
+
+def heatmap_caption(df: pd.DataFrame) -> str:
+    lines = [f"Grad-CAM of each run's shipped model (a QAT run: its int8 artifact's fake-quantized twin) against "
+             f"the baseline ({df.attrs.get('baseline')}) on the same seeded sample of its test images (seed "
+             f"{df.attrs.get('seed')}), for the baseline's 3 most probable labels per image: mean Pearson r of "
+             "the maps and mean IoU of their top 10 %. 'peak in drawn finding': on a chexui demo set, the share "
+             "of maps for findings the image shows whose peak lies inside the region the generator drew "
+             "('peak maps' of them)."]
+    return "\n".join(lines + list(df.attrs.get("notes") or []))
+
+
+def tables(runs: list[RunInfo], baseline: int = 0, heatmaps: int = 0) -> dict[str, pd.DataFrame]:
+    """The study tables; with `heatmaps` > 0, also Grad-CAM agreement on that many test images."""
     labels = run_labels(runs)
     out = {"auroc": auroc_table(runs, labels), "time": time_table(runs, labels),
            "storage": storage_table(runs, labels)}
     if len(runs) > 1:
         out["paired"] = paired_table(runs, labels, baseline)
+        if heatmaps > 0:
+            out["heatmaps"] = heatmap_table(runs, labels, baseline, heatmaps)
     return out
 
 
 TITLES = {"auroc": "Test AUROC per class", "time": "Training time", "storage": "Storage",
-          "paired": "Paired difference in test AUROC against the baseline"}
+          "paired": "Paired difference in test AUROC against the baseline",
+          "heatmaps": "Grad-CAM agreement with the baseline"}
+CAPTIONS = {"paired": lambda df: paired_caption(df), "heatmaps": lambda df: heatmap_caption(df)}
+INDEX = {"auroc": "label", "paired": "label", "heatmaps": "run / model"}
 
 
 def _p_text(p: float, resamples: int) -> str:
@@ -234,24 +278,33 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
         def f(v, col=col):
             if v is None or pd.isna(v):
                 return "-"
+            if col == "mean AUROC - baseline":
+                return f"{v:+.4f}"
             if name == "auroc" or "AUROC" in col:
                 return f"{v:.4f}"
             if col in ("total h", "compute h (with parent)", "h / epoch"):
                 return f"{v:.3f}"
             if col == "train images/s":
                 return f"{v:.1f}"
-            if col == "sparsity":
+            if col in ("sparsity", "r (Pearson)", "top-10% IoU"):
                 return f"{v:.3f}"
+            if col == "peak in drawn finding":
+                return f"{v:.0%}"
             if isinstance(v, (int, float)) and float(v).is_integer():
                 return f"{int(v):,}"
             return str(v)
         out[col] = [f(v) for v in df[col]]
+    if name == "heatmaps":
+        out.index = [" / ".join(map(str, i)) for i in out.index]
     if name == "auroc":
         out.loc[MEAN_LABELS] = ["-" if pd.isna(v) else f"{int(v)}/{len(LABELS)}" for v in df.loc[MEAN_LABELS]]
     return out
 
 
 def _json(name: str, df: pd.DataFrame):
+    if name == "heatmaps":
+        return {"baseline": df.attrs.get("baseline"), "seed": df.attrs.get("seed"), "notes": df.attrs.get("notes"),
+                "rows": json.loads(df.reset_index().to_json(orient="records"))}
     if name == "paired":
         return {"baseline": df.attrs.get("baseline"), "bootstrap": df.attrs.get("bootstrap"),
                 "notes": df.attrs.get("notes"),
@@ -266,12 +319,12 @@ def render(tbls: dict[str, pd.DataFrame], fmt: str) -> str:
     parts = []
     for name, df in tbls.items():
         if fmt == "csv":
-            index = ["run", "label"] if name == "paired" else "label" if name == "auroc" else "run"
+            index = {"paired": ["run", "label"], "heatmaps": ["run", "model"], "auroc": "label"}.get(name, "run")
             parts.append(f"# {TITLES[name]}\n" + df.to_csv(index_label=index))
-        elif name == "paired" and df.empty:
-            parts.append(f"### {TITLES[name]}\n\n" + paired_caption(df).replace("\n", "\n\n") + "\n")
+        elif name in CAPTIONS and df.empty:
+            parts.append(f"### {TITLES[name]}\n\n" + CAPTIONS[name](df).replace("\n", "\n\n") + "\n")
         else:  # markdown
-            caption = "\n" + paired_caption(df).replace("\n", "\n\n") + "\n" if name == "paired" else ""
+            caption = "\n" + CAPTIONS[name](df).replace("\n", "\n\n") + "\n" if name in CAPTIONS else ""
             parts.append(f"### {TITLES[name]}\n\n" + _display(name, df).to_markdown(stralign="right", disable_numparse=True)
                          + "\n" + caption)
     return "\n".join(parts)
@@ -280,15 +333,15 @@ def render(tbls: dict[str, pd.DataFrame], fmt: str) -> str:
 def rich_tables(tbls: dict[str, pd.DataFrame]):
     from chexui.headless import table
     for name, df in tbls.items():
-        if name == "paired" and df.empty:
-            yield paired_caption(df)
+        if name in CAPTIONS and df.empty:
+            yield CAPTIONS[name](df)
             continue
         shown = _display(name, df)
-        t = table("label" if name in ("auroc", "paired") else "run", *shown.columns, title=TITLES[name])
+        t = table(INDEX.get(name, "run"), *shown.columns, title=TITLES[name])
         for idx, row in shown.iterrows():
-            t.add_row(str(idx), *row.tolist())
-        if name == "paired":
-            t.caption = paired_caption(df)
+            t.add_row(" / ".join(idx) if isinstance(idx, tuple) else str(idx), *row.tolist())
+        if name in CAPTIONS:
+            t.caption = CAPTIONS[name](df)
         yield t
 
 

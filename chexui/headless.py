@@ -59,15 +59,24 @@ def auc_table(ev: dict[str, Any], title: str) -> Table:
     aucs, cis = ev["auc"], ev.get("auc_ci") or {}
     marks = auc_marks(aucs)
     boot = ev.get("bootstrap")
-    t = table("label", "AUROC", "95% CI", title=title)
-    t.columns[1].justify = t.columns[2].justify = "right"
+    at = ev.get("at_threshold")  # the operating points chosen on validation (runs since chexui chose them)
+    t = table("label", "AUROC", "95% CI", *(("threshold", "sensitivity", "specificity") if at else ()), title=title)
+    for c in t.columns[1:]:
+        c.justify = "right"
     for name in LABELS:
         v = aucs.get(name)
         mark = f" ({marks[name]})" if name in marks else ""
-        t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark, ci_text(cis.get(name)))
-    t.add_row(f"mean of {n_defined(aucs)}/{len(LABELS)} labels", fmt(ev.get("auc_mean")), ci_text(ev.get("auc_mean_ci")))
-    if boot:
-        t.caption = f"95% CI: {boot['resamples']} {boot['unit']} bootstrap resamples, seed {boot['seed']}"
+        op = (at or {}).get(name) or {}
+        t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark, ci_text(cis.get(name)),
+                  *((fmt(op.get("threshold"), ".3f"), fmt(op.get("sensitivity"), ".3f"), fmt(op.get("specificity"), ".3f"))
+                    if at else ()))
+    t.add_row(f"mean of {n_defined(aucs)}/{len(LABELS)} labels", fmt(ev.get("auc_mean")), ci_text(ev.get("auc_mean_ci")),
+              *(("", "", "") if at else ()))
+    notes = [f"95% CI: {boot['resamples']} {boot['unit']} bootstrap resamples, seed {boot['seed']}"] if boot else []
+    if at:
+        notes.append(f"calls at {ev.get('operating_point')} thresholds chosen on validation (PPV, NPV, F1 and "
+                     "their CIs: --json / events.jsonl)")
+    t.caption = "; ".join(notes) or None
     return t
 
 
@@ -153,6 +162,10 @@ class HeadlessView:
             for a in e["artifacts"]:
                 ratio = f", {a['bytes'] / fp32:.2f}x fp32" if fp32 and a["kind"] != "fp32" else ""
                 self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes, gzip {a['gzip_bytes']:,}{ratio})")
+        elif t == "operating_points":
+            n = sum(v is not None for v in e["thresholds"].values())
+            self.say(f"operating points: {e['rule']} thresholds for {n}/{len(LABELS)} labels, chosen on "
+                     f"{e.get('n', '?')} {e['split']} images")
         elif t == "error":
             self._end_progress()
             self.say(f"error: {e['message']}")

@@ -127,6 +127,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # patient-bootstrap 95 % confidence intervals of every test AUROC; 0 resamples = none
         "bootstrap_resamples": Field(1000, int, min=0, max=10000),
         "bootstrap_seed": Field(0, int, min=0),
+        # per-label decision thresholds, chosen on the validation split at the end of a run
+        # (engine/operating.py): "youden", "f1", "sensitivity=0.90" or "specificity=0.90"
+        "operating_point": Field("youden", str),
     },
     # `chexui compress` sets this section: a run that starts from another run's best model
     "compress": {
@@ -210,6 +213,9 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
                 _check_value(f"{key}.{sub}", SCHEMA[key][sub], v, source)
                 if key == "prune" and sub == "adaptive":
                     value[sub] = _check_adaptive(v, source)
+                if key == "eval" and sub == "operating_point":
+                    from engine.operating import parse_rule  # (numpy only at import)
+                    parse_rule(v, source)
         elif key in TOP_LEVEL:
             _check_value(key, TOP_LEVEL[key], value, source)
         else:

@@ -11,6 +11,7 @@ numpy + PIL only.
 from __future__ import annotations
 
 import io
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,6 +40,7 @@ DEFAULT = {"images": 2000, "size": 128, "seed": 0}  # the embedded demo dataset
 CHRONIC = {"Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"}
 LABEL_DROP = 0.02     # a present finding missing from the report-mined label
 LABEL_SPURIOUS = 0.004  # per image: a label with nothing visible
+GENERATOR = "generator.json"
 
 
 def draw_labels(rng: np.random.Generator, previous: set[str] | None) -> set[str]:
@@ -88,9 +90,16 @@ class Canvas:
         return np.asarray(big, dtype=np.float32)
 
 
-def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generator) -> np.ndarray:
-    """One radiograph as uint8 [size, size]."""
+def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generator,
+           regions: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """One radiograph as uint8 [size, size]. With a dict `regions`, also where each finding was drawn:
+    regions[name] = bool [size, size] (recording draws nothing from `rng`: the image is the same)."""
     cv, a = Canvas(size), anatomy
+
+    def drawn(name: str, mask) -> None:
+        if regions is not None:
+            regions[name] = regions.get(name, np.zeros((size, size), bool)) | np.broadcast_to(mask, (size, size))
+
     x, y = cv.x, cv.y
     sub = {name: rng.uniform(0.55, 1.0) for name in sorted(findings)}  # subtlety per finding (sorted: str hashes vary)
     jx, jy = rng.normal(0, 0.008, 2)  # positioning differs between follow-ups
@@ -126,6 +135,8 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
     medi = np.clip((0.045 - np.abs(x - 0.5 - jx)) / 0.01, 0, 1) * np.clip((0.62 - y) / 0.03, 0, 1) \
         * np.clip((y - 0.08) / 0.03, 0, 1)
     air = lung * (1 - heart) * (1 - medi)
+    if "Cardiomegaly" in findings:
+        drawn("Cardiomegaly", heart > 0.5)
     darkness = 0.42 + (0.08 * sub["Emphysema"] if emphysema else 0)
     mark_gain = 1.0 - (0.6 * sub["Emphysema"] if emphysema else 0)
 
@@ -140,6 +151,7 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
         rim = (rho[s] > 1 - w) & lateral & (lungs[s] > 0.5)
         no_markings = rim.astype(np.float32)
         pleural_line = (np.abs(rho[s] - (1 - w)) < 1.5 * cv.px / a["lung_ax"]) & lateral & (lungs[s] > 0.5)
+        drawn("Pneumothorax", rim)
     img = img - darkness * air - 0.06 * no_markings + markings * air * mark_gain * (1 - no_markings)
     img = img + 0.18 * pleural_line * sub.get("Pneumothorax", 0)
 
@@ -169,54 +181,69 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
             lateral = np.abs(x - cx) / ax
             meniscus = base - h - 0.06 * lateral ** 2 * ((x - cx) * (1 if s else -1) > 0)
             opac += 0.38 * lungs[s] * np.clip((y - meniscus) / 0.012, 0, 1)
+            drawn("Effusion", lungs[s] * np.clip((y - meniscus) / 0.012, 0, 1) > 0.5)
     if "Nodule" in findings:
         for _ in range(1 + int(rng.random() < 0.3)):
             px, py, _s = in_lung()
             m, _ = cv.ellipse(px, py, r := rng.uniform(0.03, 0.042), r, soft=0.006)
             opac += (0.26 + 0.18 * sub["Nodule"]) * m
+            drawn("Nodule", m > 0.5)
     if "Mass" in findings:
         px, py, _s = in_lung()
         r = rng.uniform(0.06, 0.09)
         m, _ = cv.ellipse(px, py, r, r * rng.uniform(0.8, 1.1), soft=0.012, angle=rng.uniform(0, 3))
         opac += (0.22 + 0.15 * sub["Mass"]) * m
+        drawn("Mass", m > 0.5)
     if "Consolidation" in findings:  # lobar: the upper lobe, homogeneous, sharp fissure below
         s = int(rng.integers(2))
         cx, cy, ax, ay, base = lung_boxes[s]
         fissure = cy - 0.05 + 0.08 * (x - cx) * (1 if s else -1)
         opac += (0.22 + 0.16 * sub["Consolidation"]) * lungs[s] * np.clip((fissure - y) / 0.008, 0, 1)
+        drawn("Consolidation", lungs[s] * np.clip((fissure - y) / 0.008, 0, 1) > 0.5)
     if "Pneumonia" in findings:  # fluffy lower-zone opacity with air bronchograms
         s = int(rng.integers(2))
         cx, cy, ax, ay, base = lung_boxes[s]
         m, _ = cv.ellipse(cx + rng.uniform(-0.03, 0.03), base - 0.11, 0.085, 0.07, soft=0.03)
         branches = np.abs(np.sin((x - cx) * 95 + 8 * (y - base) ** 2 * 40)) < 0.18
         opac += (0.24 + 0.14 * sub["Pneumonia"]) * m * lungs[s] * (1 - 0.6 * branches)
+        drawn("Pneumonia", m * lungs[s] > 0.5)
     if "Infiltration" in findings:  # patchy ill-defined opacities, often both lungs
         for _ in range(int(rng.integers(4, 8))):
             px, py, _s = in_lung()
             m, _ = cv.ellipse(px, py, rng.uniform(0.03, 0.05), rng.uniform(0.025, 0.045), soft=0.025)
             opac += (0.10 + 0.08 * sub["Infiltration"]) * m
+            drawn("Infiltration", m > 0.5)
     if "Atelectasis" in findings:  # wedge toward the hilum at the base, with volume loss above
         s = int(rng.integers(2))
         cx, cy, ax, ay, base = lung_boxes[s]
         t = np.clip((y - cy) / (base - cy), 0, 1)
         wedge = (np.abs(x - cx) < 0.02 + 0.09 * t) & (y > cy) & (y < base)
         opac += (0.20 + 0.12 * sub["Atelectasis"]) * wedge * lungs[s]
+        drawn("Atelectasis", wedge * lungs[s] > 0.5)
     if "Edema" in findings:  # bilateral perihilar (bat-wing) haze
         for s in (0, 1):
             cx, cy = lung_boxes[s][:2]
             hx = 0.5 + (cx - 0.5) * 0.55
             opac += (0.16 + 0.12 * sub["Edema"]) * np.exp(-((x - hx) / 0.07) ** 2 - ((y - cy) / 0.11) ** 2)
+            drawn("Edema", np.exp(-((x - hx) / 0.07) ** 2 - ((y - cy) / 0.11) ** 2) > 0.5)
     if "Fibrosis" in findings:  # reticular net, peripheral and basal
         ang = rng.uniform(0, np.pi)
         u, v = x * np.cos(ang) + y * np.sin(ang), -x * np.sin(ang) + y * np.cos(ang)
         net = np.maximum(np.abs(np.sin(u * 70)), np.abs(np.sin(v * 70))) > 0.8
         opac += (0.10 + 0.08 * sub["Fibrosis"]) * net * np.clip((y - 0.35) / 0.1, 0, 1)
+        drawn("Fibrosis", np.clip((y - 0.35) / 0.1, 0, 1) > 0.5)  # the zone the net covers
     if "Pleural_Thickening" in findings:  # band along the lateral chest wall inside the lung edge
         s = int(rng.integers(2))
         cx = lung_boxes[s][0]
         band = (rho[s] > 1 - (0.14 + 0.08 * sub["Pleural_Thickening"])) & ((x - cx) * (1 if s else -1) > 0)
         opac += 0.34 * band * lungs[s]
+        drawn("Pleural_Thickening", band & (lungs[s] > 0.5))
     img = img + opac * lung
+    if regions is not None:  # lung findings show only inside the lungs (opacities are scaled by `lung`)
+        for name in regions.keys() - {"Cardiomegaly"}:
+            regions[name] &= lung > 0.5
+        if emphysema:
+            drawn("Emphysema", lung > 0.5)  # diffuse: hyperinflated, dark lungs
 
     if "Hernia" in findings:  # retrocardiac round density with a gas bubble
         hx, hy = a["heart_cx"] + jx - 0.03, a["heart_cy"] + jy + 0.04
@@ -224,6 +251,7 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
         m, _ = cv.ellipse(hx, hy, r, r * 0.85, soft=0.008)
         gas, _ = cv.ellipse(hx, hy - r * 0.45, r * 0.6, r * 0.3, soft=0.006)
         img = img + (0.16 + 0.08 * sub["Hernia"]) * m - 0.28 * gas * m
+        drawn("Hernia", m > 0.5)
 
     img = img * a["brightness"] * rng.uniform(0.95, 1.05) + rng.uniform(-0.03, 0.03)
     img = np.clip(img, 0, 1) ** rng.uniform(0.9, 1.1)
@@ -256,11 +284,14 @@ def _plan(n_images: int, seed: int) -> list[dict]:
     return rows
 
 
-def _render_one(args: tuple[int, int, dict, int]) -> bytes:
-    seed, size, row, idx = args
+def _render_row(seed: int, size: int, row: dict, idx: int, regions: dict | None = None) -> np.ndarray:
     anatomy = draw_anatomy(np.random.default_rng(np.random.SeedSequence([seed, 1, row["patient"]])))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2, idx]))
-    img = render(size, anatomy, set(row["shown"]), rng)
+    return render(size, anatomy, set(row["shown"]), rng, regions)
+
+
+def _render_one(args: tuple[int, int, dict, int]) -> bytes:
+    img = _render_row(*args)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -280,6 +311,8 @@ def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int =
             (out / "images" / rows[i]["name"]).write_bytes(png)
             if progress:
                 progress(i + 1, len(rows))
+    # what drew it: `finding_regions` re-draws an image from these to know where each finding is
+    (out / GENERATOR).write_text(json.dumps({"version": VERSION, "images": n_images, "size": size, "seed": seed}))
     spacing = round(0.143 * 1024 / size, 4)
     lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
@@ -326,3 +359,30 @@ def ensure(root: str | Path, progress=None) -> Path:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def finding_regions(root: str | Path, names: list[str]) -> dict[str, tuple[set[str], dict[str, np.ndarray]]]:
+    """Ground truth for explanations: for each image name of a demo set at `root`, the findings drawn
+    in it (not the noisy reported labels) and where each was drawn (bool masks at the set's size).
+    The image is drawn again from the set's recorded generator arguments (the default demo set's
+    when the set predates the record) and must equal the stored file, else a DataError."""
+    from engine.errors import DataError
+    root = Path(root)
+    gen = root / GENERATOR
+    args = json.loads(gen.read_text()) if gen.is_file() else {**DEFAULT, "version": VERSION}
+    if args.get("version") != VERSION:
+        raise DataError(f"{gen}: drawn by demo generator version {args.get('version')}, this chexui draws version {VERSION}")
+    rows = {r["name"]: (i, r) for i, r in enumerate(_plan(args["images"], args["seed"]))}
+    out = {}
+    for name in names:
+        if name not in rows:
+            raise DataError(f"{root}: {name} is not an image of a chexui demo set with {args}")
+        i, row = rows[name]
+        regions: dict[str, np.ndarray] = {}
+        img = _render_row(args["seed"], args["size"], row, i, regions)
+        with Image.open(root / "images" / name) as im:
+            if not np.array_equal(np.asarray(im.convert("L")), img):
+                raise DataError(f"{root / 'images' / name}: differs from what the demo generator draws for it "
+                                "(not a chexui demo image, or drawn by another version)")
+        out[name] = (set(row["shown"]), regions)
+    return out

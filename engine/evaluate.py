@@ -65,7 +65,6 @@ def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[
     only if its sha256 matches the export's record) and its fake-quantized best model; a post-training
     int8 run's int8 artifact and the float model it was quantized from; any other run's best fp32
     model. A QAT run's float weights alone are not a model it ships."""
-    from engine import quant
     path, ck = _checkpoint(run_dir)
     model = export.build_float(cfg["model"]["arch"], ck["model"])
     rel = path.relative_to(run_dir)
@@ -78,19 +77,29 @@ def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[
         out.append((f"int8 artifact {int8['path']} (sha256 checked)", export.load_model(run_dir, int8, trust)))
     if not q["enabled"]:  # post-training int8
         return out + [(f"fp32 model of {rel} (before post-training quantization)", model)]
-    qat = quant.prepare(model, q, cfg["data"]["image_size"])
+    out.append((f"QAT fake-quantized model of {rel}", qat_model(cfg, ck, model)))
+    return out
+
+
+def qat_model(cfg: dict, ck: dict, model: nn.Module | None = None) -> nn.Module:
+    """A QAT run's fake-quantized model from its checkpoint `ck` (in eval mode, observers frozen): the
+    int8 artifact's differentiable twin."""
+    from engine import quant
+    model = model or export.build_float(cfg["model"]["arch"], ck["model"])
+    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
     qat.load_state_dict(ck["qat"])
     quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
     qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)
-    out.append((f"QAT fake-quantized model of {rel}", qat))
-    return out
+    return qat
 
 
 def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool = False) -> dict:
     """Per-class AUROC (with patient-bootstrap 95 % intervals) of what the run ships on any NIH-layout
-    dataset; the first model is the run's main one (QAT: the int8 artifact when there is one)."""
-    from engine import bootstrap
+    dataset, and each label's sensitivity/specificity/PPV/NPV/F1 at the run's operating points; the
+    first model is the run's main one (QAT: the int8 artifact when there is one)."""
+    from engine import bootstrap, operating
     cfg = config.load_run_config(run_dir / "config.toml")
+    op = operating.recorded(run_dir)
     index = nih.index_dataset(data_root)  # (a bad data dir fails before any model is loaded)
     shipped = shipped_models(run_dir, cfg, trust)
     size = cfg["data"]["image_size"]
@@ -104,6 +113,10 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
         res = {"model": name, "auc": auc, "auc_mean": mean, "n_labels_defined": n_defined(auc), "undefined": reasons}
         if spec is not None:
             res.update(bootstrap.intervals(y, probabilities(logits), index.patients[rows], auc, spec))
+        if op is not None:  # the calls at the run's thresholds (chosen on its own validation split)
+            res.update(operating_point=op["rule"], ece=operating.eces(y, probabilities(logits)),
+                       at_threshold=operating.at_thresholds(y, probabilities(logits), op["thresholds"],
+                                                            index.patients[rows], spec))
         results.append(res)
     return {"run": run_dir.name, "data": str(index.root), "split": split, "n": int(len(rows)),
             **results[0], "models": results}

@@ -34,6 +34,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "lr_reduced": ("epoch", "lr"),
     "early_stopped": ("epoch",),
     "restarted": ("attempt", "resumed_epoch"),
+    "operating_points": ("rule", "split", "thresholds"),
     "evaluated": ("split", "n", "auc", "auc_mean"),
     "exported": ("artifacts",),
     "run_finished": ("status", "epochs", "total_time_s", "best_epoch", "test_auc_mean"),
@@ -50,7 +51,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "epoch_time_s": _NUM, "sparsity": _OPT_NUM, "memory_mb": (list,), "path": (str,), "best": (bool,),
     "attempt": (int,), "resumed_epoch": (int,), "split": (str,), "n": (int,), "auc": (dict,),
     "auc_mean": _OPT_NUM, "artifacts": (list,), "status": (str,), "total_time_s": _NUM, "best_epoch": (int,),
-    "test_auc_mean": _OPT_NUM, "message": (str,),
+    "test_auc_mean": _OPT_NUM, "message": (str,), "rule": (str,), "thresholds": (dict,),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2
          ONNX_FP32: "model_fp32.onnx", ONNX_INT8: "model_int8.onnx"}
 CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)  # x86 int8 kernels / onnxruntime's CPU provider
 INT8_FX = "model_int8.pt"  # quantize.engine = "fx": TorchScript
+OPERATING_FILE = "chexui_operating_points.json"  # a .pt2 extra file and an ONNX metadata key
 
 
 def to_sparse(state: dict[str, torch.Tensor]) -> dict:
@@ -106,13 +108,15 @@ def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
 
 
 def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, pruned: bool,
-                  int8_model: nn.Module | None, onnx: bool = True, log=print) -> list[dict]:
+                  int8_model: nn.Module | None, onnx: bool = True, log=print, operating: dict | None = None) -> list[dict]:
     """Write the run's artifacts (rank 0) from its float model and, for QAT/PTQ runs, its converted
-    int8 model; returns the `exported` event's list."""
+    int8 model; returns the `exported` event's list. `operating` (the run's thresholds and
+    temperatures) travels inside every file: a checkpoint key, a .pt2 extra file, ONNX metadata."""
     out = run_dir / "export"
     out.mkdir(exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    meta = {"arch": arch, "image_size": image_size}
+    meta = {"arch": arch, "image_size": image_size, **({"operating_points": operating} if operating else {})}
+    extra = {OPERATING_FILE: json.dumps(operating)} if operating else None
     checkpoint.save_atomic({"format": "chexui-fp32/1", **meta, "model": state}, out / FILES[FP32])
     written = [(FP32, out / FILES[FP32])]
     if pruned:
@@ -123,7 +127,7 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
         from engine import quant
         if quant.is_pt2e_int8(int8_model):
             program = quant.program(int8_model, image_size)
-            quant.save_int8(program, image_size, out / FILES[INT8])
+            quant.save_int8(program, image_size, out / FILES[INT8], extra)
             written.append((INT8, out / FILES[INT8]))
         else:
             quant.save_int8(int8_model, image_size, out / INT8_FX)
@@ -133,10 +137,10 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
         if onnx_export.missing():
             log(f"ONNX artifacts skipped: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
         else:
-            onnx_export.save(build_float(arch, state), image_size, out / FILES[ONNX_FP32])
+            onnx_export.save(build_float(arch, state), image_size, out / FILES[ONNX_FP32], extra)
             written.append((ONNX_FP32, out / FILES[ONNX_FP32]))
             if program is not None:
-                onnx_export.save(program, image_size, out / FILES[ONNX_INT8])
+                onnx_export.save(program, image_size, out / FILES[ONNX_INT8], extra)
                 written.append((ONNX_INT8, out / FILES[ONNX_INT8]))
             elif int8_model is not None:
                 log("ONNX int8 skipped: only PT2E int8 models export to ONNX (quantize.engine = \"pt2e\")")

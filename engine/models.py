@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -37,28 +38,86 @@ def _imagenet(arch: str, name: str) -> nn.Module:
             "or a path to a state-dict file") from None
 
 
-def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_V1") -> nn.Module:
+def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_V1", log=None) -> nn.Module:
     """arch in ARCHS; pretrained: "imagenet" (torchvision's `weights`, e.g. IMAGENET1K_V1, from the hub
-    cache), "none", or a state-dict path."""
+    cache), "none", or a state-dict path (loaded by `load_pretrained`; `log` gets its counts)."""
     if arch not in ARCHS:
         raise ConfigError(f"model.arch = {arch!r}: expected one of {', '.join(ARCHS)}")
     if pretrained == "imagenet":
         return _replace_head(_imagenet(arch, weights), arch)
     model = _replace_head(models.get_model(arch, weights=None), arch)
     if pretrained not in ("none", ""):
-        path = Path(pretrained)
-        if not path.is_file():
-            raise ConfigError(f"model.pretrained = {pretrained!r}: file not found "
-                              "(expected \"imagenet\", \"none\" or a state-dict path)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
-        own = model.state_dict()
-        usable = {k.removeprefix("module."): v for k, v in state.items()}
-        usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
-        if not usable:
-            raise ConfigError(f"model.pretrained = {pretrained!r}: no tensor matches a {arch}")
-        model.load_state_dict(usable, strict=False)
+        counts = load_pretrained(model, pretrained, arch)
+        if log:
+            log(f"model.pretrained = {pretrained}: {loading_text(counts)}")
     return model
+
+
+# torchvision's DenseNets before 0.3 named a layer's BatchNorm/ReLU/conv `norm.1`, `relu.1`, `conv.1`
+# (torchvision's densenet.py remaps them the same way when it loads its own old files)
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+# wrappers around the backbone: DataParallel/DDP (`module.`), CheXNet reimplementations (arnoweng/CheXNet:
+# `densenet121.`), Lightning-style `model.`
+_PREFIXES = ("module.", "densenet121.", "resnet50.", "resnet18.", "model.", "backbone.")
+
+
+def remap_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A foreign state dict's keys in torchvision's current names: wrapper prefixes stripped (repeatedly:
+    `module.densenet121.`), legacy DenseNet `norm.1` -> `norm1`."""
+    out = {}
+    for key, value in state.items():
+        k = key
+        while k.startswith(_PREFIXES):
+            k = k.split(".", 1)[1]
+        m = _LEGACY_DENSENET.match(k)
+        out[m.group(1) + m.group(2) if m else k] = value
+    return out
+
+
+def is_head(arch: str, key: str) -> bool:
+    """The classifier the 14-label head replaces (ImageNet files have 1,000 classes there)."""
+    return key.startswith("classifier." if arch.startswith("densenet") else "fc.")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, arch: str) -> dict:
+    """Load a state-dict file into `model` and say how it went: {"loaded", "missing", "unexpected",
+    "mismatched", "head_loaded"} (tensor counts) and the first names of each. A model that would train
+    with any backbone tensor left at its random initialisation is refused (ConfigError naming the first
+    missing keys): the silent failure of `strict=False` loading, a model that then scores AUROC ~0.5.
+    The head may be missing or of another shape (ImageNet's 1,000 classes): it starts fresh."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained = {str(path)!r}: file not found "
+                          "(expected \"imagenet\", \"none\" or a state-dict path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or one holding more than tensors
+        raise ConfigError(f"model.pretrained = {str(path)!r}: not a state-dict file torch can read safely "
+                          f"({type(e).__name__})") from None
+    for key in ("model", "state_dict", "model_state_dict"):  # checkpoints that wrap the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.pretrained = {str(path)!r}: expected a state dict (tensor names to tensors)")
+    given, own = remap_keys(state), model.state_dict()
+    usable = {k: v for k, v in given.items() if k in own and own[k].shape == v.shape}
+    mismatched = sorted(k for k in given if k in own and own[k].shape != given[k].shape)
+    missing = sorted(k for k in own if k not in usable)
+    counts = {"loaded": len(usable), "missing": len(missing), "unexpected": len(set(given) - set(own)),
+              "mismatched": len(mismatched), "head_loaded": any(is_head(arch, k) for k in usable),
+              "first_missing": missing[:3], "first_unexpected": sorted(set(given) - set(own))[:3]}
+    backbone_missing = [k for k in missing if not is_head(arch, k) and not k.endswith("num_batches_tracked")]
+    if backbone_missing:
+        raise ConfigError(f"model.pretrained = {str(path)!r}: {len(backbone_missing)} {arch} backbone tensors are "
+                          f"missing or of another shape (first: {', '.join(backbone_missing[:3])}); "
+                          f"{loading_text(counts)}. Refusing to train from a partly random backbone")
+    model.load_state_dict(usable, strict=False)
+    return counts
+
+
+def loading_text(c: dict) -> str:
+    return (f"{c['loaded']} tensors loaded, {c['missing']} missing, {c['unexpected']} unexpected, "
+            f"{c['mismatched']} of another shape" + ("" if c["head_loaded"] else "; the 14-label head starts fresh"))
 
 
 class WeightedBCE(nn.Module):

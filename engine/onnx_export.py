@@ -33,8 +33,10 @@ def missing() -> list[str]:
     return [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
 
 
-def save(model: nn.Module | torch.export.ExportedProgram, image_size: int, path) -> None:
-    """Export a float model or an int8 program to ONNX at `path` (atomically)."""
+def save(model: nn.Module | torch.export.ExportedProgram, image_size: int, path,
+         metadata: dict[str, str] | None = None) -> None:
+    """Export a float model or an int8 program to ONNX at `path` (atomically), with `metadata` as the
+    model's metadata_props (strings)."""
     from engine.fsutil import write_atomic
     example = (torch.zeros(2, 3, image_size, image_size),)
     if isinstance(model, nn.Module):
@@ -43,7 +45,11 @@ def save(model: nn.Module | torch.export.ExportedProgram, image_size: int, path)
                                 output_names=["logits"], external_data=False,
                                 dynamic_shapes=None if isinstance(model, torch.export.ExportedProgram)
                                 else ({0: torch.export.Dim("batch")},))
-    write_atomic(path, program.model_proto.SerializeToString())
+    proto = program.model_proto
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    write_atomic(path, proto.SerializeToString())
 
 
 class _Runtime(nn.Module):

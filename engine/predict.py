@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import config, export, images
+from engine import config, export, images, operating
 from engine.data import to_input
 from engine.errors import DataError, UserError
 from engine.evaluate import probabilities, shipped_models
+from engine.labels import LABELS
 
 
 def model_for(run_dir: Path, cfg: dict, artifact: str | None, trust: bool = False) -> tuple[str, torch.nn.Module]:
@@ -31,11 +32,19 @@ def model_for(run_dir: Path, cfg: dict, artifact: str | None, trust: bool = Fals
 
 @torch.no_grad()
 def predict(run_dir: Path, paths: list[str], artifact: str | None = None, trust: bool = False,
-            batch_size: int = 32, progress=None) -> dict:
-    """{"model", "image_size", "rows": [{"file", "probs": [14]}], "unreadable": [{"file", "reason"}]}."""
+            batch_size: int = 32, progress=None, calibrate: bool = False) -> dict:
+    """{"model", "image_size", "operating_point", "calibrated", "rows": [{"file", "probs": [14],
+    "calls": [14 x true/false/null], "positive": [names]}], "unreadable": [{"file", "reason"}]}.
+    Calls use the run's thresholds (chosen on its validation split, `operating_points` event) on the raw
+    probabilities; `calibrate` shows probabilities after the run's per-label temperatures (also fitted on
+    validation), which moves no call."""
     files = images.find(paths)
     if not files:
         raise UserError(f"no image files (PNG, JPEG, DICOM) in {', '.join(map(str, paths))}")
+    op = operating.recorded(run_dir)
+    if calibrate and not (op and op.get("temperatures")):
+        raise UserError(f"--calibrate: run {run_dir.name} has no temperatures (they are fitted on validation "
+                        "at the end of a run; this one did not finish, or predates them)")
     cfg = config.load_run_config(run_dir / "config.toml")
     size = cfg["data"]["image_size"]
     loaded: list = []  # (name, model), loaded with the first readable batch
@@ -48,7 +57,12 @@ def predict(run_dir: Path, paths: list[str], artifact: str | None = None, trust:
                 loaded[0][1].eval()
             model = loaded[0][1]
             logits = model(to_input(torch.from_numpy(np.stack(batch)), torch.device("cpu"))).float().numpy()
-            rows.extend({"file": str(f), "probs": p.tolist()} for f, p in zip(names, probabilities(logits)))
+            probs = probabilities(logits)
+            shown = operating.calibrated(probs, op["temperatures"]) if calibrate else probs
+            decided = operating.calls(probs, op["thresholds"]) if op else [[None] * len(LABELS)] * len(probs)
+            rows.extend({"file": str(f), "probs": p.tolist(), "calls": c,
+                         "positive": [name for name, v in zip(LABELS, c) if v]}
+                        for f, p, c in zip(names, shown, decided))
             batch.clear()
             names.clear()
 
@@ -65,5 +79,6 @@ def predict(run_dir: Path, paths: list[str], artifact: str | None = None, trust:
     flush()
     if artifact is not None and not loaded:  # (say a wrong --artifact even when no file was readable)
         model_for(run_dir, cfg, artifact, trust)
-    return {"run": run_dir.name, "model": loaded[0][0] if loaded else None, "image_size": size, "rows": rows,
-            "unreadable": bad}
+    return {"run": run_dir.name, "model": loaded[0][0] if loaded else None, "image_size": size,
+            "operating_point": {"rule": op["rule"], "thresholds": op["thresholds"]} if op else None,
+            "calibrated": calibrate, "rows": rows, "unreadable": bad}

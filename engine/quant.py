@@ -227,28 +227,31 @@ def program(int8_model: nn.Module, image_size: int) -> torch.export.ExportedProg
     return torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
 
 
-def save_int8(int8_model: nn.Module | torch.export.ExportedProgram, image_size: int, path) -> None:
-    """PT2E: a `torch.export` program (.pt2). FX: TorchScript (trace + freeze). Either loads with torch
-    alone, no chexui or engine code needed."""
+def save_int8(int8_model: nn.Module | torch.export.ExportedProgram, image_size: int, path,
+              extra: dict[str, str] | None = None) -> None:
+    """PT2E: a `torch.export` program (.pt2), with `extra` text files in it. FX: TorchScript (trace +
+    freeze). Either loads with torch alone, no chexui or engine code needed."""
+    from functools import partial
+
     from engine.checkpoint import save_atomic
     if str(path).endswith(".pt2"):
         if not isinstance(int8_model, torch.export.ExportedProgram):
             int8_model = program(int8_model, image_size)
-        save_atomic(int8_model, path, write=_save_deflated)
+        save_atomic(int8_model, path, write=partial(_save_deflated, extra=extra))
         return
     with torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(int8_model, torch.zeros(1, 3, image_size, image_size)))
     save_atomic(scripted, path, write=torch.jit.save)
 
 
-def _save_deflated(program, f) -> None:
+def _save_deflated(program, f, extra: dict[str, str] | None = None) -> None:
     """torch.export.save, with the archive's JSON entries (the serialized graph) deflated: torch stores
     them uncompressed, and DenseNet121's graph alone is 3.7 MB, more than half its int8 weights.
     torch.export.load reads the deflated entries as they are (tensor entries stay stored)."""
     import io
     import zipfile
     raw = io.BytesIO()
-    torch.export.save(program, raw)
+    torch.export.save(program, raw, extra_files=extra)
     with zipfile.ZipFile(raw) as src, zipfile.ZipFile(f, "w") as dst:
         for info in src.infolist():
             kind = zipfile.ZIP_DEFLATED if info.filename.endswith(".json") else zipfile.ZIP_STORED

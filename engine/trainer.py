@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import bootstrap, checkpoint, compress, dist, export, predictions, quant
+from engine import bootstrap, checkpoint, compress, dist, export, operating, predictions, quant
 from engine.checkpoint import RunCheckpoints
 from engine.errors import UserError
 from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
@@ -171,7 +171,7 @@ class Run:
         if self.d.is_main:
             write_atomic(self.run_dir / "split.json", json.dumps(self.data.manifest))
         m = self.cfg["model"]
-        model = build_model(m["arch"], m["pretrained"], m["weights"])
+        model = build_model(m["arch"], m["pretrained"], m["weights"], log=self.log)
         self.parent = self.cfg["compress"]["parent"]
         if self.parent and not self.ckpts.last.is_file():  # (a resume reads its own last.pt instead)
             model.load_state_dict(compress.parent_state(self.parent))
@@ -204,6 +204,7 @@ class Run:
         if self.pruner is not None and self.cfg["prune"]["schedule"] == "one_shot":
             self.pruner.step(0)  # final masks from the starting weights (a resume restores its own)
         self.int8: nn.Module | None = None  # the post-training int8 model (compress.ptq), made in test()
+        self.operating: dict | None = None  # rank 0: thresholds and temperatures chosen on val, in test()
 
     def parts(self) -> dict:
         """The named stateful parts of a checkpoint (state_dict / load_state_dict each): adding a part
@@ -414,19 +415,50 @@ class Run:
 
     def report(self, split: str, res: dict) -> None:
         """Rank 0: keep the split's predictions (predictions/<split>.npz) and emit `evaluated` with the
-        patient-bootstrap 95 % intervals of every AUROC."""
+        patient-bootstrap 95 % intervals of every AUROC, and, at the operating points chosen on
+        validation, each label's sensitivity, specificity, PPV, NPV and F1 (with intervals from the same
+        resamples) and its calibration error (raw and after the validation temperatures)."""
         if not self.d.is_main:
             return
         rows, idx = self.data.split["test"], self.data.index
         probs = probabilities(res["logits"])
         path = predictions.save(self.run_dir, split, idx.names[rows], idx.patients[rows], res["labels"], probs)
         spec, extra = bootstrap.Spec.from_config(self.cfg["eval"]), {}
+        t0 = time.perf_counter()
         if spec is not None:
-            t0 = time.perf_counter()
             extra = bootstrap.intervals(res["labels"], probs, idx.patients[rows], res["auc"], spec)
+        if self.operating is not None:
+            op = self.operating
+            extra.update(operating_point=op["rule"],
+                         at_threshold=operating.at_thresholds(res["labels"], probs, op["thresholds"],
+                                                              idx.patients[rows], spec),
+                         ece=operating.eces(res["labels"], probs),
+                         ece_calibrated=operating.eces(res["labels"], operating.calibrated(probs, op["temperatures"])))
+        if spec is not None:
             self.log(f"[{split}] bootstrap: {spec.resamples} patient resamples in {time.perf_counter() - t0:.1f}s")
         self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"],
                   n_labels_defined=n_defined(res["auc"]), predictions=str(path.relative_to(self.run_dir)), **extra)
+
+    def choose_operating_points(self, model: nn.Module | None = None, device: torch.device | None = None,
+                                d: dist.Dist | None = None, amp: bool = True) -> None:
+        """Per-label thresholds (rule `eval.operating_point`) and temperatures of the model the run ships,
+        fitted on the validation split only; rank 0 keeps them (predictions/val.npz, the
+        `operating_points` event, the best checkpoint). Every rank of `d` takes part in the evaluation."""
+        res = self.evaluate("val", model, device, d, amp)
+        if not self.d.is_main:
+            return
+        rows, idx = self.data.split["val"], self.data.index
+        probs, rule = probabilities(res["logits"]), self.cfg["eval"]["operating_point"]
+        self.operating = {"rule": rule, "split": "val", "n": res["n"],
+                          "thresholds": operating.choose(res["labels"], probs, rule),
+                          "temperatures": operating.temperatures(res["labels"], res["logits"])}
+        predictions.save(self.run_dir, "val", idx.names[rows], idx.patients[rows], res["labels"], probs)
+        self.emit("operating_points", **self.operating, ece=operating.eces(res["labels"], probs))
+        best = self.ckpts.best
+        if best.is_file():  # stored with the model it was chosen for (a compress run without epochs: its copy)
+            checkpoint.save_atomic({**checkpoint.load(best), "operating_points": self.operating}, best)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in self.operating["thresholds"].items() if v is not None)
+        self.log(f"operating points ({rule}, on {res['n']} validation images): {shown}")
 
     def start_from_parent(self, info: dict) -> None:
         """A compress run's epoch 0 (fresh runs only): the parent's best model, pruned when pruning, on
@@ -462,8 +494,10 @@ class Run:
         return int8
 
     def test(self) -> dict:
+        """The shipped model's operating points on validation, then its test evaluation."""
         self.load_best()
         if not self.cfg["compress"]["ptq"]:
+            self.choose_operating_points(self.core)
             res = self.evaluate("test", self.core)
             self.report("test", res)
             return res
@@ -472,6 +506,7 @@ class Run:
         if self.d.is_main:
             self.int8 = self.post_training_int8()
             cpu = torch.device("cpu")
+            self.choose_operating_points(self.int8, cpu, dist.Dist(device=cpu), amp=False)
             res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu), amp=False)
             self.report("test", res)
         return self.d.all_gather_object(res)[0]
@@ -484,7 +519,8 @@ class Run:
         if self.d.is_main:
             int8 = quant.convert(self.qat) if self.qat is not None else self.int8
             arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"], self.dc["image_size"],
-                                        self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log)
+                                        self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log,
+                                        self.operating)
             params = list(self.model.parameters())
             self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
                       nonzero_parameters=sum(int(p.count_nonzero()) for p in params),

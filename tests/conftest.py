@@ -123,8 +123,8 @@ def chexui(*args: str, cwd: Path | None = None, timeout: float = 300, **kw) -> s
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
 
 
-def chexui_bg(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd,
+def chexui_bg(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
 
 

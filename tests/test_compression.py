@@ -91,10 +91,19 @@ def _bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("scope,engine", [("conv", "pt2e"), ("conv", "fx"), ("all", "fx")])
+def test_fx_scope_all_quantizes_everything_but_the_classifier():
+    gm = quant.traced(build_model("resnet18", "none"))
+    mapping = quant.qconfig_mapping(gm, "all")
+    assert mapping.global_qconfig is not None and mapping.module_name_qconfigs == {"fc": None}
+    conv = quant.qconfig_mapping(gm, "conv")
+    assert conv.global_qconfig is None and "conv1" in conv.module_name_qconfigs and "fc" not in conv.module_name_qconfigs
+
+
+@pytest.mark.parametrize("scope,engine", [("conv", "pt2e"), ("conv", "fx")])
 def test_qat_int8_model_agrees_with_the_fake_quantized_one(scope, engine):
     """A few QAT steps, then int8 conversion: its probabilities match the fake-quantized model's.
-    (PT2E with scope "all": the shared 2-process run, test_qat_two_processes_...)"""
+    (Scope "all": PT2E in the shared 2-process run, test_qat_two_processes_...; the legacy FX engine's
+    "all" differs from its "conv" only in the qconfig mapping.)"""
     torch.manual_seed(0)
     model = build_model("resnet18", "none")
     qat = quant.prepare(model, {"scope": scope, "engine": engine, "backend": "x86"}, 32)

@@ -35,7 +35,7 @@ def test_demo_same_seed_same_bytes(tmp_path):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         assert chexui("data", "demo", tmp_path / out, "--images", 400, "--size", 16, "--seed", 3, env=env).returncode == 0
     a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
-    assert len(a) == 400 + 4 and a == b
+    assert len(a) == 400 + 5 and a == b  # images, CSV, two split lists, README, generator.json
     demo.generate(tmp_path / "c", 400, 16, seed=4)
     assert tree_digest(tmp_path / "c") != a
 

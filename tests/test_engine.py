@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -109,20 +110,26 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
     mid-schedule) and the fake-quant observers."""
     common = ["--preset", tiny_preset, *PRUNE70, "--set", "quantize.enabled=true", "--headless"]
     ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
-    assert chexui("run", *common, "--runs-dir", ref_runs).returncode == 0
-    proc = chexui_bg("run", *common, "--runs-dir", runs)
+    # the uninterrupted run side by side with the stopped one, one CPU thread each (two runs with two
+    # threads each on two cores thrash: an epoch took 57 s instead of about 3 s)
+    one = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = chexui_bg("run", *common, "--runs-dir", ref_runs, env=one)
+    proc = chexui_bg("run", *common, "--runs-dir", runs, env=one)
     try:
         run_dir, _ = wait_for_event(runs, lambda e: e["type"] == "epoch_ended" and e["epoch"] == 1)
         r = chexui("stop", run_dir.name, "--runs-dir", runs)
         assert r.returncode == 0, r.stderr
         proc.communicate(timeout=120)
+        ref.communicate(timeout=120)
     finally:
         proc.kill()
+        ref.kill()
+    assert ref.returncode == 0
     ev = events_of(run_dir)
     assert final_status(ev) == "stopped"
     stopped_at = of_type(ev, "epoch_ended")[-1]["epoch"]
     assert stopped_at < 3, "the stop landed after the run had finished; nothing was resumed"
-    r = chexui("run", "--resume", run_dir.name, "--runs-dir", runs, "--headless")
+    r = chexui("run", "--resume", run_dir.name, "--runs-dir", runs, "--headless", env=one)
     assert r.returncode == 0, r.stdout + r.stderr
     ev = events_of(run_dir)
     assert final_status(ev) == "completed" and of_type(ev, "restarted")

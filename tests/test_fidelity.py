@@ -229,8 +229,15 @@ def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed
     int8 = next(e for e in ev if e["type"] == "evaluated" and e["split"] == "test_int8")
     assert res["models"][0]["auc_mean"] == pytest.approx(int8["auc_mean"], abs=1e-6)
     assert all(m["auc_mean_ci"][0] <= m["auc_mean"] <= m["auc_mean_ci"][1] for m in res["models"])
-    shown = chexui("eval", str(run), "--data", tiny_demo).stdout
-    assert "int8 artifact" in shown and "fake-quantized" in shown and "95% CI" in shown
+    # the human table of each model (what `chexui eval` prints): CIs and the calls at the run's thresholds
+    from rich.console import Console
+
+    from chexui.headless import auc_table
+    con = Console(record=True, width=140)
+    for m in res["models"]:
+        con.print(auc_table(m, m["model"]))
+    shown = con.export_text()
+    assert "int8 artifact" in shown and "fake-quantized" in shown and "95% CI" in shown and "sensitivity" in shown
 
 
 # ------------------------------------------------------------------ kept predictions, CIs, labels in a mean

@@ -60,7 +60,10 @@ def post_training(tmp_path_factory, tiny_demo):
                       ("ptq", ["--ptq", "--name", "ptq", "--set", "train.amp=bf16"]),
                       ("resumed", ["--prune", "0.5", "--finetune-epochs", "30", "--name", "resumed",
                                    "--set", "export.enabled=false"])):
-        r = chexui("compress", "baseline", *args, "--detach", *QUICK, "--runs-dir", runs, env=env)
+        # three runs side by side on a 2-core machine: one thread each (with two each, the OpenMP pools
+        # thrash: two concurrent tiny QAT runs took 57 s for an epoch that takes about 3 s alone)
+        r = chexui("compress", "baseline", *args, "--detach", *QUICK, "--runs-dir", runs,
+                   env={**env, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stdout + r.stderr
         out[key] = next(d for d in runs.iterdir() if d.name.endswith(f"-{key}"))
     wait_for_event(out["resumed"], lambda e: e["type"] == "epoch_ended")
@@ -147,10 +150,21 @@ def test_compare_puts_post_training_rows_beside_training_time_ones(post_training
     runs_dir, runs = post_training
     qat_prune, _ = compressed_run  # training-time adaptive pruning + QAT, 2 processes, same tiny data
     refs = [str(runs[k]) for k in ("baseline", "prune", "ptq")] + [str(qat_prune)]
-    r = chexui("compare", *refs, "--format", "json", "--runs-dir", runs_dir)
+    r = chexui("compare", *refs, "--format", "json", "--heatmaps", "4", "--runs-dir", runs_dir)
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)
     labels = list(t["time"])
+    # Grad-CAM agreement with the baseline on 4 of its test images, 3 labels each: what each run ships
+    # (the fine-tuned sparse model; the QAT run's int8 twin), its AUROC difference, and the pointing game
+    heat = {(row["run"], row["model"]): row for row in t["heatmaps"]["rows"]}
+    assert list(heat) == [(labels[0], "baseline"), (labels[1], "sparse"), (labels[3], "int8 (QAT twin)")]
+    assert any(n.startswith(f"{labels[2]}: not compared: post-training int8") for n in t["heatmaps"]["notes"])
+    for (lab, model), row in heat.items():
+        assert row["images"] == 4 and row["maps"] == 12 and 0 <= row["peak maps"] <= 12
+        assert (row["peak in drawn finding"] is None) == (row["peak maps"] == 0)
+        if model != "baseline":
+            assert -1 <= row["r (Pearson)"] <= 1 and 0 <= row["top-10% IoU"] <= 1
+            assert row["mean AUROC - baseline"] == pytest.approx(t["auroc"]["mean"][lab] - t["auroc"]["mean"][labels[0]])
     assert labels[1].startswith("post-training prune70 ft1") and labels[2].startswith("post-training ptq-all")
     assert labels[3].startswith("prune-adaptive+qat-all")
     assert [t["time"][lab]["parent"] for lab in labels] == [None, runs["baseline"].name, runs["baseline"].name, None]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from engine import images, nih, predictions
+from engine.labels import LABELS
 
 from tests.conftest import chexui
 
@@ -88,7 +90,7 @@ def test_predict_gives_the_runs_own_probabilities_and_the_same_for_every_format(
     r = chexui("predict", str(run), str(first), "--format", "csv")
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and lines[0].startswith("file,Atelectasis,Cardiomegaly") and len(lines) == 2
-    int8 = np.array([float(v) for v in lines[1].split(",")[1:]])
+    int8 = np.array([float(v) for v in lines[1].split(",")[1:15]])  # (then the positive calls)
     kept_int8 = predictions.load(run / "predictions" / "test_int8.npz")
     assert kept_int8["image_ids"][0] == kept["image_ids"][0] and np.allclose(int8, kept_int8["probs"][0], atol=2e-6)
     r = chexui("predict", str(run), str(tmp_path / "report.dcm"))
@@ -130,20 +132,58 @@ def test_gradcam_peaks_where_the_evidence_is_and_agreement_scores_behave():
 
 
 @pytest.mark.slow
-def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(tmp_path, compressed_run, tiny_demo):
-    run, _ = compressed_run  # pruned (+ QAT): fp32 and sparse artifacts; itself as the baseline
-    imgs = sorted((tiny_demo / "images").iterdir())[:2]
-    r = chexui("explain", str(run), *map(str, imgs), "--out", tmp_path / "x", "--labels", "Cardiomegaly,Mass",
-               "--baseline", str(run))
+def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(compressed_run, tiny_demo):
+    run, _ = compressed_run  # pruned + QAT: fp32 and sparse artifacts and the int8 one's twin; itself as baseline
+    kept = predictions.load(run / "predictions" / "test.npz")  # the run's QAT (fake-quantized) model on test
+    imgs = [tiny_demo / "images" / name for name in kept["image_ids"][:2]]
+    # default --out: RUN/explain, which the TUI's runs browser lists; maps of a finer block than the last
+    r = chexui("explain", str(run), *map(str, imgs), "--labels", "Cardiomegaly,Mass", "--baseline", str(run),
+               "--layer", "layer3")
     assert r.returncode == 0, r.stderr
-    res = json.loads((tmp_path / "x" / "agreement.json").read_text())
-    assert res["artifacts"] == [f"baseline {run.name}", "fp32", "sparse"]
-    assert len(res["records"]) == 2 * 2 * 3 and {rec["label"] for rec in res["records"]} == {"Cardiomegaly", "Mass"}
-    # the run's fp32 and sparse artifacts hold its best model's weights: the same maps as the baseline
+    res = json.loads((run / "explain" / "agreement.json").read_text())
+    assert res["layer"] == "layer3"
+    assert res["artifacts"] == [f"baseline {run.name}", "fp32", "sparse", "int8 (QAT twin)"]
+    assert len(res["records"]) == 2 * 2 * 4 and {rec["label"] for rec in res["records"]} == {"Cardiomegaly", "Mass"}
     for rec in res["records"]:
-        if rec["artifact"] != res["artifacts"][0] and rec["pearson"] is not None:
+        if rec["artifact"] in ("fp32", "sparse") and rec["pearson"] is not None:
+            # the run's fp32 and sparse artifacts hold its best model's weights: the baseline's maps
             assert rec["pearson"] > 0.999 and rec["top_iou"] == 1.0
-    names = {p.name for p in (tmp_path / "x").iterdir()}
-    assert f"{imgs[0].stem}-compare.png" in names and f"{imgs[0].stem}-sparse-Mass.png" in names
-    r = chexui("explain", str(run), str(imgs[0]), "--out", tmp_path / "y", "--artifacts", "int8")
-    assert r.returncode == 2 and "int8 programs have no named layers" in r.stderr
+        if rec["artifact"] == "int8 (QAT twin)":  # the twin is the model the run tested
+            i, j = [p.name for p in imgs].index(Path(rec["image"]).name), LABELS.index(rec["label"])
+            assert rec["probability"] == pytest.approx(kept["probs"][i, j], abs=1e-5)
+    names = {p.name for p in (run / "explain").iterdir()}
+    assert f"{imgs[0].stem}-compare.png" in names and f"{imgs[0].stem}-int8-Mass.png" in names
+    from engine.errors import UserError
+    from engine.explain import models
+    with pytest.raises(UserError, match=r"--artifacts onnx_int8: .*fp32, sparse and \(QAT runs\) int8"):
+        models(run, ["onnx_int8"])
+
+
+def test_demo_regions_redraw_the_stored_images_and_locate_each_drawn_finding(tmp_path, tiny_demo):
+    """Ground truth for the pointing game: every drawn finding's region, from the same drawing as the
+    stored image (a changed file is refused); a map peaking in the region hits, one peaking away misses."""
+    from engine import demo
+    from engine.errors import DataError
+    from engine.explain import peak_in
+    names = sorted(p.name for p in (tiny_demo / "images").iterdir())
+    truth = demo.finding_regions(tiny_demo, names)
+    shown = [(name, lab) for name, (labs, regions) in truth.items() for lab in labs if lab in regions]
+    assert {lab for _, lab in shown} >= {"Cardiomegaly", "Mass", "Effusion", "Pneumothorax"}
+    hits = misses = 0
+    for name, lab in shown:
+        region = truth[name][1][lab]
+        if not region.any():  # a finding too small for 32 px
+            continue
+        perfect = region.astype(float) + 0.01 * np.random.default_rng(0).random(region.shape)
+        assert peak_in(perfect, region)
+        hits += 1
+        misses += not peak_in(np.roll(perfect, (16, 16), axis=(0, 1)), region)
+    assert hits >= 0.9 * len(shown) and misses >= 0.7 * hits
+    heart = np.stack([regions["Cardiomegaly"] for labs, regions in truth.values() if "Cardiomegaly" in regions])
+    rows, cols = np.nonzero(heart.mean(0) > 0.5)  # the enlarged heart: centre-left of the image, lower half
+    assert 14 <= rows.mean() <= 22 and 14 <= cols.mean() <= 21
+    copy = tmp_path / "demo"
+    shutil.copytree(tiny_demo, copy)
+    Image.fromarray(255 - np.asarray(Image.open(copy / "images" / names[0]))).save(copy / "images" / names[0])
+    with pytest.raises(DataError, match="differs from what the demo generator draws"):
+        demo.finding_regions(copy, names[:1])

@@ -148,8 +148,10 @@ def test_report_writes_markdown_and_every_figure(tmp_path):
     r = chexui("report", recorded_sweep(), *recorded_compressed(), "--runs-dir", RECORDED, "--out", out)
     assert r.returncode == 0, r.stderr
     md = (out / "report.md").read_text()
-    for title in ("Test AUROC per class", "Training time", "Storage"):
+    for title in ("Test AUROC per class", "Training time", "Storage", "Grad-CAM agreement with the baseline"):
         assert f"### {title}" in md
+    # recorded runs keep events only: the agreement table says why it is empty
+    assert "none computed: the baseline has no model or test predictions to read" in md
     for fig in ("loss.png", "auroc.png", "time.png", "storage.png"):
         assert f"]({fig})" in md
         png = (out / fig).read_bytes()

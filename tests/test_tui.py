@@ -32,7 +32,7 @@ def recorded_run(tmp_path: Path, name: str, cut: int | None = None) -> Path:
     return run
 
 
-async def settle(pilot, seconds: float = 1.2) -> None:
+async def settle(pilot, seconds: float = 0.8) -> None:
     await pilot.pause(seconds)
 
 
@@ -73,6 +73,29 @@ def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
             assert [r[0] for r in rows] == list(LABELS) + ["mean (14/14)"]
             assert "completed" in text_of(app, "#status") and "world 2" in text_of(app, "#status")
             assert screen.query_one("#epochs", DataTable).row_count == len(screen.state.epochs) >= 2
+    asyncio.run(go())
+
+
+def test_test_table_shows_the_operating_point_beside_auroc(tmp_path):
+    """A test evaluation with calls at validation thresholds: threshold, sensitivity, specificity columns."""
+    run = recorded_run(tmp_path, "two_rank")
+    evs = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    for e in evs:
+        if e["type"] == "evaluated" and e["split"] == "test":
+            e["operating_point"] = "sensitivity=0.9"
+            e["at_threshold"] = {name: {"threshold": 0.25 + j / 100, "sensitivity": 0.9, "specificity": 0.5 + j / 100}
+                                 for j, name in enumerate(LABELS)}
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            aucs = app.screen.query_one("#aucs", DataTable)
+            assert aucs.border_title == "test AUROC · calls at sensitivity=0.9 thresholds"
+            assert [str(c.label) for c in aucs.columns.values()] == ["label", "AUROC", "95% CI", "thr", "sens", "spec"]
+            rows = cells(aucs)
+            assert rows[1][0] == "Cardiomegaly" and rows[1][3:] == ["0.26", "0.90", "0.51"]
     asyncio.run(go())
 
 
@@ -141,6 +164,34 @@ def test_runs_browser_opens_and_compares(tmp_path):
             await pilot.press("b", "enter")
             await settle(pilot)
             assert isinstance(app.screen, MonitorScreen) and app.screen.state.status == "completed"
+    asyncio.run(go())
+
+
+def test_runs_browser_lists_a_runs_explanations_and_opens_one_in_the_viewer(tmp_path, monkeypatch):
+    from chexui.tui import runs_browser
+    run = recorded_run(tmp_path, "prune")
+    (run / "explain" / "sub").mkdir(parents=True)
+    for name in ("img1-fp32-Mass.png", "img1-compare.png", "sub/img2-compare.png"):
+        (run / "explain" / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2000))
+    opened = []
+    monkeypatch.setattr(runs_browser, "open_in_viewer", lambda path: opened.append(path) or True)
+
+    async def go():
+        app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("x")
+            await settle(pilot, 0.3)
+            assert isinstance(app.screen, runs_browser.ExplanationsScreen)
+            rows = cells(app.screen.query_one(DataTable))  # side-by-side figures first
+            assert [r[0] for r in rows] == ["img1-compare.png", "sub/img2-compare.png", "img1-fp32-Mass.png"]
+            assert "3 images in" in text_of(app, "#note")
+            await pilot.press("down", "enter")
+            await settle(pilot, 0.3)
+            assert opened == [run / "explain" / "sub" / "img2-compare.png"]
+            await pilot.press("b")
+            await settle(pilot, 0.3)
+            assert isinstance(app.screen, RunsScreen)
     asyncio.run(go())
 
 
@@ -213,5 +264,7 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
             # a live run's test evaluation carries its 95 % CIs: lo-hi around the AUROC
             lo, hi = map(float, rows[-1][2].split("-"))
             assert lo <= float(rows[-1][1]) <= hi
-            assert screen.query_one("#aucs", DataTable).border_title == "test AUROC"
+            # and the calls at the thresholds the run chose on validation
+            assert screen.query_one("#aucs", DataTable).border_title == "test AUROC · calls at youden thresholds"
+            assert all(0 <= float(r[3]) <= 1 for r in rows[:-1] if r[3] != "-")
     asyncio.run(go())

@@ -83,21 +83,23 @@ class AucTable(DataTable):
     `aucs` = (title, an `evaluated` event or {"auc": {label: auc}, "auc_mean": mean})."""
     aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {"auc": {}, "auc_mean": None}))
 
-    def on_mount(self) -> None:
-        self.add_columns("label", "AUROC", "95% CI")
-
     def watch_aucs(self, value: tuple) -> None:
         title, ev = value
         aucs, cis = ev.get("auc") or {}, ev.get("auc_ci") or {}
-        self.border_title = title
-        self.clear()
+        at = ev.get("at_threshold")  # a test evaluation at the operating points chosen on validation
+        self.border_title = title + (f" · calls at {ev.get('operating_point')} thresholds" if at else "")
+        self.clear(columns=True)
+        self.add_columns("label", "AUROC", "95% CI", *(("thr", "sens", "spec") if at else ()))
         marks = auc_marks(aucs)
         for name in LABELS:
             v = aucs.get(name)
             mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name), "")
-            self.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark, ci_text(cis.get(name)))
+            op = (at or {}).get(name) or {}
+            self.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark, ci_text(cis.get(name)),
+                         *((fmt(op.get("threshold"), ".2f"), fmt(op.get("sensitivity"), ".2f"),
+                            fmt(op.get("specificity"), ".2f")) if at else ()))
         self.add_row(f"mean ({n_defined(aucs)}/{len(LABELS)})" if aucs else "mean", fmt(ev.get("auc_mean")),
-                     ci_text(ev.get("auc_mean_ci")))
+                     ci_text(ev.get("auc_mean_ci")), *(("", "", "") if at else ()))
 
 
 class EpochTable(DataTable):
