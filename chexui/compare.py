@@ -241,7 +241,6 @@ def tables(runs: list[RunInfo], baseline: int = 0, heatmaps: int = 0) -> dict[st
 TITLES = {"auroc": "Test AUROC per class", "time": "Training time", "storage": "Storage",
           "paired": "Paired difference in test AUROC against the baseline",
           "heatmaps": "Grad-CAM agreement with the baseline"}
-CAPTIONS = {"paired": lambda df: paired_caption(df), "heatmaps": lambda df: heatmap_caption(df)}
 INDEX = {"auroc": "label", "paired": "label", "heatmaps": "run / model"}
 
 
@@ -267,6 +266,9 @@ def paired_caption(df: pd.DataFrame) -> str:
              f"95% CI from {b.get('resamples')} paired {b.get('unit')} bootstrap resamples (seed {b.get('seed')}), "
              "two-sided p-value; * = the CI excludes 0 (distinguishable from noise)."]
     return "\n".join(lines + list(df.attrs.get("notes") or []))
+
+
+CAPTIONS = {"paired": paired_caption, "heatmaps": heatmap_caption}  # tables printed with a caption
 
 
 def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:

@@ -208,7 +208,6 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
     import matplotlib.pyplot as plt
 
     from engine import config, images
-    from engine.data import to_input
     from engine.evaluate import load_best, probabilities
     from engine.labels import LABELS
     from engine.sanitize import clean
@@ -231,7 +230,7 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
         except DataError as e:
             skipped.append(str(e))
             continue
-        x = to_input(torch.tensor(pixels[None]), torch.device("cpu"))
+        x = _as_input(pixels)
         with torch.no_grad():
             probs = {k: probabilities(m(x).detach().numpy())[0] for k, m in named.items()}
         labels = choose_labels(label_spec, probs[kinds[0]])
@@ -262,6 +261,12 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
     return {**res, "out": str(out)}
 
 
+def _as_input(pixels: np.ndarray) -> torch.Tensor:
+    """One decoded image (uint8 [H, W], `images.load`) as the normalised batch of one the models take."""
+    from engine.data import to_input
+    return to_input(torch.tensor(pixels[None]), torch.device("cpu"))
+
+
 def _overlay(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """The grayscale image with the map in the jet colour map blended over it (RGB float in [0, 1])."""
     import matplotlib
@@ -277,7 +282,6 @@ def sample_agreement(base_dir: Path, run_dirs: list[Path], n_images: int = 16, s
     image shows). One record per (run, model it ships: `shipped`); runs on other data or image sizes,
     and post-training int8 runs, are left out with why."""
     from engine import config, demo, images, nih, predictions
-    from engine.data import to_input
     from engine.evaluate import load_best, probabilities
 
     try:
@@ -296,7 +300,7 @@ def sample_agreement(base_dir: Path, run_dirs: list[Path], n_images: int = 16, s
     for name in names:
         if name not in files:
             raise DataError(f"{root}: test image {name} of the baseline run is missing")
-        inputs[name] = to_input(torch.tensor(images.load(files[name], size)[None]), torch.device("cpu"))
+        inputs[name] = _as_input(images.load(files[name], size))
     base_maps, base_labels, base_hits = {}, {}, []
     for name, x in inputs.items():
         with torch.no_grad():
@@ -360,7 +364,6 @@ def localisation(model: nn.Module, root: Path, names: list[str], size: int, labe
     inside the region the generator drew it in ({"images", "hits", "rate", "chance"}; chance: the
     mean share of the image the region covers, the rate of a peak placed at random)."""
     from engine import demo, images
-    from engine.data import to_input
     from engine.labels import LABELS
     truth = demo.finding_regions(root, names)
     out = {lab: {"images": 0, "hits": 0, "area": 0.0} for lab in labels}
@@ -368,7 +371,7 @@ def localisation(model: nn.Module, root: Path, names: list[str], size: int, labe
         want = [lab for lab in labels if lab in shown and lab in regions]
         if not want:
             continue
-        x = to_input(torch.tensor(images.load(Path(root) / "images" / name, size)[None]), torch.device("cpu"))
+        x = _as_input(images.load(Path(root) / "images" / name, size))
         for lab, cam in zip(want, gradcam(model, x, [LABELS.index(lab) for lab in want], layer)):
             hit = peak_in(cam, regions[lab])
             if hit is not None:
