@@ -123,8 +123,9 @@ def main() -> int:
             g = a["gpu"]
             print(f"  {a['kind']:7} {a['bytes']:>12,} B  x{fmt(a['x_fp32'], '.2f')}  test AUC "
                   f"{fmt(a['test_auc_mean'], '.4f')}  CPU b1 {a['cpu']['latency_b1_ms']:.1f} ms, b32 "
-                  f"{a['cpu']['throughput_b32']:.1f} img/s" + (f"; GPU b1 {g['latency_b1_ms']:.2f} ms, b32 "
-                                                                f"{g['throughput_b32']:.0f} img/s" if g else ""))
+                  f"{a['cpu']['throughput_b32']:.1f} img/s" + (f"; GPU b1 {g['latency_b1_ms']:.2f} ms, b256 "
+                                                                f"{g['throughput']:.0f} img/s, bf16 b256 "
+                                                                f"{g['bf16_throughput']:.0f} img/s" if g else ""))
     bad = [r for r in rows if not r["ok"]]
     for r in bad:
         print(f"FAIL {r['preset']}: {'; '.join(r['problems'])}")

@@ -436,18 +436,19 @@ def bench_cmd(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
     gpu = res["gpu"] is not None
     cols = ["model", "runtime", "file", "bytes", "gzip bytes", "x fp32", "test AUROC", "CPU b1 ms", "CPU b32 img/s",
             "x fp32 speed"]
-    t = table(*cols, *(["GPU b1 ms", "GPU b32 img/s"] if gpu else []))
+    t = table(*cols, *(["GPU b1 ms", "GPU b256 img/s", "bf16 b1 ms", "bf16 b256 img/s"] if gpu else []))
     for a in res["artifacts"]:
         cells = [a["kind"], a["runtime"], a["path"], f"{a['bytes']:,}", f"{a['gzip_bytes']:,}", fmt(a["x_fp32"], ".2f"),
                  fmt(a["test_auc_mean"]), f"{a['cpu']['latency_b1_ms']:.1f}", f"{a['cpu']['throughput_b32']:.1f}",
                  fmt(a["x_fp32_speed"], ".2f")]
         if gpu:
             g = a["gpu"]
-            cells += [f"{g['latency_b1_ms']:.2f}", f"{g['throughput_b32']:.0f}"] if g else ["-", "-"]
+            cells += [f"{g['latency_b1_ms']:.2f}", f"{g['throughput']:.0f}", f"{g['bf16_latency_b1_ms']:.2f}",
+                      f"{g['bf16_throughput']:.0f}"] if g else ["-"] * 4
         t.add_row(*cells)
     con = console()
     con.print(f"{res['run']}: {res['image_size']} px; CPU {res['cpu']} (int8: {res.get('cpu_int8_isa', '?')}; {res['threads']} threads)"
-              + (f"; GPU {res['gpu']} (fp32)" if gpu else ""), markup=False)
+              + (f"; GPU {res['gpu']} (fp32, and bf16 autocast)" if gpu else ""), markup=False)
     con.print(t)
     if any(a["kind"] == "sparse" for a in res["artifacts"]):
         con.print("sparse: loaded into dense tensors, so it runs at fp32 speed; its zeros save storage", markup=False)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from chexui.format import auc_marks, ci_text, fmt, mean_text, n_defined
+from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, mean_text, n_defined
 from engine.labels import LABELS
 from engine.sanitize import clean
 
@@ -84,7 +84,7 @@ def epoch_line(e: dict[str, Any]) -> str:
     mem = "/".join(f"{m:.0f}" for m in e.get("memory_mb") or [])
     sp = f" sparsity {e['sparsity']:.3f}" if e.get("sparsity") is not None else ""
     return (f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} val_loss {e['val_loss']:.4f} "
-            f"val_auc {mean_text(e.get('val_auc_mean'), e.get('val_auc'))} lr {e['lr']:.2e} time {e['epoch_time_s']:.1f}s "
+            f"val_auc {mean_text(e.get('val_auc_mean'), e.get('val_auc'))} lr {e['lr']:.2e} time {epoch_time_text(e)} "
             f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}")
 
 

@@ -80,8 +80,10 @@ def _reserve(path: Path, nbytes: int) -> None:
 
 
 def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=None,
-            force: bool = False) -> np.memmap:
-    """Build (or reuse) the cache. Decodes in parallel processes; writes atomically."""
+            force: bool = False, fill=_decode_chunk) -> np.memmap:
+    """Build (or reuse) the cache. Decodes in parallel processes; writes atomically. `fill` (a
+    module-level function, as `_decode_chunk`) writes a chunk's rows: benchmarks draw phantoms straight
+    into the cache with it."""
     if not force:
         current = open_cache(index, size)
         if current is not None:
@@ -99,14 +101,14 @@ def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=Non
         data.parent.mkdir(parents=True, exist_ok=True)
         _reserve(tmp, n * size * size)
         if workers == 1:
-            results = map(_decode_chunk, jobs)
+            results = map(fill, jobs)
             for k in results:
                 done += k
                 if progress:
                     progress(done, n)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for k in pool.map(_decode_chunk, jobs):
+                for k in pool.map(fill, jobs):
                     done += k
                     if progress:
                         progress(done, n)

@@ -33,6 +33,8 @@ class Field:
 
     def describe(self) -> str:
         if self.choices:
+            if self.kind == (bool, str):
+                return "true, false or one of " + ", ".join(repr(c) for c in self.choices)
             extra = " or a file path" if self.path_ok else " or a sparsity from 0 to 0.99" if self.sparsity_ok else ""
             return "one of " + ", ".join(repr(c) for c in self.choices) + extra
         name = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
@@ -43,6 +45,8 @@ class Field:
 
 
 NUM = (int, float)
+# torch.compile modes `train.compile` takes besides true/false
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "data": {
@@ -83,7 +87,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "early_stop_patience": Field(15, int, min=0),  # 0 disables early stopping
         "amp": Field("auto", str, choices=("auto", "bf16", "fp16", "none")),
         "channels_last": Field(True, bool),
-        "compile": Field(False, bool),
+        # torch.compile the training step and the evaluation pass: false, true (Inductor's default
+        # mode) or a torch.compile mode; epoch 1 then includes the compilation (`compile_s` in epoch_ended)
+        "compile": Field(False, (bool, str), choices=COMPILE_MODES),
         "seed": Field(0, int, min=0),
     },
     "distributed": {

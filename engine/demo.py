@@ -263,7 +263,7 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
     return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
 
 
-def _plan(n_images: int, seed: int) -> list[dict]:
+def plan(n_images: int, seed: int) -> list[dict]:
     """Patients, follow-ups, labels and metadata for every image (cheap, sequential)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     rows, pid = [], 0
@@ -284,17 +284,29 @@ def _plan(n_images: int, seed: int) -> list[dict]:
     return rows
 
 
-def _render_row(seed: int, size: int, row: dict, idx: int, regions: dict | None = None) -> np.ndarray:
+def render_row(seed: int, size: int, row: dict, idx: int, regions: dict | None = None) -> np.ndarray:
     anatomy = draw_anatomy(np.random.default_rng(np.random.SeedSequence([seed, 1, row["patient"]])))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2, idx]))
     return render(size, anatomy, set(row["shown"]), rng, regions)
 
 
 def _render_one(args: tuple[int, int, dict, int]) -> bytes:
-    img = _render_row(*args)
+    img = render_row(*args)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def write_csv(out: Path, rows: list[dict], size: int) -> None:
+    """The NIH label table (Data_Entry_2017.csv) of planned rows."""
+    spacing = round(0.143 * 1024 / size, 4)
+    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
+    for r in rows:
+        labels = "|".join(r["reported"]) or NO_FINDING
+        lines.append(f"{r['name']},{labels},{r['follow']},{r['patient']},{r['age']},{r['sex']},"
+                     f"{r['view']},{size},{size},{spacing},{spacing}")
+    (out / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
 
 
 def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int = 0,
@@ -302,7 +314,7 @@ def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int =
     """Write a synthetic dataset in the NIH layout to `out`. Same arguments, same bytes."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = _plan(n_images, seed)
+    rows = plan(n_images, seed)
     workers = workers or os.cpu_count() or 1
     jobs = [(seed, size, row, i) for i, row in enumerate(rows)]
     ctx = None
@@ -313,14 +325,7 @@ def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int =
                 progress(i + 1, len(rows))
     # what drew it: `finding_regions` re-draws an image from these to know where each finding is
     (out / GENERATOR).write_text(json.dumps({"version": VERSION, "images": n_images, "size": size, "seed": seed}))
-    spacing = round(0.143 * 1024 / size, 4)
-    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
-    for r in rows:
-        labels = "|".join(r["reported"]) or NO_FINDING
-        lines.append(f"{r['name']},{labels},{r['follow']},{r['patient']},{r['age']},{r['sex']},"
-                     f"{r['view']},{size},{size},{spacing},{spacing}")
-    (out / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    write_csv(out, rows, size)
     # NIH's official split is by patient: roughly the last fifth of patients are test.
     n_pat = rows[-1]["patient"]
     test_from = int(n_pat * 0.8) + 1
@@ -372,14 +377,14 @@ def finding_regions(root: str | Path, names: list[str]) -> dict[str, tuple[set[s
     args = json.loads(gen.read_text()) if gen.is_file() else {**DEFAULT, "version": VERSION}
     if args.get("version") != VERSION:
         raise DataError(f"{gen}: drawn by demo generator version {args.get('version')}, this chexui draws version {VERSION}")
-    rows = {r["name"]: (i, r) for i, r in enumerate(_plan(args["images"], args["seed"]))}
+    rows = {r["name"]: (i, r) for i, r in enumerate(plan(args["images"], args["seed"]))}
     out = {}
     for name in names:
         if name not in rows:
             raise DataError(f"{root}: {name} is not an image of a chexui demo set with {args}")
         i, row = rows[name]
         regions: dict[str, np.ndarray] = {}
-        img = _render_row(args["seed"], args["size"], row, i, regions)
+        img = render_row(args["seed"], args["size"], row, i, regions)
         with Image.open(root / "images" / name) as im:
             if not np.array_equal(np.asarray(im.convert("L")), img):
                 raise DataError(f"{root / 'images' / name}: differs from what the demo generator draws for it "

@@ -18,17 +18,23 @@ from engine.labels import LABELS, n_defined
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images, rows: np.ndarray, d: Dist, batch_size: int,
-                   channels_last: bool = False, autocast=nullcontext, device: torch.device | None = None) -> np.ndarray:
+                   channels_last: bool = False, autocast=nullcontext, device: torch.device | None = None,
+                   pad: bool = False) -> np.ndarray:
     """Logits for `rows` in `rows` order: each image exactly once over all ranks (no sampler padding),
-    gathered to every rank. `device` overrides the rank's device (the int8 model runs on the CPU)."""
+    gathered to every rank. `device` overrides the rank's device (the int8 model runs on the CPU).
+    `pad`: a short last batch is padded with blank images to `batch_size` (its logits dropped), so a
+    compiled model sees one input shape and compiles once (eval-mode BatchNorm keeps rows independent)."""
     model.eval()
     device = device or d.device
     mine, batches = eval_batches(len(rows), batch_size, d.world, d.rank)
     out = []
     for pos in batches:
         x, _, _ = images[rows[pos]]
+        n = len(x)
+        if pad and n < batch_size:
+            x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
         with autocast():
-            out.append(model(to_input(x, device, None, channels_last)).float().cpu())
+            out.append(model(to_input(x, device, None, channels_last))[:n].float().cpu())
     logits = torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
     full = np.zeros((len(rows), len(LABELS)), np.float32)
     for positions, part in d.all_gather_object((mine, logits)):

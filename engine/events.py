@@ -23,7 +23,8 @@ STOP_FILE = "stop_requested"
 ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8",),
                    "onnx_fp32": ("test_onnx_fp32",), "onnx_int8": ("test_onnx_int8",)}
 
-# type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed.
+# type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed, e.g. `epoch_ended`'s
+# compile_s (seconds torch.compile took in that epoch; runs with train.compile only).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "run_started": ("run_id", "config", "world_size", "nnodes", "device", "dataset"),
     "epoch_started": ("epoch",),

@@ -51,6 +51,7 @@ class Pruner:
             self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
         self.masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in self.layers.items()}
         self.last_update = -1
+        self._factors: list[torch.Tensor] | None = None  # the masks as multipliers (apply)
 
     @staticmethod
     def unlisted(cfg: dict) -> float:
@@ -90,12 +91,21 @@ class Pruner:
                 self.masks[name] = tprune.L1Unstructured(amount=amount).compute_mask(
                     w, default_mask=torch.ones_like(w)).bool()
             self.last_update = step
+            self._factors = None
         self.apply()
 
     @torch.no_grad()
     def apply(self) -> None:
-        for name, m in self.layers.items():
-            m.weight.mul_(self.masks[name])
+        """Zero the pruned weights (after every optimizer step: Adam moves them off zero). One foreach
+        multiply over all layers, by masks kept in each weight's dtype and layout: a loop of per-layer
+        mul_ by bool masks took 12 ms a step for DenseNet121's 120 convs on 2 CPU cores (3 in the foreach,
+        benchmarks/engine_bench.py --prune) and is 120 kernel launches a step on a GPU."""
+        if self.last_update < 0:
+            return  # no mask made yet: nothing is pruned
+        weights = [m.weight for m in self.layers.values()]
+        if self._factors is None:
+            self._factors = [torch.empty_like(w).copy_(self.masks[name]) for name, w in zip(self.layers, weights)]
+        torch._foreach_mul_(weights, self._factors)
 
     def sparsity(self) -> float:
         """Achieved global sparsity over the pruned weights (zeros / weights)."""
@@ -113,4 +123,5 @@ class Pruner:
         device = next(iter(self.layers.values())).weight.device
         self.masks = {k: v.to(device) for k, v in state["masks"].items()}
         self.last_update = int(state["last_update"])
+        self._factors = None
         self.apply()

@@ -93,6 +93,29 @@ def memory_mb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def make_optimizer(params, t: dict, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or SGD, fused (one kernel group for every parameter instead of several per tensor) on the
+    devices torch fuses for, CUDA and the CPU, so the CPU suite runs the GPU's optimizer."""
+    opt_cls = torch.optim.Adam if t["optimizer"] == "adam" else torch.optim.SGD
+    return opt_cls(params, lr=lr, fused=device.type in ("cuda", "cpu"))
+
+
+def compile_mode(value: bool | str) -> str | None:
+    """`train.compile` -> torch.compile's mode ("default" for true), or None: not compiled."""
+    return None if value is False else "default" if value is True else value
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far (Dynamo tracing and Inductor,
+    forward and backward graphs; autotuning included). torch keeps this in a private counter, read
+    here only: 0.0 where a release lacks it, so the run goes on without the figure."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+        return float(calculate_time_spent().get("total_wall_time", 0.0))
+    except (ImportError, AttributeError):
+        return 0.0
+
+
 def train_step(net: nn.Module, loss_fn: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                autocast, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimizer step. The scaler is a pass-through unless it is enabled (fp16), where it scales the
@@ -186,13 +209,17 @@ class Run:
         self.core = self.qat if self.qat is not None else self.model  # what trains and is validated
         self.net = DDP(self.core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None) \
             if self.d.active else self.core
-        if self.t["compile"]:
-            self.net = torch.compile(self.net)
+        # compiled: the training step (through DDP, whose optimizer splits the graph at its buckets)
+        # and the evaluation pass of the same model, whose batches are padded to one shape
+        self.compile_mode = compile_mode(self.t["compile"])
+        self.eval_net = self.core
+        if self.compile_mode is not None:
+            self.net = torch.compile(self.net, mode=self.compile_mode)
+            self.eval_net = torch.compile(self.core, mode=self.compile_mode)
         pos, neg = self.data.pos_neg()
         self.loss_fn, self.val_loss_fn = (f.to(self.d.device) for f in losses(self.t, pos, neg))
         self.lr = self.t["lr"] * (self.d.world if self.t["lr_scale"] == "linear" else 1)
-        opt_cls = torch.optim.Adam if self.t["optimizer"] == "adam" else torch.optim.SGD
-        self.opt = opt_cls(self.model.parameters(), lr=self.lr)
+        self.opt = make_optimizer(self.model.parameters(), self.t, self.lr, self.d.device)
         self.sched = plateau_scheduler(self.opt, self.t)
         self.amp = amp_dtype(self.cfg, self.d.device)
         # fp16 gradients underflow without loss scaling (a Hernia negative weighs about 0.002)
@@ -259,6 +286,8 @@ class Run:
         t0 = last_report = time.perf_counter()
         seen = 0
         for step, (x, y, _) in enumerate(dl, start=st.step):
+            if self.compile_mode in ("reduce-overhead", "max-autotune"):
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graph outputs may be reused
             flip = flip_mask(len(x), self.dc["hflip"], self.t["seed"], epoch, step, self.d.rank)
             x = to_input(x, self.d.device, flip, self.channels_last)
             loss = train_step(self.net, self.loss_fn, self.opt, self.scaler, autocast_for(self.cfg, self.d.device),
@@ -301,10 +330,11 @@ class Run:
         model = self.core if model is None else model
         device, d = device or self.d.device, d or self.d
         autocast = (lambda: autocast_for(self.cfg, device)) if amp else nullcontext
+        compiled = model is self.core and self.eval_net is not self.core
         # evaluating the QAT model must not move its observers' ranges
         with quant.observers_frozen(model) if model is self.qat else nullcontext():
-            logits = predict_logits(model, self.data.images, rows, d, self.t["batch_size"] * 2,
-                                    self.channels_last, autocast, device)
+            logits = predict_logits(self.eval_net if compiled else model, self.data.images, rows, d,
+                                    self.t["batch_size"] * 2, self.channels_last, autocast, device, pad=compiled)
         return logits, self.data.index.labels[rows].astype(np.float32)
 
     def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None,
@@ -357,7 +387,7 @@ class Run:
                 self.emit("epoch_started", epoch=epoch)
                 st.loss_sum = st.loss_n = 0.0
             self.freeze_qat(epoch)
-            t_epoch = time.perf_counter()
+            t_epoch, compile0 = time.perf_counter(), compile_seconds()
             if not self.train_one_epoch(epoch):
                 st.wall_time_s = wall0 + time.perf_counter() - t_start
                 self.save()
@@ -367,6 +397,8 @@ class Run:
             val = self.evaluate("val")
             self.check_diverged(epoch, train_loss, val)  # before anything of this epoch is kept
             epoch_time = time.perf_counter() - t_epoch
+            # compilation in this epoch (train and validation): epoch 1's, and any recompile later
+            compiled = {"compile_s": compile_seconds() - compile0} if self.compile_mode is not None else {}
             old_lr = self.opt.param_groups[0]["lr"]
             self.sched.step(val["loss"])
             lr = self.opt.param_groups[0]["lr"]
@@ -387,9 +419,10 @@ class Run:
             st.epoch, st.step = epoch, 0
             self.emit("epoch_ended", epoch=epoch, train_loss=train_loss, val_loss=val["loss"],
                       val_auc=val["auc"], val_auc_mean=val["auc_mean"], lr=lr, epoch_time_s=epoch_time,
-                      images_per_s=self.epoch_images_per_s, sparsity=sparsity, memory_mb=mem)
+                      images_per_s=self.epoch_images_per_s, sparsity=sparsity, memory_mb=mem, **compiled)
+            note = f" (compile {compiled['compile_s']:.1f}s)" if compiled.get("compile_s") else ""
             self.log(f"epoch {epoch}/{epochs} train_loss {train_loss:.4f} val_loss {val['loss']:.4f} "
-                     f"val_auc {val['auc_mean'] or float('nan'):.4f} lr {lr:.2e} {epoch_time:.1f}s")
+                     f"val_auc {val['auc_mean'] or float('nan'):.4f} lr {lr:.2e} {epoch_time:.1f}s{note}")
             if lr < old_lr:
                 self.emit("lr_reduced", epoch=epoch, lr=lr)
             st.wall_time_s = wall0 + time.perf_counter() - t_start

@@ -1,5 +1,6 @@
 """The code paths that differ on CUDA, exercised on the CPU: channels_last weights, autocast (bf16, and
-fp16 with its GradScaler), rank-0 buffers before evaluation, and one best model on every rank."""
+fp16 with its GradScaler), fused Adam, torch.compile, rank-0 buffers before evaluation, and one best
+model on every rank."""
 
 from __future__ import annotations
 
@@ -57,14 +58,20 @@ def test_fp16_gradients_underflow_without_the_scaler_and_not_with_it():
 
 
 @pytest.mark.slow
-def test_bf16_autocast_run_on_cpu(tmp_path, tiny_preset):
-    r, ev = run_tiny(tmp_path / "runs", tiny_preset, "train.amp=bf16", "train.epochs=1")
+def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset):
+    """What a GPU server runs: bf16 autocast, channels_last, fused Adam and torch.compile (train step and
+    the padded evaluation pass), with the compile time reported apart from the epoch's."""
+    r, ev = run_tiny(tmp_path / "runs", tiny_preset, "train.amp=bf16", "train.epochs=1", "train.compile=true")
     assert r.returncode == 0, r.stdout + r.stderr
     started = [e for e in ev if e["type"] == "run_started"][0]
     assert started["amp"] == "bfloat16" and started["channels_last"] is True
     ended = [e for e in ev if e["type"] == "epoch_ended"][0]
     assert ended["train_loss"] > 0 and ended["val_loss"] > 0
+    assert 0 < ended["compile_s"] < ended["epoch_time_s"]
+    assert f"(compile {ended['compile_s']:.1f}s)" in r.stdout  # the monitor says why epoch 1 is slow
     assert [e for e in ev if e["type"] == "run_finished"][-1]["status"] == "completed"
+    opt = torch.load(only_run(tmp_path / "runs") / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    assert opt["param_groups"][0]["fused"] is True
 
 
 @pytest.mark.slow
@@ -101,3 +108,12 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
     recorded = [e for e in ev if e["type"] == "epoch_ended"][0]["val_auc"]
     for label, auc in recorded.items():
         assert (auc is None and val_auc[label] is None) or abs(val_auc[label] - auc) <= 1e-6, label
+
+
+def test_gpu_inference_figures_are_measured_on_any_device():
+    """`chexui bench`'s GPU columns (fp32 and bf16 autocast, batch 1 and a large batch, channels_last),
+    here on the CPU: the same code a GPU server runs."""
+    from engine.infer_bench import measure_gpu
+    g = measure_gpu(build_model("resnet18", "none").eval(), 32, torch.device("cpu"), batch=4, budget_s=0.05)
+    assert set(g) == {"batch", "latency_b1_ms", "throughput", "bf16_latency_b1_ms", "bf16_throughput"}
+    assert g["batch"] == 4 and all(v > 0 for v in g.values())

@@ -150,7 +150,10 @@ def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(compressed_
             assert rec["pearson"] > 0.999 and rec["top_iou"] == 1.0
         if rec["artifact"] == "int8 (QAT twin)":  # the twin is the model the run tested
             i, j = [p.name for p in imgs].index(Path(rec["image"]).name), LABELS.index(rec["label"])
-            assert rec["probability"] == pytest.approx(kept["probs"][i, j], abs=1e-5)
+            # to the int8 grid's rounding: one image at a time, the convolutions sum in another order
+            # than in the run's batches and an activation can round to the next int8 step (measured: up to
+            # 4e-3 over this test split at batch 1, exact at the run's batch); the float model is 0.09 away
+            assert rec["probability"] == pytest.approx(kept["probs"][i, j], abs=5e-3)
     names = {p.name for p in (run / "explain").iterdir()}
     assert f"{imgs[0].stem}-compare.png" in names and f"{imgs[0].stem}-int8-Mass.png" in names
     from engine.errors import UserError

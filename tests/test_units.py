@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chexui.format import auc_marks, duration, hms, slug
+from chexui.format import auc_marks, duration, epoch_time_text, hms, slug
 from chexui.launch import NodeSpec, torchrun_command
 from chexui.runs import exit_code, find_run
 from chexui.tui.state import RunState
@@ -31,6 +31,7 @@ EVENTS = Path(__file__).parent / "data" / "events"
     ({"prune": {"enabled": True, "end_epoch": 200}}, ["prune.end_epoch", "train.epochs"]),
     ({"prune": {"adaptive": [{"out_channels": 64}]}}, ["prune.adaptive[0]"]),
     ({"traon": {}}, ["traon", "did you mean 'train'"]),
+    ({"train": {"compile": "fastest"}}, ["train.compile", "true, false or one of", "'reduce-overhead'"]),
 ])
 def test_config_errors_name_the_key_and_what_is_allowed(raw, needles):
     with pytest.raises(ConfigError) as e:
@@ -40,9 +41,12 @@ def test_config_errors_name_the_key_and_what_is_allowed(raw, needles):
 
 def test_set_overrides_are_typed_and_applied_in_order():
     cfg = config.apply_sets(config.defaults(), ["train.lr=0.01", "model.arch=resnet50", "train.lr=0.02",
-                                                "prune.adaptive=[{out_channels=64, sparsity=0.25}]"])
+                                                "prune.adaptive=[{out_channels=64, sparsity=0.25}]",
+                                                "train.compile=max-autotune-no-cudagraphs"])
     cfg = config.validate(cfg)
     assert cfg["train"]["lr"] == 0.02 and cfg["model"]["arch"] == "resnet50"
+    assert cfg["train"]["compile"] == "max-autotune-no-cudagraphs"
+    assert config.validate(config.apply_sets(config.defaults(), ["train.compile=true"]))["train"]["compile"] is True
     assert cfg["prune"]["adaptive"] == [{"out_channels": 64, "sparsity": 0.25}]
     assert config.flatten(cfg)["train.lr"] == 0.02
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
@@ -85,6 +89,12 @@ def test_run_state_eta_from_mean_epoch_time():
     for k in (1, 2):
         st.apply({"type": "epoch_ended", "ts": 10.0 * k, "epoch": k, "epoch_time_s": 10.0 * k})
     assert st.status == "running" and st.eta_s() == pytest.approx(2 * 15.0)
+    # a compiled run's first epoch holds the compilation: the ETA leaves it out, the table shows it
+    st = RunState()
+    st.apply({"type": "run_started", "ts": 0.0, "config": {"train": {"epochs": 3}}})
+    first = {"type": "epoch_ended", "ts": 50.0, "epoch": 1, "epoch_time_s": 50.0, "compile_s": 40.0}
+    st.apply(first)
+    assert st.eta_s() == pytest.approx(2 * 10.0) and epoch_time_text(first) == "50.0s (compile 40.0s)"
 
 
 # ------------------------------------------------------------------ runs dir, exit codes, launcher

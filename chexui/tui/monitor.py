@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
-from chexui.format import auc_marks, ci_text, fmt, hms, mean_text, n_defined
+from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, hms, mean_text, n_defined
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
@@ -116,7 +116,7 @@ class EpochTable(DataTable):
         self.clear()
         for e in epochs:
             row = [str(e["epoch"]), fmt(e["train_loss"]), fmt(e["val_loss"]), mean_text(e.get("val_auc_mean"), e.get("val_auc")),
-                   f"{e['lr']:.1e}", f"{e['epoch_time_s']:.1f}s", f"{e['images_per_s']:.0f}"]
+                   f"{e['lr']:.1e}", epoch_time_text(e), f"{e['images_per_s']:.0f}"]
             if len(self.columns) > 7:
                 row.append(fmt(e.get("sparsity"), ".3f"))
             self.add_row(*row)

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from chexui.format import steady_epoch_s
 from engine.events import final_status
 
 
@@ -86,9 +87,10 @@ class RunState:
         return max(0.0, end - self.started_ts)
 
     def eta_s(self) -> float | None:
-        """Remaining time at the mean epoch time so far (the epoch cap; early stopping may end sooner)."""
+        """Remaining time at the mean epoch time so far, compilation left out (the epoch cap; early
+        stopping may end sooner)."""
         if not self.epochs or not self.epochs_total or self.finished:
             return None
-        per_epoch = sum(ep["epoch_time_s"] for ep in self.epochs) / len(self.epochs)
+        per_epoch = sum(steady_epoch_s(ep) for ep in self.epochs) / len(self.epochs)
         done = len(self.epochs) + (self.step / self.steps if self.steps and self.epoch > len(self.epochs) else 0)
         return max(0.0, (self.epochs_total - done) * per_epoch)
