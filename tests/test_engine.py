@@ -120,17 +120,18 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
         r = chexui("stop", run_dir.name, "--runs-dir", runs)
         assert r.returncode == 0, r.stderr
         proc.communicate(timeout=120)
+        ev = events_of(run_dir)
+        assert final_status(ev) == "stopped"
+        stopped_at = of_type(ev, "epoch_ended")[-1]["epoch"]
+        assert stopped_at < 3, "the stop landed after the run had finished; nothing was resumed"
+        # resumed while the reference still runs (the two side by side again)
+        r = chexui("run", "--resume", run_dir.name, "--runs-dir", runs, "--headless", env=one)
+        assert r.returncode == 0, r.stdout + r.stderr
         ref.communicate(timeout=120)
     finally:
         proc.kill()
         ref.kill()
     assert ref.returncode == 0
-    ev = events_of(run_dir)
-    assert final_status(ev) == "stopped"
-    stopped_at = of_type(ev, "epoch_ended")[-1]["epoch"]
-    assert stopped_at < 3, "the stop landed after the run had finished; nothing was resumed"
-    r = chexui("run", "--resume", run_dir.name, "--runs-dir", runs, "--headless", env=one)
-    assert r.returncode == 0, r.stdout + r.stderr
     ev = events_of(run_dir)
     assert final_status(ev) == "completed" and of_type(ev, "restarted")
     ref = events_of(only_run(ref_runs))
