@@ -154,11 +154,13 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     assert out.returncode == 0, out.stderr
     kept = predictions.load(run / "predictions" / "test_int8.npz")["probs"][:6]
     assert np.allclose(np.array(json.loads(out.stdout.strip().splitlines()[-1])).reshape(6, 14), kept, atol=1e-6)
-    r = chexui("bench", str(run), "--json")
+    # (--no-compile: the compiled rows cost 13 s of compilation here; torch.compile is exercised by
+    # test_the_gpu_configuration_runs_on_cpu, the int8 program's passes by test_compiling_an_int8_...)
+    r = chexui("bench", str(run), "--json", "--no-compile")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     rows = [(a["kind"], a["runtime"]) for a in res["artifacts"] if a["runtime"] != "openvino"]
-    assert rows == [("fp32", "eager"), ("fp32", "compiled"), ("sparse", "eager"), ("int8", "eager"), ("int8", "compiled"),
+    assert rows == [("fp32", "eager"), ("sparse", "eager"), ("int8", "eager"),
                     ("onnx_fp32", "onnxruntime"), ("onnx_int8", "onnxruntime")]
     openvino = [a["kind"] for a in res["artifacts"] if a["runtime"] == "openvino"]  # the optional extra
     assert openvino == (["onnx_fp32", "onnx_int8"] if importlib.util.find_spec("openvino") else [])
@@ -167,7 +169,7 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     for a in res["artifacts"]:
         assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0 and a["x_fp32_speed"] > 0
     assert max(a["x_fp32_speed"] for a in res["artifacts"] if a["kind"] in ("fp32", "onnx_fp32")) == 1.0
-    assert res["artifacts"][3]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
+    assert res["artifacts"][2]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
 
 
 @pytest.mark.slow
