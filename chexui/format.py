@@ -36,16 +36,21 @@ def hms(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def compile_s(e: dict[str, Any]) -> float:
+    """The seconds of an `epoch_ended` that torch.compile took: 0.0 when none or not a sane number."""
+    c = e.get("compile_s")
+    return float(c) if isinstance(c, (int, float)) and 0 < c <= e["epoch_time_s"] else 0.0
+
+
 def epoch_time_text(e: dict[str, Any]) -> str:
     """An `epoch_ended`'s time, with the part torch.compile took when there was one: "48.2s (compile 31.0s)"."""
-    c = e.get("compile_s")
-    return f"{e['epoch_time_s']:.1f}s" + (f" (compile {c:.1f}s)" if isinstance(c, (int, float)) and c >= 0.05 else "")
+    c = compile_s(e)
+    return f"{e['epoch_time_s']:.1f}s" + (f" (compile {c:.1f}s)" if c >= 0.05 else "")
 
 
 def steady_epoch_s(e: dict[str, Any]) -> float:
     """An epoch's time without its compilation: what later epochs will take."""
-    c = e.get("compile_s")
-    return e["epoch_time_s"] - (c if isinstance(c, (int, float)) and 0 < c <= e["epoch_time_s"] else 0.0)
+    return e["epoch_time_s"] - compile_s(e)
 
 
 def short_key(key: str) -> str:

@@ -62,9 +62,8 @@ GPU_BATCH = 256
 
 def measure_gpu(model, size: int, gpu: torch.device, batch: int = GPU_BATCH, budget_s: float = 6.0) -> dict:
     """fp32 and bf16 (autocast, as training runs) latency at batch 1 (median ms) and images/s at `batch`
-(`throughput`, `bf16_throughput`);
-    the model in channels_last, the layout cuDNN's fastest convolutions use. (Any device works: the CPU
-    suite runs it.)"""
+    (`throughput`, `bf16_throughput`); the model in channels_last, the layout cuDNN's fastest convolutions
+    use. (Any device works: the CPU suite runs it.)"""
     model = model.to(gpu, memory_format=torch.channels_last)
     out = {"batch": batch}
     for prefix, ctx in (("", nullcontext), ("bf16_", lambda: torch.autocast(gpu.type, dtype=torch.bfloat16))):

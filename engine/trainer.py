@@ -286,8 +286,8 @@ class Run:
         t0 = last_report = time.perf_counter()
         seen = 0
         for step, (x, y, _) in enumerate(dl, start=st.step):
-            if self.compile_mode in ("reduce-overhead", "max-autotune"):
-                torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graph outputs may be reused
+            if self.compile_mode is not None:  # a new step: CUDA graph outputs may be reused (no-op without graphs)
+                torch.compiler.cudagraph_mark_step_begin()
             flip = flip_mask(len(x), self.dc["hflip"], self.t["seed"], epoch, step, self.d.rank)
             x = to_input(x, self.d.device, flip, self.channels_last)
             loss = train_step(self.net, self.loss_fn, self.opt, self.scaler, autocast_for(self.cfg, self.d.device),
