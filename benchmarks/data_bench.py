@@ -57,9 +57,10 @@ def main() -> None:
     t = time.perf_counter()
     for epoch in range(1, 6):
         batches = train_batches(len(rows), args.batch, 1, 0, 0, epoch)
-        for step, (x, y, _) in enumerate(loader(images, batches, rows, 0, pin=False)):
-            x = to_input(x, torch.device("cpu"), flip_mask(len(x), 0.5, 0, epoch, step, 0))
-            n += len(x)
+        with loader(images, batches, rows, 0, torch.device("cpu"), pin=False) as dl:
+            for step, (x, y, _) in enumerate(dl):
+                x = to_input(x, torch.device("cpu"), flip_mask(len(x), 0.5, 0, epoch, step, 0))
+                n += len(x)
     dt = time.perf_counter() - t
     print(f"cached loader 224 px, batch {args.batch}, flip + normalise (torch threads {torch.get_num_threads()}): "
           f"{n / dt:.0f} images/s")

@@ -7,6 +7,9 @@ work never starves the GPU.
 
 from __future__ import annotations
 
+import queue
+from contextlib import nullcontext
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +58,10 @@ def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = 
     if flip is not None and bool(flip.any()):
         if on_device is x:  # never modify the caller's tensor
             on_device = x.clone()
-        sel = flip.nonzero().flatten().to(device)
+        sel = flip.nonzero().flatten()
+        if device.type == "cuda":  # a copy from pageable memory waits for all queued GPU work: pin it
+            sel = sel.pin_memory()
+        sel = sel.to(device, non_blocking=True)
         on_device[sel] = on_device[sel].flip(-1)
     x = on_device
     key = (device.type, device.index)  # normalisation constants, made once per device
@@ -118,13 +124,76 @@ def train_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     return [order[i:i + batch_size] for i in range(0, full, batch_size)]
 
 
-def loader(images: Images, batches: list[list[int]], rows: np.ndarray, workers: int,
-           pin: bool) -> DataLoader:
-    """Batches of positions -> (uint8 images, labels, rows). Cached data needs no worker processes."""
+def loader(images: Images, batches: list[list[int]], rows: np.ndarray, workers: int, device: torch.device,
+           pin: bool) -> Prefetched | nullcontext[DataLoader]:
+    """Batches of positions -> (uint8 images, labels, rows), to use as `with loader(...) as batches:`
+    (the block's end stops the prefetch thread). Cached data needs no worker processes: a thread
+    reads (and pins) the next batches while the step runs."""
     row_batches = [rows[np.sort(b)].tolist() for b in batches]  # sorted: memmap locality
-    return DataLoader(images, sampler=row_batches, batch_size=None,
-                      num_workers=0 if images.mem is not None else workers, pin_memory=pin,
-                      persistent_workers=False)
+    n_workers = 0 if images.mem is not None else workers
+    dl = DataLoader(images, sampler=row_batches, batch_size=None, num_workers=n_workers, pin_memory=pin,
+                    persistent_workers=False)
+    return Prefetched(dl, device) if n_workers == 0 else nullcontext(dl)  # (workers prefetch already)
+
+
+class Prefetched:
+    """Iterate `source` in a background thread, up to `depth` items ahead.
+
+    Without it a cached batch (a memmap gather, then a copy into pinned memory: about 5 ms for 256
+    images at 224 px) is read between two steps, on the host's critical path; in the thread it
+    overlaps the step, since numpy's gather and torch's copies release the GIL. An error in the
+    thread is raised to the consumer; closing (or leaving the `with` block, or dropping the iterator)
+    stops the thread.
+    """
+
+    def __init__(self, source, device: torch.device, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source, device), daemon=True,
+                                        name="chexui-prefetch")
+        self._thread.start()
+
+    def _run(self, source, device: torch.device) -> None:
+        try:
+            if device.type == "cuda":  # pinned buffers belong to this rank's GPU, not to GPU 0
+                torch.cuda.set_device(device)
+            for item in source:
+                if not self._put((item, None)):
+                    return
+            self._put((None, None))
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer
+            self._put((None, e))
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        try:
+            while True:
+                item, error = self._queue.get()
+                if error is not None:
+                    raise error
+                if item is None:
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Prefetched:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def eval_batches(n: int, batch_size: int, world: int, rank: int) -> tuple[np.ndarray, list[list[int]]]:

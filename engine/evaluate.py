@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from engine import cache, checkpoint, config, export, metrics, nih
-from engine.data import Images, eval_batches, to_input
+from engine.data import Images, Prefetched, eval_batches, to_input
 from engine.dist import Dist
 from engine.errors import UserError
 from engine.labels import LABELS, n_defined
@@ -27,15 +27,23 @@ def predict_logits(model: nn.Module, images, rows: np.ndarray, d: Dist, batch_si
     model.eval()
     device = device or d.device
     mine, batches = eval_batches(len(rows), batch_size, d.world, d.rank)
+
+    def inputs():  # read (and pinned, for a GPU) in a thread while the model runs on the last batch
+        for pos in batches:
+            x, _, _ = images[rows[pos]]
+            n = len(x)
+            if pad and n < batch_size:
+                x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
+            yield (x.pin_memory() if device.type == "cuda" else x), n
+
     out = []
-    for pos in batches:
-        x, _, _ = images[rows[pos]]
-        n = len(x)
-        if pad and n < batch_size:
-            x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-        with autocast():
-            out.append(model(to_input(x, device, None, channels_last))[:n].float().cpu())
-    logits = torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
+    with Prefetched(inputs(), device) as xs:
+        for x, n in xs:
+            with autocast():
+                # kept on the device (a copy to the host would wait for the GPU every batch); cloned, as a
+                # CUDA-graph output is overwritten by the next call
+                out.append(model(to_input(x, device, None, channels_last))[:n].float().clone())
+    logits = torch.cat(out).cpu().numpy() if out else np.zeros((0, len(LABELS)), np.float32)
     full = np.zeros((len(rows), len(LABELS)), np.float32)
     for positions, part in d.all_gather_object((mine, logits)):
         full[positions] = part

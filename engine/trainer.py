@@ -33,6 +33,7 @@ from engine.fsutil import remove_stale_temps, write_atomic
 from engine.labels import n_defined
 from engine.models import build_model, losses
 from engine.prune import Pruner
+from engine.running_loss import RunningLoss
 
 # Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
 DIVERGED_FACTOR = 100.0
@@ -138,7 +139,7 @@ class TrainState:
     best_val_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
-    loss_sum: float = 0.0          # the current epoch's sampled train losses
+    loss_sum: float = 0.0          # the current epoch's train losses (every step's)
     loss_n: float = 0.0
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
@@ -280,9 +281,17 @@ class Run:
         self.net.train()
         batches = train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank,
                                 self.t["seed"], epoch)
-        dl = loader(self.data.images, batches[st.step:], self.data.split["train"], self.dc["workers"],
-                    pin=self.d.device.type == "cuda")
-        sync_every = 1 if self.d.device.type == "cpu" else 10
+        with loader(self.data.images, batches[st.step:], self.data.split["train"], self.dc["workers"],
+                    self.d.device, pin=self.d.device.type == "cuda") as dl:
+            return self.train_steps(epoch, dl)
+
+    def train_steps(self, epoch: int, dl) -> bool:
+        """The steps of one epoch over `dl` (its batches from state.step on); False when a stop was requested."""
+        st = self.state
+        # the step never reads a device tensor (see running_loss): the stop and divergence flags are
+        # checked every `every` steps (every step on the CPU, where reading costs nothing)
+        every = 1 if self.d.device.type == "cpu" else 10
+        losses = RunningLoss(self.d.device, every)
         t0 = last_report = time.perf_counter()
         seen = 0
         for step, (x, y, _) in enumerate(dl, start=st.step):
@@ -292,35 +301,41 @@ class Run:
             x = to_input(x, self.d.device, flip, self.channels_last)
             loss = train_step(self.net, self.loss_fn, self.opt, self.scaler, autocast_for(self.cfg, self.d.device),
                               x, y.to(self.d.device, non_blocking=True).float())
+            losses.add(loss)
             st.global_step += 1
             if self.pruner is not None:
                 self.pruner.step(st.global_step)
             st.step = step + 1
-            # .item() waits for the GPU: on CUDA only every 10th step's loss is read, so the epoch's
-            # train_loss there is the mean of those samples (on CPU, of every step)
-            lv = loss.item() if self.d.device.type == "cpu" or step % sync_every == 0 else None
-            if lv is not None and math.isfinite(lv):
-                st.loss_sum += lv
-                st.loss_n += 1
             seen += len(x)
             now = time.perf_counter()
-            if self.d.is_main and now - last_report > 0.5 and lv is not None and math.isfinite(lv):
+            known = losses.latest()
+            if self.d.is_main and now - last_report > 0.5 and known is not None and math.isfinite(known[0]):
                 last_report = now
-                self.emit("progress", epoch=epoch, step=step + 1, steps=self.steps_per_epoch, loss=lv,
+                self.emit("progress", epoch=epoch, step=step + 1, steps=self.steps_per_epoch, loss=known[0],
                           images_per_s=seen * self.d.world / (now - t0))
-            if (step + 1) % sync_every == 0:
-                stop, bad = self.d.any_flags([self.stop.requested, lv is not None and not math.isfinite(lv)])
+            if (step + 1) % every == 0:
+                stop, bad = self.d.any_flags([self.stop.requested, not losses.finite()])
                 if bad:
                     raise Diverged(f"the training loss is not finite at epoch {epoch} step {step + 1}")
                 if stop:
+                    self.add_losses(losses)
                     st.train_time_s += time.perf_counter() - t0
                     return False
+        self.add_losses(losses)
         if self.d.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         st.train_time_s += dt
         self.epoch_images_per_s = seen * self.d.world / max(dt, 1e-9)
         return not self.d.any_flags([self.stop.requested])[0]
+
+    def add_losses(self, losses: RunningLoss) -> None:
+        """This call's step losses into the epoch's (a stopped and resumed epoch has several calls). A
+        non-finite loss after the last check makes the epoch's mean non-finite: check_diverged stops
+        the run there, on every rank alike (the sums are all-reduced first)."""
+        total, n = losses.total()
+        self.state.loss_sum += total
+        self.state.loss_n += n
 
     def predict(self, rows: np.ndarray, model: nn.Module | None = None, device: torch.device | None = None,
                 d: dist.Dist | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -1,17 +1,21 @@
 """The code paths that differ on CUDA, exercised on the CPU: channels_last weights, autocast (bf16, and
-fp16 with its GradScaler), fused Adam, torch.compile, rank-0 buffers before evaluation, and one best
-model on every rank."""
+fp16 with its GradScaler), fused Adam, torch.compile, the step's loss read without waiting, the
+prefetched loader, rank-0 buffers before evaluation, and one best model on every rank."""
 
 from __future__ import annotations
 
 import json
+import math
+import threading
 
 import pytest
 import torch
 
 from engine import config
+from engine.data import Prefetched
 from engine.models import WeightedBCE, build_model
 from engine.prune import Pruner
+from engine.running_loss import RunningLoss
 from engine.trainer import train_step
 from tests.conftest import chexui, events_of, only_run, run_tiny
 
@@ -55,6 +59,34 @@ def _fp16_step(scaled: bool) -> torch.Tensor:
 def test_fp16_gradients_underflow_without_the_scaler_and_not_with_it():
     assert _fp16_step(scaled=False) == 0.0, "the fp16 gradients of tiny losses should underflow to zero"
     assert _fp16_step(scaled=True) > 0.0, "with loss scaling the first layer must learn"
+
+
+def test_running_loss_sums_every_step_and_shows_the_last_landed_snapshot():
+    losses = RunningLoss(torch.device("cpu"), every=3)
+    for v in range(1, 8):
+        losses.add(torch.tensor(float(v)))
+        if v == 2:
+            assert losses.latest() is None  # no snapshot before the third step
+    assert losses.latest() == (6.0, 21.0, 6)  # the last snapshot: step 6's loss, steps 1-6 summed
+    assert losses.total() == (28.0, 7) and losses.finite()
+    losses.add(torch.tensor(math.nan))
+    losses.add(torch.tensor(1.0))
+    assert not losses.finite(), "a non-finite loss between snapshots must show in the next one"
+
+
+def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
+    assert list(Prefetched(range(50), torch.device("cpu"))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+    with pytest.raises(OSError, match="disk gone"):
+        list(Prefetched(broken(), torch.device("cpu")))
+    # leaving early (a stop request mid-epoch) ends the thread
+    before = threading.active_count()
+    with Prefetched(iter(range(10**9)), torch.device("cpu")) as it:
+        assert next(iter(it)) == 0
+    assert threading.active_count() == before
 
 
 @pytest.mark.slow
