@@ -4,7 +4,7 @@
 #   1. benchmarks/nih_epoch.py: an NIH-size epoch (112,120 phantoms, 224 px, bf16, batch 128) of the
 #      engine - train, whole validation split with AUROC, checkpoint - for DenseNet121 then ResNet50,
 #      eager and compiled, with the bare loop of the same compiled model; then pruning (masks every
-#      100 steps) and QAT on DenseNet121 (eager) for their overhead;
+#      100 steps) and QAT on DenseNet121 (eager) for their overhead; host syncs per training step;
 #   2. a short 224 px prune70 + QAT demo run through the CLI, then `chexui bench` on it: fp32 / bf16 at
 #      batch 1 and 256 on the GPU (the int8 program runs on x86 CPU kernels only; it says so).
 # From the repo root:   bash benchmarks/gpu_speed.sh        (about 9 minutes on an H200; output in $OUT)

@@ -14,7 +14,8 @@ Per architecture, compile mode and variant (dense; --prune: 70 % pruning with ma
 steps during the epoch; --qat: quantization-aware training): a Run is set up as `engine/train.py` does;
 a warm-up of the epoch's last steps and of one validation batch (cudnn autotuning, and torch.compile,
 whose time is printed apart); then one full epoch as `Run.fit` does it: every training step, the whole
-validation split with per-class AUROC, a checkpoint. Also the same model on one pre-made batch
+validation split with per-class AUROC, a checkpoint. On a GPU, the calls per training step that make
+the host wait for the GPU (torch's sync debug mode; 0 is the goal). Also the same model on one pre-made batch
 (benchmarks/engine_bench.py's bare loop): the engine's ratio to it. Prints images/s per phase, peak GPU
 memory, and the epoch's wall time beside the study's (one V100S: 0.74 h DenseNet121, 0.83 h ResNet50).
 """
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,7 @@ def one_epoch(cfg: dict, run_dir: Path, d: dist.Dist, warm_steps: int) -> dict:
     run.predict(run.data.split["val"][: cfg["train"]["batch_size"] * 2])
     sync(dev)
     warm_s, compile_s = time.perf_counter() - t0, compile_seconds() - c0
+    syncs = host_syncs_per_step(run)
     run.state.step = 0
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -119,9 +122,29 @@ def one_epoch(cfg: dict, run_dir: Path, d: dist.Dist, warm_steps: int) -> dict:
            "recompile_s": compile_seconds() - c1, "val_auc_mean": val["auc_mean"],
            "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
            "sparsity": run.pruner.sparsity() if run.pruner is not None else None,
-           "prune_s": prune_s[0] if run.pruner is not None else None}
+           "prune_s": prune_s[0] if run.pruner is not None else None, "host_syncs_per_step": syncs}
     del run, val
     return res
+
+
+def host_syncs_per_step(run: Run, short: int = 5, long: int = 25) -> float | None:
+    """Calls that make the host wait for the GPU, per training step (CUDA only: torch's sync debug
+    mode warns at each). Counted over the last `short` and the last `long` steps of an epoch: the
+    difference over `long - short` steps leaves out the epoch's end (reading its summed loss)."""
+    if run.d.device.type != "cuda" or run.steps_per_epoch < long:
+        return None
+    counts = []
+    for n in (short, long):
+        run.state.step = run.steps_per_epoch - n
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run.train_one_epoch(1)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return (counts[1] - counts[0]) / (long - short)
 
 
 def timed_pruner(run: Run, dev: torch.device) -> list[float]:
@@ -223,6 +246,8 @@ def line(r: dict) -> str:
     vs = f" (study {study:.2f} h on a V100S: x{study * 3600 / r['epoch_s']:.0f})" if study else ""
     bare = f"; bare loop {r['bare_images_per_s']:.0f} img/s, ratio {r['ratio_to_bare']:.3f}" if "bare_images_per_s" in r else ""
     mem = f"; peak {r['peak_gpu_mb']:.0f} MiB" if r["peak_gpu_mb"] is not None else ""
+    if r.get("host_syncs_per_step") is not None:
+        mem += f"; host syncs per train step {r['host_syncs_per_step']:.2f}"
     sp = (f"; sparsity {r['sparsity']:.3f}, pruning's own time {r['prune_s']:.2f}s "
           f"({100 * r['prune_s'] / r['epoch_s']:.1f} % of the epoch)") if r["sparsity"] is not None else ""
     return (f"{head} epoch {r['epoch_s']:.1f}s{vs}: train {r['n_train']:,} img {r['train_s']:.1f}s "
