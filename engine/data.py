@@ -8,8 +8,8 @@ work never starves the GPU.
 from __future__ import annotations
 
 import queue
-from contextlib import nullcontext
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,7 +143,9 @@ class Prefetched:
     images at 224 px) is read between two steps, on the host's critical path; in the thread it
     overlaps the step, since numpy's gather and torch's copies release the GIL. An error in the
     thread is raised to the consumer; closing (or leaving the `with` block, or dropping the iterator)
-    stops the thread.
+    stops the thread. Hand-written: DataLoader prefetches only with worker processes (which would copy
+    every batch through shared memory once more), and torchdata's thread prefetcher is another
+    dependency whose releases are tied to torch's, for these 40 lines.
     """
 
     def __init__(self, source, device: torch.device, depth: int = 2):
