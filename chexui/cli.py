@@ -19,7 +19,7 @@ import typer
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.format import duration, fmt, labelled
+from chexui.format import csv_cell, duration, fmt, json_text, labelled
 from chexui.headless import HeadlessView, auc_table, console, epoch_line, plain_mode, table
 from engine import config
 from engine.errors import UserError
@@ -56,7 +56,7 @@ def find(run_ref: str, runs_dir: Optional[str]) -> Path:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
+    print(json_text(obj))
 
 
 def progress_bar(label: str):
@@ -258,8 +258,7 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
     """Runs with status, preset, world size, epochs, best val AUROC, test AUROC and duration."""
     rows = [r.summary() for r in runs_mod.list_runs(runs_mod.runs_dir(runs_dir))]
     if as_json:
-        print(json.dumps(rows, indent=2))
-        return
+        return print_json(rows)
     t = table("run", "status", "preset", "world", "epochs", "best val AUC (labels)", "test AUC (labels)", "time")
     groups: dict = {}
     for r in rows:
@@ -287,8 +286,7 @@ def runs_show(run_ref: str = typer.Argument(..., metavar="RUN"), as_json: bool =
     tests = [e for e in info.events if e["type"] == "evaluated"]
     errors = [e["message"] for e in info.events if e["type"] == "error"]
     if as_json:
-        print(json.dumps({**summary, "epochs_detail": epochs, "evaluations": tests, "errors": errors}, indent=2))
-        return
+        return print_json({**summary, "epochs_detail": epochs, "evaluations": tests, "errors": errors})
     con = console()
     for k, v in summary.items():
         con.print(f"{k}: {v}")
@@ -364,7 +362,7 @@ def predict_cmd(run_ref: str = typer.Argument(..., metavar="RUN"),
         w = csv.writer(sys.stdout)
         w.writerow(["file", *LABELS, "positive"])
         for r in res["rows"]:
-            w.writerow([clean(r["file"]), *(f"{p:.6f}" for p in r["probs"]), "|".join(r["positive"])])
+            w.writerow([csv_cell(clean(r["file"])), *(f"{p:.6f}" for p in r["probs"]), "|".join(r["positive"])])
     else:
         t = table("file", *LABELS, "positive")
         for r in res["rows"]:  # "+": a positive call at the run's operating point
@@ -607,9 +605,8 @@ def presets_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Presets reachable by name, with the directory each comes from."""
     items = presets_mod.available()
     if as_json:
-        print(json.dumps([{"name": p.name, "source": p.source, "path": str(p.path), "description": p.description}
-                          for p in items], indent=2))
-        return
+        return print_json([{"name": p.name, "source": p.source, "path": clean(str(p.path)), "description": p.description}
+                           for p in items])
     t = table("name", "source", "description")
     for p in items:
         t.add_row(p.name, f"{p.source}: {p.path.parent}", p.description)
@@ -662,7 +659,7 @@ def data_check(root: str, as_json: bool = typer.Option(False, "--json")) -> None
     except UserError as e:
         raise fail(str(e))
     if as_json:
-        print(json.dumps(s, indent=2))
+        print_json(s)
     else:
         con = console()
         con.print(f"{s['root']}: {s['images']} images, {s['patients']} patients ({s['csv']})")

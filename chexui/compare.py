@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from chexui.format import compression_text, n_defined, short_key, value_text
+from chexui.format import compression_text, csv_cell, n_defined, short_key, value_text
 from chexui.runs import RunInfo
 from engine import bootstrap, config, metrics, predictions
 from engine.errors import UserError
@@ -315,14 +315,24 @@ def _json(name: str, df: pd.DataFrame):
     return json.loads(df.to_json(orient="index"))
 
 
+def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Run labels come from preset names and config values: no cell, label or header a spreadsheet runs."""
+    def cell(v):
+        return csv_cell(v) if isinstance(v, str) else v
+    out = df.map(cell).rename(index=cell, columns=cell)
+    out.attrs = df.attrs
+    return out
+
+
 def render(tbls: dict[str, pd.DataFrame], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps({k: _json(k, df) for k, df in tbls.items()}, indent=2)
+        from chexui.format import json_text
+        return json_text({k: _json(k, df) for k, df in tbls.items()})
     parts = []
     for name, df in tbls.items():
         if fmt == "csv":
             index = {"paired": ["run", "label"], "heatmaps": ["run", "model"], "auroc": "label"}.get(name, "run")
-            parts.append(f"# {TITLES[name]}\n" + df.to_csv(index_label=index))
+            parts.append(f"# {TITLES[name]}\n" + _csv_safe(df).to_csv(index_label=index))
         elif name in CAPTIONS and df.empty:
             parts.append(f"### {TITLES[name]}\n\n" + CAPTIONS[name](df).replace("\n", "\n\n") + "\n")
         else:  # markdown

@@ -106,6 +106,28 @@ def mean_text(mean: float | None, aucs: dict[str, float | None] | None) -> str:
     return labelled(mean, n_defined(aucs) if aucs else None)
 
 
+def json_text(obj: Any) -> str:
+    """`--json` output: valid JSON whatever the values (NaN and infinities, which JSON lacks, become
+    null), non-ASCII escaped (so no bidi control reaches a terminal raw)."""
+    import math
+
+    def finite(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): finite(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [finite(v) for v in o]
+        return o
+    return json.dumps(finite(obj), indent=2, allow_nan=False, default=str)
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet will not run: text starting with =, +, -, @ (or a tab or carriage return,
+    which some read past) gets a leading apostrophe, as OWASP advises for CSV injection."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def ci_text(ci: list[float] | None) -> str:
     """A 95 % confidence interval: "0.656-0.824", or "-" without one."""
     return "-" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"

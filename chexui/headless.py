@@ -17,21 +17,33 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, mean_text, n_defined
+from chexui.safe import safe
 from engine.labels import LABELS
 from engine.sanitize import clean
 
 
 class SafeConsole(Console):
-    """A rich Console that strips control characters from every string it is given: run names, error
-    messages, preset descriptions and file names come from files anyone may have written."""
+    """A rich Console that shows every string it is given as plain text (`chexui.safe.safe`): run names,
+    error messages, preset descriptions and file names come from files anyone may have written, so no
+    string is read as markup and no control or bidi character reaches the terminal."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
 class SafeTable(Table):
+    """A rich Table whose string headers, cells, title and caption are plain text (`safe`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("title", "caption") and isinstance(value, str):
+            value = safe(value)
+        super().__setattr__(name, value)
+
+    def add_column(self, header: Any = "", *args: Any, **kwargs: Any) -> None:
+        super().add_column(safe(header) if isinstance(header, str) else header, *args, **kwargs)
+
     def add_row(self, *cells: Any, **kwargs: Any) -> None:
-        super().add_row(*(clean(c) if isinstance(c, str) else c for c in cells), **kwargs)
+        super().add_row(*(safe(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
 
 def plain_mode(stream=None) -> bool:
@@ -47,7 +59,7 @@ def console(stderr: bool = False) -> Console:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    t = SafeTable(title=None if title is None else clean(title), box=box.ASCII2 if plain_mode() else box.SIMPLE_HEAVY)
+    t = SafeTable(title=title, box=box.ASCII2 if plain_mode() else box.SIMPLE_HEAVY)
     for c in columns:
         t.add_column(c)
     return t
@@ -115,8 +127,8 @@ class HeadlessView:
         if t == "run_started":
             cfg = e["config"]
             ds = e["dataset"]
-            self.epochs = cfg["train"]["epochs"]
-            self.say(f"run {e['run_id']}: {cfg.get('name')} {cfg['model']['arch']} on {e['device']}, "
+            self.epochs = (cfg.get("train") or {}).get("epochs")
+            self.say(f"run {e['run_id']}: {cfg.get('name')} {(cfg.get('model') or {}).get('arch')} on {e['device']}, "
                      f"world size {e['world_size']} ({e['nnodes']} node(s)); data {ds['root']}: "
                      f"{ds['n_train']} train / {ds['n_val']} val / {ds['n_test']} test images, "
                      f"{ds['n_patients']} patients")
@@ -161,7 +173,8 @@ class HeadlessView:
             fp32 = next((a["bytes"] for a in e["artifacts"] if a["kind"] == "fp32"), None)
             for a in e["artifacts"]:
                 ratio = f", {a['bytes'] / fp32:.2f}x fp32" if fp32 and a["kind"] != "fp32" else ""
-                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes, gzip {a['gzip_bytes']:,}{ratio})")
+                gz = f", gzip {a['gzip_bytes']:,}" if "gzip_bytes" in a else ""
+                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes{gz}{ratio})")
         elif t == "operating_points":
             n = sum(v is not None for v in e["thresholds"].values())
             self.say(f"operating points: {e['rule']} thresholds for {n}/{len(LABELS)} labels, chosen on "

@@ -25,7 +25,9 @@ import psutil
 
 from chexui.runs import exit_code, request_stop, write_launcher
 from engine import config, procs
+from engine.errors import StorageError
 from engine.events import STOP_FILE, EventWriter, final_status, read_events
+from engine.fsutil import open_append
 
 GRACE_S = 45.0
 
@@ -180,10 +182,10 @@ class Launcher:
         events = self.run_dir / "events.jsonl"
         self._events_from = events.stat().st_size if events.is_file() else 0
         try:
-            log = open(self.run_dir / "logs" / "engine.log", "a", encoding="utf-8")
+            log = open_append(self.run_dir / "logs" / "engine.log")  # (never through a planted link)
             log.write("$ " + " ".join(cmd) + "\n")
-        except OSError as e:
-            log, self.log_error = None, f"{self.run_dir / 'logs' / 'engine.log'}: cannot write ({e.strerror or e})"
+        except (OSError, StorageError) as e:
+            log, self.log_error = None, f"{self.run_dir / 'logs' / 'engine.log'}: cannot write ({getattr(e, 'strerror', None) or e})"
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL, env=engine_env(self.node.nnodes == 1), start_new_session=True,
@@ -212,7 +214,10 @@ class Launcher:
         stopped, 2 when the engine's error says the user can fix it, else 1). Only events written since
         this launch count: a resume that dies before its first event has failed, whatever came before."""
         path = self.run_dir / "events.jsonl"
-        events = read_events(path, start=self._events_from)
+        try:
+            events = read_events(path, start=self._events_from)
+        except StorageError as e:
+            events, self.log_error = [], str(e)
         status = final_status(events)
         if status is None and not events and self.returncode == 0 and self.node.nnodes > 1:
             self.exit_code = 0  # global rank 0 (the event writer) ran on another node; this node's part succeeded
@@ -231,10 +236,12 @@ class Launcher:
                        total_time_s=(everything[-1]["ts"] - everything[0]["ts"]) if everything else 0.0,
                        best_epoch=0, test_auc_mean=None)
                 w.close()
-            except OSError as e:
-                self.log_error = f"{path}: cannot write the final status ({e.strerror or e})"
+            except (OSError, StorageError) as e:
+                self.log_error = f"{path}: cannot write the final status ({getattr(e, 'strerror', None) or e})"
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         self.exit_code = exit_code(status or "failed", events)
+        if self.exit_code == 1 and self.returncode == 2:  # the engine said why before it could write events
+            self.exit_code = 2
         return self.exit_code
 
 
@@ -268,7 +275,7 @@ def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None,
     if node.nnodes > 1:
         cmd += ["--nnodes", str(node.nnodes), "--node-rank", str(node.node_rank), "--rdzv-endpoint",
                 str(node.rdzv_endpoint)]
-    with open(run_dir / "logs" / "launcher.log", "a") as log:
+    with open_append(run_dir / "logs" / "launcher.log") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, "NO_COLOR": "1", **(env or {})},
                                 cwd=Path(__file__).resolve().parent.parent)

@@ -19,10 +19,23 @@ import numpy as np  # noqa: E402
 from chexui import compare  # noqa: E402
 from chexui.runs import RunInfo  # noqa: E402
 from engine.events import ARTIFACT_SPLITS  # noqa: E402
+from engine.fsutil import OutputDir  # noqa: E402
 from engine.labels import LABELS  # noqa: E402
+from engine.sanitize import for_matplotlib  # noqa: E402
 
 
-def loss_figure(runs: list[RunInfo], labels: list[str], path: Path) -> None:
+def _save(fig, path: tuple[OutputDir, str], dpi: int) -> None:
+    """A figure as a PNG in the report's output dir (`OutputDir`: no planted link followed, no file
+    chexui did not write replaced)."""
+    import io
+    out, name = path
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
+    out.write(name, buf.getvalue())
+
+
+def loss_figure(runs: list[RunInfo], labels: list[str], path: tuple[OutputDir, str]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r, lab in zip(runs, labels):
         ep = [e for e in r.events if e["type"] == "epoch_ended"]
@@ -36,11 +49,10 @@ def loss_figure(runs: list[RunInfo], labels: list[str], path: Path) -> None:
     axes[0].set_ylabel("BCE (train.loss; validation: train.val_loss)")
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
-def time_figure(tbl, path: Path) -> None:
+def time_figure(tbl, path: tuple[OutputDir, str]) -> None:
     """Total and per-epoch training time per run, bars coloured by the number of processes."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(tbl) + 1.8))
     procs = sorted({int(p) for p in tbl["processes"].dropna()})
@@ -57,11 +69,10 @@ def time_figure(tbl, path: Path) -> None:
     axes[1].legend(handles, [f"{p} process{'es' if p > 1 else ''}" for p in procs], fontsize=8)
     fig.suptitle("training time by number of processes")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
-def storage_figure(tbl, path: Path) -> None:
+def storage_figure(tbl, path: tuple[OutputDir, str]) -> None:
     kinds = [k for k in ARTIFACT_SPLITS if f"{k} bytes" in tbl and tbl[f"{k} bytes"].notna().any()]
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(tbl) + 1.8))
     y = np.arange(len(tbl))
@@ -80,11 +91,10 @@ def storage_figure(tbl, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
-def auroc_figure(tbl, path: Path) -> None:
+def auroc_figure(tbl, path: tuple[OutputDir, str]) -> None:
     tbl = tbl.drop(index=compare.MEAN_LABELS)
     fig, ax = plt.subplots(figsize=(11, 5))
     x = np.arange(len(LABELS) + 1)
@@ -103,11 +113,10 @@ def auroc_figure(tbl, path: Path) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 1.0
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
-def calibration_figure(runs: list[RunInfo], labels: list[str], path: Path) -> bool:
+def calibration_figure(runs: list[RunInfo], labels: list[str], path: tuple[OutputDir, str]) -> bool:
     """Reliability diagrams per label from each run's saved test predictions (mean predicted probability
     vs observed positive rate in 15 equal-width bins; the diagonal is perfect calibration), each run's ECE
     in the legend. False (no figure) when no run kept test predictions."""
@@ -140,18 +149,18 @@ def calibration_figure(runs: list[RunInfo], labels: list[str], path: Path) -> bo
     fig.supxlabel("mean predicted probability (15 bins)")
     fig.supylabel("observed positive rate")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)  # 14 panels: 80 dpi keeps the PNG near 350 kB and still legible
-    plt.close(fig)
+    _save(fig, path, 80)  # 14 panels: 80 dpi keeps the PNG near 350 kB and still legible
     return True
 
 
 def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", baseline: int = 0,
                  heatmaps: int = 0) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     tbls = compare.tables(runs, baseline, heatmaps)
+    writer = OutputDir(out)
     labels = list(tbls["time"].index)
     # long labels would squeeze the plots: then figures say R1..Rn and the run list says which is which
-    short = [f"R{i + 1}" for i in range(len(runs))] if max(map(len, labels)) > 32 else labels
+    short = [f"R{i + 1}" for i in range(len(runs))] if max(map(len, labels)) > 32 else \
+        [for_matplotlib(lab) for lab in labels]
     fig_tbls = {k: v.rename(index=dict(zip(labels, short)), columns=dict(zip(labels, short)))
                 for k, v in tbls.items()}
     for k in ("paired", "heatmaps"):
@@ -159,11 +168,11 @@ def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", b
             fig_tbls[k].attrs = {**tbls[k].attrs, "baseline": dict(zip(labels, short))[tbls[k].attrs["baseline"]]}
     figures = {"loss.png": "Train and validation loss per epoch", "auroc.png": "Per-class test AUROC",
                "time.png": "Training time", "storage.png": "Model storage"}
-    loss_figure(runs, short, out / "loss.png")
-    auroc_figure(fig_tbls["auroc"], out / "auroc.png")
-    time_figure(fig_tbls["time"], out / "time.png")
-    storage_figure(fig_tbls["storage"], out / "storage.png")
-    if calibration_figure(runs, short, out / "calibration.png"):
+    loss_figure(runs, short, (writer, "loss.png"))
+    auroc_figure(fig_tbls["auroc"], (writer, "auroc.png"))
+    time_figure(fig_tbls["time"], (writer, "time.png"))
+    storage_figure(fig_tbls["storage"], (writer, "storage.png"))
+    if calibration_figure(runs, short, (writer, "calibration.png")):
         figures["calibration.png"] = "Calibration: reliability diagrams of the test predictions"
     datasets = sorted({str(((r.first("run_started") or {}).get("dataset") or {}).get("root")) for r in runs})
     lines = [f"# {title}", "", f"Generated by `chexui report` on {time.strftime('%Y-%m-%d %H:%M')}.", "",
@@ -177,6 +186,6 @@ def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", b
     lines.append(compare.render(fig_tbls, "markdown"))
     for fname, caption in figures.items():
         lines += [f"### {caption}", "", f"![{caption}]({fname})", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
+    path = writer.write("report.md", "\n".join(lines))
+    writer.close()
     return path

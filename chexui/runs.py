@@ -18,7 +18,7 @@ import psutil
 from chexui.format import n_defined, slug
 from engine.errors import UserError
 from engine.events import STOP_FILE, final_status, last_evaluation, read_events
-from engine.fsutil import write_atomic
+from engine.fsutil import read_regular, write_atomic
 from engine.sanitize import clean
 
 LAUNCHER_FILE = "launcher.json"
@@ -77,15 +77,38 @@ def write_launcher(run_dir: Path, pid: int | None = None) -> None:
 
 
 def launcher_process(run_dir: Path) -> psutil.Process | None:
-    """The live launcher of this run, or None (a reused pid does not count)."""
+    """The live launcher of this run, or None. launcher.json (pid and start time) only says where to
+    look: it is in the run dir, which anyone may have written. The process counts only when the OS says
+    it is this run's launcher: the recorded pid alive with the recorded start time, and its own command
+    line (read from the OS) that of chexui's launcher for this very run dir (`-m chexui.launch RUN_DIR`),
+    or of a chexui command whose engine child (`engine.torchrun ... --run-dir RUN_DIR`) runs it."""
     try:
-        info = json.loads((run_dir / LAUNCHER_FILE).read_text())
+        info = json.loads(read_regular(run_dir / LAUNCHER_FILE, 1 << 16))
         proc = psutil.Process(int(info["pid"]))
-        if abs(proc.create_time() - info["create_time"]) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE:
-            return proc
-    except (OSError, ValueError, TypeError, KeyError, psutil.Error):  # missing, damaged or foreign
-        pass
-    return None
+        if abs(proc.create_time() - float(info["create_time"])) >= 1.0 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc if _runs_this_dir(proc, run_dir) else None
+    except (OSError, UserError, ValueError, TypeError, KeyError, OverflowError, psutil.Error):
+        return None  # missing, damaged, foreign, or not the process it claims to be
+
+
+def _same_dir(arg: str, cwd: str, run_dir: Path) -> bool:
+    return (Path(cwd) / arg).resolve() == run_dir.resolve()
+
+
+def _runs_this_dir(proc: psutil.Process, run_dir: Path) -> bool:
+    cmd, cwd = proc.cmdline(), proc.cwd()
+    for i, arg in enumerate(cmd[:-2]):
+        if arg == "-m" and cmd[i + 1] == "chexui.launch":
+            return _same_dir(cmd[i + 2], cwd, run_dir)
+    if not any(a == "chexui.cli" or Path(a).name == "chexui" for a in cmd[:3]):
+        return False
+    for child in proc.children():  # the in-process launcher of `chexui run --headless` / `compress`
+        ccmd = child.cmdline()
+        if "engine.torchrun" in ccmd and "--run-dir" in ccmd[:-1]:
+            if _same_dir(ccmd[ccmd.index("--run-dir") + 1], child.cwd(), run_dir):
+                return True
+    return False
 
 
 def wait_gone(proc: psutil.Process, timeout: float) -> bool:
@@ -104,7 +127,7 @@ def wait_gone(proc: psutil.Process, timeout: float) -> bool:
 def request_stop(run_dir: Path, who: str) -> None:
     """The stop request the engine looks for when it gets SIGTERM: with it, the run ends at the next
     step with a checkpoint and status "stopped"; without it, SIGTERM means a peer died."""
-    (run_dir / STOP_FILE).write_text(who)
+    write_atomic(run_dir / STOP_FILE, who)
 
 
 def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
@@ -112,7 +135,8 @@ def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
     import signal
     proc = launcher_process(run_dir)
     if proc is None:
-        raise UserError(f"run {run_dir.name} is not running (status {load_run(run_dir).status})")
+        raise UserError(f"run {run_dir.name} is not running (status {load_run(run_dir).status}; no live chexui "
+                        "launcher of this run dir)")
     request_stop(run_dir, "chexui stop")
     proc.send_signal(signal.SIGTERM)
     return wait_gone(proc, timeout)
@@ -122,6 +146,7 @@ def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
 class RunInfo:
     run_dir: Path
     events: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None  # why its events could not be read (a FIFO, a link, a huge file)
 
     @property
     def id(self) -> str:
@@ -129,6 +154,8 @@ class RunInfo:
 
     @property
     def status(self) -> str:
+        if self.problem is not None:
+            return "unreadable"
         if launcher_process(self.run_dir) is not None:
             return "running"
         return final_status(self.events) or ("failed" if self.events else "created")
@@ -142,14 +169,15 @@ class RunInfo:
     def summary(self) -> dict[str, Any]:
         """The run's row for `runs list`; a run dir whose files do not have the shapes chexui writes
         (hand-edited, foreign) gives a row saying so instead of breaking the whole listing."""
-        try:
-            return self._summary()
-        except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
-            return {"id": self.id, "path": clean(str(self.run_dir)), "status": "unreadable", "preset": None,
-                    "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_val_auc": None,
-                    "best_val_labels": None, "test_auc": None, "test_labels": None, "test_auc_ci": None,
-                    "duration_s": None, "started": None,
-                    "problem": f"events.jsonl: unexpected content ({type(e).__name__})"}
+        if self.problem is None:
+            try:
+                return self._summary()
+            except (AttributeError, TypeError, KeyError, ValueError, IndexError, OverflowError) as e:
+                self.problem = f"events.jsonl: unexpected content ({type(e).__name__})"
+        return {"id": self.id, "path": clean(str(self.run_dir)), "status": "unreadable", "preset": None,
+                "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_val_auc": None,
+                "best_val_labels": None, "test_auc": None, "test_labels": None, "test_auc_ci": None,
+                "duration_s": None, "started": None, "problem": clean(self.problem)}
 
     def _summary(self) -> dict[str, Any]:
         started = self.first("run_started") or {}
@@ -188,11 +216,28 @@ def exit_code(status: str, events: list[dict[str, Any]] = ()) -> int:
 
 
 def load_run(run_dir: Path) -> RunInfo:
-    return RunInfo(run_dir, read_events(run_dir / "events.jsonl"))
+    """A run's events; a run dir whose events cannot be read (not a regular file, too large) gives a
+    RunInfo with no events and the reason in `problem`, never an exception."""
+    try:
+        return RunInfo(run_dir, read_events(run_dir / "events.jsonl"))
+    except UserError as e:
+        return RunInfo(run_dir, [], problem=str(e))
 
 
 def list_runs(base: Path) -> list[RunInfo]:
+    """Every run dir of the runs dir (one with a config.toml); one that cannot be read is listed as
+    unreadable, and never keeps the others from being listed."""
     if not base.is_dir():
         return []
-    dirs = sorted(d for d in base.iterdir() if d.is_dir() and (d / "config.toml").is_file())
+    try:
+        dirs = sorted(d for d in base.iterdir() if _is_run_dir(d))
+    except OSError as e:
+        raise UserError(f"{base}: cannot list the runs dir ({e.strerror or e})") from None
     return [load_run(d) for d in dirs]
+
+
+def _is_run_dir(d: Path) -> bool:
+    try:
+        return d.is_dir() and (d / "config.toml").is_file()
+    except OSError:  # no permission to look inside: not one of this user's runs
+        return False

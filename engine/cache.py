@@ -3,7 +3,7 @@
 Layout in the cache dir (the user cache dir, or $CHEXUI_CACHE_DIR; datasets may be read-only):
   <key>/images_<size>.u8     N x size x size uint8, rows in CSV order
   <key>/images_<size>.json   {names, size, fingerprint}
-The fingerprint covers names, file sizes and mtimes; a change rebuilds the cache. It is taken before
+The fingerprint covers names, file sizes, mtimes, ctimes and inodes; a change rebuilds the cache. It is taken before
 decoding and again after: an image replaced while the cache is built fails the build (never a cache
 that claims to be current and holds the old pixels).
 """
@@ -38,7 +38,10 @@ def fingerprint(index: NIHIndex) -> str:
             st = os.stat(p)
         except OSError as e:
             raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # st_ctime_ns and st_ino too: a file rewritten in place with its mtime restored (`cp -p`,
+        # `touch -r`) or replaced by another (`rsync -a` renames a new file over it) keeps its size and
+        # mtime, but the kernel sets its ctime (no call can set it back) or gives it a new inode
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()
 
 

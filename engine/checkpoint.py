@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from engine.errors import StorageError
-from engine.fsutil import fsync_dir, remove_stale_temps, write_atomic
+from engine.fsutil import fsync_dir, open_regular, remove_stale_temps, write_atomic
 
 
 def save_atomic(obj: Any, path: str | Path, write: Callable[[Any, Any], None] = torch.save) -> None:
@@ -29,12 +29,16 @@ def save_atomic(obj: Any, path: str | Path, write: Callable[[Any, Any], None] = 
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """A checkpoint read with weights_only (no code from the file runs); damage is a StorageError."""
+    """A checkpoint read with weights_only (no code from the file runs), from a regular file only (a
+    FIFO or device in a run dir is refused, not waited on); damage is a StorageError."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StorageError(f"{path}: not found") from None
+    except StorageError:
+        raise
     except Exception as e:  # UnpicklingError (a forbidden global), RuntimeError (not a zip), EOFError ...
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise StorageError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
@@ -56,6 +60,12 @@ class RunCheckpoints:
         if best is not None:
             os.replace(self.best_next, self.best)
             fsync_dir(self.dir)
+
+    def amend_best(self, **parts: Any) -> None:
+        """Add parts to best.pt (what was chosen or calibrated for the best model at the end of a run);
+        nothing when the run has no best checkpoint."""
+        if self.best.is_file():
+            save_atomic({**load(self.best), **parts}, self.best)
 
     def recover(self, best_epoch: int) -> None:
         if not self.best_next.is_file():

@@ -30,6 +30,7 @@ class Field:
     min_exclusive: bool = False
     path_ok: bool = False  # a value outside `choices` is accepted as a file path
     sparsity_ok: bool = False  # a number from 0 to 0.99 is accepted besides `choices`
+    hint: str = ""  # said after "expected ..." when a value is refused (e.g. why an old value went)
 
     def describe(self) -> str:
         if self.choices:
@@ -121,13 +122,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "enabled": Field(False, bool),
         "scope": Field("conv", str, choices=("conv", "all")),
         "backend": Field("x86", str, choices=("x86",)),
-        # "pt2e": torchao's PT2E flow, int8 artifact a torch.export program (.pt2); "fx": torch.ao's FX
-        # graph mode (deprecated by torch), int8 artifact TorchScript (.pt)
-        "engine": Field("pt2e", str, choices=("pt2e", "fx")),
-        # after this many epochs the observers' ranges / the conv-BN modules' BatchNorm statistics stop
-        # updating (torchvision's QAT reference: 4 and 3); 0 = never (the study's TF-MOT)
+        # torchao's PT2E flow, int8 artifact a torch.export program (.pt2). ("fx", torch.ao's FX graph
+        # mode, was removed: deprecated by torch, and its TorchScript artifact a program file)
+        "engine": Field("pt2e", str, choices=("pt2e",), hint="the FX engine was removed: deprecated by torch, "
+                        "and its TorchScript artifact is a program file"),
+        # after this many epochs the observers' ranges stop updating (torchvision's QAT reference: 4);
+        # 0 = never (the study's TF-MOT)
         "freeze_observers_epoch": Field(0, int, min=0),
-        "freeze_bn_epoch": Field(0, int, min=0),
+        # BatchNorm freezing was FX-only; PT2E has none: 0 is the one value (kept so old configs load)
+        "freeze_bn_epoch": Field(0, int, min=0, max=0, hint="BatchNorm freezing was the FX engine's, removed "
+                                 "with it; PT2E QAT has none"),
     },
     "eval": {
         # patient-bootstrap 95 % confidence intervals of every test AUROC; 0 resamples = none
@@ -173,6 +177,15 @@ def _unknown(key: str, allowed: list[str], what: str, source: str) -> ConfigErro
 
 
 def _check_value(qualified: str, field: Field, value: Any, source: str) -> Any:
+    try:
+        return _check_one(qualified, field, value, source)
+    except ConfigError as e:
+        if field.hint:
+            raise ConfigError(f"{e} ({field.hint})") from None
+        raise
+
+
+def _check_one(qualified: str, field: Field, value: Any, source: str) -> Any:
     kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
@@ -239,9 +252,6 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
         raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
                           f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)")
     q = cfg["quantize"]
-    if q["enabled"] and q["engine"] == "pt2e" and q["freeze_bn_epoch"]:
-        raise ConfigError(f"{source}: key 'quantize.freeze_bn_epoch' = {q['freeze_bn_epoch']}: PT2E has no BatchNorm "
-                          "freezing; use 0, or quantize.engine = \"fx\"")
     c = cfg["compress"]
     if cfg["train"]["epochs"] == 0 and not c["parent"]:
         raise ConfigError(f"{source}: key 'train.epochs' = 0: expected at least 1 (0 is for `chexui compress` "
@@ -279,6 +289,8 @@ def parse_set(item: str) -> dict[str, Any]:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # bare words such as resnet50 or a path
+    except RecursionError:
+        raise ConfigError(f"--set {key}=...: the value is nested too deeply") from None
     parts = key.split(".")
     if len(parts) == 1 and key in TOP_LEVEL:
         return {key: value}
@@ -313,16 +325,29 @@ def apply_sets(cfg: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return cfg
 
 
+MAX_TOML = 1 << 20  # bytes of a preset or run config: far above any real one
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file (a preset, sweep or run config), which may come from anyone: a regular file (a FIFO
+    would hang the reader) of at most MAX_TOML bytes; every problem a ConfigError naming the file."""
+    import os
+    import stat
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{path}: not a regular file")
+            if st.st_size > MAX_TOML:
+                raise ConfigError(f"{path}: {st.st_size:,} bytes; a config file has at most {MAX_TOML:,}")
+            return tomllib.loads(f.read(MAX_TOML + 1).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    except RecursionError:
+    except (RecursionError, MemoryError):
         raise ConfigError(f"{path}: nested too deeply to be a preset") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
@@ -333,7 +358,8 @@ def dumps(cfg: dict[str, Any]) -> str:
 
 
 def save(cfg: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(dumps(cfg))
+    from engine.fsutil import write_atomic  # (a link planted at the path is replaced, not followed)
+    write_atomic(path, dumps(cfg))
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

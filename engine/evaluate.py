@@ -61,11 +61,7 @@ def auroc_from_logits(y: np.ndarray, logits: np.ndarray) -> tuple[dict, float | 
 
 
 def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
-    for name in ("best.pt", "last.pt"):
-        p = run_dir / "checkpoints" / name
-        if p.is_file():
-            return p, checkpoint.load(p)
-    raise UserError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt (has the run trained an epoch?)")
+    return export.best_checkpoint(run_dir)
 
 
 def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
@@ -75,36 +71,30 @@ def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[str, nn.Module]]:
-    """What the run ships, each with a description: a QAT run's int8 artifact (when exported, loaded
-    only if its sha256 matches the export's record) and its fake-quantized best model; a post-training
-    int8 run's int8 artifact and the float model it was quantized from; any other run's best fp32
-    model. A QAT run's float weights alone are not a model it ships."""
+    """What the run ships, each with a description: a QAT run's int8 model (the program its int8
+    artifact holds, from the record kept in the best checkpoint) and its fake-quantized best model; a post-training
+    int8 run's int8 model and the float model it was quantized from; any other run's best fp32 model.
+    A QAT run's float weights alone are not a model it ships."""
     path, ck = _checkpoint(run_dir)
-    model = export.build_float(cfg["model"]["arch"], ck["model"])
     rel = path.relative_to(run_dir)
     q = cfg["quantize"]
     if not q["enabled"] and not cfg["compress"]["ptq"]:
-        return [(f"fp32 model of {rel}", model)]
+        return [(f"fp32 model of {rel}", export.build_float(cfg["model"]["arch"], ck["model"]))]
     out = []
+    qat = qat_model(cfg, ck) if q["enabled"] else None
     int8 = export.recorded(run_dir).get(export.INT8)
     if int8 is not None:
-        out.append((f"int8 artifact {int8['path']} (sha256 checked)", export.load_model(run_dir, int8, trust)))
-    if not q["enabled"]:  # post-training int8
-        return out + [(f"fp32 model of {rel} (before post-training quantization)", model)]
-    out.append((f"QAT fake-quantized model of {rel}", qat_model(cfg, ck, model)))
+        export.verified_path(run_dir, int8, trust)  # (the exported file is there and unchanged)
+        out.append((f"int8 artifact {int8['path']} (its graph, as kept in {rel})",
+                    export.int8_model(run_dir, cfg, ck, qat)))
+    if qat is None:  # post-training int8
+        return out + [(f"fp32 model of {rel} (before post-training quantization)",
+                       export.build_float(cfg["model"]["arch"], ck["model"]))]
+    out.append((f"QAT fake-quantized model of {rel}", qat))
     return out
 
 
-def qat_model(cfg: dict, ck: dict, model: nn.Module | None = None) -> nn.Module:
-    """A QAT run's fake-quantized model from its checkpoint `ck` (in eval mode, observers frozen): the
-    int8 artifact's differentiable twin."""
-    from engine import quant
-    model = model or export.build_float(cfg["model"]["arch"], ck["model"])
-    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
-    qat.load_state_dict(ck["qat"])
-    quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
-    qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)
-    return qat
+qat_model = export.qat_model  # (explain builds the twin through the same function)
 
 
 def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool = False) -> dict:

@@ -56,14 +56,85 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# Nested shapes of the fields readers look into (a run dir may come from anyone: a shape chexui does not
+# write must not reach a reader). A shape is a tuple of types, or one of:
+#   ("map", SHAPE)            {str: SHAPE}            ("list", SHAPE)   [SHAPE, ...]
+#   ("record", {k: SHAPE}, REQUIRED)  a dict whose listed keys (the REQUIRED ones present) have shapes
+#   ("or_none", SHAPE)        SHAPE or null
+_STR, _INT, _DICT = (str,), (int,), (dict,)
+_PAIR = ("or_none", ("list", _NUM))  # a confidence interval [lo, hi]
+_AT_THRESHOLD = ("map", ("or_none", ("record", {"threshold": _OPT_NUM, "sensitivity": _OPT_NUM,
+                                                "specificity": _OPT_NUM, "ppv": _OPT_NUM, "npv": _OPT_NUM,
+                                                "f1": _OPT_NUM, **{f"{m}_ci": _PAIR for m in (
+                                                    "sensitivity", "specificity", "ppv", "npv", "f1")}}, ())))
+SHAPES: dict[str, Any] = {
+    "config": ("record", {"name": _STR, "description": _STR, "sweep": _STR}, ()),  # + sections: _config_shape
+    "dataset": ("record", {"root": _STR, "n_train": _INT, "n_val": _INT, "n_test": _INT, "n_patients": _INT,
+                           "split_sha256": _STR, "label_counts": ("map", _NUM)},
+                ("root", "n_train", "n_val", "n_test", "n_patients")),
+    "parent": ("record", {"run_id": _STR, "path": _STR, "best_sha256": _STR, "best_epoch": (int, type(None)),
+                          "total_time_s": _OPT_NUM, "train_time_s": _OPT_NUM, "test_auc_mean": _OPT_NUM}, ()),
+    "val_auc": ("map", _OPT_NUM), "auc": ("map", _OPT_NUM), "thresholds": ("map", _OPT_NUM),
+    "temperatures": ("map", _OPT_NUM), "auc_ci": ("map", _PAIR), "auc_mean_ci": _PAIR,
+    "memory_mb": ("list", _NUM), "compile_s": _NUM, "n_labels_defined": _INT, "test_n_labels_defined": _INT,
+    "artifacts": ("list", ("record", {"kind": _STR, "path": _STR, "bytes": _INT, "gzip_bytes": _INT, "sha256": _STR},
+                           ("kind", "path", "bytes"))),
+    "bootstrap": ("record", {"resamples": _INT, "seed": _INT, "unit": _STR}, ("resamples", "seed", "unit")),
+    "at_threshold": _AT_THRESHOLD, "operating_point": _STR, "predictions": _STR, "ece": ("map", _OPT_NUM),
+    "world_size": _INT, "code": _INT,
+}
+
+
+def fits(value: Any, shape: Any) -> bool:
+    """Whether a JSON value has `shape` (see SHAPES)."""
+    if isinstance(shape, tuple) and shape and isinstance(shape[0], type):
+        return isinstance(value, shape) and not (isinstance(value, bool) and bool not in shape)
+    kind = shape[0]
+    if kind == "or_none":
+        return value is None or fits(value, shape[1])
+    if kind == "map":
+        return isinstance(value, dict) and all(fits(v, shape[1]) for v in value.values())
+    if kind == "list":
+        return isinstance(value, list) and all(fits(v, shape[1]) for v in value)
+    fields, required = shape[1], shape[2]  # "record"
+    return (isinstance(value, dict) and all(k in value for k in required)
+            and all(fits(value[k], s) for k, s in fields.items() if k in value))
+
+
+def _config_fits(cfg: dict) -> bool:
+    """A run config as events carry it: each known section a table, each known key of the schema's type
+    (values are not range-checked here: an old run's config stays readable)."""
+    from engine.config import SCHEMA
+    for section, fields in SCHEMA.items():
+        if section not in cfg:
+            continue
+        if not isinstance(cfg[section], dict):
+            return False
+        for key, field in fields.items():
+            kinds = field.kind if isinstance(field.kind, tuple) else (field.kind,)
+            if key in cfg[section] and not fits(cfg[section][key], tuple(kinds)):
+                return False
+    return True
+
+
 def well_formed(ev: Any) -> bool:
-    """A dict with a string type; a known type carries its required fields with the right types."""
+    """A dict with a string type; a known type carries its required fields with the right types, and
+    every field readers look into has the nested shape chexui writes (an ill-shaped optional field is
+    dropped by `parse_lines`)."""
     if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
         return False
     for name in EVENT_FIELDS.get(ev["type"], ()) + ("ts",):
-        if name not in ev or not isinstance(ev[name], FIELD_TYPES.get(name, (object,))):
+        if name not in ev or not isinstance(ev[name], FIELD_TYPES.get(name, (object,))) \
+                or isinstance(ev[name], bool) and bool not in FIELD_TYPES.get(name, (object,)):
             return False
-    return True
+        if name in SHAPES and not fits(ev[name], SHAPES[name]):
+            return False
+    return not isinstance(ev.get("config"), dict) or _config_fits(ev["config"])
+
+
+def _without_ill_shaped(ev: dict[str, Any]) -> dict[str, Any]:
+    required = EVENT_FIELDS.get(ev["type"], ())
+    return {k: v for k, v in ev.items() if k in required or k not in SHAPES or fits(v, SHAPES[k])}
 
 
 def make(type_: str, **fields: Any) -> dict[str, Any]:
@@ -80,13 +151,13 @@ class EventWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        from engine.fsutil import open_append
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
-        if self._f.tell() > 0:  # a writer killed mid-line left a partial line: end it
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    self._f.write("\n")
+        self._f = open_append(self.path)  # (never through a link planted at the path)
+        end = os.fstat(self._f.fileno()).st_size
+        if end > 0:  # a writer killed mid-line left a partial line: end it
+            if os.pread(self._f.fileno(), 1, end - 1) != b"\n":
+                self._f.write("\n")
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make(type_, **fields)
@@ -108,55 +179,89 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+# Bounds on what a reader takes from a run dir: one line, the nesting of one event, one file
+MAX_LINE = 1 << 20
+MAX_DEPTH = 32
+MAX_FILE = 256 << 20
+
+
+def _depth_at_most(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return True
+
+
+def _not_finite(name: str) -> None:
+    return None  # NaN / Infinity in a line read as null: readers and --json output see valid JSON values
+
+
 def parse_lines(text: str) -> tuple[list[dict[str, Any]], str]:
-    """Complete lines -> events; returns (events, unfinished tail). Malformed or ill-shaped lines are
-    skipped; every string is stripped of control characters (events reach terminals)."""
+    """Complete lines -> events; returns (events, unfinished tail). Malformed, overlong, too deeply
+    nested or ill-shaped lines are skipped, NaN and Infinity read as null, and every string is stripped
+    of control characters (events reach terminals)."""
     lines = text.split("\n")
     tail = lines.pop()  # "" when text ends with a newline, else a partial line still being written
     events = []
     for line in lines:
         line = line.strip()
-        if not line:
+        if not line or len(line) > MAX_LINE:
             continue
         try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
+            ev = json.loads(line, parse_constant=_not_finite)
+        except (ValueError, RecursionError):
             continue
-        if well_formed(ev):
-            events.append(clean_obj(ev))
+        if _depth_at_most(ev, MAX_DEPTH) and well_formed(ev):
+            events.append(clean_obj(_without_ill_shaped(ev)))
     return events, tail
 
 
 def read_events(path: str | Path, start: int = 0) -> list[dict[str, Any]]:
     """All complete events of a file from byte offset `start` (a partial last line is ignored); [] when
-    missing."""
+    missing. A link, FIFO, device or a file over MAX_FILE bytes is a StorageError naming it."""
+    from engine.fsutil import open_regular
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, MAX_FILE) as f:
             f.seek(start)
             text = f.read().decode("utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         return []
     return parse_lines(text)[0]
 
 
 class FileTail:
     """Incremental reader of an appended text file: `lines()` returns the complete lines written since
-    the last call (a partial last line waits for its newline)."""
+    the last call (a partial last line waits for its newline). A file that is not a regular file gives
+    nothing (`problem` says why); at most MAX_LINE bytes of a line without its newline are kept."""
+
+    CHUNK = 8 << 20  # bytes read per call at most: a huge file is followed a chunk at a time
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._offset = 0
         self._tail = ""
+        self.problem: str | None = None
 
     def lines(self) -> list[str]:
+        from engine.errors import StorageError
+        from engine.fsutil import open_regular
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 f.seek(self._offset)
-                chunk = f.read()
+                chunk = f.read(self.CHUNK)
         except FileNotFoundError:
+            return []
+        except StorageError as e:
+            self.problem = str(e)
             return []
         self._offset += len(chunk)
         *complete, self._tail = (self._tail + chunk.decode("utf-8", errors="replace")).split("\n")
+        if len(self._tail) > MAX_LINE:
+            self._tail = ""
         return complete
 
 

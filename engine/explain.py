@@ -209,8 +209,9 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
 
     from engine import config, images
     from engine.evaluate import load_best, probabilities
+    from engine.fsutil import OutputDir
     from engine.labels import LABELS
-    from engine.sanitize import clean
+    from engine.sanitize import for_matplotlib
 
     run_dir, out = Path(run_dir), Path(out)
     cfg = config.load_run_config(run_dir / "config.toml")
@@ -222,9 +223,13 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
     if parent is not None:  # the uncompressed model comes first: what the others are compared with
         named = {f"baseline {Path(parent).name}": load_best(Path(parent))[0], **named}
     kinds = list(named)
-    out.mkdir(parents=True, exist_ok=True)
+    files = images.find(paths)
+    stems = output_stems(files)
+    # never through a planted link (RUN itself included when writing RUN/explain), never over a file
+    # chexui did not write
+    writer = OutputDir(out, below=run_dir.parent if out == run_dir / "explain" else None)
     records, skipped = [], []
-    for path in images.find(paths):
+    for path, stem in zip(files, stems):
         try:
             pixels = images.load(path, size)
         except DataError as e:
@@ -235,7 +240,6 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
             probs = {k: probabilities(m(x).detach().numpy())[0] for k, m in named.items()}
         labels = choose_labels(label_spec, probs[kinds[0]])
         maps = {k: gradcam(m, x, labels, layer) for k, m in named.items()}
-        stem = clean(path.stem)[:80]
         fig, axes = plt.subplots(len(labels), len(kinds), figsize=(3 * len(kinds), 3 * len(labels)), squeeze=False)
         for r, j in enumerate(labels):
             for c, k in enumerate(kinds):
@@ -247,18 +251,42 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
                 ax.imshow(pixels, cmap="gray")
                 ax.imshow(maps[k][r], cmap="jet", alpha=0.4)
                 extra = f"\nr={rec['pearson']:.2f} IoU={rec['top_iou']:.2f}" if c > 0 and rec["pearson"] is not None else ""
-                ax.set_title(f"{LABELS[j]} p={probs[k][j]:.2f} ({k.split(' ')[0] if parent and c == 0 else k}){extra}",
-                             fontsize=7)
+                ax.set_title(for_matplotlib(f"{LABELS[j]} p={probs[k][j]:.2f} "
+                                                  f"({k.split(' ')[0] if parent and c == 0 else k}){extra}"), fontsize=7)
                 ax.axis("off")
-                plt.imsave(out / f"{stem}-{k.split(' ')[0]}-{LABELS[j]}.png", _overlay(pixels, maps[k][r]))
-        fig.suptitle(clean(f"{path.name}: {run_dir.name}" + (f" vs baseline {Path(parent).name}" if parent else "")),
+                writer.write(f"{stem}-{k.split(' ')[0]}-{LABELS[j]}.png", _png(plt.imsave, _overlay(pixels, maps[k][r])))
+        fig.suptitle(for_matplotlib(f"{path.name}: {run_dir.name}" + (f" vs baseline {Path(parent).name}" if parent else "")),
                      fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / f"{stem}-compare.png", dpi=100)
+        writer.write(f"{stem}-compare.png", _png(fig.savefig, dpi=100))
         plt.close(fig)
     res = {"run": run_dir.name, "artifacts": kinds, "layer": layer, "records": records, "skipped": skipped}
-    (out / "agreement.json").write_text(json.dumps(res, indent=1))
+    writer.write("agreement.json", json.dumps(res, indent=1))
+    writer.close()
     return {**res, "out": str(out)}
+
+
+def _png(save, *args, **kwargs) -> bytes:
+    """What matplotlib's `save(file, ...)` (imsave, savefig) writes, as bytes."""
+    import io
+    buf = io.BytesIO()
+    save(buf, *args, format="png", **kwargs)
+    return buf.getvalue()
+
+
+def output_stems(files: list[Path]) -> list[str]:
+    """A file-name stem per input image, unique among them: its own stem (control characters out, 80
+    characters at most), with a short hash of its full path when two inputs share a stem (a/x.png and
+    b/x.png must not become one figure)."""
+    import hashlib
+    from collections import Counter
+
+    from engine.sanitize import clean
+    base = [(clean(f.stem).replace("/", "_").lstrip(".") or "image")[:80] for f in files]
+    seen = Counter(base)
+    return [b if seen[b] == 1 else f"{b}-{hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:8]}"
+            for b, f in zip(base, files)]
+
 
 
 def _as_input(pixels: np.ndarray) -> torch.Tensor:

@@ -3,13 +3,21 @@
 - `model_fp32.pt`   the float model: {"format", "arch", "image_size", "model": state_dict}
 - `model_sparse.pt` (pruned runs) the same weights with every tensor that has zeros stored as a packed
                     bit mask plus its nonzero values, only where that is smaller than the dense tensor
-- `model_int8.pt2`  (QAT and PTQ runs) the converted int8 model as a `torch.export` program: torch alone
-                    loads it (`quantize.engine = "fx"`: `model_int8.pt`, TorchScript)
+- `model_int8.pt2`  (QAT and PTQ runs) the converted int8 model as a `torch.export` program, for users to
+                    deploy: torch alone loads it. chexui never loads it (a program file can run code):
+                    it runs the same graph from the data record kept in best.pt (`int8_model`)
 - `model_fp32.onnx`, `model_int8.onnx` (`export.onnx`, with the `chexui[onnx]` extra) the same models as
                     ONNX, the int8 one in QDQ form (`engine.onnx_export`): onnxruntime alone runs them
 
 The fp32 and sparse files are plain torch.save dicts of tensors, strings and ints (weights_only loads).
 Each artifact is reported with its file bytes and its gzip bytes (the study compared compressed storage).
+
+Loading back (`load_model`) treats a run dir as untrusted: an artifact is read only from the run's
+export/ dir, as a regular file, after its sha256 check against the `exported` event (which catches a
+changed file, not an attacker: the event is in the same dir, so `--trust` may skip it); the fp32 and
+sparse files with `torch.load(weights_only=True)`, the ONNX files in onnxruntime from their bytes
+(self-contained only: a tensor kept in another file is refused), and the int8 model from the graph
+record in the run's best checkpoint (data: only tensor operations admitted), never from the .pt2.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32"
 FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2",
          ONNX_FP32: "model_fp32.onnx", ONNX_INT8: "model_int8.onnx"}
 CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)  # x86 int8 kernels / onnxruntime's CPU provider
-INT8_FX = "model_int8.pt"  # quantize.engine = "fx": TorchScript
 OPERATING_FILE = "chexui_operating_points.json"  # a .pt2 extra file and an ONNX metadata key
 
 
@@ -86,12 +93,13 @@ def recorded(run_dir: Path) -> dict[str, dict]:
 
 
 def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
-    """The artifact's file, only if it lies in the run's export/ dir and is the very file the engine
-    wrote (its sha256 as recorded in the `exported` event). An int8 TorchScript file is a program:
-    a planted one would run with the user's rights. `trust` skips the hash (a file the user vouches for)."""
+    """The artifact's file, only if it lies in the run's export/ dir, is a regular file and has the
+    sha256 recorded in the `exported` event. The hash catches a file changed or replaced since export;
+    it proves nothing against someone who wrote the run dir (they wrote the event too), so nothing
+    loaded here can run code whatever the hash: `trust` skips the hash and nothing else."""
     export_dir = (run_dir / "export").resolve()
     path = (run_dir / str(art.get("path", ""))).resolve()
-    if not path.is_relative_to(export_dir) or art.get("kind") not in FILES:
+    if not path.is_relative_to(export_dir) or art.get("kind") not in FILES or path.name != FILES[art["kind"]]:
         raise StorageError(f"{run_dir / 'events.jsonl'}: artifact path {art.get('path')!r} is not a file of "
                            f"{export_dir}; refusing to load it")
     if not path.is_file():
@@ -125,13 +133,9 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
     program = None
     if int8_model is not None:
         from engine import quant
-        if quant.is_pt2e_int8(int8_model):
-            program = quant.program(int8_model, image_size)
-            quant.save_int8(program, image_size, out / FILES[INT8], extra)
-            written.append((INT8, out / FILES[INT8]))
-        else:
-            quant.save_int8(int8_model, image_size, out / INT8_FX)
-            written.append((INT8, out / INT8_FX))
+        program = quant.program(int8_model, image_size)
+        quant.save_int8(program, image_size, out / FILES[INT8], extra)
+        written.append((INT8, out / FILES[INT8]))
     if onnx:
         from engine import onnx_export
         if onnx_export.missing():
@@ -142,8 +146,6 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
             if program is not None:
                 onnx_export.save(program, image_size, out / FILES[ONNX_INT8], extra)
                 written.append((ONNX_INT8, out / FILES[ONNX_INT8]))
-            elif int8_model is not None:
-                log("ONNX int8 skipped: only PT2E int8 models export to ONNX (quantize.engine = \"pt2e\")")
     # gzip sizes and hashes on two threads (zlib and hashlib release the GIL): a ResNet50's five files
     # are about 300 MB to compress
     from concurrent.futures import ThreadPoolExecutor
@@ -151,22 +153,76 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
         return list(pool.map(lambda kp: artifact(kp[0], kp[1], run_dir), written))
 
 
-def build_float(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
+def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool = False) -> nn.Module:
+    """The float model of a state dict (eval mode); `channels_last`: in the memory layout a run with
+    train.channels_last trained and evaluated it in."""
     from engine.models import build_model
     model = build_model(arch, "none")
     model.load_state_dict(state)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model.eval()
 
 
-def load_model(run_dir: Path, art: dict, trust: bool = False) -> nn.Module:
-    """An artifact as a module ready for inference (int8 and ONNX on the CPU only), after
-    `verified_path`'s checks."""
+def best_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """The run's best checkpoint (its last when it has no best yet), read with weights_only."""
+    for name in ("best.pt", "last.pt"):
+        p = run_dir / "checkpoints" / name
+        if p.is_file():
+            return p, checkpoint.load(p)
+    raise StorageError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt (has the run trained an epoch?)")
+
+
+def qat_model(cfg: dict, ck: dict, model: nn.Module | None = None) -> nn.Module:
+    """A QAT run's fake-quantized model from its checkpoint `ck` (eval mode, observers frozen), in the
+    run's memory layout: the int8 model's differentiable twin, and what `int8_model` converts."""
+    from engine import quant
+    model = model or build_float(cfg["model"]["arch"], ck["model"], cfg["train"]["channels_last"])
+    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
+    qat.load_state_dict(ck["qat"])
+    quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
+    qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)
+    return qat
+
+
+def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module | None = None) -> nn.Module:
+    """The run's int8 model: the converted graph kept as data in its best checkpoint (`int8_graph`,
+    written with the int8 artifact; `quant.from_graph_record` admits only tensor operations), i.e. the
+    graph `model_int8.pt2` holds, with the same outputs. A QAT run from before chexui kept the record:
+    its fake-quantized model converted again (seconds to a minute). `qat`: that model when the caller has
+    built it already. Nothing read from the run dir is run."""
+    from engine import quant
+    path = run_dir / "checkpoints" / "best.pt"
+    if ck is None:
+        path, ck = best_checkpoint(run_dir)
+    if "int8_graph" in ck:
+        try:
+            return quant.from_graph_record(ck["int8_graph"])
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise StorageError(f"{path}: its int8 graph is not one chexui wrote ({str(e)[:160]}); refusing to "
+                               "run it") from None
+    if cfg["quantize"]["enabled"]:
+        return quant.Program(quant.convert(qat if qat is not None else qat_model(cfg, ck)))
+    if cfg["compress"]["ptq"]:
+        raise StorageError(f"{path}: no int8 graph (a post-training int8 run made before chexui kept it): its int8 "
+                           "model cannot be rebuilt; use --artifact onnx_int8, or compress the parent again")
+    raise StorageError(f"run {run_dir.name} is neither a QAT nor a post-training int8 run: it has no int8 model")
+
+
+def load_model(run_dir: Path, art: dict, trust: bool = False, cfg: dict | None = None) -> nn.Module:
+    """An artifact as a module ready for inference (int8 and ONNX on the CPU only): the fp32/sparse
+    files with weights_only, the ONNX files from their checked bytes in onnxruntime, and the int8 kind
+    from the graph record in the best checkpoint (`int8_model`); `verified_path`'s checks first."""
     path = verified_path(run_dir, art, trust)
     if art["kind"] == INT8:
-        from engine import quant
-        return quant.load_int8(path)
+        from engine import config
+        return int8_model(run_dir, cfg or config.load_run_config(run_dir / "config.toml"))
     if art["kind"] in (ONNX_FP32, ONNX_INT8):
         from engine import onnx_export
         return onnx_export.Session(path)
     saved = checkpoint.load(path)
-    return build_float(saved["arch"], saved["model"] if art["kind"] == FP32 else from_sparse(saved))
+    try:
+        return build_float(str(saved["arch"]), saved["model"] if art["kind"] == FP32 else from_sparse(saved))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a file of another shape than chexui writes
+        raise StorageError(f"{path}: not a model file chexui wrote ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None

@@ -1,6 +1,7 @@
 """Inference benchmark of a run's exported models (`chexui bench RUN`).
 
-For each artifact of the run's `exported` event: file and gzip bytes, the test AUROC the engine measured
+For each artifact of the run's `exported` event (the int8 one as its graph kept in the run's best
+checkpoint: chexui never loads a .pt2 from a run dir): file and gzip bytes, the test AUROC the engine measured
 for that very artifact, CPU latency at batch 1 (median) and throughput at batch 32 at the run's image
 size, and on the GPU when there is one fp32 and bf16 latency at batch 1 and throughput at batch 256 (the
 int8 model uses x86 CPU kernels only, the ONNX files run in onnxruntime on the CPU). Inputs are
@@ -10,6 +11,7 @@ save storage, not time) - measuring it says so.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import statistics
@@ -106,7 +108,8 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
     the fp32 and PT2E int8 ones compiled too, and the ONNX files in OpenVINO when it is installed;
     `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline: compiled
     PyTorch, onnxruntime or OpenVINO)."""
-    from engine import onnx_export
+    from engine import config, onnx_export
+    cfg = config.load_run_config(run_dir / "config.toml")
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
@@ -116,7 +119,7 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
             skipped.append(f"{a['path']}: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
             continue
         ev = next((evals[s] for s in ARTIFACT_SPLITS.get(a["kind"], ()) if s in evals), None)
-        model = export.load_model(run_dir, a, trust)
+        model = export.load_model(run_dir, a, trust, cfg)
         base = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
                 "test_auc_mean": ev["auc_mean"] if ev else None}
         row = {**base, "runtime": RUNTIMES.get(a["kind"], "eager"), "cpu": measure(model, image_size, torch.device("cpu"))}
@@ -125,11 +128,10 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
         if gpu is not None and cpu_only:
             skipped.append(f"{a['path']} on the GPU: {a['kind']} runs on x86 CPU kernels only")
         rows.append(row)
-        pt2 = a["kind"] == export.INT8 and str(a["path"]).endswith(".pt2")
-        if compile and (a["kind"] == export.FP32 or pt2):
-            model = export.load_model(run_dir, a, trust)
+        if compile and a["kind"] in (export.FP32, export.INT8):
+            model = copy.deepcopy(model)  # (the int8 model is rebuilt once: converting takes seconds)
             rows.append({**base, "runtime": "compiled", "gpu": None,
-                         "cpu": measure(compiled(model, pt2), image_size, torch.device("cpu"))})
+                         "cpu": measure(compiled(model, a["kind"] == export.INT8), image_size, torch.device("cpu"))})
         if a["kind"] in RUNTIMES and onnx_export.has_openvino():
             model = onnx_export.OpenVINO(export.verified_path(run_dir, a, trust))
             # (no test AUROC: the run evaluated the file in onnxruntime, and OpenVINO's int8 kernels round

@@ -67,14 +67,69 @@ class _Runtime(nn.Module):
         raise NotImplementedError
 
 
+def self_contained(path) -> bytes:
+    """The bytes of an ONNX file from a run dir, checked to be a model with every tensor inside it (the
+    files chexui writes): a tensor whose data lives in another file ("external data", a path the file
+    names) is refused, so no runtime reads files the model points at. The file is parsed as protobuf
+    (data) by onnx and handed to the runtime as these very bytes: nothing re-reads the path."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from engine.errors import StorageError
+    from engine.fsutil import read_regular
+    data = read_regular(path)
+    try:
+        model = onnx.load_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise StorageError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    outside = next((t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL), None)
+    if outside is not None:
+        raise StorageError(f"{path}: tensor {outside!r} keeps its data in another file; chexui runs only "
+                           "self-contained ONNX files (as it writes them)")
+    return data
+
+
+def _tensors(model):
+    """Every tensor of an ONNX model: initializers and constant attributes, in subgraphs and functions too."""
+    def graph(g):
+        yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield sp.values
+            yield sp.indices
+        for node in g.node:
+            yield from nodes(node)
+
+    def nodes(node):
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from graph(a.g)
+            for sub in a.graphs:
+                yield from graph(sub)
+
+    yield from graph(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            yield from nodes(node)
+
+
 class Session(_Runtime):
-    """An onnxruntime CPU session. An ONNX file is data (a protobuf graph of standard ops), but chexui
-    still opens one only after its sha256 check (`export.load_model`)."""
+    """An onnxruntime CPU session of a self-contained ONNX file (`self_contained`), after its sha256
+    check (`export.load_model`)."""
 
     def __init__(self, path):
         super().__init__()
         import onnxruntime as ort
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+        from engine.errors import StorageError
+        data = self_contained(path)
+        try:
+            self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own error types (Fail, InvalidGraph, ...)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise StorageError(f"{path}: onnxruntime cannot load it ({reason})") from None
         self.input = self.session.get_inputs()[0].name
 
     def run(self, feed: np.ndarray) -> np.ndarray:
@@ -88,8 +143,14 @@ class OpenVINO(_Runtime):
 
     def __init__(self, path):
         super().__init__()
+        import tempfile
+
         import openvino as ov
-        self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        with tempfile.TemporaryDirectory() as tmp:  # the checked bytes, in a directory of their own
+            model = f"{tmp}/model.onnx"
+            with open(model, "wb") as f:
+                f.write(self_contained(path))
+            self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def run(self, feed: np.ndarray) -> np.ndarray:
         return self.compiled(feed)[0]

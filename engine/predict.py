@@ -1,7 +1,7 @@
 """`chexui predict`: the 14 probabilities of a trained run's model for image files (PNG, JPEG, DICOM).
 
-The model is what the run ships (`evaluate.shipped_models`: a QAT/PTQ run's int8 artifact, else its
-best fp32 model) or the exported artifact named by `--artifact`; images go through the training
+The model is what the run ships (`evaluate.shipped_models`: a QAT/PTQ run's int8 model, from the graph
+kept in its checkpoint, else its best fp32 model) or the exported artifact named by `--artifact`; images go through the training
 path's decode (`engine.images.load` -> `nih.resized`) and normalisation (`data.to_input`), in batches.
 """
 
@@ -24,10 +24,12 @@ def model_for(run_dir: Path, cfg: dict, artifact: str | None, trust: bool = Fals
     if artifact is None:
         if export.INT8 not in arts or not (cfg["quantize"]["enabled"] or cfg["compress"]["ptq"]):
             return shipped_models(run_dir, cfg, trust)[0]
-        artifact = export.INT8  # what a QAT/PTQ run ships (without building its QAT twin, as eval does)
+        artifact = export.INT8  # what a QAT/PTQ run ships (without its QAT twin, which eval adds)
     if artifact not in arts:
         raise UserError(f"--artifact {artifact}: run {run_dir.name} exported {', '.join(arts) or 'nothing'}")
-    return f"{artifact} artifact {arts[artifact]['path']} (sha256 checked)", export.load_model(run_dir, arts[artifact], trust)
+    how = "its graph, as kept in checkpoints/best.pt" if artifact == export.INT8 else \
+        "sha256 checked" if not trust else "sha256 not checked: --trust"
+    return f"{artifact} artifact {arts[artifact]['path']} ({how})", export.load_model(run_dir, arts[artifact], trust, cfg)
 
 
 @torch.no_grad()

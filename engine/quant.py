@@ -1,25 +1,25 @@
-"""Quantization-aware training and the int8 conversion: torchao's PT2E flow (default) or torch.ao's FX
-graph mode (`quantize.engine = "fx"`, deprecated by torch, kept for one release).
+"""Quantization-aware training and the int8 conversion (torchao's PT2E flow), post-training static
+quantization, and the int8 artifact.
 
-PT2E (`quantize.engine = "pt2e"`): the float model is captured with `torch.export` (strict: torchvision's
-ResNets reuse one ReLU module, which non-strict capture cannot annotate), `X86InductorQuantizer` annotates
-it (`scope = "conv"`: conv layers, fused with their BatchNorm/ReLU; `"all"`: every supported op but the
-14-logit classifier), and `prepare_qat_pt2e` inserts fake quantization: int8 weights per channel,
-uint8 activations (8 bits; FX's x86 settings use 7). `convert_pt2e` folds BatchNorm and quantizes the
-weights; the int8 artifact is that graph as a `torch.export` program (`.pt2`: int8 weight tensors, torch's
-quantize/dequantize ops, tensors stored as raw bytes), which loads with `torch.export.load` alone, no chexui
-code; chexui loads one only after its sha256 check and `check_program_archive`.
+The float model is captured with `torch.export` (strict: torchvision's ResNets reuse one ReLU module,
+which non-strict capture cannot annotate), `X86InductorQuantizer` annotates it (`scope = "conv"`: conv
+layers, fused with their BatchNorm/ReLU; `"all"`: every supported op but the 14-logit classifier), and
+`prepare_qat_pt2e` inserts fake quantization: int8 weights per channel, uint8 activations. The prepared
+module shares every parameter with the float model it was made from, so the float model's state_dict
+(checkpoints, the fp32 artifact) always holds the QAT-trained weights, and the pruner's in-place masks
+act on the weights QAT sees. `convert_pt2e` folds BatchNorm and quantizes the weights.
 
-FX (`"fx"`): `prepare` traces the float model and inserts fake-quant observers: `scope = "conv"` quantizes conv
-layers only (with their fused BatchNorm/ReLU), `"all"` every layer the x86 backend supports (conv,
-add, pooling, BatchNorm, ...) but the final classifier, whose logits stay float. Where BatchNorm
-follows a conv (ResNet) the QAT conv-bn module simulates the folding during training and folds it at
-conversion; DenseNet's BN-ReLU-conv order leaves its BatchNorms standalone (quantized BatchNorm with
-"all", float with "conv").
+The int8 artifact (`model_int8.pt2`) is that graph as a `torch.export` program for users to deploy.
+chexui itself never loads a `.pt2` (nor any other program file) from a run dir: `torch.export.load`
+evaluates strings of the archive's graph (`sympy.sympify` on shape expressions, attribute look-ups on
+the torch module for operator names) and unpickles some entries, so a planted archive runs code however
+its entries are checked. The same graph is also kept as data in the run's best checkpoint
+(`graph_record`: its nodes as JSON, its tensors as tensors, read with weights_only), and chexui runs the
+int8 model from that record (`from_graph_record`), which admits only the tensor operations a converted
+CNN uses (`INT8_OPS`): nothing in it can name a function to call, so nothing in it can run code.
 
-Either way the prepared module shares every parameter with the float model it was made from, so the
-float model's state_dict (checkpoints, the fp32 artifact) always holds the QAT-trained weights, and the
-pruner's in-place masks act on the weights QAT sees.
+(torch.ao's FX graph-mode engine, `quantize.engine = "fx"`, was removed: deprecated by torch, its int8
+artifact TorchScript - a program - and its QAT runs had failed at the end since the PT2E switch.)
 """
 
 from __future__ import annotations
@@ -31,74 +31,20 @@ import torch
 from torch import nn
 
 
-def traced(model: nn.Module) -> torch.fx.GraphModule:
-    """The model as an FX graph in which every module call has its own module: torchvision's ResNet
-    calls one ReLU after bn1, bn2 and the residual add, and a qconfig set on it would apply to all three.
-    Parameterless copies only, so every weight is still the float model's."""
-    gm = torch.fx.symbolic_trace(model)
-    seen: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            if node.target in seen and not any(True for _ in gm.get_submodule(node.target).parameters()):
-                fresh = f"{node.target}_{len(seen)}".replace(".", "_")
-                gm.add_submodule(fresh, copy.deepcopy(gm.get_submodule(node.target)))
-                node.target = fresh
-            seen.add(node.target)
-    gm.recompile()
-    return gm
-
-
-def conv_chains(gm: torch.fx.GraphModule) -> list[str]:
-    """Module names of every conv plus the BatchNorm, ReLU and max-pool right after it (the x86 backend
-    fuses conv-bn-relu, and fusion needs one qconfig for the whole chain)."""
-    mods = dict(gm.named_modules())
-
-    def next_module(node, kind):
-        users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(mods[users[0].target], kind):
-            return users[0]
-        return None
-
-    names = []
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(mods[node.target], nn.Conv2d):
-            names.append(node.target)
-            bn = next_module(node, nn.BatchNorm2d)
-            relu = next_module(bn or node, nn.ReLU)
-            # a max-pool right after (ResNet's stem) passes the int8 tensor on: it must be marked
-            # quantized too, or FX treats its output as float and feeds int8 into a float add
-            pool = next_module(relu or bn or node, nn.MaxPool2d)
-            names += [n.target for n in (bn, relu, pool) if n is not None]
-    return names
-
-
-def qconfig_mapping(gm: torch.fx.GraphModule, scope: str, backend: str = "x86"):
-    from torch.ao.quantization import QConfigMapping, get_default_qat_qconfig, get_default_qat_qconfig_mapping
-    if scope == "all":
-        # ... except the 14-logit classifier: AUROC ranks images by these scores, and 256 levels over the
-        # logit range would tie many of them (a float Linear of 14 outputs costs a few KB)
-        head = [name for name, m in gm.named_modules() if isinstance(m, nn.Linear)][-1]
-        return get_default_qat_qconfig_mapping(backend).set_module_name(head, None)
-    qconfig, mapping = get_default_qat_qconfig(backend), QConfigMapping()
-    for name in conv_chains(gm):
-        mapping.set_module_name(name, qconfig)
-    return mapping
+def prepare(model: nn.Module, q: dict, image_size: int) -> nn.Module:
+    """The QAT model (a GraphModule) for a float model in train mode; `q` is the [quantize] config."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    model.train()
+    captured = _captured(model, image_size)
+    with _patterns_of_present_convs(captured):
+        qat = prepare_qat_pt2e(captured, _quantizer(model, q["scope"], is_qat=True))
+    allow_exported_model_train_eval(qat)  # .train()/.eval() switch BatchNorm and dropout in the graph
+    return qat
 
 
 def _batch_dim():
     return ({0: torch.export.Dim("batch")},)
-
-
-def prepare(model: nn.Module, q: dict, image_size: int) -> nn.Module:
-    """The QAT model (a GraphModule) for a float model in train mode; `q` is the [quantize] config."""
-    if q["engine"] == "fx":
-        return _prepare_fx(model, q["scope"], image_size, q["backend"])
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    model.train()
-    qat = prepare_qat_pt2e(_captured(model, image_size), _quantizer(model, q["scope"], is_qat=True))
-    allow_exported_model_train_eval(qat)  # .train()/.eval() switch BatchNorm and dropout in the graph
-    return qat
 
 
 def _captured(model: nn.Module, image_size: int) -> torch.fx.GraphModule:
@@ -109,7 +55,8 @@ def _captured(model: nn.Module, image_size: int) -> torch.fx.GraphModule:
 
 
 def _quantizer(model: nn.Module, scope: str, is_qat: bool):
-    """x86 Inductor quantization of the conv layers ("conv") or of every supported op but the classifier."""
+    """x86 Inductor quantization of the conv layers ("conv") or of every supported op but the classifier:
+    AUROC ranks images by the 14 logits, and 256 levels over their range would tie many of them."""
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     quantizer, config = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat)
     if scope == "all":
@@ -122,43 +69,53 @@ def _quantizer(model: nn.Module, scope: str, is_qat: bool):
 def post_training(model: nn.Module, scope: str, image_size: int, batches) -> nn.Module:
     """Post-training static quantization (PT2E): observers calibrated on `batches` (normalised input
     tensors, as the model sees them in evaluation), then the int8 graph `convert` makes from a QAT model."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     model = copy.deepcopy(model).cpu().eval()
     prepared = prepare_pt2e(_captured(model, image_size), _quantizer(model, scope, is_qat=False))
     for x in batches:
         prepared(x.cpu())
-    return _without_unused_tensors(convert_pt2e(prepared))
-
-
-def _prepare_fx(model: nn.Module, scope: str, image_size: int, backend: str = "x86") -> nn.Module:
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx
-    torch.backends.quantized.engine = backend
-    model.train()
-    example = (torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device),)
-    gm = traced(model)
-    # (torch warns that the FX API is deprecated: it is, and chexui lets the warning through)
-    return prepare_qat_fx(gm, qconfig_mapping(gm, scope, backend), example)
-
-
-def is_pt2e(qat_model: nn.Module) -> bool:
-    return not any(name.endswith("weight_fake_quant") for name, _ in qat_model.named_modules())
-
-
-def is_pt2e_int8(int8_model: nn.Module) -> bool:
-    """A converted model is PT2E's when its graph calls torch's decomposed quantize/dequantize ops (FX's
-    converted graphs call quantized modules instead)."""
-    return isinstance(int8_model, torch.fx.GraphModule) and any(
-        n.op == "call_function" and "quantized_decomposed" in str(n.target) for n in int8_model.graph.nodes)
+    return _without_unused_tensors(_convert(prepared))
 
 
 def convert(qat_model: nn.Module) -> nn.Module:
     """An int8 copy of a QAT model (CPU, eval mode); the QAT model itself is left as it is."""
-    m = copy.deepcopy(qat_model).cpu().eval()
-    if is_pt2e(qat_model):
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-        return _without_unused_tensors(convert_pt2e(m))
-    from torch.ao.quantization.quantize_fx import convert_fx
-    return convert_fx(m)
+    return _without_unused_tensors(_convert(copy.deepcopy(qat_model).cpu().eval()))
+
+
+def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+    with _patterns_of_present_convs(prepared):
+        return convert_pt2e(prepared)
+
+
+@contextmanager
+def _patterns_of_present_convs(gm: torch.fx.GraphModule):
+    """torchao fuses (QAT prepare) and folds (convert) conv-BN pairs by matching patterns of conv1d,
+    conv2d, conv_transpose1d and conv_transpose2d, exporting a pattern graph for each variant of each
+    kind: measured on 2 cores, 4.0 s of a ResNet18 QAT prepare's 4.6 s and 33 s of its convert's 34 s, the
+    same for any model. Patterns of a conv kind the graph does not call cannot match, so those kinds are
+    skipped: the result is the same graph (a test checks it against plain torchao), and a CNN of conv2d
+    layers pays a quarter. torchao's private helpers are wrapped only meanwhile, and only when present."""
+    try:
+        from torchao.quantization.pt2e import qat_utils
+        helpers = {name: getattr(qat_utils, name) for name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")}
+    except (ImportError, AttributeError):
+        yield
+        return
+    present = {str(n.target).split(".")[1] for n in gm.graph.nodes
+               if n.op == "call_function" and str(n.target).startswith("aten.")}
+
+    def only_present(helper):
+        def call(m, conv_fn, *args, **kwargs):
+            return helper(m, conv_fn, *args, **kwargs) if conv_fn.__name__ in present else m
+        return call
+    for name, helper in helpers.items():
+        setattr(qat_utils, name, only_present(helper))
+    try:
+        yield
+    finally:
+        for name, helper in helpers.items():
+            setattr(qat_utils, name, helper)
 
 
 def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -176,7 +133,7 @@ def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def _fake_quants(qat_model: nn.Module) -> dict[str, nn.Module]:
-    """The fake-quantize modules of either engine (torch.ao's and torchao's have the same buffers)."""
+    """The fake-quantize modules of a QAT model."""
     return {name: m for name, m in qat_model.named_modules()
             if isinstance(getattr(m, "observer_enabled", None), torch.Tensor) and hasattr(m, "quant_max")}
 
@@ -201,17 +158,9 @@ def freeze_observers(qat_model: nn.Module) -> None:
         fq.observer_enabled.fill_(0)
 
 
-def freeze_bn(qat_model: nn.Module) -> None:
-    """FX only (config refuses it with PT2E). The conv-BN modules QAT folds (ResNet's) stop updating their BatchNorm statistics. DenseNet's
-    BatchNorms precede their convs, are not folded, and keep training like the float model's."""
-    from torch.ao.nn.intrinsic.qat import freeze_bn_stats
-    qat_model.apply(freeze_bn_stats)
-
-
 def bit_widths(qat_model: nn.Module) -> dict:
-    """What the QAT model quantizes to: activation and weight bit widths (PT2E: 8 and 8; FX's x86
-    settings: activations 7 bits - `reduce_range`, which keeps VNNI-less int8 kernels from overflowing),
-    and how many fake-quant points each has. Weights are the per-channel ones."""
+    """What the QAT model quantizes to: activation and weight bit widths (8 and 8) and how many
+    fake-quant points each has. Weights are the per-channel ones."""
     acts, weights = [], []
     for fq in _fake_quants(qat_model).values():
         bits = int(fq.quant_max - fq.quant_min + 1).bit_length() - 1
@@ -222,26 +171,21 @@ def bit_widths(qat_model: nn.Module) -> dict:
 
 
 def program(int8_model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
-    """A PT2E int8 model as the `torch.export` program its .pt2 and ONNX artifacts are made from."""
+    """An int8 model as the `torch.export` program its .pt2 and ONNX artifacts are made from."""
     example = (torch.zeros(2, 3, image_size, image_size),)
     return torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
 
 
 def save_int8(int8_model: nn.Module | torch.export.ExportedProgram, image_size: int, path,
               extra: dict[str, str] | None = None) -> None:
-    """PT2E: a `torch.export` program (.pt2), with `extra` text files in it. FX: TorchScript (trace +
-    freeze). Either loads with torch alone, no chexui or engine code needed."""
+    """The int8 model as a `torch.export` program (.pt2), with `extra` text files in it: users load it
+    with torch alone (`torch.export.load`, as much trust as unpickling: only files they made)."""
     from functools import partial
 
     from engine.checkpoint import save_atomic
-    if str(path).endswith(".pt2"):
-        if not isinstance(int8_model, torch.export.ExportedProgram):
-            int8_model = program(int8_model, image_size)
-        save_atomic(int8_model, path, write=partial(_save_deflated, extra=extra))
-        return
-    with torch.no_grad():
-        scripted = torch.jit.freeze(torch.jit.trace(int8_model, torch.zeros(1, 3, image_size, image_size)))
-    save_atomic(scripted, path, write=torch.jit.save)
+    if not isinstance(int8_model, torch.export.ExportedProgram):
+        int8_model = program(int8_model, image_size)
+    save_atomic(int8_model, path, write=partial(_save_deflated, extra=extra))
 
 
 def _save_deflated(program, f, extra: dict[str, str] | None = None) -> None:
@@ -258,9 +202,124 @@ def _save_deflated(program, f, extra: dict[str, str] | None = None) -> None:
             dst.writestr(info, src.read(info), compress_type=kind)
 
 
+# -------------------------------------------------------------- the int8 graph as data
+
+GRAPH_FORMAT = "chexui-int8-graph/1"
+MAX_NODES = 100_000
+# the operations a converted torchvision CNN's int8 graph calls (ResNet, DenseNet), by the names their
+# OpOverloads print: nothing else is admitted from a record (aten has ops that read and write files,
+# e.g. from_file, so a namespace is never admitted whole)
+INT8_OP_NAMES = (
+    "quantized_decomposed.quantize_per_tensor.default", "quantized_decomposed.dequantize_per_tensor.default",
+    "quantized_decomposed.quantize_per_channel.default", "quantized_decomposed.dequantize_per_channel.default",
+    "aten.conv2d.default", "aten.linear.default", "aten.batch_norm.default", "aten.relu.default",
+    "aten.relu_.default", "aten.add.Tensor", "aten.add_.Tensor", "aten.cat.default", "aten.max_pool2d.default",
+    "aten.avg_pool2d.default", "aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints",
+    "aten.mean.dim", "aten.hardtanh.default", "aten.hardtanh_.default")
+_DTYPES = {str(d): d for d in (torch.uint8, torch.int8, torch.int32, torch.int64, torch.float32)}
+
+
+def _int8_ops() -> dict:
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+    ops = {}
+    for name in INT8_OP_NAMES:
+        namespace, op, overload = name.split(".")
+        ops[name] = getattr(getattr(getattr(torch.ops, namespace), op), overload)
+    return ops
+
+
+def graph_record(int8_model: nn.Module) -> dict:
+    """A converted int8 graph as data: {"format", "nodes": JSON text, "tensors": {name: tensor}}, what
+    `from_graph_record` rebuilds (a checkpoint part: torch.load(weights_only=True) reads it back)."""
+    gm = int8_model.module if isinstance(int8_model, Program) else int8_model
+    ops = {op: name for name, op in _int8_ops().items()}
+    index: dict[torch.fx.Node, int] = {}
+    state = dict(gm.state_dict(keep_vars=False))
+    nodes, tensors = [], {}
+
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            return {"node": index[a]}
+        if isinstance(a, (list, tuple)):
+            return [arg(v) for v in a]
+        if isinstance(a, torch.dtype):
+            return {"dtype": str(a)}
+        if a is None or isinstance(a, (bool, int, float)):
+            return a
+        raise TypeError(f"int8 graph argument of type {type(a).__name__}")
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and not n.users:  # torch.export's input-shape guard: nothing reads it
+            continue
+        if n.op == "placeholder":
+            rec = {"op": "placeholder"}
+        elif n.op == "get_attr":
+            name = f"t{len(tensors)}"
+            tensors[name] = state[n.target].detach().clone()
+            rec = {"op": "get_attr", "tensor": name}
+        elif n.op == "call_function" and n.target in ops and not n.kwargs:
+            rec = {"op": "call", "fn": ops[n.target], "args": arg(n.args)}
+        elif n.op == "output":  # (one logits tensor; torch.export's graph returns it in a 1-tuple)
+            out = n.args[0]
+            rec = {"op": "output", "args": arg(out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out)}
+        else:
+            raise TypeError(f"int8 graph node {n.format_node()} is not one chexui records")
+        index[n] = len(nodes)
+        nodes.append(rec)
+    import json
+    return {"format": GRAPH_FORMAT, "nodes": json.dumps(nodes), "tensors": tensors}
+
+
+def from_graph_record(record: dict) -> Program:
+    """The int8 model of a `graph_record`, which may come from anyone (a run dir's checkpoint): only the
+    ops of INT8_OPS, arguments of plain types and earlier nodes, tensors of the record itself. Anything
+    else raises ValueError, naming what."""
+    import json
+    if not isinstance(record, dict) or record.get("format") != GRAPH_FORMAT:
+        raise ValueError(f"not a {GRAPH_FORMAT} record")
+    nodes, tensors = json.loads(record["nodes"]), record["tensors"]
+    if not isinstance(nodes, list) or not isinstance(tensors, dict) or len(nodes) > MAX_NODES:
+        raise ValueError("ill-shaped record")
+    ops, graph, made = _int8_ops(), torch.fx.Graph(), []
+    root, inputs = nn.Module(), 0
+
+    def arg(a, depth=0):
+        if depth > 4:
+            raise ValueError("argument nested too deeply")
+        if isinstance(a, dict):
+            if set(a) == {"node"} and type(a["node"]) is int and 0 <= a["node"] < len(made):
+                return made[a["node"]]
+            if set(a) == {"dtype"} and a["dtype"] in _DTYPES:
+                return _DTYPES[a["dtype"]]
+            raise ValueError(f"argument {str(a)[:60]!r}")
+        if isinstance(a, list):
+            return [arg(v, depth + 1) for v in a]
+        if a is None or isinstance(a, (bool, int, float)):
+            return a
+        raise ValueError(f"argument of type {type(a).__name__}")
+    for i, rec in enumerate(nodes):
+        op = rec.get("op") if isinstance(rec, dict) else None
+        if op == "placeholder" and not inputs:
+            inputs += 1
+            made.append(graph.placeholder("x"))
+        elif op == "get_attr" and isinstance(tensors.get(rec.get("tensor")), torch.Tensor) \
+                and str(rec["tensor"]).isidentifier():
+            if not hasattr(root, rec["tensor"]):
+                root.register_buffer(rec["tensor"], tensors[rec["tensor"]])
+            made.append(graph.get_attr(rec["tensor"]))
+        elif op == "call" and rec.get("fn") in ops and isinstance(rec.get("args"), list):
+            made.append(graph.call_function(ops[rec["fn"]], tuple(arg(a) for a in rec["args"])))
+        elif op == "output" and i == len(nodes) - 1 and i > 0:
+            made.append(graph.output(arg(rec.get("args"))))
+        else:
+            raise ValueError(f"node {i} ({str(rec)[:80]!r}) is not one an int8 graph may have")
+    if not made or made[-1].op != "output" or not inputs:
+        raise ValueError("the record has no input or no output")
+    return Program(torch.fx.GraphModule(root, graph).eval())
+
+
 class Program(nn.Module):
-    """A loaded .pt2 program as a module that can be put in eval mode: an exported module refuses
-    .train()/.eval(), and a converted int8 graph has nothing that depends on the mode."""
+    """An int8 graph as a module that can be put in eval mode (an exported module refuses
+    .train()/.eval(); a converted int8 graph has nothing that depends on the mode)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -271,43 +330,3 @@ class Program(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
-
-
-def check_program_archive(path) -> None:
-    """Refuse a .pt2 that holds anything torch.export.load would unpickle: entries marked `use_pickle`,
-    custom-object constants, AOTInductor or legacy-format parts, and a sample-inputs file that
-    `torch.load(weights_only=True)` rejects (torch then retries it with weights_only=False). The programs
-    chexui writes hold plain tensors only, so this costs them nothing."""
-    import io
-    import json
-    import zipfile
-
-    from engine.errors import StorageError
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        configs = [n for n in names if n.endswith(("/model_weights_config.json", "/model_constants_config.json"))]
-        odd = [n for n in names if "aotinductor" in n or n.rsplit("/", 1)[-1].startswith("serialized_")]
-        if len(configs) != 2 or odd:
-            raise StorageError(f"{path}: not a torch.export program as chexui writes them; refusing to load it")
-        for name in configs:
-            for key, meta in json.loads(z.read(name))["config"].items():
-                if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                    raise StorageError(f"{path}: entry {key!r} is not a plain tensor; refusing to load it")
-        for name in (n for n in names if n.endswith(".pt")):
-            try:
-                torch.load(io.BytesIO(z.read(name)), weights_only=True)
-            except Exception:
-                raise StorageError(f"{path}: {name} is not plain tensor data; refusing to load it") from None
-
-
-def load_int8(path) -> nn.Module:
-    """Call this only through `export.load_model`, which first checks the file against the sha256
-    recorded when the engine wrote it (a TorchScript file is a program; torch.export.load unpickles
-    some entries, which `check_program_archive` refuses besides)."""
-    if str(path).endswith(".pt2"):
-        check_program_archive(path)
-        # torch's own quantize/dequantize ops, which a .pt2 program calls, are registered by this import
-        import torch.ao.quantization.fx._decomposed  # noqa: F401
-        return Program(torch.export.load(str(path)).module())
-    torch.backends.quantized.engine = "x86"
-    return torch.jit.load(str(path), map_location="cpu").eval()

@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     d = dist.setup(cfg["distributed"]["backend"])
-    run = Run(cfg, run_dir, d)
+    try:
+        run = Run(cfg, run_dir, d)
+    except UserError as e:  # e.g. the run dir's events.jsonl is a link: nothing is written through it
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        dist.cleanup()
+        return 2
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     try:
         run.setup()

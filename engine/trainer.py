@@ -380,15 +380,13 @@ class Run:
                            f"0.5 for every label ({val['train_chance_loss']:.4g}, {val['chance_loss']:.4g})")
 
     def freeze_qat(self, epoch: int) -> None:
-        """Late in QAT, stop moving the observers' ranges / the folded BatchNorms' statistics (keys
-        quantize.freeze_*_epoch; 0 = never). Applied at every epoch start, so a resumed run is frozen too."""
+        """Late in QAT, stop moving the observers' ranges (quantize.freeze_observers_epoch; 0 = never).
+        Applied at every epoch start, so a resumed run is frozen too."""
         if self.qat is None:
             return
         q = self.cfg["quantize"]
         if q["freeze_observers_epoch"] and epoch > q["freeze_observers_epoch"]:
             quant.freeze_observers(self.qat)
-        if q["freeze_bn_epoch"] and epoch > q["freeze_bn_epoch"]:
-            quant.freeze_bn(self.qat)
 
     # ------------------------------------------------------------ main loop
     def fit(self) -> str:
@@ -502,9 +500,8 @@ class Run:
                           "temperatures": operating.temperatures(res["labels"], res["logits"])}
         predictions.save(self.run_dir, "val", idx.names[rows], idx.patients[rows], res["labels"], probs)
         self.emit("operating_points", **self.operating, ece=operating.eces(res["labels"], probs))
-        best = self.ckpts.best
-        if best.is_file():  # stored with the model it was chosen for (a compress run without epochs: its copy)
-            checkpoint.save_atomic({**checkpoint.load(best), "operating_points": self.operating}, best)
+        # stored with the model it was chosen for (a compress run without epochs: its copy)
+        self.ckpts.amend_best(operating_points=self.operating)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in self.operating["thresholds"].items() if v is not None)
         self.log(f"operating points ({rule}, on {res['n']} validation images): {shown}")
 
@@ -539,7 +536,15 @@ class Run:
         self.state.wall_time_s += time.perf_counter() - t0
         self.log(f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "
                  f"{time.perf_counter() - t0:.1f}s")
-        return int8
+        return self.keep_int8(int8)
+
+    def keep_int8(self, int8: nn.Module) -> nn.Module:
+        """Rank 0: the int8 graph as data in best.pt, beside the model it was made from (what chexui
+        runs: export.int8_model, never the .pt2 program), and the int8 model read back from that very
+        record, so that every evaluation here is of what a user gets."""
+        record = quant.graph_record(int8)
+        self.ckpts.amend_best(int8_graph=record)
+        return quant.from_graph_record(record)
 
     def test(self) -> dict:
         """The shipped model's operating points on validation, then its test evaluation."""
@@ -565,7 +570,7 @@ class Run:
         `test_sparse`, `test_int8`, `test_onnx_fp32`, `test_onnx_int8` (int8 and ONNX on the CPU).
         Rank 0 alone: the files are on its disk."""
         if self.d.is_main:
-            int8 = quant.convert(self.qat) if self.qat is not None else self.int8
+            int8 = self.keep_int8(quant.convert(self.qat)) if self.qat is not None else self.int8
             arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"], self.dc["image_size"],
                                         self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log,
                                         self.operating)
@@ -578,7 +583,9 @@ class Run:
             for a in arts:
                 if a["kind"] == export.FP32 and int8 is None:
                     continue  # the fp32 artifact is the model the `test` evaluation just measured
-                model = export.load_model(self.run_dir, a)
+                # the int8 model as chexui runs it (from the graph record in best.pt, as export.int8_model
+                # reads it); every other artifact loaded from its file, as a user loads it
+                model = int8 if a["kind"] == export.INT8 else export.load_model(self.run_dir, a)
                 device = torch.device("cpu") if a["kind"] in export.CPU_ONLY else self.d.device
                 # as a user runs the file: no autocast (it is a training-speed setting)
                 res = self.evaluate("test", model.to(device), device, dist.Dist(device=device), amp=False)

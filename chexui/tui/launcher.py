@@ -19,8 +19,10 @@ from textual.widgets import Button, DataTable, Footer, Input, Select, Static
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
 from chexui.launch import gpu_count
+from chexui.safe import safe
 from engine import config
 from engine.errors import UserError
+from engine.sanitize import clean
 
 # form field id -> config key (values typed as TOML)
 FIELDS = {
@@ -76,7 +78,7 @@ class LauncherScreen(Screen):
         available = presets_mod.available()
         names = {p.name for p in available}
         for p in available:
-            table.add_row(p.name, p.source, p.description[:60], key=p.name)
+            table.add_row(safe(p.name), p.source, safe(p.description[:60]), key=p.name)
         self.query_one("#compression", Select).set_options(
             [("none", "none")] + [(c, c) for c in COMPRESSION if c in names])
         self.load_preset("demo")
@@ -86,7 +88,7 @@ class LauncherScreen(Screen):
         try:
             cfg = presets_mod.resolve(name)
         except UserError as e:
-            self.notify(str(e), severity="error")
+            self.notify(clean(str(e)), severity="error", markup=False)
             return
         self.preset = name
         self.query_one("#arch", Select).value = cfg["model"]["arch"]
@@ -132,7 +134,7 @@ class LauncherScreen(Screen):
                 self.resolved()
             except UserError as e:
                 msg = str(e)
-        self.query_one("#form-error", Static).update(f"[red]{msg}[/red]" if msg else "")
+        self.query_one("#form-error", Static).update(safe(msg, style="red"))
         self.query_one("#start", Button).disabled = bool(msg)
         return not msg
 
@@ -163,10 +165,10 @@ class LauncherScreen(Screen):
         try:
             s = nih.check_dataset(root, decode=False)
             labels = ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:6])
-            text = (f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
-                    f"patients in two splits: {s['leakage_patients']}")
+            text = safe(f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
+                        f"patients in two splits: {s['leakage_patients']}")
         except UserError as e:
-            text = f"[red]problem: {e}[/red]"
+            text = safe(f"problem: {e}", style="red")
         self.app.call_from_thread(self.query_one("#data-summary", Static).update, text)
 
     # ------------------------------------------------------------ actions
@@ -200,7 +202,7 @@ class LauncherScreen(Screen):
             body = config.merge(body, {"data": {"root": data}})
         path = target_dir / f"{name}.toml"
         path.write_text(config.dumps(body))
-        self.notify(f"saved {path}")
+        self.notify(clean(f"saved {path}"), markup=False)
 
     def action_back(self) -> None:
         self.app.open_runs()

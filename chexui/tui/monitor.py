@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -26,17 +26,19 @@ from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
 from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, hms, mean_text, n_defined
+from chexui.safe import joined, safe
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
+from engine.sanitize import clean
 
 PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
 
 
 class StatusLine(Static):
-    text = reactive("")
+    text: reactive[Text] = reactive(Text)
 
-    def watch_text(self, text: str) -> None:
+    def watch_text(self, text: Text) -> None:
         self.update(text)
 
 
@@ -87,7 +89,7 @@ class AucTable(DataTable):
         title, ev = value
         aucs, cis = ev.get("auc") or {}, ev.get("auc_ci") or {}
         at = ev.get("at_threshold")  # a test evaluation at the operating points chosen on validation
-        self.border_title = title + (f" · calls at {ev.get('operating_point')} thresholds" if at else "")
+        self.border_title = safe(title + (f" · calls at {ev.get('operating_point')} thresholds" if at else ""))
         self.clear(columns=True)
         self.add_columns("label", "AUROC", "95% CI", *(("thr", "sens", "spec") if at else ()))
         marks = auc_marks(aucs)
@@ -198,7 +200,7 @@ class MonitorScreen(Screen):
             self.state.apply(e)
         self.launcher_alive, self.gone = msg.launcher_alive, msg.gone
         if msg.log_lines:
-            self.query_one("#log", RichLog).write("\n".join(msg.log_lines))
+            self.query_one("#log", RichLog).write(safe("\n".join(msg.log_lines)))
         self.push_down()
 
     # ------------------------------------------------------------ data down
@@ -217,20 +219,20 @@ class MonitorScreen(Screen):
     def show_status(self) -> None:
         self.query_one(StatusLine).text = self.status_text()
 
-    def status_text(self) -> str:
+    def status_text(self) -> Text:
         st = self.state
         status = st.status
         if self.gone:
             status = "run directory deleted"
         elif status == "running" and not self.launcher_alive and st.events:
             status = "engine ended without finishing (failed)"
-        # text from the run is escaped: a "[" in a run name or an error must not read as markup
-        parts = [f"[b]{escape(st.run_id)}[/b]", escape(st.preset or "-"), escape(st.arch),
-                 f"world {st.world_size or '-'}", escape(st.device or "-"), f"elapsed {hms(st.elapsed_s())}",
-                 f"ETA {hms(st.eta_s())}", f"[b]{escape(status)}[/b]"]
-        text = " | ".join(p for p in parts if p)
+        # text from the run is plain text: a "[" in a run name or an error is not markup
+        parts = [safe(st.run_id, "bold"), safe(st.preset or "-"), safe(st.arch), f"world {st.world_size or '-'}",
+                 safe(st.device or "-"), f"elapsed {hms(st.elapsed_s())}", f"ETA {hms(st.eta_s())}",
+                 safe(status, "bold")]
+        text = joined(*(p for p in parts if str(p)))
         if st.errors:
-            text += f"\n[red]error: {escape(st.errors[-1])}[/red]"
+            text.append("\n").append_text(safe(f"error: {st.errors[-1]}", "red"))
         return text
 
     # ------------------------------------------------------------ keys
@@ -240,7 +242,7 @@ class MonitorScreen(Screen):
             runs_mod.stop_run(self.run_dir)
             self.app.call_from_thread(self.notify, "run stopped")
         except Exception as e:  # not running any more, or did not stop in time
-            self.app.call_from_thread(self.notify, str(e), severity="warning")
+            self.app.call_from_thread(self.notify, clean(str(e)), severity="warning", markup=False)
 
     def action_stop_run(self) -> None:
         if self.launcher_alive:
@@ -260,7 +262,7 @@ class MonitorScreen(Screen):
         def done(choice: str | None) -> None:
             if choice == "stop":
                 runs_mod.stop_run(self.run_dir, timeout=0)
-                self.app.exit(message=f"stopping {self.run_dir.name}")
+                self.app.exit(message=safe(f"stopping {self.run_dir.name}"))
             elif choice == "leave":
-                self.app.exit(message=f"{self.run_dir.name} keeps running: chexui watch {self.run_dir.name}")
+                self.app.exit(message=safe(f"{self.run_dir.name} keeps running: chexui watch {self.run_dir.name}"))
         self.app.push_screen(QuitDialog(), done)

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from textual import work
-from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -15,6 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from chexui import runs as runs_mod
 from chexui.format import fmt, labelled, n_defined
+from chexui.safe import safe
 from engine.events import last_evaluation
 from engine.labels import LABELS
 from engine.sanitize import clean
@@ -29,11 +29,11 @@ class RunsScreen(Screen):
     def __init__(self, runs_dir: Path) -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir)
-        self.marked: list[str] = []
+        self.marked: list[str] = []  # row keys: each run dir's real path (its name may not be printable)
         self.rows: dict[str, dict] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static(f"runs in {self.runs_dir.resolve()}", id="title")
+        yield Static(safe(f"runs in {self.runs_dir.resolve()}"), id="title")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -44,34 +44,36 @@ class RunsScreen(Screen):
 
     @work(thread=True, exclusive=True)
     def load(self) -> None:
-        rows = [r.summary() for r in runs_mod.list_runs(self.runs_dir)]
+        rows = [{**r.summary(), "dir": str(r.run_dir)} for r in runs_mod.list_runs(self.runs_dir)]
         self.app.call_from_thread(self.show, rows)
 
     def action_reload(self) -> None:
         self.load()
 
     def show(self, rows: list[dict]) -> None:
-        self.rows = {r["id"]: r for r in rows}
+        self.rows = {r["dir"]: r for r in rows}
         table = self.query_one(DataTable)
         cursor = table.cursor_row
         table.clear()
         for r in reversed(rows):  # newest first
-            table.add_row("*" if r["id"] in self.marked else " ", r["id"], r["status"], str(r["preset"] or "-"),
-                          str(r["world_size"] or "-"), str(r["epochs"]), labelled(r["best_val_auc"], r.get("best_val_labels")), labelled(r["test_auc"], r.get("test_labels")),
-                          key=r["id"])
+            table.add_row("*" if r["dir"] in self.marked else " ", safe(r["id"]), safe(r["status"]),
+                          safe(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
+                          labelled(r["best_val_auc"], r.get("best_val_labels")),
+                          labelled(r["test_auc"], r.get("test_labels")), key=r["dir"])
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
 
     def _current(self) -> str | None:
+        """The real path of the run under the cursor."""
         table = self.query_one(DataTable)
         if not table.row_count:
             return None
         return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
 
     def action_open(self) -> None:
-        run_id = self._current()
-        if run_id:
-            self.app.open_monitor(self.runs_dir / run_id)
+        run_dir = self._current()
+        if run_dir:
+            self.app.open_monitor(Path(run_dir))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
@@ -90,15 +92,15 @@ class RunsScreen(Screen):
         if len(self.marked) != 2:
             self.notify("mark two runs with space first", severity="warning")
             return
-        self.app.push_screen(CompareScreen([self.runs_dir / r for r in self.marked]))
+        self.app.push_screen(CompareScreen([Path(r) for r in self.marked]))
 
     def action_new(self) -> None:
         self.app.open_launcher()
 
     def action_explanations(self) -> None:
-        run_id = self._current()
-        if run_id:
-            self.app.push_screen(ExplanationsScreen(self.runs_dir / run_id))
+        run_dir = self._current()
+        if run_dir:
+            self.app.push_screen(ExplanationsScreen(Path(run_dir)))
 
 
 class ExplanationsScreen(Screen):
@@ -112,7 +114,7 @@ class ExplanationsScreen(Screen):
         self.run_dir = Path(run_dir)
 
     def compose(self) -> ComposeResult:
-        yield Static(f"explanations of {clean(self.run_dir.name)}", id="title")
+        yield Static(safe(f"explanations of {self.run_dir.name}"), id="title")
         yield DataTable(id="images", cursor_type="row", zebra_stripes=True)
         yield Static("", id="note")
         yield Footer()
@@ -123,12 +125,12 @@ class ExplanationsScreen(Screen):
         self.files = explanation_images(self.run_dir)
         for i, f in enumerate(self.files):
             st = f.stat()
-            table.add_row(clean(str(f.relative_to(self.run_dir / "explain"))), f"{st.st_size / 1e3:.0f}",
+            table.add_row(safe(f.relative_to(self.run_dir / "explain")), f"{st.st_size / 1e3:.0f}",
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime)), key=str(i))
         note = (f"{len(self.files)} images in {self.run_dir / 'explain'}" if self.files else
                 f"no explanations yet: chexui explain {self.run_dir.name} IMAGE... writes them to "
                 f"{self.run_dir / 'explain'}")
-        self.query_one("#note", Static).update(escape(clean(note)))
+        self.query_one("#note", Static).update(safe(note))
 
     def action_view(self) -> None:
         table = self.query_one(DataTable)
@@ -143,7 +145,7 @@ class ExplanationsScreen(Screen):
         opened = open_in_viewer(path)
         self.app.call_from_thread(self.notify, clean(f"opened {path.name}" if opened else
                                                      f"no image viewer found; the file is {path}"),
-                                  severity="information" if opened else "warning")
+                                  severity="information" if opened else "warning", markup=False)
 
 
 def explanation_images(run_dir: Path) -> list[Path]:
@@ -201,7 +203,7 @@ class CompareScreen(Screen):
         tests = [last_evaluation(i.events) for i in self.infos]
         table = self.query_one(DataTable)
         table.clear(columns=True)
-        table.add_columns("label", *[i.id for i in self.infos], "B - A (95% CI)")
+        table.add_columns("label", *[safe(i.id) for i in self.infos], "B - A (95% CI)")
         diffs = compare_text(paired) if paired is not None and not paired.empty else {}
         for name in list(LABELS) + ["mean"]:
             vals = [(t["auc_mean"] if name == "mean" else t["auc"].get(name)) if t else None for t in tests]
@@ -209,7 +211,7 @@ class CompareScreen(Screen):
             table.add_row(label, *[fmt(v) for v in vals], diffs.get(name, "..." if paired is None else "-"))
         if paired is not None:
             from chexui.compare import paired_caption
-            self.query_one("#note", Static).update(escape(paired_caption(paired)))
+            self.query_one("#note", Static).update(safe(paired_caption(paired)))
 
 
 def compare_text(paired) -> dict[str, str]:

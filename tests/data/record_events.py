@@ -3,7 +3,9 @@
     python -m tests.data.record_events
 
 two_rank.jsonl: 2 processes, finished, test AUROC; failed.jsonl: an image corrupted after epoch 1;
-prune.jsonl: gradual magnitude pruning (sparsity per epoch).
+prune.jsonl: gradual magnitude pruning (sparsity per epoch); full.jsonl: pruning and QAT with export,
+operating points and bootstrap CIs (every event type and field a finished run writes: the hostile-input
+tests mutate it). `python -m tests.data.record_events full` records only the named ones.
 """
 
 from __future__ import annotations
@@ -48,10 +50,18 @@ def main() -> None:
         shutil.copy(next(runs.glob("*/events.jsonl")), HERE / f"{name}.jsonl")
         print(f"recorded {name}.jsonl (exit {proc.returncode})")
 
-    record("two_rank", "--nproc", 2)
-    record("prune", "--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.end_epoch=2.0",
-           "--set", "prune.frequency_steps=2")
-    record("failed", "--set", "data.cache=false", corrupt=True)
+    only = set(sys.argv[1:])
+    wanted = lambda name: not only or name in only  # noqa: E731
+    if wanted("two_rank"):
+        record("two_rank", "--nproc", 2)
+    if wanted("prune"):
+        record("prune", "--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set",
+               "prune.end_epoch=2.0", "--set", "prune.frequency_steps=2")
+    if wanted("failed"):
+        record("failed", "--set", "data.cache=false", corrupt=True)
+    if wanted("full"):
+        record("full", "--set", "export.enabled=true", "--set", "prune.enabled=true", "--set", "prune.end_epoch=2.0",
+               "--set", "prune.frequency_steps=2", "--set", "quantize.enabled=true", "--set", "quantize.scope=all")
 
 
 if __name__ == "__main__":
