@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,21 +32,28 @@ TIMEOUT = 240
 
 
 def cli(*args, cwd=None, env=None, timeout=TIMEOUT) -> tuple[int | None, str, float, int]:
-    """The CLI as a user runs it: (exit code or None on a hang, stdout + stderr, seconds, peak RSS MB)."""
-    wrapper = ("import resource, subprocess, sys\n"
-               "p = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL)\n"
-               "print(f'@@rss {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr)\n"
-               "sys.exit(p.returncode)\n")
+    """The CLI as a user runs it: (exit code or None on a hang, stdout + stderr, seconds, peak RSS MB: the
+    process's VmHWM, read from /proc while it runs - rusage would count what a parent held before exec)."""
     t0 = time.monotonic()
-    try:
-        r = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "chexui.cli", *map(str, args)],
-                           cwd=cwd or ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        return None, str(e.stdout or "") + str(e.stderr or ""), time.monotonic() - t0, 0
-    rss = next((int(line.split()[1]) // 1024 for line in r.stderr.splitlines() if line.startswith("@@rss")), 0)
-    err = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("@@rss"))
-    return r.returncode, r.stdout + err, time.monotonic() - t0, rss
+    proc = subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd or ROOT,
+                            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak, out = 0, ""
+    with ThreadPoolExecutor(1) as pool:
+        talk = pool.submit(proc.communicate)
+        while not talk.done():
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    peak = max(peak, next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) // 1024)
+            except (OSError, StopIteration, ValueError):
+                pass
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                talk.result()
+                return None, "", time.monotonic() - t0, peak
+            time.sleep(0.02)
+        stdout, stderr = talk.result()
+    return proc.returncode, stdout + stderr, time.monotonic() - t0, peak
 
 
 def row(try_: str, expected: str, code, out: str, ok: bool, note: str = "", markers=(), wrong: bool = False) -> None:

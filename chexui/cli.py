@@ -143,7 +143,10 @@ def run(
             run_dir = runs_mod.find_run(resume, base)
             if runs_mod.launcher_process(run_dir) is not None:
                 raise UserError(f"run {run_dir.name} is running already (chexui stop {run_dir.name})")
-            if runs_mod.load_run(run_dir).status == "completed":
+            info = runs_mod.load_run(run_dir)
+            if info.problem:  # (its events are not a regular file: nothing is appended through a link)
+                raise UserError(info.problem)
+            if info.status == "completed":
                 raise UserError(f"run {run_dir.name} is completed: nothing to resume (start a new run, "
                                 "or `chexui eval` / `chexui bench` it)")
             cfg = config.load_run_config(run_dir / "config.toml")

@@ -217,6 +217,23 @@ def _check_adaptive(items: list, source: str) -> list[dict]:
     return out
 
 
+def parse_operating_point(rule: str, source: str = "<config>") -> tuple[str, float | None]:
+    """`eval.operating_point` -> ("youden" | "f1" | "sensitivity" | "specificity", target or None);
+    ConfigError otherwise (engine/operating.py chooses the thresholds)."""
+    name, _, value = rule.partition("=")
+    if name in ("youden", "f1") and not value:
+        return name, None
+    if name in ("sensitivity", "specificity"):
+        try:
+            target = float(value)
+        except ValueError:
+            target = -1.0
+        if 0 < target < 1:
+            return name, target
+    raise ConfigError(f"{source}: key 'eval.operating_point' = {rule!r}: expected \"youden\", \"f1\", \"sensitivity=0.90\" "
+                      "or \"specificity=0.90\" (a target between 0 and 1)")
+
+
 def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = False) -> dict[str, Any]:
     """Check every key of `raw`; return it merged over the defaults (or as is when `partial`).
 
@@ -233,8 +250,7 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
                 if key == "prune" and sub == "adaptive":
                     value[sub] = _check_adaptive(v, source)
                 if key == "eval" and sub == "operating_point":
-                    from engine.operating import parse_rule  # (numpy only at import)
-                    parse_rule(v, source)
+                    parse_operating_point(v, source)
         elif key in TOP_LEVEL:
             _check_value(key, TOP_LEVEL[key], value, source)
         else:

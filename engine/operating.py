@@ -19,27 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.errors import ConfigError
+from engine import config
 from engine.labels import LABELS
 
 METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
 ECE_BINS = 15
 
 
-def parse_rule(rule: str, source: str = "<config>") -> tuple[str, float | None]:
-    """("youden" | "f1" | "sensitivity" | "specificity", target or None); ConfigError otherwise."""
-    name, _, value = rule.partition("=")
-    if name in ("youden", "f1") and not value:
-        return name, None
-    if name in ("sensitivity", "specificity"):
-        try:
-            target = float(value)
-        except ValueError:
-            target = -1.0
-        if 0 < target < 1:
-            return name, target
-    raise ConfigError(f"{source}: key 'eval.operating_point' = {rule!r}: expected \"youden\", \"f1\", \"sensitivity=0.90\" "
-                      "or \"specificity=0.90\" (a target between 0 and 1)")
+parse_rule = config.parse_operating_point  # (the grammar of the config value lives with the config)
 
 
 def threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float | None:

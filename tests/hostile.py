@@ -175,7 +175,10 @@ def hostile_preset(folder: Path) -> Path:
 
 # ------------------------------------------------------------------ images
 
-def _dicom_dataset(rows: int, cols: int, bits: int, photometric: str, **attrs):
+def dicom_dataset(rows: int | None = None, cols: int = 0, bits: int = 8, photometric: str = "MONOCHROME2",
+                  modality: str = "DX", **attrs):
+    """A pydicom dataset with the file meta of a secondary-capture image; with `rows`, the image
+    attributes of a rows x cols grayscale image of `bits` bits (its PixelData is the caller's)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
     meta = FileMetaDataset()
@@ -184,9 +187,10 @@ def _dicom_dataset(rows: int, cols: int, bits: int, photometric: str, **attrs):
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (16 if bits > 8 else 8), bits, bits - 1, 0
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, modality
+    if rows is not None:
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (16 if bits > 8 else 8), bits, bits - 1, 0
     for k, v in attrs.items():
         setattr(ds, k, v)
     return ds
@@ -203,7 +207,7 @@ def dicom_mono1_voi_lut(path: Path) -> np.ndarray:
     item = Dataset()
     item.LUTDescriptor = [4096, 0, 8]
     item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
-    ds = _dicom_dataset(40, 40, 12, "MONOCHROME1")
+    ds = dicom_dataset(40, 40, 12, "MONOCHROME1")
     ds.VOILUTSequence = [item]
     ds.PixelData = stored.tobytes()
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
@@ -216,7 +220,7 @@ def dicom_bad_attributes(folder: Path) -> dict[str, Path]:
     out = {}
     for name, attrs in {"frames-abc": {"NumberOfFrames": "1234"},
                         "window-width-0": {"WindowCenter": "100", "WindowWidth": "0"}}.items():
-        ds = _dicom_dataset(8, 8, 8, "MONOCHROME2", **attrs)
+        ds = dicom_dataset(8, 8, 8, "MONOCHROME2", **attrs)
         ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
         out[name] = folder / f"{name}.dcm"
         pydicom.dcmwrite(out[name], ds, enforce_file_format=True)
@@ -235,7 +239,7 @@ def deflated_dicom_bomb(path: Path, side: int = 30_000) -> None:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
-    ds = _dicom_dataset(side, side, 8, "MONOCHROME2")
+    ds = dicom_dataset(side, side, 8, "MONOCHROME2")
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     meta = DicomBytesIO()
     meta.is_little_endian, meta.is_implicit_VR = True, False

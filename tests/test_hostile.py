@@ -71,6 +71,22 @@ def in_terminal(*args: str, env: dict | None = None, timeout: float = 60, cols: 
     return proc.wait(), out.decode("utf-8", "replace")
 
 
+def in_process(*args: str, cwd: Path | None = None):
+    """The CLI run in this process (typer's runner): its output and exit code as a user gets them, without
+    starting Python and importing torch again (the models these tests load are built in seconds)."""
+    from typer.testing import CliRunner
+
+    from chexui.cli import app
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, getattr(r, "stderr", ""))
+
+
 # ------------------------------------------------------------------ markup, escapes and bidi controls
 
 def test_markup_escapes_and_bidi_in_a_shared_preset_are_shown_as_plain_text(tmp_path, monkeypatch):
@@ -129,7 +145,7 @@ def test_one_hostile_run_dir_never_breaks_the_listing_of_the_others(tmp_path):
         assert name in r.stdout
     for d in dirs.values():  # show and watch of each: a clean exit (0, or 2 saying why), never a traceback
         for args in (("runs", "show", d, "--json"), ("watch", d, "--headless")):
-            r = chexui(*args, "--runs-dir", runs, timeout=60)
+            r = in_process(*args, "--runs-dir", runs)
             assert r.returncode in (0, 1, 2) and "Traceback" not in r.stdout + r.stderr, (args, r.stderr[-2000:])
             if args[-1] == "--json" and r.returncode == 0:
                 strict_json(r.stdout)
@@ -170,7 +186,7 @@ def test_every_reader_survives_every_field_of_every_event_being_of_the_wrong_typ
     for i, line in enumerate(lines):
         ev = json.loads(line)
         all_paths = [p for p in paths(ev) if p]
-        for p in [all_paths[j] for j in rng.choice(len(all_paths), min(12, len(all_paths)), replace=False)]:
+        for p in [all_paths[j] for j in rng.choice(len(all_paths), min(8, len(all_paths)), replace=False)]:
             mutated = lines[:i] + [json.dumps(replaced(ev, p, wrong[tried % len(wrong)]))] + lines[i + 1:]
             tried += 1
             events, _ = parse_lines("\n".join(mutated) + "\n")
@@ -185,7 +201,7 @@ def test_every_reader_survives_every_field_of_every_event_being_of_the_wrong_typ
                     view.console.print(auc_table(e, e["split"]))
             state.eta_s(), state.elapsed_s(), state.status
             RunInfo(Path("/nonexistent"), events).summary()
-    assert tried > 250
+    assert tried > 200
 
 
 def test_tui_lists_and_opens_hostile_runs_and_starts_with_a_hostile_preset(tmp_path, monkeypatch):
@@ -481,22 +497,6 @@ def hostile_copy(tmp_path, compressed_run) -> Path:
     copy = tmp_path / "runs" / run.name
     shutil.copytree(run, copy)
     return copy
-
-
-def in_process(*args: str, cwd: Path | None = None):
-    """The CLI run in this process (typer's runner): its output and exit code as a user gets them, without
-    starting Python and importing torch again (the models these tests load are built in seconds)."""
-    from typer.testing import CliRunner
-
-    from chexui.cli import app
-    old = Path.cwd()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, getattr(r, "stderr", ""))
 
 
 @pytest.mark.slow

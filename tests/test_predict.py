@@ -11,30 +11,21 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from engine import images, nih, predictions
 from engine.labels import LABELS
 
 from tests.conftest import chexui
+from tests.hostile import dicom_dataset
 
 
 def write_dicom(path: Path, stored: np.ndarray | None, bits: int = 16, photometric: str = "MONOCHROME2",
                 window: tuple[float, float] | None = None, modality: str = "DX") -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, modality
-    if stored is not None:
-        ds.Rows, ds.Columns = stored.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (16 if bits > 8 else 8), bits, bits - 1, 0
-        if window:
-            ds.WindowCenter, ds.WindowWidth = window
+    if stored is None:
+        ds = dicom_dataset(modality=modality)
+    else:
+        ds = dicom_dataset(*stored.shape, bits, photometric, modality,
+                           **(dict(zip(("WindowCenter", "WindowWidth"), window)) if window else {}))
         ds.PixelData = stored.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
