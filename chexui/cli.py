@@ -19,7 +19,7 @@ import typer
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.format import csv_cell, duration, fmt, json_text, labelled
+from chexui.format import csv_cell, duration, fmt, json_text, labelled, with_ci
 from chexui.headless import HeadlessView, auc_table, console, epoch_line, plain_mode, table
 from engine import config
 from engine.errors import UserError
@@ -258,11 +258,12 @@ def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
 
 @runs_app.command("list")
 def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
-    """Runs with status, preset, world size, epochs, best val AUROC, test AUROC and duration."""
+    """Runs with status, preset, world size, epochs, the shipped model's validation AUROC (its best epoch)
+    and test AUROC with its 95 % CI, and duration."""
     rows = [r.summary() for r in runs_mod.list_runs(runs_mod.runs_dir(runs_dir))]
     if as_json:
         return print_json(rows)
-    t = table("run", "status", "preset", "world", "epochs", "best val AUC (labels)", "test AUC (labels)", "time")
+    t = table("run", "status", "preset", "world", "epochs", "val AUC at best epoch", "test AUC (labels) 95% CI", "time")
     groups: dict = {}
     for r in rows:
         groups.setdefault(r.get("sweep") or "", []).append(r)
@@ -270,8 +271,9 @@ def runs_list(as_json: bool = typer.Option(False, "--json"), runs_dir: Optional[
         if sweep:
             t.add_row(f"sweep {sweep}:", "", "", "", "", "", "", "")
         for r in members:
+            best = f"{fmt(r['best_val_auc'])} (ep {r['best_epoch']})" if r.get("best_epoch") is not None else "-"
             t.add_row(r["id"], r["status"], str(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
-                      labelled(r["best_val_auc"], r.get("best_val_labels")), labelled(r["test_auc"], r.get("test_labels")),
+                      best, with_ci(labelled(r["test_auc"], r.get("test_labels")), r.get("test_auc_ci")),
                       duration(r["duration_s"]))
     console().print(t)
 
@@ -477,6 +479,8 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
           set_: list[str] = typer.Option([], "--set", "-s", help="override for every run: SECTION.KEY=VALUE"),
           data: Optional[str] = typer.Option(None, "--data", help="NIH-layout dataset dir for every run"),
           parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="runs at once (default: the file's)"),
+          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="repeat every point with training seeds "
+                                              "0..N-1 (compare pools them: mean, SD, CIs with seed variation)"),
           resume: Optional[str] = typer.Option(None, "--resume", help="continue a stopped sweep by its id"),
           runs_dir: Optional[str] = typer.Option(None, "--runs-dir")) -> None:
     """Run a grid over config keys as a queue of runs tagged with the sweep id (Ctrl-C stops it)."""
@@ -486,11 +490,11 @@ def sweep(file: Optional[str] = typer.Argument(None, metavar="[FILE]", help="swe
         if bool(file) == bool(resume):
             raise UserError("give a sweep FILE, or --resume SWEEP_ID (not both)")
         if resume:
-            if set_ or data:
-                raise UserError("--resume continues a sweep with its saved settings; --set/--data are not allowed")
+            if set_ or data or seeds:
+                raise UserError("--resume continues a sweep with its saved settings; --set/--data/--seeds are not allowed")
             sw = sweep_mod.load(resume, base)
         else:
-            sw = sweep_mod.load_file(sweep_mod.find_file(file), set_, data, base)
+            sw = sweep_mod.load_file(sweep_mod.find_file(file), set_, data, base, seeds)
         if parallel:
             sw.parallel = parallel
         seen = set()

@@ -56,6 +56,11 @@ def compress_config(parent: Path, prune: str | None, finetune_epochs: int, ptq: 
     cfg = config.load_run_config(parent / "config.toml")
     pruning = prune_section(prune, cfg["model"]["arch"]) if prune is not None else None
     parent_best(parent)  # exit 2 now, not in the engine, when there is no best model
+    from chexui.runs import load_run
+    status = load_run(parent).status
+    if status not in ("completed", "stopped"):  # a running parent's best.pt is a snapshot that moves on
+        raise UserError(f"run {parent.name} is {status}: compress starts from a completed or stopped run's best "
+                        "model (wait for it to finish, or `chexui stop` it)")
     if cfg["quantize"]["enabled"]:
         raise UserError(f"run {parent.name} trained with QAT: its int8 model is exported already; compress "
                         "starts from a float run")

@@ -59,11 +59,14 @@ def short_key(key: str) -> str:
 
 def compression_text(cfg: dict) -> str:
     """A run's compression in a few words: "dense", "prune70", "prune-adaptive", "qat-all",
-    "prune70+qat-conv"; `chexui compress` runs: "post-training prune70 ft1", "post-training ptq-all"."""
+    "prune70+qat-conv"; `chexui compress` runs: "post-training prune70 ft1", "post-training ptq-all".
+    Adaptive pruning that leaves the widths it does not list dense (prune.adaptive_default = "keep", the
+    study's) is "prune-adaptive-listed": another method than the built-in one, another label."""
     p, q, c = cfg.get("prune") or {}, cfg.get("quantize") or {}, cfg.get("compress") or {}
     parts = []
     if p.get("enabled"):
-        parts.append("prune-adaptive" if p.get("adaptive") else f"prune{round(100 * p.get('final_sparsity', 0))}")
+        adaptive = "prune-adaptive-listed" if p.get("adaptive_default") == "keep" else "prune-adaptive"
+        parts.append(adaptive if p.get("adaptive") else f"prune{round(100 * p.get('final_sparsity', 0))}")
         if c.get("parent") and (cfg.get("train") or {}).get("epochs"):
             parts[-1] += f" ft{cfg['train']['epochs']}"
     if q.get("enabled"):
@@ -126,6 +129,11 @@ def csv_cell(text: str) -> str:
     """A CSV cell a spreadsheet will not run: text starting with =, +, -, @ (or a tab or carriage return,
     which some read past) gets a leading apostrophe, as OWASP advises for CSV injection."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def with_ci(text: str, ci: list[float] | None) -> str:
+    """A figure and its 95 % CI: "0.7350 (14/14) 0.701-0.768"; the figure alone without one."""
+    return text if not ci or text == "-" else f"{text} {ci_text(ci)}"
 
 
 def ci_text(ci: list[float] | None) -> str:

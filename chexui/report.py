@@ -158,14 +158,22 @@ def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", b
     tbls = compare.tables(runs, baseline, heatmaps)
     writer = OutputDir(out)
     labels = list(tbls["time"].index)
-    # long labels would squeeze the plots: then figures say R1..Rn and the run list says which is which
-    short = [f"R{i + 1}" for i in range(len(runs))] if max(map(len, labels)) > 32 else \
-        [for_matplotlib(lab) for lab in labels]
-    fig_tbls = {k: v.rename(index=dict(zip(labels, short)), columns=dict(zip(labels, short)))
-                for k, v in tbls.items()}
-    for k in ("paired", "heatmaps"):
-        if k in fig_tbls:
-            fig_tbls[k].attrs = {**tbls[k].attrs, "baseline": dict(zip(labels, short))[tbls[k].attrs["baseline"]]}
+    arm_labels = [c for c in tbls["auroc"].columns if c != compare.REFERENCE and c not in labels]  # (seed arms)
+    # long labels would squeeze the plots: then figures say R1..Rn (A1..An for arms of several seeds) and
+    # the lists below say which is which
+    long = max(map(len, labels + arm_labels)) > 32
+    short = [f"R{i + 1}" for i in range(len(runs))] if long else [for_matplotlib(lab) for lab in labels]
+    arm_short = [f"A{i + 1}" for i in range(len(arm_labels))] if long else [for_matplotlib(a) for a in arm_labels]
+    names = dict(zip(labels + arm_labels, short + arm_short))
+    fig_tbls = {}
+    for k, v in tbls.items():
+        fig_tbls[k] = v.rename(index=names, columns=names)
+        fig_tbls[k].attrs = {**v.attrs, **({"baseline": names.get(v.attrs["baseline"], v.attrs["baseline"])}
+                                           if "baseline" in v.attrs else {})}
+        for key in ("ci", "sd", "seeds"):  # keyed by a column label, or (run, column)
+            if isinstance(v.attrs.get(key), dict):
+                fig_tbls[k].attrs[key] = {((names.get(c[0], c[0]), *c[1:]) if isinstance(c, tuple) else names.get(c, c)): x
+                                          for c, x in v.attrs[key].items()}
     figures = {"loss.png": "Train and validation loss per epoch", "auroc.png": "Per-class test AUROC",
                "time.png": "Training time", "storage.png": "Model storage"}
     loss_figure(runs, short, (writer, "loss.png"))
@@ -182,6 +190,9 @@ def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", b
         name = f"{sh}: {lab}" if sh != lab else lab
         lines.append(f"- **{name}**: `{r.id}`, {s['status']}, preset {s['preset']}, {s['arch']}, "
                      f"world size {s['world_size']}")
+    if arm_labels:
+        lines += ["", "Arms (runs that differ only by train.seed, pooled in the AUROC and paired tables):", ""]
+        lines += [f"- **{sh}: {lab}**" if sh != lab else f"- **{lab}**" for lab, sh in zip(arm_labels, arm_short)]
     lines += ["", "Data: " + ", ".join(f"`{d}`" for d in datasets), ""]
     lines.append(compare.render(fig_tbls, "markdown"))
     for fname, caption in figures.items():

@@ -175,16 +175,27 @@ class RunInfo:
             except (AttributeError, TypeError, KeyError, ValueError, IndexError, OverflowError) as e:
                 self.problem = f"events.jsonl: unexpected content ({type(e).__name__})"
         return {"id": self.id, "path": clean(str(self.run_dir)), "status": "unreadable", "preset": None,
-                "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_val_auc": None,
-                "best_val_labels": None, "test_auc": None, "test_labels": None, "test_auc_ci": None,
+                "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_epoch": None, "best_val_auc": None,
+                "best_val_labels": None, "test_model": None, "test_auc": None, "test_labels": None, "test_auc_ci": None,
                 "duration_s": None, "started": None, "problem": clean(self.problem)}
+
+    def best_epoch(self) -> int | None:
+        """The epoch of the model the run ships (its best checkpoint, chosen by validation loss): the
+        finished run's `best_epoch`, else the last epoch saved as best (a resumed run's included)."""
+        finished = self.last("run_finished")
+        if finished is not None and finished.get("best_epoch"):
+            return finished["best_epoch"]
+        saved = next((e for e in reversed(self.events) if e["type"] == "checkpoint_saved" and e["best"]), None)
+        return saved["epoch"] if saved else None
 
     def _summary(self) -> dict[str, Any]:
         started = self.first("run_started") or {}
         cfg = started.get("config", {})
         epochs = [e for e in self.events if e["type"] == "epoch_ended"]
-        vals = [e for e in epochs if e.get("val_auc_mean") is not None]
-        best_val = max(vals, key=lambda e: e["val_auc_mean"]) if vals else None
+        # the validation figures of the shipped model's epoch (its last run, if a resume ran it again):
+        # not the highest AUROC of any epoch, which is not the model the best checkpoint holds
+        best = self.best_epoch()
+        best_val = next((e for e in reversed(epochs) if e["epoch"] == best), None)
         test = last_evaluation(self.events)
         finished = self.last("run_finished")
         restarted = self.last("restarted")
@@ -197,8 +208,9 @@ class RunInfo:
             "sweep": cfg.get("sweep"),
             "world_size": (restarted or started).get("world_size"),
             "epochs": epochs[-1]["epoch"] if epochs else 0,
-            "best_val_auc": best_val["val_auc_mean"] if best_val else None,
+            "best_epoch": best, "best_val_auc": best_val["val_auc_mean"] if best_val else None,
             "best_val_labels": n_defined(best_val["val_auc"]) if best_val else None,
+            "test_model": test.get("model") if test else None,
             "test_auc": test["auc_mean"] if test else None,
             "test_labels": n_defined(test["auc"]) if test else None,
             "test_auc_ci": test.get("auc_mean_ci") if test else None,

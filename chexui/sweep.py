@@ -11,6 +11,10 @@ A sweep file is TOML data:
     "train.lr" = [0.01, 0.001]
     "train.batch_size" = [16, 32, 64]
 
+`seeds = [0, 1, 2]` (or `chexui sweep --seeds N`: seeds 0..N-1) repeats every grid point with each
+training seed (`train.seed`; the data split's seed stays, so every run is tested on the same images):
+`chexui compare` pools the runs that differ only by seed into one arm. The study sweeps run 3 seeds.
+
 The grid may vary the preset itself (`preset = ["study/densenet121", "study/densenet121-prune70"]`, the
 `[set]` overrides apply to each). `[[compress]]` entries (`prune = 0.7`, `finetune_epochs = 2`,
 `ptq = true`, as `chexui compress` takes them) add post-training compression runs: each entry is applied
@@ -40,7 +44,8 @@ from engine import config
 from engine.errors import ConfigError, UserError
 from engine.fsutil import write_atomic
 
-FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name", "compress"}
+FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name", "compress", "seeds"}
+SEED_KEY = "train.seed"
 COMPRESS_KEYS = {"prune", "finetune_epochs", "ptq"}
 
 
@@ -91,8 +96,9 @@ def find_file(ref: str) -> Path:
     raise ConfigError(f"sweep '{ref}': no such file, and no {ref}.sweep.toml in the preset dirs")
 
 
-def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -> Sweep:
-    """Parse and check a sweep file; every grid point must resolve to a valid run config."""
+def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path, seeds: int | None = None) -> Sweep:
+    """Parse and check a sweep file; every grid point must resolve to a valid run config. `seeds` (the
+    CLI's --seeds N) replaces the file's `seeds` with 0..N-1."""
     raw = config.load_toml(path)
     for k in raw:
         if k not in FILE_KEYS:
@@ -105,6 +111,14 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path) -
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid key '{k}': expected a non-empty list of values")
+    seed_list = list(range(seeds)) if seeds is not None else raw.get("seeds")
+    if seed_list is not None:
+        if not isinstance(seed_list, list) or not seed_list or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list) or len(set(seed_list)) < len(seed_list):
+            raise ConfigError(f"{path}: key 'seeds' = {seed_list!r}: expected a list of distinct integers >= 0")
+        if SEED_KEY in grid:
+            raise ConfigError(f"{path}: 'seeds' and a grid over '{SEED_KEY}' say the same thing: keep one")
+        grid = {SEED_KEY: seed_list, **grid}  # first: every configuration's seed 0, then its seed 1, ...
     parallel = raw.get("parallel", 1)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ConfigError(f"{path}: key 'parallel' = {parallel!r}: expected an integer >= 1")

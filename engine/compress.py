@@ -39,7 +39,7 @@ def parent_state(parent: str | Path) -> dict:
 def parent_summary(parent: str | Path) -> dict:
     """What `run_started.parent` records: which run and model this one starts from, and the parent's
     training time (the post-training row's total compute is the parent's plus its own)."""
-    from engine.export import sha256
+    from engine.fsutil import sha256
     events = read_events(Path(parent) / "events.jsonl")
     done = next((e for e in reversed(events) if e["type"] == "run_finished"), {})
     started = next((e for e in events if e["type"] == "run_started"), {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,20 @@ from engine.errors import UserError
 from engine.labels import LABELS, n_defined
 
 
+def eval_batch_size(cfg: dict) -> int:
+    """The batch of every evaluation of a run, the engine's and `chexui eval`'s alike (a QAT model's
+    fake quantization can round a value the other way when a batch of another shape changes the conv
+    algorithm: one batch size keeps eval's numbers the run's own)."""
+    return cfg["train"]["batch_size"] * 2
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images, rows: np.ndarray, d: Dist, batch_size: int,
-                   channels_last: bool = False, autocast=nullcontext, device: torch.device | None = None,
+                   channels_last: bool = False, device: torch.device | None = None,
                    pad: bool = False) -> np.ndarray:
-    """Logits for `rows` in `rows` order: each image exactly once over all ranks (no sampler padding),
-    gathered to every rank. `device` overrides the rank's device (the int8 model runs on the CPU).
+    """Logits for `rows` in `rows` order, in fp32 (no autocast: evaluation measures the model, not a
+    training-speed setting): each image exactly once over all ranks (no sampler padding), gathered to
+    every rank. `device` overrides the rank's device (the int8 model runs on the CPU).
     `pad`: a short last batch is padded with blank images to `batch_size` (its logits dropped), so a
     compiled model sees one input shape and compiles once (eval-mode BatchNorm keeps rows independent)."""
     model.eval()
@@ -39,10 +46,9 @@ def predict_logits(model: nn.Module, images, rows: np.ndarray, d: Dist, batch_si
     out = []
     with Prefetched(inputs(), device) as xs:
         for x, n in xs:
-            with autocast():
-                # kept on the device (a copy to the host would wait for the GPU every batch); cloned, as a
-                # CUDA-graph output is overwritten by the next call
-                out.append(model(to_input(x, device, None, channels_last))[:n].float().clone())
+            # kept on the device (a copy to the host would wait for the GPU every batch); cloned, as a
+            # CUDA-graph output is overwritten by the next call
+            out.append(model(to_input(x, device, None, channels_last))[:n].float().clone())
     logits = torch.cat(out).cpu().numpy() if out else np.zeros((0, len(LABELS)), np.float32)
     full = np.zeros((len(rows), len(LABELS)), np.float32)
     for positions, part in d.all_gather_object((mine, logits)):
@@ -111,8 +117,9 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     mem = cache.prepare(index, size) if cfg["data"]["cache"] else None
     y, spec = index.labels[rows], bootstrap.Spec.from_config(cfg["eval"])
     results = []
-    for name, model in shipped:
-        logits = predict_logits(model, Images(index, size, mem), rows, Dist(), batch_size=64)
+    for name, model in shipped:  # (as the engine evaluated the run: its batch and memory layout)
+        logits = predict_logits(model, Images(index, size, mem), rows, Dist(), eval_batch_size(cfg),
+                                cfg["train"]["channels_last"])
         auc, mean, reasons = auroc_from_logits(y, logits)
         res = {"model": name, "auc": auc, "auc_mean": mean, "n_labels_defined": n_defined(auc), "undefined": reasons}
         if spec is not None:

@@ -18,9 +18,10 @@ from engine.sanitize import clean_obj
 VERSION = 1
 # Run-dir file that says a stop was asked for (chexui writes it, then signals; the engine reads it).
 STOP_FILE = "stop_requested"
-# `evaluated` split(s) measuring each exported artifact kind, first match wins: a run without QAT has
-# no `test_fp32`, its fp32 artifact is the best model that `test` measured
-ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8",),
+# `evaluated` split(s) measuring each exported artifact kind, first match wins. `test` is what the run
+# ships (its headline): for a QAT or post-training int8 run, its int8 model, the graph of the int8
+# artifact; runs before that was so have `test_int8`. `test_qat`: a QAT run's fake-quantized model.
+ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8", "test"),
                    "onnx_fp32": ("test_onnx_fp32",), "onnx_int8": ("test_onnx_int8",)}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed, e.g. `epoch_ended`'s
@@ -81,6 +82,7 @@ SHAPES: dict[str, Any] = {
                            ("kind", "path", "bytes"))),
     "bootstrap": ("record", {"resamples": _INT, "seed": _INT, "unit": _STR}, ("resamples", "seed", "unit")),
     "at_threshold": _AT_THRESHOLD, "operating_point": _STR, "predictions": _STR, "ece": ("map", _OPT_NUM),
+    "model": _STR,
     "world_size": _INT, "code": _INT,
 }
 

@@ -23,7 +23,6 @@ record in the run's best checkpoint (data: only tensor operations admitted), nev
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from engine import checkpoint
 from engine.errors import StorageError
+from engine.fsutil import sha256
 
 FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"
 FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2",
@@ -70,14 +70,6 @@ def from_sparse(packed: dict) -> dict[str, torch.Tensor]:
 
 def gzip_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=6))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def artifact(kind: str, path: Path, run_dir: Path) -> dict:

@@ -54,6 +54,16 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         raise StorageError(f"{path}: cannot write ({e.strerror or e}); the previous file, if any, is kept") from None
 
 
+def sha256(path: str | Path) -> str:
+    """A file's sha256, read a MiB at a time."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def open_append(path: str | Path) -> IO[str]:
     """`path` opened for appending text, created if missing, never through a link: a symlink planted at
     a run's events.jsonl or engine.log would otherwise append to the file it points to."""

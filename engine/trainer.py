@@ -27,7 +27,7 @@ from engine import bootstrap, checkpoint, compress, dist, export, operating, pre
 from engine.checkpoint import RunCheckpoints
 from engine.errors import UserError
 from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
-from engine.evaluate import auroc_from_logits, predict_logits, probabilities
+from engine.evaluate import auroc_from_logits, eval_batch_size, predict_logits, probabilities
 from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
 from engine.labels import n_defined
@@ -35,6 +35,7 @@ from engine.models import build_model, losses
 from engine.prune import Pruner
 from engine.running_loss import RunningLoss
 
+BEST = "checkpoints/best.pt"
 # Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
 DIVERGED_FACTOR = 100.0
 
@@ -338,27 +339,27 @@ class Run:
         self.state.loss_n += n
 
     def predict(self, rows: np.ndarray, model: nn.Module | None = None, device: torch.device | None = None,
-                d: dist.Dist | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels of `rows` over the ranks of `d` (default: all of them); `amp = False`: no
-        autocast (exported and post-training int8 models, measured as a user runs them: CPU bf16
-        autocast moves an int8 program's logits by 0.03)."""
+                d: dist.Dist | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and labels of `rows` over the ranks of `d` (default: all of them), in fp32 on every
+        device: autocast is a training-speed setting, and a validation or test figure in bf16 is not the
+        fp32 model's (thresholds, AUROCs and CIs moved by 1e-4 on a CPU stand-in; an int8 program's
+        logits by 0.03). The memory layout is the run's (channels_last), as every evaluation of it."""
         model = self.core if model is None else model
         device, d = device or self.d.device, d or self.d
-        autocast = (lambda: autocast_for(self.cfg, device)) if amp else nullcontext
         compiled = model is self.core and self.eval_net is not self.core
         # evaluating the QAT model must not move its observers' ranges
         with quant.observers_frozen(model) if model is self.qat else nullcontext():
             logits = predict_logits(self.eval_net if compiled else model, self.data.images, rows, d,
-                                    self.t["batch_size"] * 2, self.channels_last, autocast, device, pad=compiled)
+                                    eval_batch_size(self.cfg), self.channels_last, device=device, pad=compiled)
         return logits, self.data.index.labels[rows].astype(np.float32)
 
     def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None,
-                 d: dist.Dist | None = None, amp: bool = True) -> dict:
+                 d: dist.Dist | None = None) -> dict:
         if model is None:
             # each rank holds its own BatchNorm statistics / observer ranges after an epoch: validate
             # (and so save) rank 0's
             self.d.broadcast_state(self.core, buffers_only=True)
-        logits, y = self.predict(self.data.split[split], model, device, d, amp)
+        logits, y = self.predict(self.data.split[split], model, device, d)
         lt, yt = torch.from_numpy(logits).to(self.d.device), torch.from_numpy(y).to(self.d.device)
         zeros = torch.zeros_like(lt)  # predicting 0.5 for every label: the chance losses
         auc, mean, reasons = auroc_from_logits(y, logits)
@@ -459,7 +460,7 @@ class Run:
                     self.qat.load_state_dict(best["qat"])
         self.d.broadcast_state(self.core)
 
-    def report(self, split: str, res: dict) -> None:
+    def report(self, split: str, res: dict, model: str) -> None:
         """Rank 0: keep the split's predictions (predictions/<split>.npz) and emit `evaluated` with the
         patient-bootstrap 95 % intervals of every AUROC, and, at the operating points chosen on
         validation, each label's sensitivity, specificity, PPV, NPV and F1 (with intervals from the same
@@ -482,15 +483,15 @@ class Run:
                          ece_calibrated=operating.eces(res["labels"], operating.calibrated(probs, op["temperatures"])))
         if spec is not None:
             self.log(f"[{split}] bootstrap: {spec.resamples} patient resamples in {time.perf_counter() - t0:.1f}s")
-        self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"],
+        self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"], model=model,
                   n_labels_defined=n_defined(res["auc"]), predictions=str(path.relative_to(self.run_dir)), **extra)
 
     def choose_operating_points(self, model: nn.Module | None = None, device: torch.device | None = None,
-                                d: dist.Dist | None = None, amp: bool = True) -> None:
+                                d: dist.Dist | None = None) -> None:
         """Per-label thresholds (rule `eval.operating_point`) and temperatures of the model the run ships,
         fitted on the validation split only; rank 0 keeps them (predictions/val.npz, the
         `operating_points` event, the best checkpoint). Every rank of `d` takes part in the evaluation."""
-        res = self.evaluate("val", model, device, d, amp)
+        res = self.evaluate("val", model, device, d)
         if not self.d.is_main:
             return
         rows, idx = self.data.split["val"], self.data.index
@@ -547,32 +548,38 @@ class Run:
         return quant.from_graph_record(record)
 
     def test(self) -> dict:
-        """The shipped model's operating points on validation, then its test evaluation."""
+        """What the run ships, on the test split: its operating points chosen on validation, then its test
+        evaluation (`test`, the run's headline). A QAT or post-training int8 run ships its int8 model
+        (made here on rank 0, on the CPU, kept as a graph record in best.pt and evaluated as read back
+        from it); a QAT run's fake-quantized model, what it trained, is measured too (`test_qat`)."""
         self.load_best()
-        if not self.cfg["compress"]["ptq"]:
+        if not (self.qat is not None or self.cfg["compress"]["ptq"]):
             self.choose_operating_points(self.core)
             res = self.evaluate("test", self.core)
-            self.report("test", res)
+            self.report("test", res, f"fp32 model of {BEST}")
             return res
-        # post-training quantization: what the run ships, and so its `test` evaluation, is the int8 model
         res = None
+        if self.qat is not None:
+            qat = self.evaluate("test", self.core)  # every rank takes part: the QAT model is distributed
+            if self.d.is_main:
+                self.report("test_qat", qat, f"QAT fake-quantized model of {BEST}")
         if self.d.is_main:
-            self.int8 = self.post_training_int8()
+            self.int8 = self.keep_int8(quant.convert(self.qat)) if self.qat is not None else self.post_training_int8()
             cpu = torch.device("cpu")
-            self.choose_operating_points(self.int8, cpu, dist.Dist(device=cpu), amp=False)
-            res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu), amp=False)
-            self.report("test", res)
+            self.choose_operating_points(self.int8, cpu, dist.Dist(device=cpu))
+            res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu))
+            where = f"; the graph of export/{export.FILES[export.INT8]}" if self.cfg["export"]["enabled"] else ""
+            self.report("test", res, f"int8 model (kept in {BEST}{where})")
         return self.d.all_gather_object(res)[0]
 
     def export(self) -> None:
-        """Write export/ from the best model, then evaluate every compressed artifact as a user would
-        load it, on the test split: `test_fp32` (QAT runs: the float weights without fake quantization),
-        `test_sparse`, `test_int8`, `test_onnx_fp32`, `test_onnx_int8` (int8 and ONNX on the CPU).
-        Rank 0 alone: the files are on its disk."""
+        """Write export/ from the best model, then evaluate every artifact as a user would load it, on the
+        test split: `test_fp32` (the float weights: for a QAT run, without fake quantization), `test_sparse`,
+        `test_onnx_fp32`, `test_onnx_int8` (ONNX on the CPU). The int8 artifact's graph is the one `test`
+        measured (test() made it). Rank 0 alone: the files are on its disk."""
         if self.d.is_main:
-            int8 = self.keep_int8(quant.convert(self.qat)) if self.qat is not None else self.int8
             arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"], self.dc["image_size"],
-                                        self.pruner is not None, int8, self.cfg["export"]["onnx"], self.log,
+                                        self.pruner is not None, self.int8, self.cfg["export"]["onnx"], self.log,
                                         self.operating)
             params = list(self.model.parameters())
             self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
@@ -581,13 +588,12 @@ class Run:
             for a in arts:
                 self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
             for a in arts:
-                if a["kind"] == export.FP32 and int8 is None:
-                    continue  # the fp32 artifact is the model the `test` evaluation just measured
-                # the int8 model as chexui runs it (from the graph record in best.pt, as export.int8_model
-                # reads it); every other artifact loaded from its file, as a user loads it
-                model = int8 if a["kind"] == export.INT8 else export.load_model(self.run_dir, a)
+                if a["kind"] == export.INT8:
+                    continue  # the graph of the `test` evaluation (the record in best.pt, as chexui runs it)
+                model = export.load_model(self.run_dir, a)
                 device = torch.device("cpu") if a["kind"] in export.CPU_ONLY else self.d.device
-                # as a user runs the file: no autocast (it is a training-speed setting)
-                res = self.evaluate("test", model.to(device), device, dist.Dist(device=device), amp=False)
-                self.report(ARTIFACT_SPLITS[a["kind"]][0], res)
+                if self.channels_last and a["kind"] not in export.CPU_ONLY:  # in the layout the run evaluates in
+                    model = model.to(memory_format=torch.channels_last)
+                res = self.evaluate("test", model.to(device), device, dist.Dist(device=device))
+                self.report(ARTIFACT_SPLITS[a["kind"]][0], res, f"{a['kind']} artifact {a['path']}")
         self.d.barrier()

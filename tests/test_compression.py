@@ -136,14 +136,14 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     assert arts["int8"]["bytes"] <= 0.30 * arts["fp32"]["bytes"]
     assert arts["int8"]["gzip_bytes"] < arts["int8"]["bytes"] == (run / arts["int8"]["path"]).stat().st_size
     evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
-    assert {"test", "test_fp32", "test_int8"} <= set(evals) and set(evals["test_int8"]["auc"]) == set(LABELS)
+    assert {"test", "test_qat", "test_fp32"} <= set(evals) and set(evals["test"]["auc"]) == set(LABELS)
     # loadable without chexui's code: plain torch in isolated mode (no repo on sys.path, no torchao), and
     # on the run's own first test images it gives the probabilities the run's evaluation kept
     assert arts["int8"]["path"].endswith(".pt2")
     from engine import nih, predictions
     from engine.data import Images, to_input
     index = nih.index_dataset(tiny_demo)
-    names = list(predictions.load(run / "predictions" / "test_int8.npz")["image_ids"][:6])
+    names = list(predictions.load(run / "predictions" / "test.npz")["image_ids"][:6])  # (the int8 model's)
     rows = np.array([list(index.names).index(n) for n in names])
     torch.save(to_input(Images(index, 32)[rows][0], torch.device("cpu")), tmp_path / "x.pt")
     code = ("import sys, torch, torch.ao.quantization.fx._decomposed\n"
@@ -153,7 +153,7 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
             "print(torch.sigmoid(m(x).double()).flatten().tolist())")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    kept = predictions.load(run / "predictions" / "test_int8.npz")["probs"][:6]
+    kept = predictions.load(run / "predictions" / "test.npz")["probs"][:6]
     assert np.allclose(np.array(json.loads(out.stdout.strip().splitlines()[-1])).reshape(6, 14), kept, atol=1e-6)
     # (--no-compile: the compiled rows cost 13 s of compilation here; torch.compile is exercised by
     # test_the_gpu_configuration_runs_on_cpu, the int8 program's passes by test_compiling_an_int8_...)
@@ -170,7 +170,7 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     for a in res["artifacts"]:
         assert a["cpu"]["latency_b1_ms"] > 0 and a["cpu"]["throughput_b32"] > 0 and a["x_fp32_speed"] > 0
     assert max(a["x_fp32_speed"] for a in res["artifacts"] if a["kind"] in ("fp32", "onnx_fp32")) == 1.0
-    assert res["artifacts"][2]["test_auc_mean"] == evals["test_int8"]["auc_mean"]
+    assert res["artifacts"][2]["test_auc_mean"] == evals["test"]["auc_mean"]
 
 
 @pytest.mark.slow
@@ -226,7 +226,7 @@ def test_a_qat_run_raises_no_quantization_or_torchscript_deprecation_warning(com
     assert NO_DEPRECATED == "error::DeprecationWarning,error::FutureWarning" and r.returncode == 0
     arts = [e for e in events_of(run) if e["type"] == "exported"][0]["artifacts"]
     assert any(a["kind"] == "int8" and a["path"].endswith(".pt2") for a in arts)
-    assert any(e["type"] == "evaluated" and e["split"] == "test_int8" for e in events_of(run))
+    assert any(e["type"] == "evaluated" and e["split"] == "test" for e in events_of(run))
 
 
 def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_inputs(tmp_path):

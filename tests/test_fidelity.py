@@ -222,9 +222,31 @@ def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed
     assert names[0].startswith("int8 artifact export/model_int8.pt2 (its graph, as kept in checkpoints/best.pt)")
     assert "fake-quantized" in names[1]
     assert res["model"] == names[0] and res["auc"] == res["models"][0]["auc"]
-    # on the run's own test split, the int8 artifact scores what the run recorded for it
-    int8 = next(e for e in ev if e["type"] == "evaluated" and e["split"] == "test_int8")
-    assert res["models"][0]["auc_mean"] == pytest.approx(int8["auc_mean"], abs=1e-6)
+    # on the run's own test split, eval's headline is the run's own (`test`: the int8 model it ships, which
+    # `runs show` reports too), and the fake-quantized model scores what the run recorded for it
+    # (`test_qat`), each label to 1e-6
+    heads = {s: next(e for e in ev if e["type"] == "evaluated" and e["split"] == s) for s in ("test", "test_qat")}
+    for m, split in zip(res["models"], ("test", "test_qat")):
+        assert m["auc_mean"] == pytest.approx(heads[split]["auc_mean"], abs=1e-6)
+        assert all(abs(m["auc"][k] - v) <= 1e-6 for k, v in heads[split]["auc"].items() if v is not None)
+    show = json.loads(chexui("runs", "show", str(run), "--json").stdout)
+    assert show["test_auc"] == pytest.approx(res["auc_mean"], abs=1e-6) and "int8" in show["test_model"]
+    # eval's QAT stand-in is built as the run's (one builder, the run's memory layout and batch): its
+    # probabilities are the run's kept ones
+    from engine import config as cfg_mod
+    from engine import nih
+    from engine.cache import prepare
+    from engine.data import Images
+    from engine.dist import Dist
+    from engine.evaluate import eval_batch_size, predict_logits, probabilities, shipped_models
+    cfg = cfg_mod.load_run_config(run / "config.toml")
+    kept = predictions.load(run / "predictions" / "test_qat.npz")
+    index = nih.index_dataset(tiny_demo)
+    rows = np.array([list(index.names).index(n) for n in kept["image_ids"]])
+    twin = shipped_models(run, cfg)[1][1]
+    logits = predict_logits(twin, Images(index, 32, prepare(index, 32)), rows, Dist(), eval_batch_size(cfg),
+                            cfg["train"]["channels_last"])
+    assert np.abs(probabilities(logits) - kept["probs"]).max() <= 1e-6
     assert all(m["auc_mean_ci"][0] <= m["auc_mean"] <= m["auc_mean_ci"][1] for m in res["models"])
     # the human table of each model (what `chexui eval` prints): CIs and the calls at the run's thresholds
     from rich.console import Console
@@ -244,7 +266,7 @@ def test_every_evaluation_keeps_its_predictions_and_carries_patient_bootstrap_ci
     run, _ = compressed_run
     split = json.loads((run / "split.json").read_text())
     evals = [e for e in events_of(run) if e["type"] == "evaluated"]
-    assert {e["split"] for e in evals} == {"test", "test_fp32", "test_sparse", "test_int8", "test_onnx_fp32",
+    assert {e["split"] for e in evals} == {"test", "test_qat", "test_fp32", "test_sparse", "test_onnx_fp32",
                                            "test_onnx_int8"}
     for e in evals:
         p = predictions.load(run / e["predictions"])
@@ -254,10 +276,11 @@ def test_every_evaluation_keeps_its_predictions_and_carries_patient_bootstrap_ci
         assert aucs == pytest.approx(e["auc"]) and mean == pytest.approx(e["auc_mean"], abs=1e-12)
         assert e["n_labels_defined"] == sum(v is not None for v in e["auc"].values())
         assert e["bootstrap"]["unit"] == "patient" and e["bootstrap"]["resamples"] == 1000
-        for name, ci in e["auc_ci"].items():
-            assert (ci is None) == (e["auc"][name] is None)
+        for name, ci in e["auc_ci"].items():  # no CI: no AUROC, or a reason (too few patients)
+            assert ci is not None or e["auc"][name] is None or "patients" in e["auc_ci_note"][name], name
+            assert ci is None or e["auc_ci_dropped"][name] < 0.8 * 1000
         lo, hi = e["auc_mean_ci"]
-        assert lo <= e["auc_mean"] <= hi
+        assert lo <= e["auc_mean"] <= hi and 0 <= e["auc_mean_ci_dropped"] <= 0.8 * 1000
 
 
 def test_headless_table_says_how_many_labels_a_mean_covers():
@@ -339,7 +362,57 @@ def test_paired_identical_runs_differ_by_zero_with_p_1_and_a_shuffled_model_by_p
     assert all(r["delta"] == 0 and r["p"] == 1 for r in same["labels"].values())
     shuffled = s[rng.permutation(len(s))]  # the model's scores on label-shuffled images: chance
     res = bootstrap.paired(y, s, shuffled, pat, aucs, metrics.per_class_auroc(y, shuffled)[0], bootstrap.Spec(1000, 0))
-    assert res["mean"]["p"] < 0.01 and res["mean"]["ci"][1] < 0 and res["mean"]["n_labels"] == 14
+    assert res["mean"]["ci"][1] < 0 and res["mean"]["n_labels"] == 14
+    # no resample came out on the other side of 0: p is 1/(R + 1), not 0 (R resamples cannot show less)
+    assert res["mean"]["p"] == pytest.approx(1 / 1001)
+    from chexui.compare import _p_text
+    assert _p_text(res["mean"]["p"]) == "p<0.001" and _p_text(0.0521) == "p=0.052"
+
+
+def test_the_p_value_and_the_ci_come_from_one_rule_and_never_disagree():
+    """p <= 0.05 exactly when the 95 % CI excludes 0, for any replicates (interpolated percentiles once
+    gave p = 0.052 with a CI excluding 0), including replicates some of which are undefined (NaN)."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    for k in range(2000):
+        d = rng.normal(rng.uniform(0, 0.05), 0.02, int(rng.integers(40, 1200)))
+        d[rng.random(len(d)) < rng.uniform(0, 0.3)] = np.nan
+        ci, p = bootstrap._interval(d), bootstrap._p_value(d)
+        if ci is None:
+            assert p is None
+            continue
+        checked += 1
+        assert (p <= 0.05) == (ci[0] > 0 or ci[1] < 0), (p, ci, k)
+    assert checked > 1500
+
+
+def test_the_mean_averages_the_same_labels_in_every_resample_and_counts_the_others():
+    """A resample that lost every positive of a label has no mean (it would average fewer labels:
+    seen, a mean delta of -0.145 with a CI of -0.199 to +0.094); such resamples are counted, and a label
+    with positives from fewer than 3 patients gets no CI, saying why."""
+    rng = np.random.default_rng(5)
+    y, s, pat = clustered(60, rng)
+    y[:, 13] = 0
+    y[pat == pat[0], 13] = 1  # Hernia: the images of one patient only
+    y[pat == pat[-1], 13] = 1  # ... and of a second one
+    aucs = metrics.per_class_auroc(y, s)[0]
+    res = bootstrap.intervals(y, s, pat, aucs, bootstrap.Spec(500, 1))
+    assert res["auc_ci"]["Hernia"] is None and "positives from 2" in res["auc_ci_note"]["Hernia"]
+    reps = bootstrap.replicates(y, [s], pat, bootstrap.Spec(500, 1))[0]
+    usable = np.isfinite(reps).all(axis=1)
+    assert 0 < res["auc_mean_ci_dropped"] == int((~usable).sum())  # (two Hernia patients: often both missed)
+    v = np.sort(reps[usable].mean(axis=1))  # the mean of all 14 labels, in the usable resamples only
+    k = int(np.floor(0.025 * len(v)))
+    assert res["auc_mean_ci"] == [pytest.approx(v[k]), pytest.approx(v[len(v) - 1 - k])]
+    s2 = s + rng.normal(0, 0.5, s.shape)
+    pr = bootstrap.paired(y, s, s2, pat, aucs, metrics.per_class_auroc(y, s2)[0], bootstrap.Spec(500, 1))
+    assert pr["labels"]["Hernia"]["ci"] is None and "patients" in pr["labels"]["Hernia"]["note"]
+    assert pr["mean"]["dropped"] == res["auc_mean_ci_dropped"]
+
+
+def test_holm_adjusts_a_family_of_p_values():
+    assert bootstrap.holm([0.01, None, 0.04, 0.03, 0.005]) == pytest.approx([0.03, None, 0.06, 0.06, 0.02])
+    assert bootstrap.holm([None, None]) == [None, None] and bootstrap.holm([0.5]) == [0.5]
 
 
 # ------------------------------------------------------------------ a pruned run's best epoch; paired compare

@@ -90,7 +90,7 @@ def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
 
 
 @pytest.mark.slow
-def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset):
+def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset, tiny_demo):
     """What a GPU server runs: bf16 autocast, channels_last, fused Adam and torch.compile (train step and
     the padded evaluation pass), with the compile time reported apart from the epoch's."""
     r, ev = run_tiny(tmp_path / "runs", tiny_preset, "train.amp=bf16", "train.epochs=1", "train.compile=true",
@@ -105,6 +105,12 @@ def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset):
     assert [e for e in ev if e["type"] == "run_finished"][-1]["status"] == "completed"
     opt = torch.load(only_run(tmp_path / "runs") / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
     assert opt["param_groups"][0]["fused"] is True
+    # trained in bf16, validated and tested in fp32: the run's test AUROCs are an fp32 evaluation's
+    # (chexui eval's, eager) to rounding, where bf16 autocast had moved them by up to 4e-4
+    from engine.evaluate import evaluate_run
+    test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
+    fp32 = evaluate_run(only_run(tmp_path / "runs"), str(tiny_demo))
+    assert max(abs(fp32["auc"][k] - v) for k, v in test["auc"].items() if v is not None) <= 2e-6
 
 
 @pytest.mark.slow

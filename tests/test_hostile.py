@@ -350,13 +350,13 @@ def test_report_onto_a_file_or_into_a_read_only_dir_is_a_one_line_error(tmp_path
     good = hostile.hostile_run_dirs(runs, RECORDED)["good"]
     target = tmp_path / "report.md"
     target.write_text("mine")
-    r = chexui("report", good, "--out", target, "--heatmaps", "0", "--runs-dir", runs)
+    r = in_process("report", good, "--out", target, "--heatmaps", "0", "--runs-dir", runs)
     clean_exit(r, 2)
     assert "not a directory" in r.stderr and target.read_text() == "mine"
     out = tmp_path / "rep"
     out.mkdir()
     (out / "loss.png").symlink_to(target)
-    r = chexui("report", good, "--out", out, "--heatmaps", "0", "--runs-dir", runs)
+    r = in_process("report", good, "--out", out, "--heatmaps", "0", "--runs-dir", runs)
     clean_exit(r, 2)
     assert "loss.png: exists and was not written by chexui" in r.stderr and target.read_text() == "mine"
 
@@ -531,7 +531,7 @@ def test_a_planted_pt2_never_runs_whatever_its_recorded_hash(hostile_copy, tiny_
     from engine.predict import predict
     res = evaluate_run(run, str(tiny_demo))  # chexui eval
     int8 = next(e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
-                if e["type"] == "evaluated" and e["split"] == "test_int8")
+                if e["type"] == "evaluated" and e["split"] == "test")
     assert res["model"].startswith("int8 artifact export/model_int8.pt2 (its graph, as kept in")
     assert res["auc_mean"] == pytest.approx(int8["auc_mean"], abs=1e-6)
     first = next((tiny_demo / "images").iterdir())

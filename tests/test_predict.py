@@ -82,7 +82,7 @@ def test_predict_gives_the_runs_own_probabilities_and_the_same_for_every_format(
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and lines[0].startswith("file,Atelectasis,Cardiomegaly") and len(lines) == 2
     int8 = np.array([float(v) for v in lines[1].split(",")[1:15]])  # (then the positive calls)
-    kept_int8 = predictions.load(run / "predictions" / "test_int8.npz")
+    kept_int8 = predictions.load(run / "predictions" / "test.npz")  # (a QAT run's headline: its int8 model)
     assert kept_int8["image_ids"][0] == kept["image_ids"][0] and np.allclose(int8, kept_int8["probs"][0], atol=2e-6)
     r = chexui("predict", str(run), str(tmp_path / "report.dcm"))
     assert r.returncode == 2 and "none of the 1 files could be read" in r.stderr

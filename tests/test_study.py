@@ -10,11 +10,15 @@ import csv
 import io
 import json
 import re
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from chexui.compare import REFERENCE
 from engine.events import final_status
 from engine.labels import CHEXNET_AUROC, LABELS
 from tests.conftest import chexui, chexui_bg, events_of, wait_for_event
@@ -81,7 +85,9 @@ def test_a_sweep_over_presets_adds_post_training_runs_of_its_dense_runs(tmp_path
     grid = [p for p in sw.points if "compress" not in p]
     after = [p for p in sw.points if "compress" in p]
     assert [p["overrides"]["preset"] for p in grid][:2] == ["study/resnet50", "study/resnet50-prune50"]
-    assert len(grid) == 6 and len(after) == 7 and {p["parent"] for p in after} == {0}  # the dense run only
+    # 6 presets x 3 seeds (seed 0 of each first); 7 post-training runs of each seed's dense run
+    assert len(grid) == 18 and [p["overrides"]["train.seed"] for p in grid] == [0] * 6 + [1] * 6 + [2] * 6
+    assert len(after) == 21 and {p["parent"] for p in after} == {0, 13, 26}  # (indices into sw.points)
     assert sweep_mod.point_label(after[1]) == "compress prune=0.5 finetune_epochs=5 of run 1"
     for name in ("study/post-training-densenet121", "study/post-training-demo"):
         assert any("compress" in p for p in sweep_mod.load_file(sweep_mod.find_file(name), [], None, tmp_path).points)
@@ -89,6 +95,31 @@ def test_a_sweep_over_presets_adds_post_training_runs_of_its_dense_runs(tmp_path
     bad.write_text('[grid]\npreset = ["demo"]\n[[compress]]\nprune = 1.5\n')
     r = chexui("sweep", bad, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "[[compress]]" in r.stderr and "--prune '1.5'" in r.stderr, r.stderr
+
+
+def test_every_study_sweep_compares_like_with_like():
+    """Every arm of a study sweep shares every key of the training recipe (data, model, train,
+    distributed, eval) with the others, but for the keys its grid varies: a dense baseline with another
+    recipe than its pruned arms (the DenseNet121 post-training sweep's grid base: patience 5, min LR
+    1e-5, against the tuned 10 and 1e-7) is refused here. Seeds come from `seeds`, 3 for every study
+    sweep, and `--seeds N` replaces them."""
+    from chexui import presets as presets_mod
+    from chexui import sweep as sweep_mod
+    from engine import config as cfg_mod
+    files = sorted((presets_mod.builtin_dir() / "study").glob("*.sweep.toml"))
+    assert len(files) >= 8
+    for f in files:
+        sw = sweep_mod.load_file(f, [], None, tmp := Path(tempfile.mkdtemp()))
+        shutil.rmtree(tmp)
+        assert sw.grid[sweep_mod.SEED_KEY] == [0, 1, 2], f.name
+        recipe = [{k: v for k, v in cfg_mod.flatten(sw.config(p)).items()
+                   if k.split(".")[0] in ("data", "model", "train", "distributed", "eval") and k not in sw.grid}
+                  for p in sw.points if "compress" not in p]
+        for r in recipe[1:]:
+            assert r == recipe[0], (f.name, {k: (recipe[0].get(k), r.get(k)) for k in set(r) | set(recipe[0])
+                                             if r.get(k) != recipe[0].get(k)})
+    sw = sweep_mod.load_file(sweep_mod.find_file("study/demo-grid"), [], None, Path(tempfile.mkdtemp()), seeds=2)
+    assert sw.grid[sweep_mod.SEED_KEY] == [0, 1] and len(sw.points) == 2 * 4
 
 
 def test_study_presets_and_sweep_files_resolve():
@@ -105,16 +136,16 @@ def test_study_presets_and_sweep_files_resolve():
 def test_compare_a_recorded_sweep_in_all_four_formats():
     sweep = recorded_sweep()
     data = json.loads(compare(sweep, fmt="json"))
-    assert set(data) == {"auroc", "time", "storage", "paired"}
+    assert set(data) == {"auroc", "auroc_detail", "time", "storage", "paired"}
     assert list(data["auroc"]) == [*LABELS, "mean", "labels in mean"]
     assert set(data["auroc"]["labels in mean"].values()) == {14}
     # runs recorded before predictions were kept cannot be paired, and the table says so
     assert data["paired"]["runs"] == {} and len(data["paired"]["notes"]) == 3
     assert all("no saved predictions" in n for n in data["paired"]["notes"])
     cols = list(data["auroc"]["Atelectasis"])
-    assert cols[-1] == "CheXNet (paper)" and len(cols) == 5
+    assert cols[-1] == REFERENCE and "split" in REFERENCE and len(cols) == 5
     assert sorted(cols[:-1]) == sorted(f"B={b} LR={lr}" for b in (16, 32) for lr in (0.01, 0.001))
-    assert data["auroc"]["Hernia"]["CheXNet (paper)"] == CHEXNET_AUROC["Hernia"]
+    assert data["auroc"]["Hernia"][REFERENCE] == CHEXNET_AUROC["Hernia"]
     # the table's numbers are the runs' own test evaluations
     sw = json.loads((RECORDED / ".sweeps" / f"{sweep}.json").read_text())
     p0 = sw["points"][0]
@@ -123,12 +154,12 @@ def test_compare_a_recorded_sweep_in_all_four_formats():
     assert data["auroc"]["Effusion"][label] == pytest.approx(test["auc"]["Effusion"], abs=1e-9)
     assert data["time"][label]["epochs"] == 2 and data["time"][label]["processes"] == 1
     rows = list(csv.reader(io.StringIO(compare(sweep, fmt="csv"))))
-    assert rows[0] == ["# Test AUROC per class"] and rows[1][0] == "label" and rows[1][-1] == "CheXNet (paper)"
+    assert rows[0] == ["# Test AUROC per class"] and rows[1][0] == "label" and rows[1][-1] == REFERENCE
     assert ["# Training time"] in rows and ["# Storage"] in rows
     md = compare(sweep, fmt="markdown")
     assert "### Test AUROC per class" in md and re.search(r"\|\s+Hernia \|.*0\.9164 \|", md)
     table = compare(sweep, fmt="table")
-    assert "Training time" in table and "CheXNet (paper)" in table and label in table
+    assert "Training time" in table and "CheXNet (paper" in table and label in table
 
 
 def test_compare_storage_of_the_recorded_pruned_and_qat_runs():
@@ -156,3 +187,63 @@ def test_report_writes_markdown_and_every_figure(tmp_path):
         assert f"]({fig})" in md
         png = (out / fig).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_compare_pools_seeds_into_arms_with_seed_variation_in_the_ci(tmp_path):
+    """Runs that differ only by train.seed are one arm: mean and SD over seeds, and the paired difference
+    between arms from a hierarchical bootstrap (patients, then seeds), whose CI widens with the
+    seed-to-seed spread; per-label stars under Holm's adjustment, the caption saying so."""
+    from engine import config as cfg_mod
+    from engine import metrics, predictions
+    from tests.test_faults import fake_run, finished, started
+    from tests.test_fidelity import clustered
+    from tests.test_hostile import in_process as chexui  # (the CLI in this process: six compares in seconds)
+    rng = np.random.default_rng(0)
+    y, base, pat = clustered(150, rng, d=1.0)
+    ids = np.array([f"img{i}.png" for i in range(len(y))])
+    runs = tmp_path / "runs"
+
+    def make(name: str, lr: float, seed: int, scores: np.ndarray) -> None:
+        cfg = cfg_mod.validate({"name": "arm", "train": {"lr": lr, "seed": seed}})
+        aucs, mean, _ = metrics.per_class_auroc(y, scores)
+        ev = {"type": "evaluated", "split": "test", "n": len(y), "auc": aucs, "auc_mean": mean,
+              "auc_mean_ci": [mean - 0.02, mean + 0.02], "bootstrap": {"resamples": 300, "seed": 0, "unit": "patient"}}
+        st = started(cfg, name)
+        st["dataset"]["split_sha256"] = "same"
+        epoch = {"type": "epoch_ended", "epoch": 1, "train_loss": 0.1, "val_loss": 0.1, "val_auc": {},
+                 "val_auc_mean": 0.9 - lr, "lr": lr, "epoch_time_s": 1.0, "images_per_s": 1.0, "sparsity": None,
+                 "memory_mb": [1.0]}  # (the LR=0.001 arm validates better; it tests worse)
+        d = fake_run(runs, name, cfg, [st, epoch, ev, finished("completed")])
+        predictions.save(d, "test", ids, pat, y, 1 / (1 + np.exp(-scores)))
+    for seed in range(3):  # arm A: seeds that barely differ; arm B: better by 0.3 in the score, seeds spread
+        make(f"2026010{seed}-a", 0.001, seed, base + rng.normal(0, 0.05, base.shape))
+        make(f"2026010{seed}-b", 0.01, seed, base + 0.3 * y + rng.normal(0, 0.05, base.shape) + rng.normal(0, 0.4) * y)
+    r = chexui("compare", *sorted(d.name for d in runs.iterdir()), "--format", "json", "--runs-dir", runs)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    arms = [c for c in out["auroc"]["mean"] if c != REFERENCE]
+    assert len(arms) == 2 and all("(3 seeds)" in a for a in arms) and all("LR=" in a for a in arms)
+    assert out["auroc_detail"]["seeds"] == {a: 3 for a in arms} and set(out["auroc_detail"]["sd"]) == set(arms)
+    paired = out["paired"]
+    assert paired["unit"] == "arm" and "seed" in paired["bootstrap"]["unit"]
+    [(arm_b, rows)] = paired["runs"].items()
+    mean = rows["mean"]
+    assert mean["delta"] > 0 and mean["ci_lo"] <= mean["delta"] <= mean["ci_hi"]
+    # the same two arms' first runs alone: the patient bootstrap of one run each has a narrower CI
+    single = json.loads(chexui("compare", "20260100-a", "20260100-b", "--format", "json", "--runs-dir", runs).stdout)
+    [(_, one)] = single["paired"]["runs"].items()
+    assert (mean["ci_hi"] - mean["ci_lo"]) > 1.2 * (one["mean"]["ci_hi"] - one["mean"]["ci_lo"])
+    for name in LABELS:  # stars follow Holm's adjusted p, which is never below the raw p
+        row = rows[name]
+        assert row["p_holm"] >= row["p"] and row["distinguishable"] == (row["p_holm"] <= 0.05)
+    table = chexui("compare", *sorted(d.name for d in runs.iterdir()), "--runs-dir", runs).stdout
+    assert "±" in table and "Holm" in table and "seed" in table
+    # the best configuration is picked on validation, never on test
+    assert out["auroc_detail"]["best_by_val"][0] == next(a for a in arms if "LR=0.001" in a)
+    assert "Best configuration by validation AUROC" in table
+    # every printed test AUROC of a single run carries its CI: compare's table and runs list
+    one_table = chexui("compare", "20260100-a", "20260100-b", "--runs-dir", runs).stdout
+    mean_a = json.loads(chexui("runs", "show", "20260100-a", "--json", "--runs-dir", runs).stdout)["test_auc"]
+    assert f"{mean_a:.4f} ({mean_a - 0.02:.3f}-{mean_a + 0.02:.3f})" in one_table
+    listing = chexui("runs", "list", "--runs-dir", runs).stdout
+    assert f"{mean_a:.4f} (14/14) {mean_a - 0.02:.3f}-{mean_a + 0.02:.3f}" in listing

@@ -138,3 +138,28 @@ def test_formatting_helpers():
     assert auc_marks({"a": 0.7, "b": 0.9, "c": None, "d": 0.8}) == {"b": "best", "a": "worst"}
     assert auc_marks({"a": 0.5, "b": 0.5}) == {} and auc_marks({}) == {}
     assert slug("../my run\x1b", "run") == "-my-run-" and slug("", "run") == "run"
+
+
+def test_runs_list_shows_the_shipped_epochs_validation_auroc_not_the_highest():
+    """After a kill and a resume, runs list showed the highest validation AUROC of any epoch (0.8913),
+    where best.pt (chosen by validation loss) scored 0.8530: the row now reads the shipped epoch's."""
+    from pathlib import Path
+
+    from chexui.runs import RunInfo
+
+    def ended(epoch, auc, ts):
+        return {"type": "epoch_ended", "epoch": epoch, "val_auc_mean": auc, "val_auc": {}, "ts": ts}
+
+    def saved(epoch, best, ts):
+        return {"type": "checkpoint_saved", "epoch": epoch, "best": best, "ts": ts}
+    events = [ended(1, 0.80, 1), saved(1, True, 2), ended(2, 0.8913, 3), saved(2, False, 4),
+              # killed during epoch 3, resumed from epoch 2: epoch 3 runs again and is the best
+              {"type": "restarted", "attempt": 0, "resumed_epoch": 2, "ts": 5}, ended(3, 0.84, 6), ended(3, 0.8530, 7),
+              saved(3, True, 8)]
+    info = RunInfo(Path("/nonexistent"), events)
+    assert info.best_epoch() == 3
+    s = info.summary()
+    assert s["best_epoch"] == 3 and s["best_val_auc"] == 0.8530
+    info.events.append({"type": "run_finished", "status": "completed", "epochs": 3, "total_time_s": 1.0,
+                        "best_epoch": 1, "test_auc_mean": None, "ts": 9})
+    assert info.summary()["best_val_auc"] == 0.80  # the finished run says which epoch it ships

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from chexui import runs as runs_mod
-from chexui.format import fmt, labelled, n_defined
+from chexui.format import fmt, n_defined, with_ci
 from chexui.safe import safe
 from engine.events import last_evaluation
 from engine.labels import LABELS
@@ -38,7 +38,8 @@ class RunsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(" ", "run", "status", "preset", "world", "epochs", "best val", "test")
+        self.query_one(DataTable).add_columns(" ", "run", "status", "preset", "world", "epochs", "val (best ep)",
+                                              "test (95% CI)")
         self.load()
         self.set_interval(3.0, self.load)
 
@@ -58,8 +59,8 @@ class RunsScreen(Screen):
         for r in reversed(rows):  # newest first
             table.add_row("*" if r["dir"] in self.marked else " ", safe(r["id"]), safe(r["status"]),
                           safe(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
-                          labelled(r["best_val_auc"], r.get("best_val_labels")),
-                          labelled(r["test_auc"], r.get("test_labels")), key=r["dir"])
+                          fmt(r["best_val_auc"]) + (f" ({r['best_epoch']})" if r.get("best_epoch") is not None else ""),
+                          with_ci(fmt(r["test_auc"]), r.get("test_auc_ci")), key=r["dir"])
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
 
