@@ -29,7 +29,7 @@ def nih_like(images: int, patients: int, seed: int = 0):
     """Labels at NIH's test-split prevalences (0.2 % Hernia ... 18 % Infiltration), float32-rounded
     probabilities (ties, as a model's have), patient ids with NIH's skew (a few patients, many films)."""
     rng = np.random.default_rng(seed)
-    prev = np.array([.103, .025, .119, .177, .051, .056, .013, .047, .042, .021, .022, .015, .030, .002])
+    prev = np.array([0.103, 0.025, 0.119, 0.177, 0.051, 0.056, 0.013, 0.047, 0.042, 0.021, 0.022, 0.015, 0.030, 0.002])
     y = (rng.random((images, len(LABELS))) < prev).astype(np.uint8)
     probs = (1 / (1 + np.exp(-(1.2 * y + rng.normal(size=y.shape) - 2)))).astype(np.float32).astype(np.float64)
     weights = rng.pareto(1.5, patients) + 1
@@ -46,20 +46,27 @@ def main() -> None:
     y, probs, pat = nih_like(args.images, args.patients)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"CPU: {cpu_name()} (int8: {int8_isa()}); cores available to this process: {cores}")
-    print(f"test split: {len(y):,} images, {len(np.unique(pat)):,} patients, {len(LABELS)} labels; "
-          f"{args.resamples:,} patient resamples")
+    print(
+        f"test split: {len(y):,} images, {len(np.unique(pat)):,} patients, {len(LABELS)} labels; "
+        f"{args.resamples:,} patient resamples"
+    )
     aucs, mean, _ = metrics.per_class_auroc(y, probs)
     spec = bootstrap.Spec(args.resamples, 0)
     t0 = time.perf_counter()
     res = bootstrap.intervals(y, probs, pat, aucs, spec)
     t_ci = time.perf_counter() - t0
-    print(f"intervals (one evaluated event): {t_ci:.2f} s; mean AUROC {mean:.4f} "
-          f"95% CI {res['auc_mean_ci'][0]:.4f}-{res['auc_mean_ci'][1]:.4f}")
+    print(
+        f"intervals (one evaluated event): {t_ci:.2f} s; mean AUROC {mean:.4f} "
+        f"95% CI {res['auc_mean_ci'][0]:.4f}-{res['auc_mean_ci'][1]:.4f}"
+    )
     other = np.clip(probs + np.random.default_rng(1).normal(0, 0.05, probs.shape), 0, 1)
     t0 = time.perf_counter()
     pr = bootstrap.paired(y, probs, other, pat, aucs, metrics.per_class_auroc(y, other)[0], spec)
-    print(f"paired comparison (two score sets): {time.perf_counter() - t0:.2f} s; mean difference "
-          f"{pr['mean']['delta']:+.4f} ({pr['mean']['ci'][0]:+.4f} to {pr['mean']['ci'][1]:+.4f}) p={pr['mean']['p']:.3f} (0: below 1/{args.resamples})")
+    print(
+        f"paired comparison (two score sets): {time.perf_counter() - t0:.2f} s; mean difference "
+        f"{pr['mean']['delta']:+.4f} ({pr['mean']['ci'][0]:+.4f} to {pr['mean']['ci'][1]:+.4f}) "
+        f"p={pr['mean']['p']:.3f} (0: below 1/{args.resamples})"
+    )
     # correctness: three resamples recomputed by sklearn on explicitly repeated images
     small = bootstrap.Spec(3, 5)
     reps = bootstrap.replicates(y, [probs], pat, small)[0]

@@ -38,18 +38,25 @@ def main() -> None:
         demo.generate(big, args.images, 1024, seed=0)
         print(f"demo generate {args.images} x 1024 px: {time.perf_counter() - t:.1f} s")
     sizes = [p.stat().st_size for p in (big / "images").iterdir()]
-    print(f"1024 px PNG size: mean {np.mean(sizes) / 1e3:.0f} KB, min {min(sizes) / 1e3:.0f} KB, max {max(sizes) / 1e3:.0f} KB")
+    print(
+        f"1024 px PNG size: mean {np.mean(sizes) / 1e3:.0f} KB, min {min(sizes) / 1e3:.0f} KB, "
+        f"max {max(sizes) / 1e3:.0f} KB"
+    )
 
     index = nih.index_dataset(big)
     for workers in (1, os.cpu_count() or 1):
         t = time.perf_counter()
         cache.prepare(index, 224, workers=workers, force=True)
         dt = time.perf_counter() - t
-        print(f"prepare 1024 -> 224 px, {workers} worker(s): {len(index) / dt:.0f} images/s "
-              f"= {len(index) / dt / workers:.0f} images/s per core")
+        print(
+            f"prepare 1024 -> 224 px, {workers} worker(s): {len(index) / dt:.0f} images/s "
+            f"= {len(index) / dt / workers:.0f} images/s per core"
+        )
 
     import torch
+
     from engine.data import Images, flip_mask, loader, to_input, train_batches
+
     mem = cache.open_cache(index, 224)
     images = Images(index, 224, mem)
     rows = np.arange(len(index))
@@ -58,12 +65,14 @@ def main() -> None:
     for epoch in range(1, 6):
         batches = train_batches(len(rows), args.batch, 1, 0, 0, epoch)
         with loader(images, batches, rows, 0, torch.device("cpu"), pin=False) as dl:
-            for step, (x, y, _) in enumerate(dl):
+            for step, (x, _y, _) in enumerate(dl):
                 x = to_input(x, torch.device("cpu"), flip_mask(len(x), 0.5, 0, epoch, step, 0))
                 n += len(x)
     dt = time.perf_counter() - t
-    print(f"cached loader 224 px, batch {args.batch}, flip + normalise (torch threads {torch.get_num_threads()}): "
-          f"{n / dt:.0f} images/s")
+    print(
+        f"cached loader 224 px, batch {args.batch}, flip + normalise (torch threads {torch.get_num_threads()}): "
+        f"{n / dt:.0f} images/s"
+    )
 
     csv = os.environ.get("CHEXUI_NIH_CSV")
     if csv:
@@ -71,8 +80,10 @@ def main() -> None:
         full = nih.index_dataset(Path(csv).parent, check_files=False, csv=csv)
         split = nih.split_by_patient(full.patients, 0.1, 0.2, 0)
         m = nih.split_manifest(full, split)
-        print(f"full NIH table: {len(full)} rows indexed + split + manifest in {time.perf_counter() - t:.2f} s, "
-              f"leakage {m['leakage_patients']}")
+        print(
+            f"full NIH table: {len(full)} rows indexed + split + manifest in {time.perf_counter() - t:.2f} s, "
+            f"leakage {m['leakage_patients']}"
+        )
 
 
 if __name__ == "__main__":

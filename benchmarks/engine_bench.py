@@ -1,7 +1,7 @@
 """Training-throughput benchmark: the engine end to end vs a bare forward/backward loop.
 
     python benchmarks/engine_bench.py --arch densenet121 --size 64 --batch 32            # CPU figure
-    python benchmarks/engine_bench.py --arch resnet50 --size 224 --batch 128 --images 4000  # on a GPU: bf16, channels_last
+    python benchmarks/engine_bench.py --arch resnet50 --size 224 --batch 128 --images 4000  # GPU: bf16, channels_last
 
 The engine figure is the real `Run` (cache loader, on-device augmentation, weighted BCE, Adam, event
 stream) timed over its second epoch; the bare loop feeds pre-made tensors already on the device to the
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
@@ -30,6 +29,7 @@ def bare_loop(cfg: dict, device: torch.device, steps: int, warmup: int = 3) -> f
     """Images/s of the same model, optimizer (fused Adam), precision and compile mode on one pre-made
     batch already on the device: no data, no events, no pruning."""
     from engine.models import build_model
+
     t = cfg["train"]
     channels_last = t["channels_last"]  # as the engine: on every device
     model = build_model(cfg["model"]["arch"], "none").to(device)
@@ -88,11 +88,18 @@ def main(argv: list[str] | None = None) -> None:
         root = str(work / f"demo-{args.images}x{max(args.size, 64)}")
         if not (Path(root) / "Data_Entry_2017.csv").is_file():
             demo.generate(root, args.images, max(args.size, 64), seed=0)
-    cfg = config.validate({"data": {"root": root, "image_size": args.size, "workers": 4, "hflip": 0.5},
-                           "model": {"arch": args.arch, "pretrained": "none"},
-                           "train": {"batch_size": args.batch, "epochs": 2,
-                                     "compile": {"false": False, "true": True}.get(args.compile, args.compile)}},
-                          "bench")
+    cfg = config.validate(
+        {
+            "data": {"root": root, "image_size": args.size, "workers": 4, "hflip": 0.5},
+            "model": {"arch": args.arch, "pretrained": "none"},
+            "train": {
+                "batch_size": args.batch,
+                "epochs": 2,
+                "compile": {"false": False, "true": True}.get(args.compile, args.compile),
+            },
+        },
+        "bench",
+    )
     run_dir = work / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
@@ -100,19 +107,28 @@ def main(argv: list[str] | None = None) -> None:
     engine_ips, steps = engine_epochs(cfg, run_dir)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     bare_ips = bare_loop(cfg, device, steps)
-    res = {"arch": args.arch, "image_size": args.size, "batch": args.batch, "steps": steps,
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-           "amp": str(amp_dtype(cfg, device)).removeprefix("torch."), "channels_last": cfg["train"]["channels_last"],
-           "compile": cfg["train"]["compile"],
-           "engine_images_per_s": round(engine_ips, 1), "bare_images_per_s": round(bare_ips, 1),
-           "ratio": round(engine_ips / bare_ips, 3)}
+    res = {
+        "arch": args.arch,
+        "image_size": args.size,
+        "batch": args.batch,
+        "steps": steps,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "amp": str(amp_dtype(cfg, device)).removeprefix("torch."),
+        "channels_last": cfg["train"]["channels_last"],
+        "compile": cfg["train"]["compile"],
+        "engine_images_per_s": round(engine_ips, 1),
+        "bare_images_per_s": round(bare_ips, 1),
+        "ratio": round(engine_ips / bare_ips, 3),
+    }
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{res['arch']} {res['image_size']} px batch {res['batch']} on {res['device']} ({res['amp']}, "
-              f"channels_last={res['channels_last']}, compile={res['compile']}, {steps} steps): "
-              f"engine {engine_ips:.1f} images/s, "
-              f"bare loop {bare_ips:.1f} images/s, ratio {res['ratio']:.3f}")
+        print(
+            f"{res['arch']} {res['image_size']} px batch {res['batch']} on {res['device']} ({res['amp']}, "
+            f"channels_last={res['channels_last']}, compile={res['compile']}, {steps} steps): "
+            f"engine {engine_ips:.1f} images/s, "
+            f"bare loop {bare_ips:.1f} images/s, ratio {res['ratio']:.3f}"
+        )
 
 
 if __name__ == "__main__":

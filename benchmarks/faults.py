@@ -27,15 +27,25 @@ from engine import config, demo  # noqa: E402
 from engine.events import final_status, last_evaluation, read_events  # noqa: E402
 
 # a 2-process tiny run on the demo phantoms (the preset is data: built from the config schema)
-RUN = {"name": "faults", "data": {"image_size": 32, "workers": 0, "val_fraction": 0.2, "test_fraction": 0.25},
-       "model": {"arch": "resnet18", "pretrained": "none"},
-       "train": {"epochs": 3, "batch_size": 8, "early_stop_patience": 0}, "distributed": {"nproc": 2},
-       "export": {"enabled": False}}
+RUN = {
+    "name": "faults",
+    "data": {"image_size": 32, "workers": 0, "val_fraction": 0.2, "test_fraction": 0.25},
+    "model": {"arch": "resnet18", "pretrained": "none"},
+    "train": {"epochs": 3, "batch_size": 8, "early_stop_patience": 0},
+    "distributed": {"nproc": 2},
+    "export": {"enabled": False},
+}
 
 
 def cli(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "chexui.cli", *map(str, args)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **kw,
+    )
 
 
 def test_auc(run: Path) -> dict | None:
@@ -49,9 +59,11 @@ def victims(launcher: psutil.Process, kind: str) -> list[psutil.Process]:
         family = [launcher] + launcher.children(recursive=True)
     except psutil.Error:
         return []
-    pick = {"launcher": lambda p: p.pid == launcher.pid,
-            "torchrun": lambda p: "engine.torchrun" in p.cmdline(),
-            "worker": lambda p: "engine.train" in p.cmdline() and "engine.torchrun" not in p.cmdline()}[kind]
+    pick = {
+        "launcher": lambda p: p.pid == launcher.pid,
+        "torchrun": lambda p: "engine.torchrun" in p.cmdline(),
+        "worker": lambda p: "engine.train" in p.cmdline() and "engine.torchrun" not in p.cmdline(),
+    }[kind]
     out = []
     for p in family:
         try:
@@ -93,11 +105,20 @@ def one_try(i: int, preset: Path, work: Path, rng: random.Random, run_s: float) 
         resumes += 1
         cli("run", "--resume", run, "--headless", "--runs-dir", runs).wait(timeout=300)
     time.sleep(1.0)
-    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(runs) in " ".join(p.info["cmdline"] or [])
-            and p.status() != psutil.STATUS_ZOMBIE]
+    left = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if str(runs) in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE
+    ]
     temps = [str(p) for p in runs.rglob("*.tmp")] + [str(p) for p in runs.rglob("best.next.pt")]
-    return {"try": i, "killed": killed, "resumes": resumes, "auc": test_auc(run) if run else None,
-            "leftover_processes": left, "leftover_temps": temps}
+    return {
+        "try": i,
+        "killed": killed,
+        "resumes": resumes,
+        "auc": test_auc(run) if run else None,
+        "leftover_processes": left,
+        "leftover_temps": temps,
+    }
 
 
 def main() -> int:
@@ -119,24 +140,32 @@ def main() -> int:
     run_s = time.time() - t0
     ref = test_auc(next(iter((work / "reference").glob("*"))))
     assert ref is not None, "the uninterrupted reference run did not complete"
-    print(f"reference run: {run_s:.0f}s, test AUROC mean {sum(v for v in ref.values() if v) / sum(1 for v in ref.values() if v):.4f}", flush=True)
+    defined = [v for v in ref.values() if v]
+    print(f"reference run: {run_s:.0f}s, test AUROC mean {sum(defined) / len(defined):.4f}", flush=True)
     rng = random.Random(args.seed)
     rows = []
     for i in range(1, args.tries + 1):
         r = one_try(i, preset, work, rng, run_s)
         same = r["auc"] is not None and all(
-            (a is None and r["auc"][k] is None) or (a is not None and r["auc"][k] is not None and abs(a - r["auc"][k]) <= 1e-6)
-            for k, a in ref.items())
+            (a is None and r["auc"][k] is None)
+            or (a is not None and r["auc"][k] is not None and abs(a - r["auc"][k]) <= 1e-6)
+            for k, a in ref.items()
+        )
         r["differs"] = not same
         rows.append(r)
-        print(f"try {i:2d}: killed {r['killed']:<40} resumes {r['resumes']} "
-              f"{'same test AUROC' if same else 'DIFFERENT or not completed'}"
-              f"{'; leftover processes ' + str(r['leftover_processes']) if r['leftover_processes'] else ''}"
-              f"{'; leftover temp files ' + str(r['leftover_temps']) if r['leftover_temps'] else ''}", flush=True)
-    print(f"tries: {len(rows)}  killed: {sum(r['killed'] != 'none' for r in rows)}  "
-          f"differing test AUROC: {sum(r['differs'] for r in rows)}  "
-          f"leftover processes: {sum(len(r['leftover_processes']) for r in rows)}  "
-          f"leftover temp files: {sum(len(r['leftover_temps']) for r in rows)}")
+        print(
+            f"try {i:2d}: killed {r['killed']:<40} resumes {r['resumes']} "
+            f"{'same test AUROC' if same else 'DIFFERENT or not completed'}"
+            f"{'; leftover processes ' + str(r['leftover_processes']) if r['leftover_processes'] else ''}"
+            f"{'; leftover temp files ' + str(r['leftover_temps']) if r['leftover_temps'] else ''}",
+            flush=True,
+        )
+    print(
+        f"tries: {len(rows)}  killed: {sum(r['killed'] != 'none' for r in rows)}  "
+        f"differing test AUROC: {sum(r['differs'] for r in rows)}  "
+        f"leftover processes: {sum(len(r['leftover_processes']) for r in rows)}  "
+        f"leftover temp files: {sum(len(r['leftover_temps']) for r in rows)}"
+    )
     json.dump(rows, open(work / "faults.json", "w"), indent=1)
     return 0
 

@@ -18,8 +18,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import config, explain, predictions  # noqa: E402
 
-DRAWN = ["Cardiomegaly", "Mass", "Nodule", "Effusion", "Pneumothorax", "Consolidation", "Pneumonia",
-         "Atelectasis", "Pleural_Thickening", "Hernia", "Edema", "Infiltration"]
+DRAWN = [
+    "Cardiomegaly",
+    "Mass",
+    "Nodule",
+    "Effusion",
+    "Pneumothorax",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pleural_Thickening",
+    "Hernia",
+    "Edema",
+    "Infiltration",
+]
 
 
 def main() -> None:
@@ -41,8 +53,10 @@ def main() -> None:
                 print(f"  {kind:<16} Grad-CAM of {layer}:")
                 for lab, v in res.items():
                     if v["images"]:
-                        print(f"    {lab:<20} peak in drawn region {v['hits']:>4}/{v['images']:<4} = {v['rate']:6.1%}"
-                              f"   (chance {v['chance']:5.1%})")
+                        print(
+                            f"    {lab:<20} peak in drawn region {v['hits']:>4}/{v['images']:<4} = {v['rate']:6.1%}"
+                            f"   (chance {v['chance']:5.1%})"
+                        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     args = ap.parse_args()
     cpu = torch.device("cpu")
-    print(f"CPU: {cpu_name()} (int8: {int8_isa()}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{args.size} px")
+    print(
+        f"CPU: {cpu_name()} (int8: {int8_isa()}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{args.size} px"
+    )
     print(f"{'model':<12} {'runtime':<16} {'b1 ms':>8} {'b32 img/s':>10} {'x compiled fp32':>16} {'setup s':>8}")
     for arch in args.arch:
         torch.manual_seed(0)
@@ -55,8 +57,11 @@ def main() -> None:
         rows.append(("int8 compiled", measure(compiled(prog, True), args.size, cpu), time.perf_counter() - t))
         base = rows[1][1]["throughput_b32"]
         for name, m, setup in rows:
-            print(f"{arch:<12} {name:<16} {m['latency_b1_ms']:>8.1f} {m['throughput_b32']:>10.1f} "
-                  f"{m['throughput_b32'] / base:>16.2f} {setup:>8.0f}", flush=True)
+            print(
+                f"{arch:<12} {name:<16} {m['latency_b1_ms']:>8.1f} {m['throughput_b32']:>10.1f} "
+                f"{m['throughput_b32'] / base:>16.2f} {setup:>8.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

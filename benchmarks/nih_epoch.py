@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from engine_bench import bare_loop  # noqa: E402
 
 from engine import cache, config, demo, dist, nih  # noqa: E402
 from engine.cpuinfo import cpu_name, int8_isa  # noqa: E402
 from engine.trainer import Run, amp_dtype, compile_seconds  # noqa: E402
-from engine_bench import bare_loop  # noqa: E402
 
 STUDY_EPOCH_H = {"densenet121": 0.74, "resnet50": 0.83}  # one V100S, the study's text
 NIH_IMAGES = 112_120
@@ -78,8 +78,11 @@ def phantom_dataset(work: Path, n: int, size: int, workers: int) -> Path:
     if cache.open_cache(index, size) is None:
         t0 = time.perf_counter()
         cache.prepare(index, size, workers=workers, force=True, fill=_draw_chunk)
-        print(f"# drew {n:,} phantoms at {size} px into the cache in {time.perf_counter() - t0:.0f}s "
-              f"({workers} processes)", flush=True)
+        print(
+            f"# drew {n:,} phantoms at {size} px into the cache in {time.perf_counter() - t0:.0f}s "
+            f"({workers} processes)",
+            flush=True,
+        )
     return root
 
 
@@ -116,13 +119,24 @@ def one_epoch(cfg: dict, run_dir: Path, d: dist.Dist, warm_steps: int) -> dict:
     run.save(best=True)  # last.pt and best.pt, atomically
     t3 = time.perf_counter()
     n_train, n_val = run.steps_per_epoch * cfg["train"]["batch_size"], val["n"]
-    res = {"train_s": t1 - t0, "val_s": t2 - t1, "checkpoint_s": t3 - t2, "epoch_s": t3 - t0,
-           "train_images_per_s": n_train / (t1 - t0), "val_images_per_s": n_val / (t2 - t1),
-           "n_train": n_train, "n_val": n_val, "warmup_s": warm_s, "compile_s": compile_s,
-           "recompile_s": compile_seconds() - c1, "val_auc_mean": val["auc_mean"],
-           "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
-           "sparsity": run.pruner.sparsity() if run.pruner is not None else None,
-           "prune_s": prune_s[0] if run.pruner is not None else None, "host_syncs_per_step": syncs}
+    res = {
+        "train_s": t1 - t0,
+        "val_s": t2 - t1,
+        "checkpoint_s": t3 - t2,
+        "epoch_s": t3 - t0,
+        "train_images_per_s": n_train / (t1 - t0),
+        "val_images_per_s": n_val / (t2 - t1),
+        "n_train": n_train,
+        "n_val": n_val,
+        "warmup_s": warm_s,
+        "compile_s": compile_s,
+        "recompile_s": compile_seconds() - c1,
+        "val_auc_mean": val["auc_mean"],
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+        "sparsity": run.pruner.sparsity() if run.pruner is not None else None,
+        "prune_s": prune_s[0] if run.pruner is not None else None,
+        "host_syncs_per_step": syncs,
+    }
     del run, val
     return res
 
@@ -162,6 +176,7 @@ def timed_pruner(run: Run, dev: torch.device) -> list[float]:
         step(s)
         sync(dev)
         total[0] += time.perf_counter() - t
+
     run.pruner.step = timed
     return total
 
@@ -180,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--arch", default="densenet121,resnet50", help="comma-separated")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--modes", default="false,max-autotune-no-cudagraphs",
-                    help="train.compile values, comma-separated: false, true or a torch.compile mode")
-    ap.add_argument("--prune", action="store_true", help="also the first mode with 70 %% pruning (masks "
-                    "recomputed every --prune-every steps of the epoch)")
+    ap.add_argument(
+        "--modes",
+        default="false,max-autotune-no-cudagraphs",
+        help="train.compile values, comma-separated: false, true or a torch.compile mode",
+    )
+    ap.add_argument(
+        "--prune",
+        action="store_true",
+        help="also the first mode with 70 %% pruning (masks recomputed every --prune-every steps of the epoch)",
+    )
     ap.add_argument("--prune-every", type=int, default=100, help="prune.frequency_steps of the --prune variant")
     ap.add_argument("--qat", action="store_true", help="also the first mode with QAT (conv layers)")
     ap.add_argument("--warm-steps", type=int, default=30)
@@ -196,29 +217,50 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CHEXUI_CACHE_DIR", str(work / "cache"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda") if cuda else torch.device("cpu")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; "
-          f"{torch.cuda.get_device_name() if cuda else 'no GPU'}; CPU {cpu_name()} (int8: {int8_isa()}), "
-          f"{os.cpu_count()} cores, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; "
+        f"{torch.cuda.get_device_name() if cuda else 'no GPU'}; CPU {cpu_name()} (int8: {int8_isa()}), "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     root = phantom_dataset(work, args.images, args.size, args.workers)
     d = dist.setup("auto")
     modes = [{"false": False, "true": True}.get(m, m) for m in args.modes.split(",")]
     plan = [(a, m, "dense") for a in args.arch.split(",") for m in modes]
-    plan += [(a, modes[0], v) for a in args.arch.split(",") for v, on in (("prune", args.prune), ("qat", args.qat)) if on]
+    plan += [
+        (a, modes[0], v) for a in args.arch.split(",") for v, on in (("prune", args.prune), ("qat", args.qat)) if on
+    ]
     rows = []
     for arch, mode, variant in plan:
-        cfg = config.validate({
-            "data": {"root": str(root), "image_size": args.size, "hflip": 0.5, "workers": 4},
-            "model": {"arch": arch, "pretrained": "none"},
-            "train": {"batch_size": args.batch, "epochs": 3, "compile": mode},
-            "prune": {"enabled": variant == "prune", "final_sparsity": 0.7, "begin_epoch": 0.0,
-                      "end_epoch": 3.0, "frequency_steps": args.prune_every},
-            "quantize": {"enabled": variant == "qat"},
-            "eval": {"bootstrap_resamples": 0}}, "nih_epoch")
+        cfg = config.validate(
+            {
+                "data": {"root": str(root), "image_size": args.size, "hflip": 0.5, "workers": 4},
+                "model": {"arch": arch, "pretrained": "none"},
+                "train": {"batch_size": args.batch, "epochs": 3, "compile": mode},
+                "prune": {
+                    "enabled": variant == "prune",
+                    "final_sparsity": 0.7,
+                    "begin_epoch": 0.0,
+                    "end_epoch": 3.0,
+                    "frequency_steps": args.prune_every,
+                },
+                "quantize": {"enabled": variant == "qat"},
+                "eval": {"bootstrap_resamples": 0},
+            },
+            "nih_epoch",
+        )
         run_dir = work / "runs" / f"{arch}-{mode}-{variant}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        row = {"arch": arch, "compile": mode, "variant": variant, "batch": args.batch, "size": args.size,
-               "images": args.images,
-               "amp": str(amp_dtype(cfg, device)).removeprefix("torch."), "device": str(device)}
+        row = {
+            "arch": arch,
+            "compile": mode,
+            "variant": variant,
+            "batch": args.batch,
+            "size": args.size,
+            "images": args.images,
+            "amp": str(amp_dtype(cfg, device)).removeprefix("torch."),
+            "device": str(device),
+        }
         try:
             row |= one_epoch(cfg, run_dir, d, args.warm_steps)
             if args.bare_steps and variant == "dense":
@@ -244,17 +286,29 @@ def line(r: dict) -> str:
         return f"{head} FAILED {r['error']}"
     study = STUDY_EPOCH_H.get(r["arch"]) if r["images"] == NIH_IMAGES and r["size"] == 224 else None
     vs = f" (study {study:.2f} h on a V100S: x{study * 3600 / r['epoch_s']:.0f})" if study else ""
-    bare = f"; bare loop {r['bare_images_per_s']:.0f} img/s, ratio {r['ratio_to_bare']:.3f}" if "bare_images_per_s" in r else ""
+    bare = (
+        f"; bare loop {r['bare_images_per_s']:.0f} img/s, ratio {r['ratio_to_bare']:.3f}"
+        if "bare_images_per_s" in r
+        else ""
+    )
     mem = f"; peak {r['peak_gpu_mb']:.0f} MiB" if r["peak_gpu_mb"] is not None else ""
     if r.get("host_syncs_per_step") is not None:
         mem += f"; host syncs per train step {r['host_syncs_per_step']:.2f}"
-    sp = (f"; sparsity {r['sparsity']:.3f}, pruning's own time {r['prune_s']:.2f}s "
-          f"({100 * r['prune_s'] / r['epoch_s']:.1f} % of the epoch)") if r["sparsity"] is not None else ""
-    return (f"{head} epoch {r['epoch_s']:.1f}s{vs}: train {r['n_train']:,} img {r['train_s']:.1f}s "
-            f"({r['train_images_per_s']:.0f} img/s), val {r['n_val']:,} img + AUROC {r['val_s']:.1f}s "
-            f"({r['val_images_per_s']:.0f} img/s), checkpoint {r['checkpoint_s']:.2f}s; warm-up {r['warmup_s']:.1f}s "
-            f"of which compile {r['compile_s']:.1f}s (recompile in the epoch {r['recompile_s']:.1f}s){bare}{mem}{sp}; "
-            f"val AUROC {r['val_auc_mean'] or float('nan'):.3f}")
+    sp = (
+        (
+            f"; sparsity {r['sparsity']:.3f}, pruning's own time {r['prune_s']:.2f}s "
+            f"({100 * r['prune_s'] / r['epoch_s']:.1f} % of the epoch)"
+        )
+        if r["sparsity"] is not None
+        else ""
+    )
+    return (
+        f"{head} epoch {r['epoch_s']:.1f}s{vs}: train {r['n_train']:,} img {r['train_s']:.1f}s "
+        f"({r['train_images_per_s']:.0f} img/s), val {r['n_val']:,} img + AUROC {r['val_s']:.1f}s "
+        f"({r['val_images_per_s']:.0f} img/s), checkpoint {r['checkpoint_s']:.2f}s; warm-up {r['warmup_s']:.1f}s "
+        f"of which compile {r['compile_s']:.1f}s (recompile in the epoch {r['recompile_s']:.1f}s){bare}{mem}{sp}; "
+        f"val AUROC {r['val_auc_mean'] or float('nan'):.3f}"
+    )
 
 
 def summary(rows: list[dict]) -> None:
@@ -267,14 +321,19 @@ def summary(rows: list[dict]) -> None:
             if mode is False or eager is None:
                 continue
             e100, c100 = 100 * eager["epoch_s"], 100 * r["epoch_s"] + r["compile_s"]
-            print(f"# {arch}: compile={mode} over 100 epochs {c100 / 3600:.2f} h vs eager {e100 / 3600:.2f} h "
-                  f"({'compiled' if c100 < e100 else 'eager'} is faster; train x{r['train_images_per_s'] / eager['train_images_per_s']:.2f})")
+            print(
+                f"# {arch}: compile={mode} over 100 epochs {c100 / 3600:.2f} h vs eager {e100 / 3600:.2f} h "
+                f"({'compiled' if c100 < e100 else 'eager'} is faster; "
+                f"train x{r['train_images_per_s'] / eager['train_images_per_s']:.2f})"
+            )
         for v in ("prune", "qat"):
             r = next((x for x in ok if x["arch"] == arch and x["variant"] == v), None)
             base = dense.get(r["compile"]) if r else None
             if r and base:
-                print(f"# {arch}: {v} epoch {r['epoch_s']:.1f}s vs dense {base['epoch_s']:.1f}s "
-                      f"({100 * (r['epoch_s'] / base['epoch_s'] - 1):+.1f} %); train {r['train_images_per_s']:.0f} img/s")
+                print(
+                    f"# {arch}: {v} epoch {r['epoch_s']:.1f}s vs dense {base['epoch_s']:.1f}s "
+                    f"({100 * (r['epoch_s'] / base['epoch_s'] - 1):+.1f} %); train {r['train_images_per_s']:.0f} img/s"
+                )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ def main() -> None:
             t0 = time.perf_counter()
             res = predict(Path(args.run_dir), [tmp], art)
             dt = time.perf_counter() - t0
-            print(f"{art:10s} {res['image_size']} px: {len(res['rows'])} images in {dt:.1f}s = "
-                  f"{len(res['rows']) / dt:.1f} images/s ({res['model']})")
+            print(
+                f"{art:10s} {res['image_size']} px: {len(res['rows'])} images in {dt:.1f}s = "
+                f"{len(res['rows']) / dt:.1f} images/s ({res['model']})"
+            )
 
 
 if __name__ == "__main__":

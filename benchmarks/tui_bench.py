@@ -1,5 +1,5 @@
-"""TUI benchmark: time from starting the process (parent's clock) to the first frame, and CPU used while following a run that
-emits 10 events per second. Run by hand:  python benchmarks/tui_bench.py [--seconds 30]
+"""TUI benchmark: time from starting the process (parent's clock) to the first frame, and CPU used while
+following a run that emits 10 events per second. Run by hand:  python benchmarks/tui_bench.py [--seconds 30]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 RECORDING = ROOT / "tests" / "data" / "events" / "two_rank.jsonl"
 
-FIRST_FRAME = textwrap.dedent('''
+FIRST_FRAME = textwrap.dedent("""
     import sys, time
     t0 = float(sys.argv[1])  # the parent's clock just before it started this process
     import chexui.cli  # what the `chexui` console script loads first
@@ -30,13 +30,13 @@ FIRST_FRAME = textwrap.dedent('''
         print(f"{time.time() - t0:.3f}")
         app.exit()
     app.run(headless=True, size=(100, 30), auto_pilot=auto)
-''')
+""")
 
-FOLLOW = textwrap.dedent('''
+FOLLOW = textwrap.dedent("""
     import sys
     from chexui.tui.app import make_app
     make_app(sys.argv[1], run=sys.argv[2]).run(headless=True, size=(100, 30))
-''')
+""")
 
 
 def first_frame(runs: Path, run: Path | None) -> float:
@@ -59,7 +59,10 @@ def main() -> None:
     recorded = [json.loads(line) for line in RECORDING.read_text().splitlines()]
 
     launcher = [first_frame(runs, None) for _ in range(3)]
-    print(f"first frame, launcher screen (`chexui`): {min(launcher):.2f} s (best of 3; {', '.join(f'{t:.2f}' for t in launcher)})")
+    print(
+        f"first frame, launcher screen (`chexui`): {min(launcher):.2f} s "
+        f"(best of 3; {', '.join(f'{t:.2f}' for t in launcher)})"
+    )
 
     # a live run: this process plays the launcher; events stream in at --rate per second
     (run / "launcher.json").write_text(json.dumps({"pid": os.getpid(), "create_time": psutil.Process().create_time()}))
@@ -68,8 +71,12 @@ def main() -> None:
     monitor = [first_frame(runs, run) for _ in range(3)]
     print(f"first frame, monitor of a live run (`chexui watch RUN`): {min(monitor):.2f} s (best of 3)")
 
-    app = subprocess.Popen([sys.executable, "-c", FOLLOW, str(runs), str(run)], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    app = subprocess.Popen(
+        [sys.executable, "-c", FOLLOW, str(runs), str(run)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     proc = psutil.Process(app.pid)
     time.sleep(3.0)  # start-up is not part of the steady state
     c0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
@@ -93,8 +100,10 @@ def main() -> None:
     c1, t1 = sum(proc.cpu_times()[:2]), time.monotonic()
     app.terminate()
     app.wait(10)
-    print(f"following {n} events at {n / (t1 - t0):.1f}/s for {t1 - t0:.0f} s: "
-          f"{100 * (c1 - c0) / (t1 - t0):.1f}% of one core")
+    print(
+        f"following {n} events at {n / (t1 - t0):.1f}/s for {t1 - t0:.0f} s: "
+        f"{100 * (c1 - c0) / (t1 - t0):.1f}% of one core"
+    )
 
 
 if __name__ == "__main__":

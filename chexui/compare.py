@@ -56,9 +56,15 @@ def arms(runs: list[RunInfo]) -> list[list[int]]:
     for i, r in enumerate(runs):
         flat = config.flatten(_config(r))
         after = bool(flat.get("compress.parent"))
-        key = json.dumps({k: v for k, v in flat.items()
-                          if k not in IGNORED and k != SEED_KEY and not (after and k in FROM_THE_PARENT)},
-                         sort_keys=True, default=str)
+        key = json.dumps(
+            {
+                k: v
+                for k, v in flat.items()
+                if k not in IGNORED and k != SEED_KEY and not (after and k in FROM_THE_PARENT)
+            },
+            sort_keys=True,
+            default=str,
+        )
         n = 0
         while (key, n) in seeds and flat.get(SEED_KEY) in seeds[(key, n)]:
             n += 1
@@ -76,8 +82,8 @@ def run_labels(runs: list[RunInfo], ignore: frozenset[str] = frozenset()) -> lis
     after = [bool(f.get("compress.parent")) for f in flats]
 
     def values(k: str) -> set[str]:  # (a compress run's epochs/LR say nothing its method does not)
-        return {json.dumps(f.get(k), default=str) for f, a in zip(flats, after)
-                if not (a and k in IMPLIED_BY_PARENT)}
+        return {json.dumps(f.get(k), default=str) for f, a in zip(flats, after) if not (a and k in IMPLIED_BY_PARENT)}
+
     differ = [k for k in keys if not k.startswith(COMPRESSION) and len(values(k)) > 1]
     methods = [compression_text(c) for c in cfgs]
     if len(runs) < 2 or not (differ or len(set(methods)) > 1):
@@ -85,8 +91,11 @@ def run_labels(runs: list[RunInfo], ignore: frozenset[str] = frozenset()) -> lis
     labels = []
     for f, method, compressed_after in zip(flats, methods, after):
         parts = [method] if len(set(methods)) > 1 else []
-        parts += [f"{short_key(k)}={value_text(f.get(k))}" for k in differ
-                  if not (compressed_after and k in IMPLIED_BY_PARENT)]
+        parts += [
+            f"{short_key(k)}={value_text(f.get(k))}"
+            for k in differ
+            if not (compressed_after and k in IMPLIED_BY_PARENT)
+        ]
         labels.append(" ".join(parts))
     if len(set(labels)) < len(labels):  # same differing keys (e.g. repeated runs): add the id
         labels = [f"{lab} ({r.id})" for lab, r in zip(labels, runs)]
@@ -120,8 +129,10 @@ def auroc_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
     cols, cis = {}, {}
     for r, lab in zip(runs, labels):
         t = _test(r)
-        cols[lab] = ([t["auc"].get(name) if t else None for name in LABELS]
-                     + [t["auc_mean"] if t else None, n_defined(t["auc"]) if t else None])
+        cols[lab] = [t["auc"].get(name) if t else None for name in LABELS] + [
+            t["auc_mean"] if t else None,
+            n_defined(t["auc"]) if t else None,
+        ]
         cis[lab] = {**((t or {}).get("auc_ci") or {}), "mean": (t or {}).get("auc_mean_ci")}
     cols[REFERENCE] = _reference_rows()
     df = pd.DataFrame(cols, index=[*LABELS, "mean", MEAN_LABELS], dtype="float64")
@@ -135,9 +146,18 @@ def arm_auroc_table(runs: list[RunInfo], groups: list[list[int]], labels: list[s
     cols, sds, seeds = {}, {}, {}
     for g, lab in zip(groups, labels):
         tests = [t for t in (_test(runs[i]) for i in g) if t]
-        per = np.array([[np.nan if t["auc"].get(n) is None else t["auc"][n] for n in LABELS]
-                        + [np.nan if t["auc_mean"] is None else t["auc_mean"]] for t in tests], dtype=float) \
-            if tests else np.full((1, len(LABELS) + 1), np.nan)
+        per = (
+            np.array(
+                [
+                    [np.nan if t["auc"].get(n) is None else t["auc"][n] for n in LABELS]
+                    + [np.nan if t["auc_mean"] is None else t["auc_mean"]]
+                    for t in tests
+                ],
+                dtype=float,
+            )
+            if tests
+            else np.full((1, len(LABELS) + 1), np.nan)
+        )
         with np.errstate(invalid="ignore"):
             mean = np.nanmean(per, axis=0) if tests else per[0]
             sd = np.nanstd(per, axis=0, ddof=1) if len(tests) > 1 else np.full(len(mean), np.nan)
@@ -159,22 +179,26 @@ def _best_by_val(arms_: list[list[RunInfo]], labels: list[str]) -> tuple[str, fl
             scores[lab] = float(np.mean(vals))
     if len(scores) < 2:
         return None
-    best = max(scores, key=scores.get)
+    best = max(scores, key=lambda k: scores[k])
     return best, scores[best]
 
 
 def auroc_caption(df: pd.DataFrame) -> str:
     parts = []
     if "sd" in df.attrs:
-        parts.append("Each arm: the mean test AUROC over its runs, which differ only by train.seed (± their SD; "
-                     "the number of seeds beside its name).")
+        parts.append(
+            "Each arm: the mean test AUROC over its runs, which differ only by train.seed (± their SD; "
+            "the number of seeds beside its name)."
+        )
     else:
         parts.append("Each run's test AUROC with its patient-bootstrap 95% CI.")
     parts.append(f"{REFERENCE}: the published figures, on another test split (not comparable image by image).")
     best = df.attrs.get("best_by_val")
     if best:
-        parts.append(f"Best configuration by validation AUROC (the shipped epoch's): {best[0]} ({best[1]:.4f}); "
-                     "chosen on validation, never on test.")
+        parts.append(
+            f"Best configuration by validation AUROC (the shipped epoch's): {best[0]} ({best[1]:.4f}); "
+            "chosen on validation, never on test."
+        )
     return "\n".join(parts)
 
 
@@ -207,9 +231,20 @@ def _paired_rows(lab: str, res: dict) -> list[dict]:
     for name, d in [*res["labels"].items(), ("mean", res["mean"])]:
         lo, hi = d["ci"] or (None, None)
         p_holm = d["p"] if name == "mean" else adjusted[name]
-        rows.append({"run": lab, "label": name, "delta": d["delta"], "ci_lo": lo, "ci_hi": hi, "p": d["p"],
-                     "p_holm": p_holm, "distinguishable": None if p_holm is None else bool(p_holm <= 0.05),
-                     "dropped": d.get("dropped"), "note": d.get("note")})
+        rows.append(
+            {
+                "run": lab,
+                "label": name,
+                "delta": d["delta"],
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "p": d["p"],
+                "p_holm": p_holm,
+                "distinguishable": None if p_holm is None else bool(p_holm <= 0.05),
+                "dropped": d.get("dropped"),
+                "note": d.get("note"),
+            }
+        )
     return rows
 
 
@@ -219,7 +254,7 @@ def paired_table(runs: list[RunInfo], labels: list[str], base: int) -> pd.DataFr
     `.attrs`: the baseline's label and the notes on runs left out."""
     a, rows, notes = runs[base], [], []
     spec = _spec(a)
-    pa = None
+    pa: dict | None = None
     for i, (r, lab) in enumerate(zip(runs, labels)):
         if i == base:
             continue
@@ -230,23 +265,26 @@ def paired_table(runs: list[RunInfo], labels: list[str], base: int) -> pd.DataFr
                 pb = _predictions(r)
             except UserError as e:
                 why = f"no saved predictions ({e})"
-        if why is None and not np.array_equal(pa["image_ids"], pb["image_ids"]):
+        if why is None and pa is not None and not np.array_equal(pa["image_ids"], pb["image_ids"]):
             why = "its saved predictions are for other images than the baseline's"
-        if why is not None:
+        if why is not None or pa is None:
             notes.append(f"{lab}: not compared with the baseline: {why}")
             continue
         y = pa["labels"]
         aucs_a = metrics.per_class_auroc(y, pa["probs"])[0]
         aucs_b = metrics.per_class_auroc(y, pb["probs"])[0]
-        rows += _paired_rows(lab, bootstrap.paired(y, pa["probs"], pb["probs"], pa["patient_ids"], aucs_a, aucs_b, spec))
+        rows += _paired_rows(
+            lab, bootstrap.paired(y, pa["probs"], pb["probs"], pa["patient_ids"], aucs_a, aucs_b, spec)
+        )
     df = pd.DataFrame(rows, columns=PAIRED_COLUMNS).set_index(["run", "label"])
     df.attrs.update(baseline=labels[base], notes=notes, bootstrap=spec.record(), unit="run")
     return df
 
 
 def _spec(r: RunInfo) -> bootstrap.Spec:
-    return bootstrap.Spec(**{k: v for k, v in ((_test(r) or {}).get("bootstrap") or {}).items()
-                             if k in ("resamples", "seed")})
+    return bootstrap.Spec(
+        **{k: v for k, v in ((_test(r) or {}).get("bootstrap") or {}).items() if k in ("resamples", "seed")}
+    )
 
 
 def arm_paired_table(runs: list[RunInfo], groups: list[list[int]], labels: list[str], base: int) -> pd.DataFrame:
@@ -256,10 +294,11 @@ def arm_paired_table(runs: list[RunInfo], groups: list[list[int]], labels: list[
     out, with a note."""
     ref = runs[groups[base][0]]
     spec, notes, rows = _spec(ref), [], []
+    p_ref: dict | None = None
     try:
         p_ref = _predictions(ref)
     except UserError as e:
-        p_ref, notes = None, [f"the baseline has no saved predictions ({e})"]
+        notes = [f"the baseline has no saved predictions ({e})"]
 
     def usable(g: list[int], lab: str) -> list[np.ndarray]:
         out = []
@@ -268,7 +307,11 @@ def arm_paired_table(runs: list[RunInfo], groups: list[list[int]], labels: list[
             if why is None:
                 try:
                     p = _predictions(runs[i])
-                    why = None if np.array_equal(p["image_ids"], p_ref["image_ids"]) else "other images than the baseline's"
+                    why = (
+                        None
+                        if p_ref is not None and np.array_equal(p["image_ids"], p_ref["image_ids"])
+                        else "other images than the baseline's"
+                    )
                 except UserError as e:
                     why = f"no saved predictions ({e})"
             if why is None:
@@ -276,6 +319,7 @@ def arm_paired_table(runs: list[RunInfo], groups: list[list[int]], labels: list[
             else:
                 notes.append(f"{lab}: run {runs[i].id} left out: {why}")
         return out
+
     if p_ref is not None:
         base_probs = usable(groups[base], labels[base])
         for k, (g, lab) in enumerate(zip(groups, labels)):
@@ -286,9 +330,13 @@ def arm_paired_table(runs: list[RunInfo], groups: list[list[int]], labels: list[
                 res = bootstrap.paired_arms(p_ref["labels"], base_probs, probs, p_ref["patient_ids"], spec)
                 rows += _paired_rows(lab, res)
     df = pd.DataFrame(rows, columns=PAIRED_COLUMNS).set_index(["run", "label"])
-    df.attrs.update(baseline=labels[base], notes=notes, unit="arm",
-                    bootstrap={**spec.record(), "unit": "patient, then seed within each arm"},
-                    seeds={lab: len(g) for g, lab in zip(groups, labels)})
+    df.attrs.update(
+        baseline=labels[base],
+        notes=notes,
+        unit="arm",
+        bootstrap={**spec.record(), "unit": "patient, then seed within each arm"},
+        seeds={lab: len(g) for g, lab in zip(groups, labels)},
+    )
     return df
 
 
@@ -302,14 +350,20 @@ def time_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
         # a post-training compression run: its parent's training time counts toward its compute
         parent = (r.first("run_started") or {}).get("parent") or {}
         compute = total + (parent.get("total_time_s") or 0) if total is not None else None
-        rows.append({
-            "run": lab, "status": r.status, "parent": parent.get("run_id"), "processes": started.get("world_size"),
-            "epochs": len(epochs), "best epoch": done.get("best_epoch"),
-            "total h": total / 3600 if total is not None else None,
-            "compute h (with parent)": compute / 3600 if compute is not None else None,
-            "h / epoch": sum(e["epoch_time_s"] for e in epochs) / len(epochs) / 3600 if epochs else None,
-            "train images/s": sum(e["images_per_s"] for e in epochs) / len(epochs) if epochs else None,
-        })
+        rows.append(
+            {
+                "run": lab,
+                "status": r.status,
+                "parent": parent.get("run_id"),
+                "processes": started.get("world_size"),
+                "epochs": len(epochs),
+                "best epoch": done.get("best_epoch"),
+                "total h": total / 3600 if total is not None else None,
+                "compute h (with parent)": compute / 3600 if compute is not None else None,
+                "h / epoch": sum(e["epoch_time_s"] for e in epochs) / len(epochs) / 3600 if epochs else None,
+                "train images/s": sum(e["images_per_s"] for e in epochs) / len(epochs) if epochs else None,
+            }
+        )
     df = pd.DataFrame(rows).set_index("run")
     df.attrs["notes"] = parent_notes(runs, labels)
     return df
@@ -319,13 +373,16 @@ def parent_notes(runs: list[RunInfo], labels: list[str]) -> list[str]:
     """A post-training run's parent whose best.pt is no longer the model the run started from (the parent
     was resumed or retrained since): the comparison is then with another model than the one compressed."""
     from engine.fsutil import sha256
+
     notes = []
     for r, lab in zip(runs, labels):
         parent = (r.first("run_started") or {}).get("parent") or {}
         best = Path(str(parent.get("path", ""))) / "checkpoints" / "best.pt"
         if parent.get("best_sha256") and best.is_file() and sha256(best) != parent["best_sha256"]:
-            notes.append(f"{lab}: its parent {parent.get('run_id')}'s best.pt has changed since this run started "
-                         "from it (sha256 differs): the parent now holds another model than the one compressed")
+            notes.append(
+                f"{lab}: its parent {parent.get('run_id')}'s best.pt has changed since this run started "
+                "from it (sha256 differs): the parent now holds another model than the one compressed"
+            )
     return notes
 
 
@@ -337,11 +394,13 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
     rows, cis = [], {}
     for r, lab in zip(runs, labels):
         ex = r.last("exported") or {}
-        row: dict[str, Any] = {"run": lab,
-                               "parameters": ex.get("parameters") or (r.first("run_started") or {}).get("parameters"),
-                               "nonzero": ex.get("nonzero_parameters"),
-                               # zeros over the pruned layers' weights (the pruning target's measure)
-                               "sparsity": ex.get("sparsity")}
+        row: dict[str, Any] = {
+            "run": lab,
+            "parameters": ex.get("parameters") or (r.first("run_started") or {}).get("parameters"),
+            "nonzero": ex.get("nonzero_parameters"),
+            # zeros over the pruned layers' weights (the pruning target's measure)
+            "sparsity": ex.get("sparsity"),
+        }
         arts = {a["kind"]: a for a in ex.get("artifacts", [])}
         for kind in ARTIFACT_SPLITS:
             a = arts.get(kind)
@@ -367,23 +426,34 @@ def sparsity_notes(runs: list[RunInfo], labels: list[str]) -> list[str]:
     for r, lab in zip(runs, labels):
         p = _config(r).get("prune") or {}
         best = (r.last("run_finished") or {}).get("best_epoch")
-        if p.get("enabled") and p.get("schedule", "gradual") == "gradual" and best is not None \
-                and isinstance(p.get("end_epoch"), (int, float)) and best < p["end_epoch"]:
+        if (
+            p.get("enabled")
+            and p.get("schedule", "gradual") == "gradual"
+            and best is not None
+            and isinstance(p.get("end_epoch"), (int, float))
+            and best < p["end_epoch"]
+        ):
             shipped = (r.last("exported") or {}).get("sparsity")
-            notes.append(f"{lab}: ships epoch {best}, before its pruning schedule reached the final sparsity "
-                         f"(epoch {p['end_epoch']:g})" + (f": sparsity {shipped:.3f}" if shipped is not None else "")
-                         + "; a post-training row prunes to the target at once")
+            notes.append(
+                f"{lab}: ships epoch {best}, before its pruning schedule reached the final sparsity "
+                f"(epoch {p['end_epoch']:g})"
+                + (f": sparsity {shipped:.3f}" if shipped is not None else "")
+                + "; a post-training row prunes to the target at once"
+            )
     return notes
 
 
 def storage_caption(df: pd.DataFrame) -> str:
-    return "\n".join(["AUROC columns: each artifact's test AUROC with its patient-bootstrap 95% CI."]
-                     + list(df.attrs.get("notes") or []))
+    return "\n".join(
+        ["AUROC columns: each artifact's test AUROC with its patient-bootstrap 95% CI."]
+        + list(df.attrs.get("notes") or [])
+    )
 
 
 def heatmap_table(runs: list[RunInfo], labels: list[str], base: int, n_images: int, seed: int = 0) -> pd.DataFrame:
     """Rows (run, model): Grad-CAM agreement with the baseline on a seeded sample of its test images."""
     from engine.explain import sample_agreement
+
     others = [i for i in range(len(runs)) if i != base]
     by_id = {runs[i].run_dir.name: labels[i] for i in [base, *others]}
     recs = sample_agreement(runs[base].run_dir, [runs[i].run_dir for i in others], n_images, seed)
@@ -392,26 +462,52 @@ def heatmap_table(runs: list[RunInfo], labels: list[str], base: int, n_images: i
     for rec in recs:
         lab = by_id[rec["run"]]
         if rec.get("skipped"):
-            notes.append(f"none computed: {rec['skipped']}" if lab == labels[base] else f"{lab}: not compared: {rec['skipped']}")
+            notes.append(
+                f"none computed: {rec['skipped']}" if lab == labels[base] else f"{lab}: not compared: {rec['skipped']}"
+            )
             continue
-        delta = None if rec["model"] == "baseline" or None in (aucs[lab], aucs[labels[base]]) else aucs[lab] - aucs[labels[base]]
-        rows.append({"run": lab, "model": rec["model"], "images": rec["images"], "maps": rec["maps"],
-                     "mean AUROC - baseline": delta, "r (Pearson)": rec["pearson"], "top-10% IoU": rec["top_iou"],
-                     "peak in drawn finding": rec["peak_hits"] / rec["peak_maps"] if rec["peak_maps"] else None,
-                     "peak maps": rec["peak_maps"]})
-    df = pd.DataFrame(rows, columns=["run", "model", "images", "maps", "mean AUROC - baseline", "r (Pearson)",
-                                     "top-10% IoU", "peak in drawn finding", "peak maps"]).set_index(["run", "model"])
+        mine, theirs = aucs[lab], aucs[labels[base]]
+        delta = None if rec["model"] == "baseline" or mine is None or theirs is None else mine - theirs
+        rows.append(
+            {
+                "run": lab,
+                "model": rec["model"],
+                "images": rec["images"],
+                "maps": rec["maps"],
+                "mean AUROC - baseline": delta,
+                "r (Pearson)": rec["pearson"],
+                "top-10% IoU": rec["top_iou"],
+                "peak in drawn finding": rec["peak_hits"] / rec["peak_maps"] if rec["peak_maps"] else None,
+                "peak maps": rec["peak_maps"],
+            }
+        )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "run",
+            "model",
+            "images",
+            "maps",
+            "mean AUROC - baseline",
+            "r (Pearson)",
+            "top-10% IoU",
+            "peak in drawn finding",
+            "peak maps",
+        ],
+    ).set_index(["run", "model"])
     df.attrs.update(baseline=labels[base], notes=notes, seed=seed)
     return df
 
 
 def heatmap_caption(df: pd.DataFrame) -> str:
-    lines = [f"Grad-CAM of each run's shipped model (a QAT run: its int8 artifact's fake-quantized twin) against "
-             f"the baseline ({df.attrs.get('baseline')}) on the same seeded sample of its test images (seed "
-             f"{df.attrs.get('seed')}), for the baseline's 3 most probable labels per image: mean Pearson r of "
-             "the maps and mean IoU of their top 10 %. 'peak in drawn finding': on a chexui demo set, the share "
-             "of maps for findings the image shows whose peak lies inside the region the generator drew "
-             "('peak maps' of them)."]
+    lines = [
+        f"Grad-CAM of each run's shipped model (a QAT run: its int8 artifact's fake-quantized twin) against "
+        f"the baseline ({df.attrs.get('baseline')}) on the same seeded sample of its test images (seed "
+        f"{df.attrs.get('seed')}), for the baseline's 3 most probable labels per image: mean Pearson r of "
+        "the maps and mean IoU of their top 10 %. 'peak in drawn finding': on a chexui demo set, the share "
+        "of maps for findings the image shows whose peak lies inside the region the generator drew "
+        "('peak maps' of them)."
+    ]
     return "\n".join(lines + list(df.attrs.get("notes") or []))
 
 
@@ -431,16 +527,21 @@ def tables(runs: list[RunInfo], baseline: int = 0, heatmaps: int = 0) -> dict[st
         out = {"auroc": auroc_table(runs, labels)}
     out |= {"time": time_table(runs, labels), "storage": storage_table(runs, labels)}
     if len(runs) > 1:
-        out["paired"] = arm_paired_table(runs, groups, arm_labels, base_arm) if seeded else \
-            paired_table(runs, labels, baseline)
+        out["paired"] = (
+            arm_paired_table(runs, groups, arm_labels, base_arm) if seeded else paired_table(runs, labels, baseline)
+        )
         if heatmaps > 0:
             out["heatmaps"] = heatmap_table(runs, labels, baseline, heatmaps)
     return out
 
 
-TITLES = {"auroc": "Test AUROC per class", "time": "Training time", "storage": "Storage",
-          "paired": "Paired difference in test AUROC against the baseline",
-          "heatmaps": "Grad-CAM agreement with the baseline"}
+TITLES = {
+    "auroc": "Test AUROC per class",
+    "time": "Training time",
+    "storage": "Storage",
+    "paired": "Paired difference in test AUROC against the baseline",
+    "heatmaps": "Grad-CAM agreement with the baseline",
+}
 INDEX = {"auroc": "label", "paired": "label", "heatmaps": "run / model"}
 
 
@@ -455,10 +556,15 @@ def paired_display(df: pd.DataFrame) -> pd.DataFrame:
     cols = {}
     for run in dict.fromkeys(df.index.get_level_values(0)):
         sub = df.loc[run]
-        cols[run] = ["-" if pd.isna(row.delta) else f"{row.delta:+.4f} (no CI: too few patients)"
-                     if pd.isna(row.ci_lo) else
-                     f"{row.delta:+.4f} ({row.ci_lo:+.4f} to {row.ci_hi:+.4f}) {_p_text(row.p)}"
-                     + (" *" if row.distinguishable else "") for row in sub.itertuples()]
+        cols[run] = [
+            "-"
+            if pd.isna(row.delta)
+            else f"{row.delta:+.4f} (no CI: too few patients)"
+            if pd.isna(row.ci_lo)
+            else f"{row.delta:+.4f} ({row.ci_lo:+.4f} to {row.ci_hi:+.4f}) {_p_text(row.p)}"
+            + (" *" if row.distinguishable else "")
+            for row in sub.itertuples()
+        ]
     return pd.DataFrame(cols, index=[*LABELS, "mean"])
 
 
@@ -466,24 +572,35 @@ def paired_caption(df: pd.DataFrame) -> str:
     b = df.attrs.get("bootstrap") or {}
     unit = df.attrs.get("unit", "run")
     dropped = [int(v) for v in df["dropped"].dropna()] if "dropped" in df else []
-    lines = [f"Each {unit} minus the baseline ({df.attrs.get('baseline')}) on the same test images: difference, "
-             f"95% CI and two-sided p from {b.get('resamples')} paired bootstrap resamples ({b.get('unit')}; seed "
-             f"{b.get('seed')}). The CI and p come from the same sorted replicates, so p <= 0.05 exactly when the "
-             "CI excludes 0; p is at least 1/(resamples + 1). * = Holm-adjusted p <= 0.05 over the labels of "
-             "that comparison (the mean: its own p); the CIs are not adjusted."]
+    lines = [
+        f"Each {unit} minus the baseline ({df.attrs.get('baseline')}) on the same test images: difference, "
+        f"95% CI and two-sided p from {b.get('resamples')} paired bootstrap resamples ({b.get('unit')}; seed "
+        f"{b.get('seed')}). The CI and p come from the same sorted replicates, so p <= 0.05 exactly when the "
+        "CI excludes 0; p is at least 1/(resamples + 1). * = Holm-adjusted p <= 0.05 over the labels of "
+        "that comparison (the mean: its own p); the CIs are not adjusted."
+    ]
     if unit == "arm":
-        lines.append("An arm pools the runs that differ only by train.seed: its figure is their mean AUROC, and "
-                     "each resample draws the patients once for all runs, then the seeds within each arm (with "
-                     "replacement), so the CI includes seed-to-seed variation.")
-    if dropped and max(dropped):
-        lines.append(f"Resamples without a positive or a negative of a label are left out of that label's "
-                     f"figures (at most {max(dropped)} of {b.get('resamples')}); a label with positives or negatives "
-                     f"from fewer than {bootstrap.MIN_PATIENTS} patients has no CI.")
+        lines.append(
+            "An arm pools the runs that differ only by train.seed: its figure is their mean AUROC, and "
+            "each resample draws the patients once for all runs, then the seeds within each arm (with "
+            "replacement), so the CI includes seed-to-seed variation."
+        )
+    if any(dropped):
+        lines.append(
+            f"Resamples without a positive or a negative of a label are left out of that label's "
+            f"figures (at most {max(dropped)} of {b.get('resamples')}); a label with positives or negatives "
+            f"from fewer than {bootstrap.MIN_PATIENTS} patients has no CI."
+        )
     return "\n".join(lines + list(df.attrs.get("notes") or []))
 
 
-CAPTIONS = {"paired": paired_caption, "heatmaps": heatmap_caption, "time": time_caption,  # printed with a caption
-            "auroc": auroc_caption, "storage": storage_caption}
+CAPTIONS = {
+    "paired": paired_caption,
+    "heatmaps": heatmap_caption,
+    "time": time_caption,  # printed with a caption
+    "auroc": auroc_caption,
+    "storage": storage_caption,
+}
 
 
 def auroc_display(df: pd.DataFrame) -> pd.DataFrame:
@@ -515,6 +632,7 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
         return auroc_display(df)
     out = df.astype(object).copy()
     for col in df.columns:
+
         def f(v, idx, col=col):
             if v is None or pd.isna(v):
                 return "-"
@@ -534,6 +652,7 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
             if isinstance(v, (int, float)) and float(v).is_integer():
                 return f"{int(v):,}"
             return str(v)
+
         out[col] = [f(v, idx) for idx, v in df[col].items()]
     if name == "heatmaps":
         out.index = [" / ".join(map(str, i)) for i in out.index]
@@ -542,20 +661,32 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
 
 def _json(name: str, df: pd.DataFrame):
     if name == "heatmaps":
-        return {"baseline": df.attrs.get("baseline"), "seed": df.attrs.get("seed"), "notes": df.attrs.get("notes"),
-                "rows": json.loads(df.reset_index().to_json(orient="records"))}
+        return {
+            "baseline": df.attrs.get("baseline"),
+            "seed": df.attrs.get("seed"),
+            "notes": df.attrs.get("notes"),
+            "rows": json.loads(df.reset_index().to_json(orient="records")),
+        }
     if name == "paired":
-        return {"baseline": df.attrs.get("baseline"), "bootstrap": df.attrs.get("bootstrap"),
-                "notes": df.attrs.get("notes"), "unit": df.attrs.get("unit"),
-                "runs": {run: json.loads(df.loc[run].to_json(orient="index"))
-                         for run in dict.fromkeys(df.index.get_level_values(0))}}
+        return {
+            "baseline": df.attrs.get("baseline"),
+            "bootstrap": df.attrs.get("bootstrap"),
+            "notes": df.attrs.get("notes"),
+            "unit": df.attrs.get("unit"),
+            "runs": {
+                run: json.loads(df.loc[run].to_json(orient="index"))
+                for run in dict.fromkeys(df.index.get_level_values(0))
+            },
+        }
     return json.loads(df.to_json(orient="index"))
 
 
 def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
     """Run labels come from preset names and config values: no cell, label or header a spreadsheet runs."""
+
     def cell(v):
         return csv_cell(v) if isinstance(v, str) else v
+
     out = df.map(cell).rename(index=cell, columns=cell)
     out.attrs = df.attrs
     return out
@@ -564,9 +695,12 @@ def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
 def render(tbls: dict[str, pd.DataFrame], fmt: str) -> str:
     if fmt == "json":
         from chexui.format import json_text
+
         out = {k: _json(k, df) for k, df in tbls.items()}
         # the AUROC figures' CIs (runs) or SDs and seed counts (arms), and the best by validation
-        out["auroc_detail"] = {k: v for k, v in tbls["auroc"].attrs.items() if k in ("ci", "sd", "seeds", "best_by_val")}
+        out["auroc_detail"] = {
+            k: v for k, v in tbls["auroc"].attrs.items() if k in ("ci", "sd", "seeds", "best_by_val")
+        }
         return json_text(out)
     parts = []
     for name, df in tbls.items():
@@ -577,13 +711,18 @@ def render(tbls: dict[str, pd.DataFrame], fmt: str) -> str:
             parts.append(f"### {TITLES[name]}\n\n" + CAPTIONS[name](df).replace("\n", "\n\n") + "\n")
         else:  # markdown
             caption = "\n" + CAPTIONS[name](df).replace("\n", "\n\n") + "\n" if name in CAPTIONS else ""
-            parts.append(f"### {TITLES[name]}\n\n" + _display(name, df).to_markdown(stralign="right", disable_numparse=True)
-                         + "\n" + caption)
+            parts.append(
+                f"### {TITLES[name]}\n\n"
+                + _display(name, df).to_markdown(stralign="right", disable_numparse=True)
+                + "\n"
+                + caption
+            )
     return "\n".join(parts)
 
 
 def rich_tables(tbls: dict[str, pd.DataFrame]):
     from chexui.headless import table
+
     for name, df in tbls.items():
         if name in CAPTIONS and df.empty:
             yield CAPTIONS[name](df)
@@ -599,4 +738,5 @@ def rich_tables(tbls: dict[str, pd.DataFrame]):
 
 def load(run_dirs: list[Path]) -> list[RunInfo]:
     from chexui.runs import load_run
+
     return [load_run(d) for d in run_dirs]

@@ -7,24 +7,29 @@ from pathlib import Path
 from typing import Any
 
 from chexui import presets as presets_mod
-from engine import config
+from engine import archs, config
 from engine.compress import parent_best
 from engine.errors import UserError
 from engine.events import read_events
-
-# the adaptive per-width targets `--prune adaptive` uses: the training-time presets' (ResNet18 shares
-# ResNet50's widths 64-512 and so its table)
-ADAPTIVE_PRESETS = {"densenet121": "prune-adaptive", "resnet50": "resnet50-prune-adaptive",
-                    "resnet18": "resnet50-prune-adaptive"}
 
 
 def prune_section(prune: str, arch: str) -> dict[str, Any]:
     """The [prune] keys of `--prune 0.5|0.7|adaptive` (or any sparsity in (0, 0.99])."""
     keys: dict[str, Any] = {"enabled": True, "schedule": "one_shot", "best_from": "start"}
-    if prune == "adaptive":
-        p = presets_mod.resolve(ADAPTIVE_PRESETS[arch])["prune"]
-        return {**keys, "adaptive": p["adaptive"], "adaptive_default": p["adaptive_default"],
-                "final_sparsity": p["final_sparsity"]}
+    if prune == "adaptive":  # the per-width targets of the architecture's training-time adaptive preset
+        preset = archs.get(arch).adaptive_preset
+        if preset is None:
+            raise UserError(
+                f"--prune adaptive: {arch} has no adaptive targets in chexui's architecture table "
+                "(give a sparsity such as 0.5)"
+            )
+        p = presets_mod.resolve(preset)["prune"]
+        return {
+            **keys,
+            "adaptive": p["adaptive"],
+            "adaptive_default": p["adaptive_default"],
+            "final_sparsity": p["final_sparsity"],
+        }
     try:
         sparsity = float(prune)
     except ValueError:
@@ -46,8 +51,15 @@ def _parent_base_lr(parent: Path, cfg: dict) -> float:
     return last["lr"] / (world if cfg["train"]["lr_scale"] == "linear" else 1)
 
 
-def compress_config(parent: Path, prune: str | None, finetune_epochs: int, ptq: bool, name: str | None,
-                    sets: list[str], nproc: int | None = None) -> dict[str, Any]:
+def compress_config(
+    parent: Path,
+    prune: str | None,
+    finetune_epochs: int,
+    ptq: bool,
+    name: str | None,
+    sets: list[str],
+    nproc: int | None = None,
+) -> dict[str, Any]:
     """The resolved config of a compress run from `parent` (exit-2 errors as UserError)."""
     if prune is None and not ptq:
         raise UserError("nothing to do: give --prune 0.5|0.7|adaptive and/or --ptq")
@@ -57,17 +69,21 @@ def compress_config(parent: Path, prune: str | None, finetune_epochs: int, ptq: 
     pruning = prune_section(prune, cfg["model"]["arch"]) if prune is not None else None
     parent_best(parent)  # exit 2 now, not in the engine, when there is no best model
     from chexui.runs import load_run
+
     status = load_run(parent).status
     if status not in ("completed", "stopped"):  # a running parent's best.pt is a snapshot that moves on
-        raise UserError(f"run {parent.name} is {status}: compress starts from a completed or stopped run's best "
-                        "model (wait for it to finish, or `chexui stop` it)")
+        raise UserError(
+            f"run {parent.name} is {status}: compress starts from a completed or stopped run's best "
+            "model (wait for it to finish, or `chexui stop` it)"
+        )
     if cfg["quantize"]["enabled"]:
-        raise UserError(f"run {parent.name} trained with QAT: its int8 model is exported already; compress "
-                        "starts from a float run")
+        raise UserError(
+            f"run {parent.name} trained with QAT: its int8 model is exported already; compress starts from a float run"
+        )
     what = []
     if pruning is not None:
         cfg["prune"] = {**cfg["prune"], **pruning}
-        what.append(f"prune{round(float(prune) * 100)}" if prune != "adaptive" else "prune-adaptive")
+        what.append(f"prune{round(float(str(prune)) * 100)}" if prune != "adaptive" else "prune-adaptive")
         if finetune_epochs:
             what.append(f"ft{finetune_epochs}")
     if ptq:

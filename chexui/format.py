@@ -9,11 +9,22 @@ from typing import Any
 from engine.labels import n_defined
 
 # config keys as column labels in comparison tables and sweep point labels
-SHORT = {"train.lr": "LR", "train.batch_size": "B", "model.arch": "arch", "distributed.nproc": "P",
-         "distributed.nnodes": "nodes", "prune.enabled": "prune", "prune.final_sparsity": "sparsity",
-         "quantize.enabled": "QAT", "quantize.scope": "QAT scope", "train.epochs": "epochs",
-         "data.image_size": "px", "train.min_lr": "min LR", "train.plateau_patience": "patience",
-         "train.early_stop_patience": "early stop"}
+SHORT = {
+    "train.lr": "LR",
+    "train.batch_size": "B",
+    "model.arch": "arch",
+    "distributed.nproc": "P",
+    "distributed.nnodes": "nodes",
+    "prune.enabled": "prune",
+    "prune.final_sparsity": "sparsity",
+    "quantize.enabled": "QAT",
+    "quantize.scope": "QAT scope",
+    "train.epochs": "epochs",
+    "data.image_size": "px",
+    "train.min_lr": "min LR",
+    "train.plateau_patience": "patience",
+    "train.early_stop_patience": "early stop",
+}
 
 
 def fmt(v: float | None, spec: str = ".4f") -> str:
@@ -90,7 +101,7 @@ def auc_marks(aucs: dict[str, float | None]) -> dict[str, str]:
     defined = {k: v for k, v in aucs.items() if v is not None}
     if not defined:
         return {}
-    best, worst = max(defined, key=defined.get), min(defined, key=defined.get)
+    best, worst = max(defined, key=lambda k: defined[k]), min(defined, key=lambda k: defined[k])
     return {} if defined[best] == defined[worst] else {best: "best", worst: "worst"}
 
 
@@ -102,6 +113,7 @@ def slug(name: str, fallback: str) -> str:
 def labelled(mean: float | None, n_labels: int | None) -> str:
     """A mean AUROC with how many of the 14 labels it covers: "0.7350 (14/14)"."""
     from engine.labels import LABELS
+
     return fmt(mean) if mean is None or n_labels is None else f"{fmt(mean)} ({n_labels}/{len(LABELS)})"
 
 
@@ -122,6 +134,7 @@ def json_text(obj: Any) -> str:
         if isinstance(o, (list, tuple)):
             return [finite(v) for v in o]
         return o
+
     return json.dumps(finite(obj), indent=2, allow_nan=False, default=str)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, mean_text, n_defined
@@ -54,8 +54,14 @@ def plain_mode(stream=None) -> bool:
 def console(stderr: bool = False) -> Console:
     """Rich console; without a TTY (or with NO_COLOR): no control codes and no wrapping at 80 columns."""
     plain = plain_mode(sys.stderr if stderr else sys.stdout)
-    return SafeConsole(stderr=stderr, no_color=plain, highlight=False, soft_wrap=True,
-                   force_terminal=False if plain else None, width=240 if plain else None)
+    return SafeConsole(
+        stderr=stderr,
+        no_color=plain,
+        highlight=False,
+        soft_wrap=True,
+        force_terminal=False if plain else None,
+        width=240 if plain else None,
+    )
 
 
 def table(*columns: str, title: str | None = None) -> Table:
@@ -79,15 +85,28 @@ def auc_table(ev: dict[str, Any], title: str) -> Table:
         v = aucs.get(name)
         mark = f" ({marks[name]})" if name in marks else ""
         op = (at or {}).get(name) or {}
-        t.add_row(name, ("null" if v is None else f"{v:.4f}") + mark, ci_text(cis.get(name)),
-                  *((fmt(op.get("threshold"), ".3f"), fmt(op.get("sensitivity"), ".3f"), fmt(op.get("specificity"), ".3f"))
-                    if at else ()))
-    t.add_row(f"mean of {n_defined(aucs)}/{len(LABELS)} labels", fmt(ev.get("auc_mean")), ci_text(ev.get("auc_mean_ci")),
-              *(("", "", "") if at else ()))
+        t.add_row(
+            name,
+            ("null" if v is None else f"{v:.4f}") + mark,
+            ci_text(cis.get(name)),
+            *(
+                (fmt(op.get("threshold"), ".3f"), fmt(op.get("sensitivity"), ".3f"), fmt(op.get("specificity"), ".3f"))
+                if at
+                else ()
+            ),
+        )
+    t.add_row(
+        f"mean of {n_defined(aucs)}/{len(LABELS)} labels",
+        fmt(ev.get("auc_mean")),
+        ci_text(ev.get("auc_mean_ci")),
+        *(("", "", "") if at else ()),
+    )
     notes = [f"95% CI: {boot['resamples']} {boot['unit']} bootstrap resamples, seed {boot['seed']}"] if boot else []
     if at:
-        notes.append(f"calls at {ev.get('operating_point')} thresholds chosen on validation (PPV, NPV, F1 and "
-                     "their CIs: --json / events.jsonl)")
+        notes.append(
+            f"calls at {ev.get('operating_point')} thresholds chosen on validation (PPV, NPV, F1 and "
+            "their CIs: --json / events.jsonl)"
+        )
     t.caption = "; ".join(notes) or None
     return t
 
@@ -95,9 +114,11 @@ def auc_table(ev: dict[str, Any], title: str) -> Table:
 def epoch_line(e: dict[str, Any]) -> str:
     mem = "/".join(f"{m:.0f}" for m in e.get("memory_mb") or [])
     sp = f" sparsity {e['sparsity']:.3f}" if e.get("sparsity") is not None else ""
-    return (f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} val_loss {e['val_loss']:.4f} "
-            f"val_auc {mean_text(e.get('val_auc_mean'), e.get('val_auc'))} lr {e['lr']:.2e} time {epoch_time_text(e)} "
-            f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}")
+    return (
+        f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} val_loss {e['val_loss']:.4f} "
+        f"val_auc {mean_text(e.get('val_auc_mean'), e.get('val_auc'))} lr {e['lr']:.2e} time {epoch_time_text(e)} "
+        f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}"
+    )
 
 
 class HeadlessView:
@@ -107,7 +128,7 @@ class HeadlessView:
         self.plain = plain_mode() if plain is None else plain
         self.console = console or globals()["console"]()
         self.progress: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
         self.epochs = None
         self._last_plain = 0.0
 
@@ -122,40 +143,61 @@ class HeadlessView:
             self.progress.stop()
             self.progress = None
 
+    def handle_all(self, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            self.handle(e)
+
     def handle(self, e: dict[str, Any]) -> None:
         t = e["type"]
         if t == "run_started":
             cfg = e["config"]
             ds = e["dataset"]
             self.epochs = (cfg.get("train") or {}).get("epochs")
-            self.say(f"run {e['run_id']}: {cfg.get('name')} {(cfg.get('model') or {}).get('arch')} on {e['device']}, "
-                     f"world size {e['world_size']} ({e['nnodes']} node(s)); data {ds['root']}: "
-                     f"{ds['n_train']} train / {ds['n_val']} val / {ds['n_test']} test images, "
-                     f"{ds['n_patients']} patients")
+            self.say(
+                f"run {e['run_id']}: {cfg.get('name')} {(cfg.get('model') or {}).get('arch')} on {e['device']}, "
+                f"world size {e['world_size']} ({e['nnodes']} node(s)); data {ds['root']}: "
+                f"{ds['n_train']} train / {ds['n_val']} val / {ds['n_test']} test images, "
+                f"{ds['n_patients']} patients"
+            )
             if e.get("parent"):
                 par = e["parent"]
-                self.say(f"compressing the best model (epoch {par.get('best_epoch')}) of run {par.get('run_id')}: "
-                         f"{cfg.get('description', '')}")
+                self.say(
+                    f"compressing the best model (epoch {par.get('best_epoch')}) of run {par.get('run_id')}: "
+                    f"{cfg.get('description', '')}"
+                )
         elif t == "restarted":
             self.say(f"resumed at epoch {e['resumed_epoch']} (attempt {e['attempt']})")
         elif t == "epoch_started":
             self._end_progress()
             if not self.plain:
-                self.progress = Progress(TextColumn(f"epoch {e['epoch']}/{self.epochs or '?'}"), BarColumn(),
-                                         TextColumn("{task.completed}/{task.total}"),
-                                         TextColumn("loss {task.fields[loss]}"),
-                                         TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(),
-                                         TimeRemainingColumn(), console=self.console, transient=True)
+                self.progress = Progress(
+                    TextColumn(f"epoch {e['epoch']}/{self.epochs or '?'}"),
+                    BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]}"),
+                    TextColumn("{task.fields[ips]} img/s"),
+                    TimeElapsedColumn(),
+                    TimeRemainingColumn(),
+                    console=self.console,
+                    transient=True,
+                )
                 self.task = self.progress.add_task("train", total=None, loss="-", ips="-")
                 self.progress.start()
         elif t == "progress":
-            if self.progress is not None:
-                self.progress.update(self.task, completed=e["step"], total=e["steps"],
-                                     loss=f"{e['loss']:.4f}", ips=f"{e['images_per_s']:.0f}")
+            if self.progress is not None and self.task is not None:
+                self.progress.update(
+                    self.task,
+                    completed=e["step"],
+                    total=e["steps"],
+                    loss=f"{e['loss']:.4f}",
+                    ips=f"{e['images_per_s']:.0f}",
+                )
             elif time.monotonic() - self._last_plain > 10:
                 self._last_plain = time.monotonic()
-                self.say(f"  epoch {e['epoch']} step {e['step']}/{e['steps']} loss {e['loss']:.4f} "
-                         f"{e['images_per_s']:.0f} img/s")
+                self.say(
+                    f"  epoch {e['epoch']} step {e['step']}/{e['steps']} loss {e['loss']:.4f} "
+                    f"{e['images_per_s']:.0f} img/s"
+                )
         elif t == "epoch_ended":
             self._end_progress()
             self.say(epoch_line(e))
@@ -167,8 +209,10 @@ class HeadlessView:
             self._end_progress()
             self.console.print(auc_table(e, f"{e['split']} AUROC ({e['n']} images)"))
         elif t == "evaluated":  # an exported artifact: its mean is enough here (`runs show` has the table)
-            self.say(f"{e['split']} AUROC mean {mean_text(e['auc_mean'], e['auc'])} 95% CI "
-                     f"{ci_text(e.get('auc_mean_ci'))} ({e['n']} images)")
+            self.say(
+                f"{e['split']} AUROC mean {mean_text(e['auc_mean'], e['auc'])} 95% CI "
+                f"{ci_text(e.get('auc_mean_ci'))} ({e['n']} images)"
+            )
         elif t == "exported":
             fp32 = next((a["bytes"] for a in e["artifacts"] if a["kind"] == "fp32"), None)
             for a in e["artifacts"]:
@@ -177,15 +221,19 @@ class HeadlessView:
                 self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes{gz}{ratio})")
         elif t == "operating_points":
             n = sum(v is not None for v in e["thresholds"].values())
-            self.say(f"operating points: {e['rule']} thresholds for {n}/{len(LABELS)} labels, chosen on "
-                     f"{e.get('n', '?')} {e['split']} images")
+            self.say(
+                f"operating points: {e['rule']} thresholds for {n}/{len(LABELS)} labels, chosen on "
+                f"{e.get('n', '?')} {e['split']} images"
+            )
         elif t == "error":
             self._end_progress()
             self.say(f"error: {e['message']}")
         elif t == "run_finished":
             self._end_progress()
-            self.say(f"run {e['status']}: {e['epochs']} epochs in {e['total_time_s']:.0f}s, best epoch "
-                     f"{e['best_epoch']}, test AUROC {self._test_mean(e)}")
+            self.say(
+                f"run {e['status']}: {e['epochs']} epochs in {e['total_time_s']:.0f}s, best epoch "
+                f"{e['best_epoch']}, test AUROC {self._test_mean(e)}"
+            )
 
     def _test_mean(self, finished: dict[str, Any]) -> str:
         n = finished.get("test_n_labels_defined")

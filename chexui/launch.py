@@ -47,6 +47,7 @@ def gpu_count() -> int:
         return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
     try:
         import pynvml
+
         pynvml.nvmlInit()
         try:
             return int(pynvml.nvmlDeviceGetCount())
@@ -56,6 +57,7 @@ def gpu_count() -> int:
         pass
     import shutil
     import subprocess
+
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5).stdout
@@ -75,18 +77,42 @@ def free_port() -> int:
 def torchrun_command(cfg: dict[str, Any], run_dir: Path, node: NodeSpec) -> list[str]:
     """torchrun (through engine.torchrun, which adds the loopback rendezvous) starting engine.train."""
     dcfg = cfg["distributed"]
-    cmd = [sys.executable, "-m", "engine.torchrun", "--nproc-per-node", str(dcfg["nproc"]),
-           "--max-restarts", str(dcfg["max_restarts"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.torchrun",
+        "--nproc-per-node",
+        str(dcfg["nproc"]),
+        "--max-restarts",
+        str(dcfg["max_restarts"]),
+    ]
     if node.nnodes > 1:
         if not node.rdzv_endpoint:
             raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT")
-        cmd += ["--nnodes", str(node.nnodes), "--node-rank", str(node.node_rank),
-                "--rdzv-backend", "c10d", "--rdzv-endpoint", node.rdzv_endpoint,
-                "--rdzv-id", cfg.get("name", "chexui")]
+        cmd += [
+            "--nnodes",
+            str(node.nnodes),
+            "--node-rank",
+            str(node.node_rank),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            node.rdzv_endpoint,
+            "--rdzv-id",
+            cfg.get("name", "chexui"),
+        ]
     else:
         # a private store on a free port of 127.0.0.1 only: unreachable from the network
-        cmd += ["--nnodes", "1", "--rdzv-backend", "loopback", "--rdzv-endpoint", "127.0.0.1:0",
-                "--rdzv-id", run_dir.name]
+        cmd += [
+            "--nnodes",
+            "1",
+            "--rdzv-backend",
+            "loopback",
+            "--rdzv-endpoint",
+            "127.0.0.1:0",
+            "--rdzv-id",
+            run_dir.name,
+        ]
     return cmd + ["-m", "engine.train", "--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]
 
 
@@ -185,11 +211,20 @@ class Launcher:
             log = open_append(self.run_dir / "logs" / "engine.log")  # (never through a planted link)
             log.write("$ " + " ".join(cmd) + "\n")
         except (OSError, StorageError) as e:
-            log, self.log_error = None, f"{self.run_dir / 'logs' / 'engine.log'}: cannot write ({getattr(e, 'strerror', None) or e})"
+            log, self.log_error = (
+                None,
+                f"{self.run_dir / 'logs' / 'engine.log'}: cannot write ({getattr(e, 'strerror', None) or e})",
+            )
         self.proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env=engine_env(self.node.nnodes == 1), start_new_session=True,
-            preexec_fn=procs.die_with_parent)
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=engine_env(self.node.nnodes == 1),
+            start_new_session=True,
+            preexec_fn=procs.die_with_parent,
+        )
+        assert self.proc.stdout is not None  # (stdout=PIPE)
         drain = asyncio.create_task(self._drain(self.proc.stdout, log))
         try:
             self.returncode = await self.proc.wait()
@@ -227,14 +262,23 @@ class Launcher:
             try:
                 w = EventWriter(path)
                 if status == "failed":
-                    last = next((l for l in reversed(self._tail) if l.strip()), "")
-                    w.emit("error", message=f"engine exited with code {self.returncode} before finishing"
-                           + (f": {last}" if last else "") + f" (see {self.run_dir / 'logs' / 'engine.log'})")
+                    last = next((line for line in reversed(self._tail) if line.strip()), "")
+                    w.emit(
+                        "error",
+                        message=f"engine exited with code {self.returncode} before finishing"
+                        + (f": {last}" if last else "")
+                        + f" (see {self.run_dir / 'logs' / 'engine.log'})",
+                    )
                 everything = read_events(path)
                 epochs = [e for e in everything if e["type"] == "epoch_ended"]
-                w.emit("run_finished", status=status, epochs=epochs[-1]["epoch"] if epochs else 0,
-                       total_time_s=(everything[-1]["ts"] - everything[0]["ts"]) if everything else 0.0,
-                       best_epoch=0, test_auc_mean=None)
+                w.emit(
+                    "run_finished",
+                    status=status,
+                    epochs=epochs[-1]["epoch"] if epochs else 0,
+                    total_time_s=(everything[-1]["ts"] - everything[0]["ts"]) if everything else 0.0,
+                    best_epoch=0,
+                    test_auc_mean=None,
+                )
                 w.close()
             except (OSError, StorageError) as e:
                 self.log_error = f"{path}: cannot write the final status ({getattr(e, 'strerror', None) or e})"
@@ -265,20 +309,34 @@ async def run_to_end(launcher: Launcher, poll=None, interval: float = 0.2) -> in
     return launcher.exit_code
 
 
-def start_detached(run_dir: Path, runs_dir: Path, node: NodeSpec | None = None,
-                   env: dict[str, str] | None = None) -> int:
+def start_detached(
+    run_dir: Path, runs_dir: Path, node: NodeSpec | None = None, env: dict[str, str] | None = None
+) -> int:
     """Start the launcher for a prepared run dir in its own session (survives the terminal); its pid.
     `env` adds variables (a sweep gives each run slot its own CUDA_VISIBLE_DEVICES)."""
     import subprocess
+
     node = node or NodeSpec()
     cmd = [sys.executable, "-m", "chexui.launch", str(run_dir.resolve())]
     if node.nnodes > 1:
-        cmd += ["--nnodes", str(node.nnodes), "--node-rank", str(node.node_rank), "--rdzv-endpoint",
-                str(node.rdzv_endpoint)]
+        cmd += [
+            "--nnodes",
+            str(node.nnodes),
+            "--node-rank",
+            str(node.node_rank),
+            "--rdzv-endpoint",
+            str(node.rdzv_endpoint),
+        ]
     with open_append(run_dir / "logs" / "launcher.log") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "NO_COLOR": "1", **(env or {})},
-                                cwd=Path(__file__).resolve().parent.parent)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     write_launcher(run_dir, proc.pid)
     return proc.pid
 
@@ -289,11 +347,16 @@ def save_config(cfg: dict[str, Any], run_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
     from chexui.headless import HeadlessView
     from engine.errors import UserError
     from engine.events import EventTail
-    ap = argparse.ArgumentParser(prog="chexui.launch", description="Run the engine for a prepared run dir "
-                                 "to its end (what `chexui run --detach`, the TUI and sweeps start).")
+
+    ap = argparse.ArgumentParser(
+        prog="chexui.launch",
+        description="Run the engine for a prepared run dir "
+        "to its end (what `chexui run --detach`, the TUI and sweeps start).",
+    )
     ap.add_argument("run_dir")
     ap.add_argument("--nnodes", type=int, default=1)
     ap.add_argument("--node-rank", type=int, default=0)
@@ -308,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     write_launcher(run_dir)
     view, tail = HeadlessView(plain=True), EventTail(run_dir / "events.jsonl")
     launcher = Launcher(cfg, run_dir, NodeSpec(args.nnodes, args.node_rank, args.rdzv_endpoint))
-    code = asyncio.run(run_to_end(launcher, lambda: [view.handle(e) for e in tail.poll()], interval=1.0))
+    code = asyncio.run(run_to_end(launcher, lambda: view.handle_all(tail.poll()), interval=1.0))
     if launcher.log_error:
         view.say(f"warning: {launcher.log_error}")
     return code

@@ -61,6 +61,7 @@ def check_trusted(path: Path) -> None:
         _NOTED.add(path)
         try:
             import pwd
+
             owner = pwd.getpwuid(st.st_uid).pw_name
         except (ImportError, KeyError):
             owner = f"uid {st.st_uid}"
@@ -126,8 +127,13 @@ def load_chain(ref: str, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
     return config.merge(base, raw), chain + [path]
 
 
-def resolve(ref: str = "demo", sets: list[str] | None = None,
-            data: str | None = None, nproc: int | None = None, nnodes: int | None = None) -> dict[str, Any]:
+def resolve(
+    ref: str = "demo",
+    sets: list[str] | None = None,
+    data: str | None = None,
+    nproc: int | None = None,
+    nnodes: int | None = None,
+) -> dict[str, Any]:
     """Preset -> full, validated run config. Order: preset chain, --data/--nproc, --set (last)."""
     raw, chain = load_chain(ref)
     if data is not None:

@@ -28,6 +28,7 @@ def _save(fig, path: tuple[OutputDir, str], dpi: int) -> None:
     """A figure as a PNG in the report's output dir (`OutputDir`: no planted link followed, no file
     chexui did not write replaced)."""
     import io
+
     out, name = path
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, format="png")
@@ -40,7 +41,7 @@ def loss_figure(runs: list[RunInfo], labels: list[str], path: tuple[OutputDir, s
     for r, lab in zip(runs, labels):
         ep = [e for e in r.events if e["type"] == "epoch_ended"]
         x = [e["epoch"] for e in ep]
-        line, = axes[0].plot(x, [e["train_loss"] for e in ep], marker="o", label=lab)
+        (line,) = axes[0].plot(x, [e["train_loss"] for e in ep], marker="o", label=lab)
         axes[1].plot(x, [e["val_loss"] for e in ep], marker="o", color=line.get_color(), label=lab)
     for ax, title in zip(axes, ("train loss", "validation loss")):
         ax.set_title(title)
@@ -81,8 +82,15 @@ def storage_figure(tbl, path: tuple[OutputDir, str]) -> None:
     for kind in kinds:
         for suffix, hatch in (("bytes", None), ("gzip", "//")):
             vals = tbl[f"{kind} {suffix}"].astype(float).fillna(0).to_numpy() / 2**20
-            ax.barh(y + k * h, vals, height=h, label=f"{kind} {'file' if suffix == 'bytes' else 'gzip'}",
-                    color=plt.cm.tab10(kinds.index(kind)), hatch=hatch, alpha=0.9 if hatch is None else 0.55)
+            ax.barh(
+                y + k * h,
+                vals,
+                height=h,
+                label=f"{kind} {'file' if suffix == 'bytes' else 'gzip'}",
+                color=plt.cm.tab10(kinds.index(kind)),
+                hatch=hatch,
+                alpha=0.9 if hatch is None else 0.55,
+            )
             k += 1
     ax.set_yticks(y + h * (k - 1) / 2, tbl.index, fontsize=7)
     ax.invert_yaxis()
@@ -102,8 +110,14 @@ def auroc_figure(tbl, path: tuple[OutputDir, str]) -> None:
     w = 0.8 / len(cols)
     for i, col in enumerate(cols):
         ref = col == compare.REFERENCE
-        ax.bar(x + (i - (len(cols) - 1) / 2) * w, tbl[col].astype(float).to_numpy(), width=w, label=col,
-               color="black" if ref else None, alpha=0.35 if ref else 0.9)
+        ax.bar(
+            x + (i - (len(cols) - 1) / 2) * w,
+            tbl[col].astype(float).to_numpy(),
+            width=w,
+            label=col,
+            color="black" if ref else None,
+            alpha=0.35 if ref else 0.9,
+        )
     ax.set_xticks(x, [*LABELS, "mean"], rotation=45, ha="right", fontsize=8)
     lowest = np.nanmin(tbl.astype(float).to_numpy()) if tbl.notna().any().any() else 0.5
     ax.set_ylim(min(0.4, np.floor(lowest * 20) / 20), 1.0)
@@ -122,6 +136,7 @@ def calibration_figure(runs: list[RunInfo], labels: list[str], path: tuple[Outpu
     in the legend. False (no figure) when no run kept test predictions."""
     from engine import operating, predictions
     from engine.errors import DataError
+
     kept = []
     for r, lab in zip(runs, labels):
         try:
@@ -144,7 +159,7 @@ def calibration_figure(runs: list[RunInfo], labels: list[str], path: tuple[Outpu
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper left")
-    for ax in axes.flat[len(LABELS):]:
+    for ax in axes.flat[len(LABELS) :]:
         ax.axis("off")
     fig.supxlabel("mean predicted probability (15 bins)")
     fig.supylabel("observed positive rate")
@@ -153,8 +168,9 @@ def calibration_figure(runs: list[RunInfo], labels: list[str], path: tuple[Outpu
     return True
 
 
-def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", baseline: int = 0,
-                 heatmaps: int = 0) -> Path:
+def write_report(
+    runs: list[RunInfo], out: Path, title: str = "chexui report", baseline: int = 0, heatmaps: int = 0
+) -> Path:
     tbls = compare.tables(runs, baseline, heatmaps)
     writer = OutputDir(out)
     labels = list(tbls["time"].index)
@@ -168,14 +184,22 @@ def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", b
     fig_tbls = {}
     for k, v in tbls.items():
         fig_tbls[k] = v.rename(index=names, columns=names)
-        fig_tbls[k].attrs = {**v.attrs, **({"baseline": names.get(v.attrs["baseline"], v.attrs["baseline"])}
-                                           if "baseline" in v.attrs else {})}
+        fig_tbls[k].attrs = {
+            **v.attrs,
+            **({"baseline": names.get(v.attrs["baseline"], v.attrs["baseline"])} if "baseline" in v.attrs else {}),
+        }
         for key in ("ci", "sd", "seeds"):  # keyed by a column label, or (run, column)
             if isinstance(v.attrs.get(key), dict):
-                fig_tbls[k].attrs[key] = {((names.get(c[0], c[0]), *c[1:]) if isinstance(c, tuple) else names.get(c, c)): x
-                                          for c, x in v.attrs[key].items()}
-    figures = {"loss.png": "Train and validation loss per epoch", "auroc.png": "Per-class test AUROC",
-               "time.png": "Training time", "storage.png": "Model storage"}
+                fig_tbls[k].attrs[key] = {
+                    ((names.get(c[0], c[0]), *c[1:]) if isinstance(c, tuple) else names.get(c, c)): x
+                    for c, x in v.attrs[key].items()
+                }
+    figures = {
+        "loss.png": "Train and validation loss per epoch",
+        "auroc.png": "Per-class test AUROC",
+        "time.png": "Training time",
+        "storage.png": "Model storage",
+    }
     loss_figure(runs, short, (writer, "loss.png"))
     auroc_figure(fig_tbls["auroc"], (writer, "auroc.png"))
     time_figure(fig_tbls["time"], (writer, "time.png"))
@@ -183,13 +207,13 @@ def write_report(runs: list[RunInfo], out: Path, title: str = "chexui report", b
     if calibration_figure(runs, short, (writer, "calibration.png")):
         figures["calibration.png"] = "Calibration: reliability diagrams of the test predictions"
     datasets = sorted({str(((r.first("run_started") or {}).get("dataset") or {}).get("root")) for r in runs})
-    lines = [f"# {title}", "", f"Generated by `chexui report` on {time.strftime('%Y-%m-%d %H:%M')}.", "",
-             "Runs:", ""]
+    lines = [f"# {title}", "", f"Generated by `chexui report` on {time.strftime('%Y-%m-%d %H:%M')}.", "", "Runs:", ""]
     for r, lab, sh in zip(runs, labels, short):
         s = r.summary()
         name = f"{sh}: {lab}" if sh != lab else lab
-        lines.append(f"- **{name}**: `{r.id}`, {s['status']}, preset {s['preset']}, {s['arch']}, "
-                     f"world size {s['world_size']}")
+        lines.append(
+            f"- **{name}**: `{r.id}`, {s['status']}, preset {s['preset']}, {s['arch']}, world size {s['world_size']}"
+        )
     if arm_labels:
         lines += ["", "Arms (runs that differ only by train.seed, pooled in the AUROC and paired tables):", ""]
         lines += [f"- **{sh}: {lab}**" if sh != lab else f"- **{lab}**" for lab, sh in zip(arm_labels, arm_short)]

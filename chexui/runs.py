@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ def new_run_dir(base: Path, name: str) -> Path:
                 (d / sub).mkdir()
             return d
     except OSError as e:
-        raise UserError(f"{base}: cannot create a run directory ({e.strerror or e}); "
-                        "choose another with --runs-dir or $CHEXUI_RUNS_DIR") from None
+        raise UserError(
+            f"{base}: cannot create a run directory ({e.strerror or e}); "
+            "choose another with --runs-dir or $CHEXUI_RUNS_DIR"
+        ) from None
     raise UserError(f"{base}: cannot create a run directory for {name!r}")
 
 
@@ -62,7 +65,9 @@ def find_run(ref: str | Path, base: Path) -> Path:
     if cand.is_dir():
         return cand
     if base.is_dir():
-        matches = [d for d in base.iterdir() if d.is_dir() and (d.name.startswith(str(ref)) or d.name.endswith(str(ref)))]
+        matches = [
+            d for d in base.iterdir() if d.is_dir() and (d.name.startswith(str(ref)) or d.name.endswith(str(ref)))
+        ]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -133,10 +138,13 @@ def request_stop(run_dir: Path, who: str) -> None:
 def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
     """Ask a run's launcher to stop cleanly (stop request + SIGTERM); True once it has exited."""
     import signal
+
     proc = launcher_process(run_dir)
     if proc is None:
-        raise UserError(f"run {run_dir.name} is not running (status {load_run(run_dir).status}; no live chexui "
-                        "launcher of this run dir)")
+        raise UserError(
+            f"run {run_dir.name} is not running (status {load_run(run_dir).status}; no live chexui "
+            "launcher of this run dir)"
+        )
     request_stop(run_dir, "chexui stop")
     proc.send_signal(signal.SIGTERM)
     return wait_gone(proc, timeout)
@@ -174,10 +182,26 @@ class RunInfo:
                 return self._summary()
             except (AttributeError, TypeError, KeyError, ValueError, IndexError, OverflowError) as e:
                 self.problem = f"events.jsonl: unexpected content ({type(e).__name__})"
-        return {"id": self.id, "path": clean(str(self.run_dir)), "status": "unreadable", "preset": None,
-                "arch": None, "sweep": None, "world_size": None, "epochs": 0, "best_epoch": None, "best_val_auc": None,
-                "best_val_labels": None, "test_model": None, "test_auc": None, "test_labels": None, "test_auc_ci": None,
-                "duration_s": None, "started": None, "problem": clean(self.problem)}
+        return {
+            "id": self.id,
+            "path": clean(str(self.run_dir)),
+            "status": "unreadable",
+            "preset": None,
+            "arch": None,
+            "sweep": None,
+            "world_size": None,
+            "epochs": 0,
+            "best_epoch": None,
+            "best_val_auc": None,
+            "best_val_labels": None,
+            "test_model": None,
+            "test_auc": None,
+            "test_labels": None,
+            "test_auc_ci": None,
+            "duration_s": None,
+            "started": None,
+            "problem": clean(self.problem),
+        }
 
     def best_epoch(self) -> int | None:
         """The epoch of the model the run ships (its best checkpoint, chosen by validation loss): the
@@ -203,12 +227,16 @@ class RunInfo:
         if self.events:
             duration = (finished or self.events[-1])["ts"] - self.events[0]["ts"]
         return {
-            "id": self.id, "path": clean(str(self.run_dir)), "status": self.status,
-            "preset": cfg.get("name"), "arch": cfg.get("model", {}).get("arch"),
+            "id": self.id,
+            "path": clean(str(self.run_dir)),
+            "status": self.status,
+            "preset": cfg.get("name"),
+            "arch": cfg.get("model", {}).get("arch"),
             "sweep": cfg.get("sweep"),
             "world_size": (restarted or started).get("world_size"),
             "epochs": epochs[-1]["epoch"] if epochs else 0,
-            "best_epoch": best, "best_val_auc": best_val["val_auc_mean"] if best_val else None,
+            "best_epoch": best,
+            "best_val_auc": best_val["val_auc_mean"] if best_val else None,
             "best_val_labels": n_defined(best_val["val_auc"]) if best_val else None,
             "test_model": test.get("model") if test else None,
             "test_auc": test["auc_mean"] if test else None,
@@ -219,7 +247,7 @@ class RunInfo:
         }
 
 
-def exit_code(status: str, events: list[dict[str, Any]] = ()) -> int:
+def exit_code(status: str, events: Sequence[dict[str, Any]] = ()) -> int:
     """chexui's exit code for a run in `status`: 0 completed, stopped (or still running, for `watch`);
     2 when the engine's error says the user can fix it (bad data, a full disk); else 1."""
     if status in ("completed", "stopped", "running"):

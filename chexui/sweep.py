@@ -69,10 +69,19 @@ class Sweep:
         point's is made from its parent's run (in `base`), which must have completed."""
         if "compress" in point:
             from chexui.compress import compress_config
+
+            assert base is not None, "a compress point's config needs the runs dir of its parent"
+
             c = point["compress"]
             parent = runs_mod.find_run(self.points[point["parent"]]["run"], base)
-            return compress_config(parent, None if c.get("prune") is None else str(c["prune"]),
-                                   c.get("finetune_epochs", 0), c.get("ptq", False), None, [])
+            return compress_config(
+                parent,
+                None if c.get("prune") is None else str(c["prune"]),
+                c.get("finetune_epochs", 0),
+                c.get("ptq", False),
+                None,
+                [],
+            )
         return presets_mod.resolve(point["overrides"].get("preset", self.preset), self.sets(point["overrides"]))
 
 
@@ -113,8 +122,12 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path, s
             raise ConfigError(f"{path}: grid key '{k}': expected a non-empty list of values")
     seed_list = list(range(seeds)) if seeds is not None else raw.get("seeds")
     if seed_list is not None:
-        if not isinstance(seed_list, list) or not seed_list or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list) or len(set(seed_list)) < len(seed_list):
+        if (
+            not isinstance(seed_list, list)
+            or not seed_list
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list)
+            or len(set(seed_list)) < len(seed_list)
+        ):
             raise ConfigError(f"{path}: key 'seeds' = {seed_list!r}: expected a list of distinct integers >= 0")
         if SEED_KEY in grid:
             raise ConfigError(f"{path}: 'seeds' and a grid over '{SEED_KEY}' say the same thing: keep one")
@@ -122,16 +135,24 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path, s
     parallel = raw.get("parallel", 1)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ConfigError(f"{path}: key 'parallel' = {parallel!r}: expected an integer >= 1")
+
     def local(preset: str) -> str:
-        return str((path.parent / preset).resolve()) if preset.endswith(".toml") and not Path(preset).is_absolute() \
+        return (
+            str((path.parent / preset).resolve())
+            if preset.endswith(".toml") and not Path(preset).is_absolute()
             else preset
+        )
+
     preset = local(raw.get("preset") or grid["preset"][0])
     if "preset" in grid:
         grid = {**grid, "preset": [local(str(v)) for v in grid["preset"]]}
     variants = raw.get("compress", [])
-    if not isinstance(variants, list) or not all(isinstance(v, dict) and v and set(v) <= COMPRESS_KEYS for v in variants):
-        raise ConfigError(f"{path}: key 'compress': expected [[compress]] tables with keys from "
-                          f"{', '.join(sorted(COMPRESS_KEYS))}")
+    if not isinstance(variants, list) or not all(
+        isinstance(v, dict) and v and set(v) <= COMPRESS_KEYS for v in variants
+    ):
+        raise ConfigError(
+            f"{path}: key 'compress': expected [[compress]] tables with keys from {', '.join(sorted(COMPRESS_KEYS))}"
+        )
     name = raw.get("name") or path.name.removesuffix(".toml").removesuffix(".sweep")
     sweep_id = new_id(base, name)
     fixed = {**fixed, **{k: v for item in extra_sets for k, v in config.flatten(config.parse_set(item)).items()}}
@@ -151,6 +172,7 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path, s
 
 def _check_variant(v: dict, arch: str, path: Path) -> None:
     from chexui.compress import prune_section
+
     try:
         if "prune" in v:
             prune_section(str(v["prune"]), arch)
@@ -181,14 +203,17 @@ def load(sweep_id: str, base: Path) -> Sweep:
     path = sweeps_dir(base) / f"{sweep_id}.json"
     if not path.is_file():
         known = sorted(p.stem for p in sweeps_dir(base).glob("*.json")) if sweeps_dir(base).is_dir() else []
-        raise UserError(f"sweep '{sweep_id}' not found in {sweeps_dir(base)}"
-                        + (f"; known: {', '.join(known)}" if known else ""))
+        raise UserError(
+            f"sweep '{sweep_id}' not found in {sweeps_dir(base)}" + (f"; known: {', '.join(known)}" if known else "")
+        )
     return Sweep(**json.loads(path.read_text()))
 
 
 def point_label(point: dict[str, Any]) -> str:
     if "compress" in point:
-        return "compress " + " ".join(f"{k}={v}" for k, v in point["compress"].items()) + f" of run {point['parent'] + 1}"
+        return (
+            "compress " + " ".join(f"{k}={v}" for k, v in point["compress"].items()) + f" of run {point['parent'] + 1}"
+        )
     return " ".join(f"{short_key(k)}={v}" for k, v in point["overrides"].items())
 
 
@@ -198,16 +223,18 @@ def gpu_slots(parallel: int, nproc: int) -> list[str | None]:
     if n == 0:
         return [None] * parallel
     if parallel * nproc > n:
-        raise UserError(f"parallel = {parallel} runs x {nproc} processes needs {parallel * nproc} GPUs; "
-                        f"this machine has {n}")
+        raise UserError(
+            f"parallel = {parallel} runs x {nproc} processes needs {parallel * nproc} GPUs; this machine has {n}"
+        )
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(n)]
-    return [",".join(ids[k * nproc:(k + 1) * nproc]) for k in range(parallel)]
+    return [",".join(ids[k * nproc : (k + 1) * nproc]) for k in range(parallel)]
 
 
 def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]:
     """Run every point not yet completed, `parallel` at a time; {run id: final status}."""
     from chexui.launch import save_config, start_detached
+
     nproc = max(sw.config(p)["distributed"]["nproc"] for p in sw.points if "compress" not in p)
     free = gpu_slots(sw.parallel, nproc)
     active: dict[str, tuple[Path, str | None, int]] = {}  # run id -> (dir, its slot, its point)
@@ -218,7 +245,7 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
         return runs_mod.load_run(runs_mod.find_run(point["run"], base)).status if point["run"] else None
 
     while todo or active:
-        waiting = []  # compress points whose parent run is still queued or running
+        waiting: list[int] = []  # compress points whose parent run is still queued or running
         while todo and free:
             i = todo.pop(0)
             point = sw.points[i]
@@ -231,7 +258,7 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 continue
             run_dir = runs_mod.find_run(point["run"], base) if point["run"] else None
             status = runs_mod.load_run(run_dir).status if run_dir else None
-            if status == "completed":
+            if run_dir is not None and status == "completed":
                 results[run_dir.name] = status
                 continue
             slot = free.pop(0)

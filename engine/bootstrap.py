@@ -18,6 +18,7 @@ estimates stay sklearn's (engine/metrics.py); tests check the two agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from engine.labels import LABELS
 
 UNIT = "patient"
 LEVEL = 0.95  # two-sided confidence level of every interval
-BLOCK = 16    # resamples per vectorised block: 16 x 25,000 float32 fits in cache (fastest measured)
+BLOCK = 16  # resamples per vectorised block: 16 x 25,000 float32 fits in cache (fastest measured)
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,14 @@ class Spec:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, eval_cfg: dict) -> "Spec | None":
+    def from_config(cls, eval_cfg: dict) -> Spec | None:
         """From a run config's [eval] section; None when it asks for no intervals (0 resamples)."""
         n = eval_cfg["bootstrap_resamples"]
         return cls(n, eval_cfg["bootstrap_seed"]) if n else None
 
     def record(self) -> dict:
         """What an `evaluated` event says about how its intervals were made."""
-        return {"resamples": self.resamples, "seed": self.seed, "unit": UNIT, "method": "percentile",
-                "level": LEVEL}
+        return {"resamples": self.resamples, "seed": self.seed, "unit": UNIT, "method": "percentile", "level": LEVEL}
 
 
 def patient_counts(patients: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ class _Label:
         pos = y.astype(bool)
         neg_order = np.argsort(scores[~pos], kind="stable")
         neg_sorted = scores[~pos][neg_order]
-        self.neg_codes = codes[~pos][neg_order]   # patient of each negative, in score order
+        self.neg_codes = codes[~pos][neg_order]  # patient of each negative, in score order
         self.pos_codes = codes[pos]
         self.lo = np.searchsorted(neg_sorted, scores[pos], side="left")
         self.hi = np.searchsorted(neg_sorted, scores[pos], side="right")
@@ -90,14 +90,15 @@ def replicates(labels: np.ndarray, scores: list[np.ndarray], patients: np.ndarra
     resample has no positive or no negative of a label. Several score matrices of the same images
     share the resamples (paired)."""
     codes, counts = patient_counts(patients, spec.resamples, spec.seed)
-    preps = [[_Label(np.asarray(s[:, j], np.float64), labels[:, j], codes) for j in range(labels.shape[1])]
-             for s in scores]
+    preps = [
+        [_Label(np.asarray(s[:, j], np.float64), labels[:, j], codes) for j in range(labels.shape[1])] for s in scores
+    ]
     out = [np.empty((spec.resamples, labels.shape[1])) for _ in scores]
     for b0 in range(0, spec.resamples, BLOCK):
-        block = counts[b0:b0 + BLOCK]
+        block = counts[b0 : b0 + BLOCK]
         for prep, res in zip(preps, out):
             for j, lab in enumerate(prep):
-                res[b0:b0 + BLOCK, j] = lab.auroc(block)
+                res[b0 : b0 + BLOCK, j] = lab.auroc(block)
     return out
 
 
@@ -152,13 +153,15 @@ def _too_few(labels: np.ndarray, patients: np.ndarray, j: int) -> str | None:
     y = labels[:, j].astype(bool)
     pos, neg = len(np.unique(patients[y])), len(np.unique(patients[~y]))
     if min(pos, neg) < MIN_PATIENTS:
-        return (f"positives from {pos} and negatives from {neg} patients: an interval needs at least "
-                f"{MIN_PATIENTS} of each")
+        return (
+            f"positives from {pos} and negatives from {neg} patients: an interval needs at least {MIN_PATIENTS} of each"
+        )
     return None
 
 
-def intervals(labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, aucs: dict[str, float | None],
-              spec: Spec) -> dict:
+def intervals(
+    labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, aucs: dict[str, float | None], spec: Spec
+) -> dict:
     """95 % CIs for each per-class AUROC and for their mean: the fields an `evaluated` event gains.
     `aucs` are the point estimates (None where undefined; those get no interval). A label whose
     positives or negatives come from fewer than MIN_PATIENTS patients gets none either, with the reason
@@ -176,45 +179,72 @@ def intervals(labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, aucs:
         elif defined[j]:
             dropped[name] = int((~np.isfinite(reps[:, j])).sum())
     mean = _mean_over(reps, defined)
-    out = {"auc_ci": ci, "auc_mean_ci": _interval(mean), "auc_ci_dropped": dropped,
-           "auc_mean_ci_dropped": int((~np.isfinite(mean)).sum()), "bootstrap": spec.record()}
+    out: dict[str, Any] = {
+        "auc_ci": ci,
+        "auc_mean_ci": _interval(mean),
+        "auc_ci_dropped": dropped,
+        "auc_mean_ci_dropped": int((~np.isfinite(mean)).sum()),
+        "bootstrap": spec.record(),
+    }
     if notes:
         out["auc_ci_note"] = notes
     if out["auc_mean_ci"] is None and defined.any():
-        out["auc_ci_note"] = {**notes, "mean": f"only {len(mean) - out['auc_mean_ci_dropped']} of {len(mean)} "
-                              "resamples have a positive and a negative of every label in the mean"}
+        out["auc_ci_note"] = {
+            **notes,
+            "mean": f"only {len(mean) - out['auc_mean_ci_dropped']} of {len(mean)} "
+            "resamples have a positive and a negative of every label in the mean",
+        }
     return out
 
 
-def paired(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, patients: np.ndarray,
-           aucs_a: dict, aucs_b: dict, spec: Spec) -> dict:
+def paired(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    patients: np.ndarray,
+    aucs_a: dict,
+    aucs_b: dict,
+    spec: Spec,
+) -> dict:
     """B minus A on the same images, over the same patient resamples: per label and for the mean
     (over the labels defined for both, the same set in every resample), the difference, its 95 % CI and
     a two-sided p-value from one rule (the CI excludes 0 exactly when p <= 0.05); the resamples left out
     (a class missing) are counted in `dropped`, and a label with too few patients has no CI (`note`)."""
     ra, rb = replicates(labels, [probs_a, probs_b], patients, spec)
     defined = _defined(aucs_a) & _defined(aucs_b)
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(LABELS):
         why = None if not defined[j] else _too_few(labels, patients, j)
         if not defined[j] or why:
-            rows[name] = {"delta": (aucs_b[name] - aucs_a[name]) if defined[j] else None, "ci": None, "p": None,
-                          **({"note": why} if why else {})}
+            rows[name] = {
+                "delta": (aucs_b[name] - aucs_a[name]) if defined[j] else None,
+                "ci": None,
+                "p": None,
+                **({"note": why} if why else {}),
+            }
             continue
         d = rb[:, j] - ra[:, j]
-        rows[name] = {"delta": aucs_b[name] - aucs_a[name], "ci": _interval(d), "p": _p_value(d),
-                      "dropped": int((~np.isfinite(d)).sum())}
+        rows[name] = {
+            "delta": aucs_b[name] - aucs_a[name],
+            "ci": _interval(d),
+            "p": _p_value(d),
+            "dropped": int((~np.isfinite(d)).sum()),
+        }
     names = [n for n, ok in zip(LABELS, defined) if ok]
     d_mean = _mean_over(rb, defined) - _mean_over(ra, defined)
-    mean = {"delta": (float(np.mean([aucs_b[n] for n in names]) - np.mean([aucs_a[n] for n in names]))
-                      if names else None),
-            "ci": _interval(d_mean), "p": _p_value(d_mean), "n_labels": len(names),
-            "dropped": int((~np.isfinite(d_mean)).sum())}
+    mean = {
+        "delta": (float(np.mean([aucs_b[n] for n in names]) - np.mean([aucs_a[n] for n in names])) if names else None),
+        "ci": _interval(d_mean),
+        "p": _p_value(d_mean),
+        "n_labels": len(names),
+        "dropped": int((~np.isfinite(d_mean)).sum()),
+    }
     return {"labels": rows, "mean": mean, "bootstrap": spec.record()}
 
 
-def paired_arms(labels: np.ndarray, arm_a: list[np.ndarray], arm_b: list[np.ndarray], patients: np.ndarray,
-                spec: Spec) -> dict:
+def paired_arms(
+    labels: np.ndarray, arm_a: list[np.ndarray], arm_b: list[np.ndarray], patients: np.ndarray, spec: Spec
+) -> dict:
     """B minus A where each arm is several runs of one method (seeds) evaluated on the same images: a
     hierarchical bootstrap. Each resample draws the patients once (shared by every run: paired) and,
     within each arm, its seeds with replacement; an arm's AUROC in the resample is the mean over the
@@ -222,8 +252,9 @@ def paired_arms(labels: np.ndarray, arm_a: list[np.ndarray], arm_b: list[np.ndar
     estimate is the difference of the arms' mean AUROC over their seeds. The same fields as `paired`,
     and `seeds`: (runs in A, runs in B). One run per arm: the patient bootstrap of `paired`."""
     from engine import metrics
+
     reps = replicates(labels, [*arm_a, *arm_b], patients, spec)
-    ra, rb = np.stack(reps[:len(arm_a)]), np.stack(reps[len(arm_a):])  # seeds x resamples x labels
+    ra, rb = np.stack(reps[: len(arm_a)]), np.stack(reps[len(arm_a) :])  # seeds x resamples x labels
     rng = np.random.default_rng([spec.seed, 1])
     rows_r = np.arange(spec.resamples)[:, None]
     draw_a = rng.integers(0, len(arm_a), (spec.resamples, len(arm_a)))
@@ -234,23 +265,39 @@ def paired_arms(labels: np.ndarray, arm_a: list[np.ndarray], arm_b: list[np.ndar
     defined = np.logical_and.reduce([_defined(a) for a in point_a + point_b])
     mean_a = {n: float(np.mean([a[n] for a in point_a])) for n, ok in zip(LABELS, defined) if ok}
     mean_b = {n: float(np.mean([b[n] for b in point_b])) for n, ok in zip(LABELS, defined) if ok}
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(LABELS):
         why = None if not defined[j] else _too_few(labels, patients, j)
         if not defined[j] or why:
-            rows[name] = {"delta": (mean_b[name] - mean_a[name]) if defined[j] else None, "ci": None, "p": None,
-                          **({"note": why} if why else {})}
+            rows[name] = {
+                "delta": (mean_b[name] - mean_a[name]) if defined[j] else None,
+                "ci": None,
+                "p": None,
+                **({"note": why} if why else {}),
+            }
             continue
         d = boot_b[:, j] - boot_a[:, j]
-        rows[name] = {"delta": mean_b[name] - mean_a[name], "ci": _interval(d), "p": _p_value(d),
-                      "dropped": int((~np.isfinite(d)).sum())}
+        rows[name] = {
+            "delta": mean_b[name] - mean_a[name],
+            "ci": _interval(d),
+            "p": _p_value(d),
+            "dropped": int((~np.isfinite(d)).sum()),
+        }
     names = list(mean_a)
     d_mean = _mean_over(boot_b, defined) - _mean_over(boot_a, defined)
-    mean = {"delta": float(np.mean([mean_b[n] for n in names]) - np.mean([mean_a[n] for n in names])) if names else None,
-            "ci": _interval(d_mean), "p": _p_value(d_mean), "n_labels": len(names),
-            "dropped": int((~np.isfinite(d_mean)).sum())}
-    return {"labels": rows, "mean": mean, "bootstrap": {**spec.record(), "unit": f"{UNIT}, then seed within each arm"},
-            "seeds": (len(arm_a), len(arm_b))}
+    mean = {
+        "delta": float(np.mean([mean_b[n] for n in names]) - np.mean([mean_a[n] for n in names])) if names else None,
+        "ci": _interval(d_mean),
+        "p": _p_value(d_mean),
+        "n_labels": len(names),
+        "dropped": int((~np.isfinite(d_mean)).sum()),
+    }
+    return {
+        "labels": rows,
+        "mean": mean,
+        "bootstrap": {**spec.record(), "unit": f"{UNIT}, then seed within each arm"},
+        "seeds": (len(arm_a), len(arm_b)),
+    }
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:

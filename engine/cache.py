@@ -28,6 +28,7 @@ def cache_root() -> Path:
     if env:
         return Path(env)
     import platformdirs
+
     return Path(platformdirs.user_cache_dir("chexui")) / "images"
 
 
@@ -82,8 +83,9 @@ def _reserve(path: Path, nbytes: int) -> None:
         os.close(fd)
 
 
-def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=None,
-            force: bool = False, fill=_decode_chunk) -> np.memmap:
+def prepare(
+    index: NIHIndex, size: int, workers: int | None = None, progress=None, force: bool = False, fill=_decode_chunk
+) -> np.memmap:
     """Build (or reuse) the cache. Decodes in parallel processes; writes atomically. `fill` (a
     module-level function, as `_decode_chunk`) writes a chunk's rows: benchmarks draw phantoms straight
     into the cache with it."""
@@ -97,7 +99,7 @@ def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=Non
     before = fingerprint(index)
     items = [(i, str(p)) for i, p in enumerate(index.paths)]
     chunk = 64
-    jobs = [(str(tmp), items[k:k + chunk], n, size) for k in range(0, n, chunk)]
+    jobs = [(str(tmp), items[k : k + chunk], n, size) for k in range(0, n, chunk)]
     workers = max(1, workers or os.cpu_count() or 1)
     done = 0
     try:
@@ -121,12 +123,19 @@ def prepare(index: NIHIndex, size: int, workers: int | None = None, progress=Non
             raise DataError(f"{index.root}: images changed while the cache was being built; run again")
         os.replace(tmp, data)
     except OSError as e:
-        raise StorageError(f"{data.parent}: cannot write the image cache ({e.strerror or e}; it needs "
-                           f"{n * size * size / 2**20:.0f} MiB); free space, set $CHEXUI_CACHE_DIR elsewhere, "
-                           "or set data.cache = false") from None
+        raise StorageError(
+            f"{data.parent}: cannot write the image cache ({e.strerror or e}; it needs "
+            f"{n * size * size / 2**20:.0f} MiB); free space, set $CHEXUI_CACHE_DIR elsewhere, "
+            "or set data.cache = false"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
-    info = {"size": size, "n": n, "fingerprint": before, "root": str(index.root),
-            "names": [str(x) for x in index.names]}
+    info = {
+        "size": size,
+        "n": n,
+        "fingerprint": before,
+        "root": str(index.root),
+        "names": [str(x) for x in index.names],
+    }
     write_atomic(meta, json.dumps(info))
     return np.memmap(data, dtype=np.uint8, mode="r", shape=(n, size, size))

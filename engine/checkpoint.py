@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ def save_atomic(obj: Any, path: str | Path, write: Callable[[Any, Any], None] = 
     (torch's zip writer would report it as an `inline_container.cc` enforce failure)."""
     buf = io.BytesIO()
     write(obj, buf)
-    write_atomic(path, buf.getbuffer())
+    write_atomic(path, buf.getbuffer())  # (a memoryview: written without copying the buffer)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -85,6 +86,8 @@ class RunCheckpoints:
             return None
         ck = load(self.best)
         if ck.get("epoch") != best_epoch:
-            raise StorageError(f"{self.best}: holds epoch {ck.get('epoch')}, but the run's best epoch is "
-                               f"{best_epoch}; refusing to report another model's results")
+            raise StorageError(
+                f"{self.best}: holds epoch {ck.get('epoch')}, but the run's best epoch is "
+                f"{best_epoch}; refusing to report another model's results"
+            )
         return ck

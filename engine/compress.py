@@ -13,6 +13,7 @@ its int8 artifacts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,14 +26,16 @@ BEST = Path("checkpoints") / "best.pt"
 def parent_best(parent: str | Path) -> Path:
     path = Path(parent) / BEST
     if not path.is_file():
-        raise UserError(f"{path}: not found; compress starts from a run's best model (let the run "
-                        "finish an epoch, or resume it)")
+        raise UserError(
+            f"{path}: not found; compress starts from a run's best model (let the run finish an epoch, or resume it)"
+        )
     return path
 
 
 def parent_state(parent: str | Path) -> dict:
     """The float weights of the parent's best model (weights-only read)."""
     from engine import checkpoint  # (torch: the CLI's checks import this module without it)
+
     return checkpoint.load(parent_best(parent))["model"]
 
 
@@ -40,14 +43,21 @@ def parent_summary(parent: str | Path) -> dict:
     """What `run_started.parent` records: which run and model this one starts from, and the parent's
     training time (the post-training row's total compute is the parent's plus its own)."""
     from engine.fsutil import sha256
+
     events = read_events(Path(parent) / "events.jsonl")
-    done = next((e for e in reversed(events) if e["type"] == "run_finished"), {})
+    done: dict[str, Any] = next((e for e in reversed(events) if e["type"] == "run_finished"), {})
     started = next((e for e in events if e["type"] == "run_started"), {})
-    return {"run_id": Path(parent).name, "path": str(Path(parent).resolve()),
-            "best_sha256": sha256(parent_best(parent)), "best_epoch": done.get("best_epoch"),
-            "status": done.get("status"), "total_time_s": done.get("total_time_s"),
-            "train_time_s": done.get("train_time_s"), "test_auc_mean": done.get("test_auc_mean"),
-            "split_sha256": (started.get("dataset") or {}).get("split_sha256")}
+    return {
+        "run_id": Path(parent).name,
+        "path": str(Path(parent).resolve()),
+        "best_sha256": sha256(parent_best(parent)),
+        "best_epoch": done.get("best_epoch"),
+        "status": done.get("status"),
+        "total_time_s": done.get("total_time_s"),
+        "train_time_s": done.get("train_time_s"),
+        "test_auc_mean": done.get("test_auc_mean"),
+        "split_sha256": (started.get("dataset") or {}).get("split_sha256"),
+    }
 
 
 def calibration_rows(train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
+from engine import archs
 from engine.errors import ConfigError
 
 
@@ -24,7 +26,7 @@ from engine.errors import ConfigError
 class Field:
     default: Any
     kind: type | tuple[type, ...]
-    choices: tuple | None = None
+    choices: tuple | Callable[[], tuple] | None = None  # a function: read when checked (a registry's names)
     min: float | None = None  # inclusive
     max: float | None = None  # inclusive
     min_exclusive: bool = False
@@ -32,14 +34,19 @@ class Field:
     sparsity_ok: bool = False  # a number from 0 to 0.99 is accepted besides `choices`
     hint: str = ""  # said after "expected ..." when a value is refused (e.g. why an old value went)
 
+    def options(self) -> tuple:
+        """The allowed values (empty: any of `kind`)."""
+        return (self.choices() if callable(self.choices) else self.choices) or ()
+
     def describe(self) -> str:
-        if self.choices:
+        if self.options():
             if self.kind == (bool, str):
-                return "true, false or one of " + ", ".join(repr(c) for c in self.choices)
+                return "true, false or one of " + ", ".join(repr(c) for c in self.options())
             extra = " or a file path" if self.path_ok else " or a sparsity from 0 to 0.99" if self.sparsity_ok else ""
-            return "one of " + ", ".join(repr(c) for c in self.choices) + extra
-        name = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                list: "a list"}.get(self.kind if isinstance(self.kind, type) else float, "a value")
+            return "one of " + ", ".join(repr(c) for c in self.options()) + extra
+        name = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(
+            self.kind if isinstance(self.kind, type) else float, "a value"
+        )
         lo = "" if self.min is None else f" {'>' if self.min_exclusive else '>='} {self.min}"
         hi = "" if self.max is None else f" <= {self.max}"
         return name + (lo + (" and" if lo and hi else "") + hi if (lo or hi) else "")
@@ -62,11 +69,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "workers": Field(4, int, min=0, max=64),
     },
     "model": {
-        "arch": Field("densenet121", str, choices=("densenet121", "resnet50", "resnet18")),
+        "arch": Field("densenet121", str, choices=archs.names),  # engine/archs.py: the architecture table
         "pretrained": Field("imagenet", str, choices=("imagenet", "none"), path_ok=True),
         # torchvision's name for the ImageNet weights (pretrained = "imagenet"): V1 is the classic recipe
         # the study's Keras weights correspond to; V2 (ResNet50 only) torchvision's newer one
-        "weights": Field("IMAGENET1K_V1", str, choices=("IMAGENET1K_V1", "IMAGENET1K_V2")),
+        "weights": Field("IMAGENET1K_V1", str, choices=archs.weight_names),
     },
     "train": {
         "epochs": Field(100, int, min=0, max=10000),  # 0: compress runs only (no fine-tune)
@@ -124,14 +131,19 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "backend": Field("x86", str, choices=("x86",)),
         # torchao's PT2E flow, int8 artifact a torch.export program (.pt2). ("fx", torch.ao's FX graph
         # mode, was removed: deprecated by torch, and its TorchScript artifact a program file)
-        "engine": Field("pt2e", str, choices=("pt2e",), hint="the FX engine was removed: deprecated by torch, "
-                        "and its TorchScript artifact is a program file"),
+        "engine": Field(
+            "pt2e",
+            str,
+            choices=("pt2e",),
+            hint="the FX engine was removed: deprecated by torch, and its TorchScript artifact is a program file",
+        ),
         # after this many epochs the observers' ranges stop updating (torchvision's QAT reference: 4);
         # 0 = never (the study's TF-MOT)
         "freeze_observers_epoch": Field(0, int, min=0),
         # BatchNorm freezing was FX-only; PT2E has none: 0 is the one value (kept so old configs load)
-        "freeze_bn_epoch": Field(0, int, min=0, max=0, hint="BatchNorm freezing was the FX engine's, removed "
-                                 "with it; PT2E QAT has none"),
+        "freeze_bn_epoch": Field(
+            0, int, min=0, max=0, hint="BatchNorm freezing was the FX engine's, removed with it; PT2E QAT has none"
+        ),
     },
     "eval": {
         # patient-bootstrap 95 % confidence intervals of every test AUROC; 0 resamples = none
@@ -153,13 +165,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "onnx": Field(True, bool),  # also model_fp32.onnx / model_int8.onnx (needs the chexui[onnx] extra)
     },
 }
-# torchvision's ImageNet weights per architecture (a test checks this against torchvision itself)
-ARCH_WEIGHTS = {"densenet121": ("IMAGENET1K_V1",), "resnet50": ("IMAGENET1K_V1", "IMAGENET1K_V2"),
-                "resnet18": ("IMAGENET1K_V1",)}
 
 # `sweep` is set by `chexui sweep` on each run it starts (the sweep id); presets leave it empty
-TOP_LEVEL = {"name": Field("custom", str), "description": Field("", str), "extends": Field("", str),
-             "sweep": Field("", str)}
+TOP_LEVEL = {
+    "name": Field("custom", str),
+    "description": Field("", str),
+    "extends": Field("", str),
+    "sweep": Field("", str),
+}
 
 
 def defaults() -> dict[str, Any]:
@@ -190,7 +203,7 @@ def _check_one(qualified: str, field: Field, value: Any, source: str) -> Any:
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
-    if field.choices and isinstance(value, str) and value not in field.choices and not field.path_ok:
+    if field.options() and isinstance(value, str) and value not in field.options() and not field.path_ok:
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected {field.describe()}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{source}: key '{qualified}' = {value!r}: expected a finite number ({field.describe()})")
@@ -209,8 +222,9 @@ def _check_adaptive(items: list, source: str) -> list[dict]:
     for i, item in enumerate(items):
         where = f"prune.adaptive[{i}]"
         if not isinstance(item, dict) or set(item) != {"out_channels", "sparsity"}:
-            raise ConfigError(f"{source}: key '{where}': expected a table "
-                              "{{ out_channels = INT, sparsity = NUMBER }}")
+            raise ConfigError(
+                f"{source}: key '{where}': expected a table {{{{ out_channels = INT, sparsity = NUMBER }}}}"
+            )
         _check_value(f"{where}.out_channels", Field(0, int, min=1), item["out_channels"], source)
         _check_value(f"{where}.sparsity", Field(0.0, NUM, min=0.0, max=0.99), item["sparsity"], source)
         out.append({"out_channels": item["out_channels"], "sparsity": float(item["sparsity"])})
@@ -230,8 +244,10 @@ def parse_operating_point(rule: str, source: str = "<config>") -> tuple[str, flo
             target = -1.0
         if 0 < target < 1:
             return name, target
-    raise ConfigError(f"{source}: key 'eval.operating_point' = {rule!r}: expected \"youden\", \"f1\", \"sensitivity=0.90\" "
-                      "or \"specificity=0.90\" (a target between 0 and 1)")
+    raise ConfigError(
+        f'{source}: key \'eval.operating_point\' = {rule!r}: expected "youden", "f1", "sensitivity=0.90" '
+        'or "specificity=0.90" (a target between 0 and 1)'
+    )
 
 
 def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = False) -> dict[str, Any]:
@@ -262,23 +278,37 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
     p = cfg["prune"]
     gradual = p["enabled"] and p["schedule"] == "gradual"
     if gradual and p["end_epoch"] <= p["begin_epoch"]:
-        raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: must be greater "
-                          f"than prune.begin_epoch = {p['begin_epoch']}")
+        raise ConfigError(
+            f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: must be greater "
+            f"than prune.begin_epoch = {p['begin_epoch']}"
+        )
     if gradual and p["end_epoch"] > cfg["train"]["epochs"]:
-        raise ConfigError(f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
-                          f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)")
+        raise ConfigError(
+            f"{source}: key 'prune.end_epoch' = {p['end_epoch']}: the schedule must end within "
+            f"train.epochs = {cfg['train']['epochs']} (lower prune.end_epoch or raise train.epochs)"
+        )
     q = cfg["quantize"]
     c = cfg["compress"]
     if cfg["train"]["epochs"] == 0 and not c["parent"]:
-        raise ConfigError(f"{source}: key 'train.epochs' = 0: expected at least 1 (0 is for `chexui compress` "
-                          "runs, which start from a trained model)")
+        raise ConfigError(
+            f"{source}: key 'train.epochs' = 0: expected at least 1 (0 is for `chexui compress` "
+            "runs, which start from a trained model)"
+        )
     if c["ptq"] and (q["enabled"] or not c["parent"]):
-        raise ConfigError(f"{source}: key 'compress.ptq' = true: post-training quantization is for `chexui compress` "
-                          "runs (compress.parent set) without QAT (quantize.enabled = false)")
+        raise ConfigError(
+            f"{source}: key 'compress.ptq' = true: post-training quantization is for `chexui compress` "
+            "runs (compress.parent set) without QAT (quantize.enabled = false)"
+        )
     m = cfg["model"]
-    if m["pretrained"] == "imagenet" and m["weights"] not in ARCH_WEIGHTS[m["arch"]]:
-        raise ConfigError(f"{source}: key 'model.weights' = {m['weights']!r}: torchvision has no such weights for "
-                          f"{m['arch']} (expected {' or '.join(ARCH_WEIGHTS[m['arch']])})")
+    have = archs.get(m["arch"]).weights
+    if m["pretrained"] == "imagenet" and m["weights"] not in have:
+        raise ConfigError(
+            f"{source}: key 'model.weights' = {m['weights']!r}: torchvision has no such weights for "
+            f"{m['arch']} (expected {' or '.join(have)})"
+            if have
+            else f"{source}: key 'model.pretrained' = 'imagenet': {m['arch']} has no ImageNet weights in "
+            'chexui\'s architecture table (expected "none" or a path to a state-dict file)'
+        )
     d = cfg["data"]
     if d["val_fraction"] + d["test_fraction"] >= 0.9:
         raise ConfigError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must be < 0.9")
@@ -349,6 +379,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     would hang the reader) of at most MAX_TOML bytes; every problem a ConfigError naming the file."""
     import os
     import stat
+
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -375,6 +406,7 @@ def dumps(cfg: dict[str, Any]) -> str:
 
 def save(cfg: dict[str, Any], path: str | Path) -> None:
     from engine.fsutil import write_atomic  # (a link planted at the path is replaced, not followed)
+
     write_atomic(path, dumps(cfg))
 
 

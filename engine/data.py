@@ -11,6 +11,7 @@ import queue
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -47,8 +48,9 @@ class Images(Dataset):
 _NORM: dict = {}
 
 
-def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = None,
-             channels_last: bool = False) -> torch.Tensor:
+def to_input(
+    x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 [B,S,S] -> normalised float [B,3,S,S] on device; `flip` is a bool [B] mask.
 
     Flips on the uint8 batch (4x less memory traffic), then one fused multiply-add per element
@@ -71,7 +73,6 @@ def to_input(x: torch.Tensor, device: torch.device, flip: torch.Tensor | None = 
     shift, scale = _NORM[key]
     out = torch.addcmul(shift, x.unsqueeze(1).float(), scale)  # broadcasts gray to 3 channels
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-
 
 
 def flip_mask(n: int, p: float, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor | None:
@@ -117,22 +118,27 @@ def train_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     DistributedSampler's shuffle: with W ranks at batch b, step k covers the same images as one
     process at batch W*b. Incomplete last batches are dropped (BatchNorm needs > 1 sample).
     """
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    # (the sampler reads only the dataset's length: a range stands for it)
+    sampler: DistributedSampler = DistributedSampler(
+        cast(Dataset, range(n)), num_replicas=world, rank=rank, shuffle=True, seed=seed
+    )
     sampler.set_epoch(epoch)
     order = list(sampler)
     full = len(order) // batch_size * batch_size or len(order)
-    return [order[i:i + batch_size] for i in range(0, full, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, full, batch_size)]
 
 
-def loader(images: Images, batches: list[list[int]], rows: np.ndarray, workers: int, device: torch.device,
-           pin: bool) -> Prefetched | nullcontext[DataLoader]:
+def loader(
+    images: Images, batches: list[list[int]], rows: np.ndarray, workers: int, device: torch.device, pin: bool
+) -> Prefetched | nullcontext[DataLoader]:
     """Batches of positions -> (uint8 images, labels, rows), to use as `with loader(...) as batches:`
     (the block's end stops the prefetch thread). Cached data needs no worker processes: a thread
     reads (and pins) the next batches while the step runs."""
     row_batches = [rows[np.sort(b)].tolist() for b in batches]  # sorted: memmap locality
     n_workers = 0 if images.mem is not None else workers
-    dl = DataLoader(images, sampler=row_batches, batch_size=None, num_workers=n_workers, pin_memory=pin,
-                    persistent_workers=False)
+    dl = DataLoader(
+        images, sampler=row_batches, batch_size=None, num_workers=n_workers, pin_memory=pin, persistent_workers=False
+    )
     return Prefetched(dl, device) if n_workers == 0 else nullcontext(dl)  # (workers prefetch already)
 
 
@@ -151,8 +157,7 @@ class Prefetched:
     def __init__(self, source, device: torch.device, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source, device), daemon=True,
-                                        name="chexui-prefetch")
+        self._thread = threading.Thread(target=self._run, args=(source, device), daemon=True, name="chexui-prefetch")
         self._thread.start()
 
     def _run(self, source, device: torch.device) -> None:
@@ -201,4 +206,4 @@ class Prefetched:
 def eval_batches(n: int, batch_size: int, world: int, rank: int) -> tuple[np.ndarray, list[list[int]]]:
     """Every image exactly once across ranks (no padding): rank r takes positions r, r+W, ..."""
     mine = np.arange(rank, n, world)
-    return mine, [mine[i:i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+    return mine, [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]

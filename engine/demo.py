@@ -15,6 +15,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -23,29 +24,43 @@ from engine.labels import LABELS, NO_FINDING
 
 # NIH prevalence (fraction of 112,120 images, data README) and the floor that keeps small sets usable.
 NIH_PREVALENCE = {
-    "Atelectasis": 0.103, "Cardiomegaly": 0.025, "Effusion": 0.119, "Infiltration": 0.177,
-    "Mass": 0.052, "Nodule": 0.056, "Pneumonia": 0.013, "Pneumothorax": 0.047,
-    "Consolidation": 0.042, "Edema": 0.021, "Emphysema": 0.022, "Fibrosis": 0.015,
-    "Pleural_Thickening": 0.030, "Hernia": 0.002,
+    "Atelectasis": 0.103,
+    "Cardiomegaly": 0.025,
+    "Effusion": 0.119,
+    "Infiltration": 0.177,
+    "Mass": 0.052,
+    "Nodule": 0.056,
+    "Pneumonia": 0.013,
+    "Pneumothorax": 0.047,
+    "Consolidation": 0.042,
+    "Edema": 0.021,
+    "Emphysema": 0.022,
+    "Fibrosis": 0.015,
+    "Pleural_Thickening": 0.030,
+    "Hernia": 0.002,
 }
 PREVALENCE_FLOOR = 0.07
 # (a, b, p): when a is present, b is added with probability p (NIH's frequent pairs).
 CO_OCCURRENCE = [
-    ("Effusion", "Atelectasis", 0.25), ("Edema", "Effusion", 0.35), ("Cardiomegaly", "Effusion", 0.3),
-    ("Pneumonia", "Infiltration", 0.35), ("Consolidation", "Infiltration", 0.2), ("Mass", "Nodule", 0.2),
-    ("Emphysema", "Pneumothorax", 0.2), ("Fibrosis", "Pleural_Thickening", 0.2),
+    ("Effusion", "Atelectasis", 0.25),
+    ("Edema", "Effusion", 0.35),
+    ("Cardiomegaly", "Effusion", 0.3),
+    ("Pneumonia", "Infiltration", 0.35),
+    ("Consolidation", "Infiltration", 0.2),
+    ("Mass", "Nodule", 0.2),
+    ("Emphysema", "Pneumothorax", 0.2),
+    ("Fibrosis", "Pleural_Thickening", 0.2),
 ]
 VERSION = 1  # bump when the drawing changes: the cached demo set is regenerated
 DEFAULT = {"images": 2000, "size": 128, "seed": 0}  # the embedded demo dataset
 CHRONIC = {"Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"}
-LABEL_DROP = 0.02     # a present finding missing from the report-mined label
+LABEL_DROP = 0.02  # a present finding missing from the report-mined label
 LABEL_SPURIOUS = 0.004  # per image: a label with nothing visible
 GENERATOR = "generator.json"
 
 
 def draw_labels(rng: np.random.Generator, previous: set[str] | None) -> set[str]:
-    found = {name for name in LABELS
-             if rng.random() < max(NIH_PREVALENCE[name], PREVALENCE_FLOOR) * 0.85}
+    found = {name for name in LABELS if rng.random() < max(NIH_PREVALENCE[name], PREVALENCE_FLOOR) * 0.85}
     if previous:
         found |= {n for n in sorted(previous) if n in CHRONIC and rng.random() < 0.7}
     for a, b, p in CO_OCCURRENCE:
@@ -56,13 +71,20 @@ def draw_labels(rng: np.random.Generator, previous: set[str] | None) -> set[str]
 
 def draw_anatomy(rng: np.random.Generator) -> dict:
     return {
-        "body_w": rng.uniform(0.40, 0.46), "body_cy": rng.uniform(0.55, 0.60),
-        "lung_dx": rng.uniform(0.16, 0.19), "lung_cy": rng.uniform(0.43, 0.47),
-        "lung_ax": rng.uniform(0.13, 0.16), "lung_ay": rng.uniform(0.25, 0.29),
-        "heart_w": rng.uniform(0.10, 0.12), "heart_cx": rng.uniform(0.53, 0.56),
-        "heart_cy": rng.uniform(0.56, 0.60), "rib_space": rng.uniform(0.055, 0.07),
-        "rib_curve": rng.uniform(1.2, 2.0), "clav_y": rng.uniform(0.17, 0.21),
-        "brightness": rng.uniform(0.9, 1.1), "texture_seed": int(rng.integers(2**31)),
+        "body_w": rng.uniform(0.40, 0.46),
+        "body_cy": rng.uniform(0.55, 0.60),
+        "lung_dx": rng.uniform(0.16, 0.19),
+        "lung_cy": rng.uniform(0.43, 0.47),
+        "lung_ax": rng.uniform(0.13, 0.16),
+        "lung_ay": rng.uniform(0.25, 0.29),
+        "heart_w": rng.uniform(0.10, 0.12),
+        "heart_cx": rng.uniform(0.53, 0.56),
+        "heart_cy": rng.uniform(0.56, 0.60),
+        "rib_space": rng.uniform(0.055, 0.07),
+        "rib_curve": rng.uniform(1.2, 2.0),
+        "clav_y": rng.uniform(0.17, 0.21),
+        "brightness": rng.uniform(0.9, 1.1),
+        "texture_seed": int(rng.integers(2**31)),
     }
 
 
@@ -90,8 +112,9 @@ class Canvas:
         return np.asarray(big, dtype=np.float32)
 
 
-def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generator,
-           regions: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def render(
+    size: int, anatomy: dict, findings: set[str], rng: np.random.Generator, regions: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """One radiograph as uint8 [size, size]. With a dict `regions`, also where each finding was drawn:
     regions[name] = bool [size, size] (recording draws nothing from `rng`: the image is the same)."""
     cv, a = Canvas(size), anatomy
@@ -130,10 +153,18 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
     markings = 0.05 * np.abs(texture)
     lung = np.clip(lungs[0] + lungs[1], 0, 1)
     heart_scale = 1.0 + (0.3 + 0.3 * sub["Cardiomegaly"] if "Cardiomegaly" in findings else 0)
-    heart, _ = cv.ellipse(a["heart_cx"] + jx, a["heart_cy"] + jy, a["heart_w"] * heart_scale,
-                          0.095 * (1 + 0.5 * (heart_scale - 1)), soft=0.01)
-    medi = np.clip((0.045 - np.abs(x - 0.5 - jx)) / 0.01, 0, 1) * np.clip((0.62 - y) / 0.03, 0, 1) \
+    heart, _ = cv.ellipse(
+        a["heart_cx"] + jx,
+        a["heart_cy"] + jy,
+        a["heart_w"] * heart_scale,
+        0.095 * (1 + 0.5 * (heart_scale - 1)),
+        soft=0.01,
+    )
+    medi = (
+        np.clip((0.045 - np.abs(x - 0.5 - jx)) / 0.01, 0, 1)
+        * np.clip((0.62 - y) / 0.03, 0, 1)
         * np.clip((y - 0.08) / 0.03, 0, 1)
+    )
     air = lung * (1 - heart) * (1 - medi)
     if "Cardiomegaly" in findings:
         drawn("Cardiomegaly", heart > 0.5)
@@ -157,9 +188,9 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
 
     # ribs and clavicles: bone over the thorax
     ribs = 0.5 * (1 + np.cos(2 * np.pi * (y - 0.12 - a["rib_curve"] * (x - 0.5) ** 2) / a["rib_space"]))
-    img = img + 0.09 * ribs ** 6 * body * np.clip((0.8 - y) / 0.05, 0, 1)
+    img = img + 0.09 * ribs**6 * body * np.clip((0.8 - y) / 0.05, 0, 1)
     for side in (-1, 1):
-        clav = np.exp(-((y - a["clav_y"] - 0.12 * np.abs(x - 0.5) + 0.02) / 0.012) ** 2)
+        clav = np.exp(-(((y - a["clav_y"] - 0.12 * np.abs(x - 0.5) + 0.02) / 0.012) ** 2))
         img = img + 0.16 * clav * (np.abs(x - 0.5) < 0.3) * ((x - 0.5) * side > 0)
     spine = np.clip((0.03 - np.abs(x - 0.5 - jx)) / 0.01, 0, 1) * body
     img = img + 0.12 * spine * (1 - heart) + 0.08 * heart * body
@@ -175,11 +206,11 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
 
     opac = np.zeros_like(img)  # densities added inside the lungs
     if "Effusion" in findings:
-        for s in ([0, 1] if rng.random() < 0.3 else [int(rng.integers(2))]):
+        for s in [0, 1] if rng.random() < 0.3 else [int(rng.integers(2))]:
             cx, cy, ax, ay, base = lung_boxes[s]
             h = 0.05 + 0.09 * sub["Effusion"]
             lateral = np.abs(x - cx) / ax
-            meniscus = base - h - 0.06 * lateral ** 2 * ((x - cx) * (1 if s else -1) > 0)
+            meniscus = base - h - 0.06 * lateral**2 * ((x - cx) * (1 if s else -1) > 0)
             opac += 0.38 * lungs[s] * np.clip((y - meniscus) / 0.012, 0, 1)
             drawn("Effusion", lungs[s] * np.clip((y - meniscus) / 0.012, 0, 1) > 0.5)
     if "Nodule" in findings:
@@ -224,8 +255,8 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
         for s in (0, 1):
             cx, cy = lung_boxes[s][:2]
             hx = 0.5 + (cx - 0.5) * 0.55
-            opac += (0.16 + 0.12 * sub["Edema"]) * np.exp(-((x - hx) / 0.07) ** 2 - ((y - cy) / 0.11) ** 2)
-            drawn("Edema", np.exp(-((x - hx) / 0.07) ** 2 - ((y - cy) / 0.11) ** 2) > 0.5)
+            opac += (0.16 + 0.12 * sub["Edema"]) * np.exp(-(((x - hx) / 0.07) ** 2) - ((y - cy) / 0.11) ** 2)
+            drawn("Edema", np.exp(-(((x - hx) / 0.07) ** 2) - ((y - cy) / 0.11) ** 2) > 0.5)
     if "Fibrosis" in findings:  # reticular net, peripheral and basal
         ang = rng.uniform(0, np.pi)
         u, v = x * np.cos(ang) + y * np.sin(ang), -x * np.sin(ang) + y * np.cos(ang)
@@ -266,7 +297,8 @@ def render(size: int, anatomy: dict, findings: set[str], rng: np.random.Generato
 def plan(n_images: int, seed: int) -> list[dict]:
     """Patients, follow-ups, labels and metadata for every image (cheap, sequential)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
-    rows, pid = [], 0
+    rows: list[dict[str, Any]] = []
+    pid = 0
     while len(rows) < n_images:
         pid += 1
         n_follow = min(int(rng.geometric(0.35)), n_images - len(rows))
@@ -278,9 +310,18 @@ def plan(n_images: int, seed: int) -> list[dict]:
             reported = {n for n in sorted(shown) if rng.random() >= LABEL_DROP}  # sorted: str hashes vary
             if rng.random() < LABEL_SPURIOUS:
                 reported.add(LABELS[int(rng.integers(len(LABELS)))])
-            rows.append({"name": f"{pid:08d}_{k:03d}.png", "patient": pid, "follow": k,
-                         "age": min(age + k, 95), "sex": sex, "view": "PA" if rng.random() < 0.6 else "AP",
-                         "shown": sorted(shown), "reported": [n for n in LABELS if n in reported]})
+            rows.append(
+                {
+                    "name": f"{pid:08d}_{k:03d}.png",
+                    "patient": pid,
+                    "follow": k,
+                    "age": min(age + k, 95),
+                    "sex": sex,
+                    "view": "PA" if rng.random() < 0.6 else "AP",
+                    "shown": sorted(shown),
+                    "reported": [n for n in LABELS if n in reported],
+                }
+            )
     return rows
 
 
@@ -300,17 +341,22 @@ def _render_one(args: tuple[int, int, dict, int]) -> bytes:
 def write_csv(out: Path, rows: list[dict], size: int) -> None:
     """The NIH label table (Data_Entry_2017.csv) of planned rows."""
     spacing = round(0.143 * 1024 / size, 4)
-    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
+    lines = [
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    ]
     for r in rows:
         labels = "|".join(r["reported"]) or NO_FINDING
-        lines.append(f"{r['name']},{labels},{r['follow']},{r['patient']},{r['age']},{r['sex']},"
-                     f"{r['view']},{size},{size},{spacing},{spacing}")
+        lines.append(
+            f"{r['name']},{labels},{r['follow']},{r['patient']},{r['age']},{r['sex']},"
+            f"{r['view']},{size},{size},{spacing},{spacing}"
+        )
     (out / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
 
 
-def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int = 0,
-             workers: int | None = None, progress=None) -> Path:
+def generate(
+    out: str | Path, n_images: int = 2000, size: int = 128, seed: int = 0, workers: int | None = None, progress=None
+) -> Path:
     """Write a synthetic dataset in the NIH layout to `out`. Same arguments, same bytes."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -333,10 +379,10 @@ def generate(out: str | Path, n_images: int = 2000, size: int = 128, seed: int =
     (out / "test_list.txt").write_text("".join(r["name"] + "\n" for r in rows if r["patient"] >= test_from))
     (out / "README.txt").write_text(
         "SYNTHETIC DATA - NOT REAL RADIOGRAPHS.\n"
-        "Chest X-ray phantoms drawn by `chexui data demo` (seed {seed}, {n} images, {size} px) in the\n"
+        f"Chest X-ray phantoms drawn by `chexui data demo` (seed {seed}, {n_images} images, {size} px) in the\n"
         "NIH ChestX-ray14 layout. Findings are drawn shapes with NIH-like label prevalence (with a floor)\n"
         "and a little label noise. For demos and tests of the pipeline only; no clinical meaning.\n"
-        .format(seed=seed, n=n_images, size=size))
+    )
     return out
 
 
@@ -346,6 +392,7 @@ def default_root() -> Path:
     if env:
         return Path(env)
     import platformdirs
+
     d = DEFAULT
     return Path(platformdirs.user_cache_dir("chexui")) / f"demo-v{VERSION}-{d['images']}x{d['size']}-s{d['seed']}"
 
@@ -362,6 +409,7 @@ def ensure(root: str | Path, progress=None) -> Path:
         os.replace(tmp, root)
     except OSError:  # another process finished first
         import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
     return root
 
@@ -372,11 +420,14 @@ def finding_regions(root: str | Path, names: list[str]) -> dict[str, tuple[set[s
     The image is drawn again from the set's recorded generator arguments (the default demo set's
     when the set predates the record) and must equal the stored file, else a DataError."""
     from engine.errors import DataError
+
     root = Path(root)
     gen = root / GENERATOR
     args = json.loads(gen.read_text()) if gen.is_file() else {**DEFAULT, "version": VERSION}
     if args.get("version") != VERSION:
-        raise DataError(f"{gen}: drawn by demo generator version {args.get('version')}, this chexui draws version {VERSION}")
+        raise DataError(
+            f"{gen}: drawn by demo generator version {args.get('version')}, this chexui draws version {VERSION}"
+        )
     rows = {r["name"]: (i, r) for i, r in enumerate(plan(args["images"], args["seed"]))}
     out = {}
     for name in names:
@@ -387,7 +438,9 @@ def finding_regions(root: str | Path, names: list[str]) -> dict[str, tuple[set[s
         img = render_row(args["seed"], args["size"], row, i, regions)
         with Image.open(root / "images" / name) as im:
             if not np.array_equal(np.asarray(im.convert("L")), img):
-                raise DataError(f"{root / 'images' / name}: differs from what the demo generator draws for it "
-                                "(not a chexui demo image, or drawn by another version)")
+                raise DataError(
+                    f"{root / 'images' / name}: differs from what the demo generator draws for it "
+                    "(not a chexui demo image, or drawn by another version)"
+                )
         out[name] = (set(row["shown"]), regions)
     return out

@@ -89,8 +89,13 @@ def setup(backend: str = "auto") -> Dist:
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # torchrun's c10d rendezvous keeps one store across restart rounds: without a per-attempt
             # prefix a restarted group reads the dead workers' addresses and gloo cannot connect.
-            base = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                  is_master=False, timeout=timedelta(minutes=30))
+            base = tdist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                world,
+                is_master=False,
+                timeout=timedelta(minutes=30),
+            )
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             kwargs.update(store=tdist.PrefixStore(f"chexui/attempt_{attempt}", base), rank=rank, world_size=world)
         tdist.init_process_group(backend=backend, **kwargs)

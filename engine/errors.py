@@ -27,5 +27,5 @@ def one_line(e: BaseException) -> str:
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
         prefix = f"{type(e).__name__}: "
-        text = last[len(prefix):] if last.startswith(prefix) else last
+        text = last[len(prefix) :] if last.startswith(prefix) else last
     return " ".join(text.split())

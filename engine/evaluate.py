@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import cache, checkpoint, config, export, metrics, nih
+from engine import cache, config, export, metrics, nih
 from engine.data import Images, Prefetched, eval_batches, to_input
 from engine.dist import Dist
-from engine.errors import UserError
 from engine.labels import LABELS, n_defined
 
 
@@ -23,9 +22,16 @@ def eval_batch_size(cfg: dict) -> int:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images, rows: np.ndarray, d: Dist, batch_size: int,
-                   channels_last: bool = False, device: torch.device | None = None,
-                   pad: bool = False) -> np.ndarray:
+def predict_logits(
+    model: nn.Module,
+    images,
+    rows: np.ndarray,
+    d: Dist,
+    batch_size: int,
+    channels_last: bool = False,
+    device: torch.device | None = None,
+    pad: bool = False,
+) -> np.ndarray:
     """Logits for `rows` in `rows` order, in fp32 (no autocast: evaluation measures the model, not a
     training-speed setting): each image exactly once over all ranks (no sampler padding), gathered to
     every rank. `device` overrides the rank's device (the int8 model runs on the CPU).
@@ -91,11 +97,16 @@ def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[
     int8 = export.recorded(run_dir).get(export.INT8)
     if int8 is not None:
         export.verified_path(run_dir, int8, trust)  # (the exported file is there and unchanged)
-        out.append((f"int8 artifact {int8['path']} (its graph, as kept in {rel})",
-                    export.int8_model(run_dir, cfg, ck, qat)))
+        out.append(
+            (f"int8 artifact {int8['path']} (its graph, as kept in {rel})", export.int8_model(run_dir, cfg, ck, qat))
+        )
     if qat is None:  # post-training int8
-        return out + [(f"fp32 model of {rel} (before post-training quantization)",
-                       export.build_float(cfg["model"]["arch"], ck["model"]))]
+        return out + [
+            (
+                f"fp32 model of {rel} (before post-training quantization)",
+                export.build_float(cfg["model"]["arch"], ck["model"]),
+            )
+        ]
     out.append((f"QAT fake-quantized model of {rel}", qat))
     return out
 
@@ -108,6 +119,7 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     dataset, and each label's sensitivity/specificity/PPV/NPV/F1 at the run's operating points; the
     first model is the run's main one (QAT: the int8 artifact when there is one)."""
     from engine import bootstrap, operating
+
     cfg = config.load_run_config(run_dir / "config.toml")
     op = operating.recorded(run_dir)
     index = nih.index_dataset(data_root)  # (a bad data dir fails before any model is loaded)
@@ -118,16 +130,27 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     y, spec = index.labels[rows], bootstrap.Spec.from_config(cfg["eval"])
     results = []
     for name, model in shipped:  # (as the engine evaluated the run: its batch and memory layout)
-        logits = predict_logits(model, Images(index, size, mem), rows, Dist(), eval_batch_size(cfg),
-                                cfg["train"]["channels_last"])
+        logits = predict_logits(
+            model, Images(index, size, mem), rows, Dist(), eval_batch_size(cfg), cfg["train"]["channels_last"]
+        )
         auc, mean, reasons = auroc_from_logits(y, logits)
         res = {"model": name, "auc": auc, "auc_mean": mean, "n_labels_defined": n_defined(auc), "undefined": reasons}
         if spec is not None:
             res.update(bootstrap.intervals(y, probabilities(logits), index.patients[rows], auc, spec))
         if op is not None:  # the calls at the run's thresholds (chosen on its own validation split)
-            res.update(operating_point=op["rule"], ece=operating.eces(y, probabilities(logits)),
-                       at_threshold=operating.at_thresholds(y, probabilities(logits), op["thresholds"],
-                                                            index.patients[rows], spec))
+            res.update(
+                operating_point=op["rule"],
+                ece=operating.eces(y, probabilities(logits)),
+                at_threshold=operating.at_thresholds(
+                    y, probabilities(logits), op["thresholds"], index.patients[rows], spec
+                ),
+            )
         results.append(res)
-    return {"run": run_dir.name, "data": str(index.root), "split": split, "n": int(len(rows)),
-            **results[0], "models": results}
+    return {
+        "run": run_dir.name,
+        "data": str(index.root),
+        "split": split,
+        "n": int(len(rows)),
+        **results[0],
+        "models": results,
+    }

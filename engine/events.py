@@ -10,19 +10,27 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from engine.sanitize import clean_obj
 
 VERSION = 1
+# The stream's file in a run dir.
+EVENTS_FILE = "events.jsonl"
 # Run-dir file that says a stop was asked for (chexui writes it, then signals; the engine reads it).
 STOP_FILE = "stop_requested"
 # `evaluated` split(s) measuring each exported artifact kind, first match wins. `test` is what the run
 # ships (its headline): for a QAT or post-training int8 run, its int8 model, the graph of the int8
 # artifact; runs before that was so have `test_int8`. `test_qat`: a QAT run's fake-quantized model.
-ARTIFACT_SPLITS = {"fp32": ("test_fp32", "test"), "sparse": ("test_sparse",), "int8": ("test_int8", "test"),
-                   "onnx_fp32": ("test_onnx_fp32",), "onnx_int8": ("test_onnx_int8",)}
+ARTIFACT_SPLITS = {
+    "fp32": ("test_fp32", "test"),
+    "sparse": ("test_sparse",),
+    "int8": ("test_int8", "test"),
+    "onnx_fp32": ("test_onnx_fp32",),
+    "onnx_int8": ("test_onnx_int8",),
+}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed, e.g. `epoch_ended`'s
 # compile_s (seconds torch.compile took in that epoch; runs with train.compile only).
@@ -30,8 +38,18 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "run_started": ("run_id", "config", "world_size", "nnodes", "device", "dataset"),
     "epoch_started": ("epoch",),
     "progress": ("epoch", "step", "steps", "loss", "images_per_s"),
-    "epoch_ended": ("epoch", "train_loss", "val_loss", "val_auc", "val_auc_mean", "lr",
-                    "epoch_time_s", "images_per_s", "sparsity", "memory_mb"),
+    "epoch_ended": (
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_auc",
+        "val_auc_mean",
+        "lr",
+        "epoch_time_s",
+        "images_per_s",
+        "sparsity",
+        "memory_mb",
+    ),
     "checkpoint_saved": ("epoch", "path", "best"),
     "lr_reduced": ("epoch", "lr"),
     "early_stopped": ("epoch",),
@@ -47,13 +65,42 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
 # hand-edited or foreign file) is skipped like a malformed one, so no reader meets a surprise.
 _NUM, _OPT_NUM = (int, float), (int, float, type(None))
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "ts": _NUM, "run_id": (str,), "config": (dict,), "world_size": (int,), "nnodes": (int,), "device": (str,),
-    "dataset": (dict,), "epoch": (int,), "step": (int,), "steps": (int,), "loss": _NUM, "images_per_s": _NUM,
-    "train_loss": _NUM, "val_loss": _NUM, "val_auc": (dict,), "val_auc_mean": _OPT_NUM, "lr": _NUM,
-    "epoch_time_s": _NUM, "sparsity": _OPT_NUM, "memory_mb": (list,), "path": (str,), "best": (bool,),
-    "attempt": (int,), "resumed_epoch": (int,), "split": (str,), "n": (int,), "auc": (dict,),
-    "auc_mean": _OPT_NUM, "artifacts": (list,), "status": (str,), "total_time_s": _NUM, "best_epoch": (int,),
-    "test_auc_mean": _OPT_NUM, "message": (str,), "rule": (str,), "thresholds": (dict,),
+    "ts": _NUM,
+    "run_id": (str,),
+    "config": (dict,),
+    "world_size": (int,),
+    "nnodes": (int,),
+    "device": (str,),
+    "dataset": (dict,),
+    "epoch": (int,),
+    "step": (int,),
+    "steps": (int,),
+    "loss": _NUM,
+    "images_per_s": _NUM,
+    "train_loss": _NUM,
+    "val_loss": _NUM,
+    "val_auc": (dict,),
+    "val_auc_mean": _OPT_NUM,
+    "lr": _NUM,
+    "epoch_time_s": _NUM,
+    "sparsity": _OPT_NUM,
+    "memory_mb": (list,),
+    "path": (str,),
+    "best": (bool,),
+    "attempt": (int,),
+    "resumed_epoch": (int,),
+    "split": (str,),
+    "n": (int,),
+    "auc": (dict,),
+    "auc_mean": _OPT_NUM,
+    "artifacts": (list,),
+    "status": (str,),
+    "total_time_s": _NUM,
+    "best_epoch": (int,),
+    "test_auc_mean": _OPT_NUM,
+    "message": (str,),
+    "rule": (str,),
+    "thresholds": (dict,),
 }
 
 
@@ -64,26 +111,79 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
 #   ("or_none", SHAPE)        SHAPE or null
 _STR, _INT, _DICT = (str,), (int,), (dict,)
 _PAIR = ("or_none", ("list", _NUM))  # a confidence interval [lo, hi]
-_AT_THRESHOLD = ("map", ("or_none", ("record", {"threshold": _OPT_NUM, "sensitivity": _OPT_NUM,
-                                                "specificity": _OPT_NUM, "ppv": _OPT_NUM, "npv": _OPT_NUM,
-                                                "f1": _OPT_NUM, **{f"{m}_ci": _PAIR for m in (
-                                                    "sensitivity", "specificity", "ppv", "npv", "f1")}}, ())))
+_AT_THRESHOLD = (
+    "map",
+    (
+        "or_none",
+        (
+            "record",
+            {
+                "threshold": _OPT_NUM,
+                "sensitivity": _OPT_NUM,
+                "specificity": _OPT_NUM,
+                "ppv": _OPT_NUM,
+                "npv": _OPT_NUM,
+                "f1": _OPT_NUM,
+                **{f"{m}_ci": _PAIR for m in ("sensitivity", "specificity", "ppv", "npv", "f1")},
+            },
+            (),
+        ),
+    ),
+)
 SHAPES: dict[str, Any] = {
     "config": ("record", {"name": _STR, "description": _STR, "sweep": _STR}, ()),  # + sections: _config_shape
-    "dataset": ("record", {"root": _STR, "n_train": _INT, "n_val": _INT, "n_test": _INT, "n_patients": _INT,
-                           "split_sha256": _STR, "label_counts": ("map", _NUM)},
-                ("root", "n_train", "n_val", "n_test", "n_patients")),
-    "parent": ("record", {"run_id": _STR, "path": _STR, "best_sha256": _STR, "best_epoch": (int, type(None)),
-                          "total_time_s": _OPT_NUM, "train_time_s": _OPT_NUM, "test_auc_mean": _OPT_NUM}, ()),
-    "val_auc": ("map", _OPT_NUM), "auc": ("map", _OPT_NUM), "thresholds": ("map", _OPT_NUM),
-    "temperatures": ("map", _OPT_NUM), "auc_ci": ("map", _PAIR), "auc_mean_ci": _PAIR,
-    "memory_mb": ("list", _NUM), "compile_s": _NUM, "n_labels_defined": _INT, "test_n_labels_defined": _INT,
-    "artifacts": ("list", ("record", {"kind": _STR, "path": _STR, "bytes": _INT, "gzip_bytes": _INT, "sha256": _STR},
-                           ("kind", "path", "bytes"))),
+    "dataset": (
+        "record",
+        {
+            "root": _STR,
+            "n_train": _INT,
+            "n_val": _INT,
+            "n_test": _INT,
+            "n_patients": _INT,
+            "split_sha256": _STR,
+            "label_counts": ("map", _NUM),
+        },
+        ("root", "n_train", "n_val", "n_test", "n_patients"),
+    ),
+    "parent": (
+        "record",
+        {
+            "run_id": _STR,
+            "path": _STR,
+            "best_sha256": _STR,
+            "best_epoch": (int, type(None)),
+            "total_time_s": _OPT_NUM,
+            "train_time_s": _OPT_NUM,
+            "test_auc_mean": _OPT_NUM,
+        },
+        (),
+    ),
+    "val_auc": ("map", _OPT_NUM),
+    "auc": ("map", _OPT_NUM),
+    "thresholds": ("map", _OPT_NUM),
+    "temperatures": ("map", _OPT_NUM),
+    "auc_ci": ("map", _PAIR),
+    "auc_mean_ci": _PAIR,
+    "memory_mb": ("list", _NUM),
+    "compile_s": _NUM,
+    "n_labels_defined": _INT,
+    "test_n_labels_defined": _INT,
+    "artifacts": (
+        "list",
+        (
+            "record",
+            {"kind": _STR, "path": _STR, "bytes": _INT, "gzip_bytes": _INT, "sha256": _STR},
+            ("kind", "path", "bytes"),
+        ),
+    ),
     "bootstrap": ("record", {"resamples": _INT, "seed": _INT, "unit": _STR}, ("resamples", "seed", "unit")),
-    "at_threshold": _AT_THRESHOLD, "operating_point": _STR, "predictions": _STR, "ece": ("map", _OPT_NUM),
+    "at_threshold": _AT_THRESHOLD,
+    "operating_point": _STR,
+    "predictions": _STR,
+    "ece": ("map", _OPT_NUM),
     "model": _STR,
-    "world_size": _INT, "code": _INT,
+    "world_size": _INT,
+    "code": _INT,
 }
 
 
@@ -99,14 +199,18 @@ def fits(value: Any, shape: Any) -> bool:
     if kind == "list":
         return isinstance(value, list) and all(fits(v, shape[1]) for v in value)
     fields, required = shape[1], shape[2]  # "record"
-    return (isinstance(value, dict) and all(k in value for k in required)
-            and all(fits(value[k], s) for k, s in fields.items() if k in value))
+    return (
+        isinstance(value, dict)
+        and all(k in value for k in required)
+        and all(fits(value[k], s) for k, s in fields.items() if k in value)
+    )
 
 
 def _config_fits(cfg: dict) -> bool:
     """A run config as events carry it: each known section a table, each known key of the schema's type
     (values are not range-checked here: an old run's config stays readable)."""
     from engine.config import SCHEMA
+
     for section, fields in SCHEMA.items():
         if section not in cfg:
             continue
@@ -126,8 +230,12 @@ def well_formed(ev: Any) -> bool:
     if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
         return False
     for name in EVENT_FIELDS.get(ev["type"], ()) + ("ts",):
-        if name not in ev or not isinstance(ev[name], FIELD_TYPES.get(name, (object,))) \
-                or isinstance(ev[name], bool) and bool not in FIELD_TYPES.get(name, (object,)):
+        if (
+            name not in ev
+            or not isinstance(ev[name], FIELD_TYPES.get(name, (object,)))
+            or isinstance(ev[name], bool)
+            and bool not in FIELD_TYPES.get(name, (object,))
+        ):
             return False
         if name in SHAPES and not fits(ev[name], SHAPES[name]):
             return False
@@ -154,6 +262,7 @@ class EventWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         from engine.fsutil import open_append
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open_append(self.path)  # (never through a link planted at the path)
         end = os.fstat(self._f.fileno()).st_size
@@ -226,6 +335,7 @@ def read_events(path: str | Path, start: int = 0) -> list[dict[str, Any]]:
     """All complete events of a file from byte offset `start` (a partial last line is ignored); [] when
     missing. A link, FIFO, device or a file over MAX_FILE bytes is a StorageError naming it."""
     from engine.fsutil import open_regular
+
     try:
         with open_regular(path, MAX_FILE) as f:
             f.seek(start)
@@ -251,6 +361,7 @@ class FileTail:
     def lines(self) -> list[str]:
         from engine.errors import StorageError
         from engine.fsutil import open_regular
+
         try:
             with open_regular(self.path) as f:
                 f.seek(self._offset)

@@ -16,12 +16,14 @@ itself has no gradients (its quantize ops round to integers), and a post-trainin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import archs
 from engine.errors import DataError, UserError
 
 INT8_TWIN = "int8"  # the --artifacts name; shown as "int8 (QAT twin)"
@@ -30,15 +32,18 @@ FLOAT_KINDS = ("fp32", "sparse")
 
 
 def default_layer(model: nn.Module) -> str:
-    """The last convolutional block of a torchvision ResNet or DenseNet (or of their QAT graphs)."""
+    """The Grad-CAM block of the model's architecture (engine/archs.py: its last convolutional block),
+    found by the blocks the model (or its QAT graph) has."""
     if isinstance(model, torch.fx.GraphModule):
-        names = {p.split(".")[0] for paths in _node_paths(model).values() for p in paths}
-        return "layer4" if "layer4" in names else "features"
-    if hasattr(model, "layer4"):
-        return "layer4"
-    if hasattr(model, "features"):  # (DenseNet's forward applies ReLU in place after it)
-        return "features"
-    raise ValueError(f"no Grad-CAM layer known for {type(model).__name__}")
+        have = {p.split(".")[0] for paths in _node_paths(model).values() for p in paths}
+    else:
+        have = {name for name, _ in model.named_children()}
+    found = {a.cam_layer for a in archs.all_archs() if a.cam_layer in have}
+    if len(found) > 1:  # several architectures' blocks: the one whose classifier the model has too
+        found = {a.cam_layer for a in archs.all_archs() if a.cam_layer in have and a.head in have}
+    if len(found) != 1:
+        raise ValueError(f"no single Grad-CAM layer known for {type(model).__name__} (found {sorted(found)})")
+    return found.pop()
 
 
 def _node_paths(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, list[str]]:
@@ -56,8 +61,7 @@ def _node_paths(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, list[str]]:
 def _tap_node(gm: torch.fx.GraphModule, layer: str) -> torch.fx.Node:
     """The graph's node for block `layer`'s output: its last node, or the fake-quant that reads it (the
     activation the int8 program passes on)."""
-    inside = [n for n, paths in _node_paths(gm).items()
-              if any(p == layer or p.startswith(layer + ".") for p in paths)]
+    inside = [n for n, paths in _node_paths(gm).items() if any(p == layer or p.startswith(layer + ".") for p in paths)]
     if not inside:
         raise UserError(f"--layer {layer}: no such block in the model's graph")
     last = inside[-1]
@@ -72,7 +76,8 @@ class _Tap(torch.fx.Interpreter):
 
     def __init__(self, gm: torch.fx.GraphModule, node: torch.fx.Node):
         super().__init__(gm)
-        self.node, self.value = node, None
+        self.node = node
+        self.value: Any = None
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -133,13 +138,15 @@ def peak_in(cam: np.ndarray, region: np.ndarray) -> bool | None:
         return None
     if region.shape != cam.shape:
         from PIL import Image
+
         region = np.asarray(Image.fromarray(region).resize(cam.shape[::-1], Image.Resampling.NEAREST))
     return bool(region.flat[int(cam.argmax())])
 
 
 def choose_labels(spec: str, probs: np.ndarray) -> list[int]:
-    """"top3" (the baseline's three most probable), "all", or comma-separated label names."""
+    """ "top3" (the baseline's three most probable), "all", or comma-separated label names."""
     from engine.labels import LABELS
+
     if spec == "all":
         return list(range(len(LABELS)))
     if spec.startswith("top") and spec[3:].isdigit():
@@ -157,6 +164,7 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
     nothing: its best checkpoint's model (the twin too for QAT)."""
     from engine import config, export
     from engine.evaluate import _checkpoint, qat_model
+
     cfg = config.load_run_config(run_dir / "config.toml")
     arts = export.recorded(run_dir)
     qat = cfg["quantize"]["enabled"]
@@ -165,9 +173,14 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
         kinds = have or []
     bad = [k for k in kinds if k not in have]
     if bad:
-        why = ("a post-training int8 program has no differentiable twin" if INT8_TWIN in bad and cfg["compress"]["ptq"]
-               else "explain takes fp32, sparse and (QAT runs) int8")
-        raise UserError(f"--artifacts {','.join(bad)}: run {run_dir.name} has {', '.join(have) or 'none of them'}; {why}")
+        why = (
+            "a post-training int8 program has no differentiable twin"
+            if INT8_TWIN in bad and cfg["compress"]["ptq"]
+            else "explain takes fp32, sparse and (QAT runs) int8"
+        )
+        raise UserError(
+            f"--artifacts {','.join(bad)}: run {run_dir.name} has {', '.join(have) or 'none of them'}; {why}"
+        )
     out: dict[str, nn.Module] = {}
     ck = None
     if not arts:
@@ -185,6 +198,7 @@ def shipped(run_dir: Path) -> tuple[list[str] | None, str | None]:
     """The model a run ships, as `models` kinds (None: its best checkpoint), or why it has none to
     explain: a QAT run's int8 twin, a pruned run's sparse artifact, else its fp32 artifact."""
     from engine import config, export
+
     cfg = config.load_run_config(run_dir / "config.toml")
     arts = export.recorded(run_dir)
     if cfg["quantize"]["enabled"]:
@@ -195,8 +209,16 @@ def shipped(run_dir: Path) -> tuple[list[str] | None, str | None]:
     return ([kind] if kind else None), None
 
 
-def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds: list[str] | None = None,
-                trust: bool = False, baseline=None, layer: str | None = None) -> dict:
+def explain_run(
+    run_dir,
+    paths: list[str],
+    out,
+    label_spec: str = "top3",
+    kinds: list[str] | None = None,
+    trust: bool = False,
+    baseline=None,
+    layer: str | None = None,
+) -> dict:
     """Grad-CAM of each image for the chosen labels under each model of the run, PNG overlays and one
     side-by-side figure per image in `out`, and every model's agreement with the first one's map (also
     `out/agreement.json`). The first is the baseline: the best model of `baseline` (a run dir), by
@@ -204,6 +226,7 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
     import json
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -250,13 +273,23 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
                 ax = axes[r][c]
                 ax.imshow(pixels, cmap="gray")
                 ax.imshow(maps[k][r], cmap="jet", alpha=0.4)
-                extra = f"\nr={rec['pearson']:.2f} IoU={rec['top_iou']:.2f}" if c > 0 and rec["pearson"] is not None else ""
-                ax.set_title(for_matplotlib(f"{LABELS[j]} p={probs[k][j]:.2f} "
-                                                  f"({k.split(' ')[0] if parent and c == 0 else k}){extra}"), fontsize=7)
+                extra = (
+                    f"\nr={rec['pearson']:.2f} IoU={rec['top_iou']:.2f}" if c > 0 and rec["pearson"] is not None else ""
+                )
+                ax.set_title(
+                    for_matplotlib(
+                        f"{LABELS[j]} p={probs[k][j]:.2f} ({k.split(' ')[0] if parent and c == 0 else k}){extra}"
+                    ),
+                    fontsize=7,
+                )
                 ax.axis("off")
-                writer.write(f"{stem}-{k.split(' ')[0]}-{LABELS[j]}.png", _png(plt.imsave, _overlay(pixels, maps[k][r])))
-        fig.suptitle(for_matplotlib(f"{path.name}: {run_dir.name}" + (f" vs baseline {Path(parent).name}" if parent else "")),
-                     fontsize=8)
+                writer.write(
+                    f"{stem}-{k.split(' ')[0]}-{LABELS[j]}.png", _png(plt.imsave, _overlay(pixels, maps[k][r]))
+                )
+        fig.suptitle(
+            for_matplotlib(f"{path.name}: {run_dir.name}" + (f" vs baseline {Path(parent).name}" if parent else "")),
+            fontsize=8,
+        )
         fig.tight_layout()
         writer.write(f"{stem}-compare.png", _png(fig.savefig, dpi=100))
         plt.close(fig)
@@ -269,6 +302,7 @@ def explain_run(run_dir, paths: list[str], out, label_spec: str = "top3", kinds:
 def _png(save, *args, **kwargs) -> bytes:
     """What matplotlib's `save(file, ...)` (imsave, savefig) writes, as bytes."""
     import io
+
     buf = io.BytesIO()
     save(buf, *args, format="png", **kwargs)
     return buf.getvalue()
@@ -282,28 +316,33 @@ def output_stems(files: list[Path]) -> list[str]:
     from collections import Counter
 
     from engine.sanitize import clean
+
     base = [(clean(f.stem).replace("/", "_").lstrip(".") or "image")[:80] for f in files]
     seen = Counter(base)
-    return [b if seen[b] == 1 else f"{b}-{hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:8]}"
-            for b, f in zip(base, files)]
-
+    return [
+        b if seen[b] == 1 else f"{b}-{hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:8]}"
+        for b, f in zip(base, files)
+    ]
 
 
 def _as_input(pixels: np.ndarray) -> torch.Tensor:
     """One decoded image (uint8 [H, W], `images.load`) as the normalised batch of one the models take."""
     from engine.data import to_input
+
     return to_input(torch.tensor(pixels[None]), torch.device("cpu"))
 
 
 def _overlay(pixels: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """The grayscale image with the map in the jet colour map blended over it (RGB float in [0, 1])."""
     import matplotlib
+
     rgb = np.repeat(pixels[..., None] / 255.0, 3, axis=2)
     return np.clip(0.6 * rgb + 0.4 * matplotlib.colormaps["jet"](cam)[..., :3], 0, 1)
 
 
-def sample_agreement(base_dir: Path, run_dirs: list[Path], n_images: int = 16, seed: int = 0,
-                     top: int = 3, layer: str | None = None) -> list[dict]:
+def sample_agreement(
+    base_dir: Path, run_dirs: list[Path], n_images: int = 16, seed: int = 0, top: int = 3, layer: str | None = None
+) -> list[dict]:
     """For `compare`/`report`: on a seeded sample of the baseline's test images, each run's models'
     Grad-CAM agreement with the baseline's best model for the baseline's `top` most probable labels,
     and, on a chexui demo set, how often each model's peak falls inside the drawn finding (labels the
@@ -317,7 +356,13 @@ def sample_agreement(base_dir: Path, run_dirs: list[Path], n_images: int = 16, s
         size, root = base_cfg["data"]["image_size"], data_root(base_dir)
         ids = predictions.load(predictions.path_for(base_dir, "test"))["image_ids"]
     except (UserError, DataError) as e:  # e.g. a run copied without its checkpoints
-        return [{"run": base_dir.name, "model": None, "skipped": f"the baseline has no model or test predictions to read: {e}"}]
+        return [
+            {
+                "run": base_dir.name,
+                "model": None,
+                "skipped": f"the baseline has no model or test predictions to read: {e}",
+            }
+        ]
     names = sorted(np.random.default_rng(seed).choice(ids, size=min(n_images, len(ids)), replace=False).tolist())
     files = nih.scan_images(Path(root))
     try:
@@ -335,8 +380,17 @@ def sample_agreement(base_dir: Path, run_dirs: list[Path], n_images: int = 16, s
             base_labels[name] = choose_labels(f"top{top}", probabilities(base_model(x).numpy())[0])
         base_maps[name] = gradcam(base_model, x, base_labels[name], layer)
         base_hits += _hits(base_maps[name], base_labels[name], truth.get(name))
-    out = [{"run": base_dir.name, "model": "baseline", "images": len(names), "maps": sum(map(len, base_labels.values())),
-            "pearson": None, "top_iou": None, **_rate(base_hits)}]
+    out = [
+        {
+            "run": base_dir.name,
+            "model": "baseline",
+            "images": len(names),
+            "maps": sum(map(len, base_labels.values())),
+            "pearson": None,
+            "top_iou": None,
+            **_rate(base_hits),
+        }
+    ]
     for run_dir in run_dirs:
         cfg = config.load_run_config(run_dir / "config.toml")
         if cfg["data"]["image_size"] != size or data_root(run_dir) != root:
@@ -358,15 +412,24 @@ def sample_agreement(base_dir: Path, run_dirs: list[Path], n_images: int = 16, s
                 scores += [agreement(a, b) for a, b in zip(base_maps[name], maps)]
                 hits += _hits(maps, base_labels[name], truth.get(name))
             ok = [s for s in scores if s["pearson"] is not None]
-            out.append({"run": run_dir.name, "model": kind, "images": len(names), "maps": len(scores),
-                        "pearson": float(np.mean([s["pearson"] for s in ok])) if ok else None,
-                        "top_iou": float(np.mean([s["top_iou"] for s in ok])) if ok else None, **_rate(hits)})
+            out.append(
+                {
+                    "run": run_dir.name,
+                    "model": kind,
+                    "images": len(names),
+                    "maps": len(scores),
+                    "pearson": float(np.mean([s["pearson"] for s in ok])) if ok else None,
+                    "top_iou": float(np.mean([s["top_iou"] for s in ok])) if ok else None,
+                    **_rate(hits),
+                }
+            )
     return out
 
 
 def data_root(run_dir: Path) -> Path:
     """The dataset the run trained on, as it resolved it (`run_started`; "" in the config is the demo set)."""
     from engine.events import read_events
+
     started = next((e for e in read_events(Path(run_dir) / "events.jsonl") if e["type"] == "run_started"), None)
     if not started:
         raise UserError(f"{run_dir}: no run_started event (not a chexui run dir)")
@@ -375,6 +438,7 @@ def data_root(run_dir: Path) -> Path:
 
 def _hits(maps: np.ndarray, labels: list[int], truth) -> list[bool]:
     from engine.labels import LABELS
+
     if truth is None:
         return []
     shown, regions = truth
@@ -386,13 +450,15 @@ def _rate(hits: list[bool]) -> dict:
     return {"peak_hits": sum(hits), "peak_maps": len(hits)}
 
 
-def localisation(model: nn.Module, root: Path, names: list[str], size: int, labels: list[str],
-                 layer: str | None = None) -> dict[str, dict]:
+def localisation(
+    model: nn.Module, root: Path, names: list[str], size: int, labels: list[str], layer: str | None = None
+) -> dict[str, dict]:
     """Per label: on the images of a demo set that show it, how often the model's Grad-CAM peak lies
     inside the region the generator drew it in ({"images", "hits", "rate", "chance"}; chance: the
     mean share of the image the region covers, the rate of a peak placed at random)."""
     from engine import demo, images
     from engine.labels import LABELS
+
     truth = demo.finding_regions(root, names)
     out = {lab: {"images": 0, "hits": 0, "area": 0.0} for lab in labels}
     for name, (shown, regions) in truth.items():
@@ -406,5 +472,12 @@ def localisation(model: nn.Module, root: Path, names: list[str], size: int, labe
                 out[lab]["images"] += 1
                 out[lab]["hits"] += hit
                 out[lab]["area"] += float(regions[lab].mean())
-    return {lab: {"images": v["images"], "hits": v["hits"], "rate": v["hits"] / v["images"] if v["images"] else None,
-                  "chance": v["area"] / v["images"] if v["images"] else None} for lab, v in out.items()}
+    return {
+        lab: {
+            "images": v["images"],
+            "hits": v["hits"],
+            "rate": v["hits"] / v["images"] if v["images"] else None,
+            "chance": v["area"] / v["images"] if v["images"] else None,
+        }
+        for lab, v in out.items()
+    }

@@ -35,8 +35,13 @@ from engine.errors import StorageError
 from engine.fsutil import sha256
 
 FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"
-FILES = {FP32: "model_fp32.pt", SPARSE: "model_sparse.pt", INT8: "model_int8.pt2",
-         ONNX_FP32: "model_fp32.onnx", ONNX_INT8: "model_int8.onnx"}
+FILES = {
+    FP32: "model_fp32.pt",
+    SPARSE: "model_sparse.pt",
+    INT8: "model_int8.pt2",
+    ONNX_FP32: "model_fp32.onnx",
+    ONNX_INT8: "model_int8.onnx",
+}
 CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)  # x86 int8 kernels / onnxruntime's CPU provider
 OPERATING_FILE = "chexui_operating_points.json"  # a .pt2 extra file and an ONNX metadata key
 
@@ -73,13 +78,19 @@ def gzip_bytes(path: Path) -> int:
 
 
 def artifact(kind: str, path: Path, run_dir: Path) -> dict:
-    return {"kind": kind, "path": str(path.relative_to(run_dir)), "bytes": path.stat().st_size,
-            "gzip_bytes": gzip_bytes(path), "sha256": sha256(path)}
+    return {
+        "kind": kind,
+        "path": str(path.relative_to(run_dir)),
+        "bytes": path.stat().st_size,
+        "gzip_bytes": gzip_bytes(path),
+        "sha256": sha256(path),
+    }
 
 
 def recorded(run_dir: Path) -> dict[str, dict]:
     """The artifacts of the run's last `exported` event by kind (empty when it has none)."""
     from engine.events import read_events
+
     ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
     return {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
 
@@ -92,23 +103,37 @@ def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
     export_dir = (run_dir / "export").resolve()
     path = (run_dir / str(art.get("path", ""))).resolve()
     if not path.is_relative_to(export_dir) or art.get("kind") not in FILES or path.name != FILES[art["kind"]]:
-        raise StorageError(f"{run_dir / 'events.jsonl'}: artifact path {art.get('path')!r} is not a file of "
-                           f"{export_dir}; refusing to load it")
+        raise StorageError(
+            f"{run_dir / 'events.jsonl'}: artifact path {art.get('path')!r} is not a file of "
+            f"{export_dir}; refusing to load it"
+        )
     if not path.is_file():
         raise StorageError(f"{path}: exported file is missing")
     if not trust:
         want = art.get("sha256")
         if not want:
-            raise StorageError(f"{path}: no sha256 was recorded for it (exported by an older chexui); "
-                               "pass --trust to load it anyway")
+            raise StorageError(
+                f"{path}: no sha256 was recorded for it (exported by an older chexui); pass --trust to load it anyway"
+            )
         if sha256(path) != want:
-            raise StorageError(f"{path}: sha256 differs from the one recorded at export: the file was "
-                               "changed or replaced; refusing to load it (--trust to override)")
+            raise StorageError(
+                f"{path}: sha256 differs from the one recorded at export: the file was "
+                "changed or replaced; refusing to load it (--trust to override)"
+            )
     return path
 
 
-def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, pruned: bool,
-                  int8_model: nn.Module | None, onnx: bool = True, log=print, operating: dict | None = None) -> list[dict]:
+def export_models(
+    run_dir: Path,
+    model: nn.Module,
+    arch: str,
+    image_size: int,
+    pruned: bool,
+    int8_model: nn.Module | None,
+    onnx: bool = True,
+    log=print,
+    operating: dict | None = None,
+) -> list[dict]:
     """Write the run's artifacts (rank 0) from its float model and, for QAT/PTQ runs, its converted
     int8 model; returns the `exported` event's list. `operating` (the run's thresholds and
     temperatures) travels inside every file: a checkpoint key, a .pt2 extra file, ONNX metadata."""
@@ -125,11 +150,13 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
     program = None
     if int8_model is not None:
         from engine import quant
+
         program = quant.program(int8_model, image_size)
         quant.save_int8(program, image_size, out / FILES[INT8], extra)
         written.append((INT8, out / FILES[INT8]))
     if onnx:
         from engine import onnx_export
+
         if onnx_export.missing():
             log(f"ONNX artifacts skipped: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
         else:
@@ -141,6 +168,7 @@ def export_models(run_dir: Path, model: nn.Module, arch: str, image_size: int, p
     # gzip sizes and hashes on two threads (zlib and hashlib release the GIL): a ResNet50's five files
     # are about 300 MB to compress
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(lambda kp: artifact(kp[0], kp[1], run_dir), written))
 
@@ -149,6 +177,7 @@ def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool =
     """The float model of a state dict (eval mode); `channels_last`: in the memory layout a run with
     train.channels_last trained and evaluated it in."""
     from engine.models import build_model
+
     model = build_model(arch, "none")
     model.load_state_dict(state)
     if channels_last:
@@ -169,6 +198,7 @@ def qat_model(cfg: dict, ck: dict, model: nn.Module | None = None) -> nn.Module:
     """A QAT run's fake-quantized model from its checkpoint `ck` (eval mode, observers frozen), in the
     run's memory layout: the int8 model's differentiable twin, and what `int8_model` converts."""
     from engine import quant
+
     model = model or build_float(cfg["model"]["arch"], ck["model"], cfg["train"]["channels_last"])
     qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
     qat.load_state_dict(ck["qat"])
@@ -184,6 +214,7 @@ def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module 
     its fake-quantized model converted again (seconds to a minute). `qat`: that model when the caller has
     built it already. Nothing read from the run dir is run."""
     from engine import quant
+
     path = run_dir / "checkpoints" / "best.pt"
     if ck is None:
         path, ck = best_checkpoint(run_dir)
@@ -191,13 +222,16 @@ def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module 
         try:
             return quant.from_graph_record(ck["int8_graph"])
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise StorageError(f"{path}: its int8 graph is not one chexui wrote ({str(e)[:160]}); refusing to "
-                               "run it") from None
+            raise StorageError(
+                f"{path}: its int8 graph is not one chexui wrote ({str(e)[:160]}); refusing to run it"
+            ) from None
     if cfg["quantize"]["enabled"]:
         return quant.Program(quant.convert(qat if qat is not None else qat_model(cfg, ck)))
     if cfg["compress"]["ptq"]:
-        raise StorageError(f"{path}: no int8 graph (a post-training int8 run made before chexui kept it): its int8 "
-                           "model cannot be rebuilt; use --artifact onnx_int8, or compress the parent again")
+        raise StorageError(
+            f"{path}: no int8 graph (a post-training int8 run made before chexui kept it): its int8 "
+            "model cannot be rebuilt; use --artifact onnx_int8, or compress the parent again"
+        )
     raise StorageError(f"run {run_dir.name} is neither a QAT nor a post-training int8 run: it has no int8 model")
 
 
@@ -208,13 +242,17 @@ def load_model(run_dir: Path, art: dict, trust: bool = False, cfg: dict | None =
     path = verified_path(run_dir, art, trust)
     if art["kind"] == INT8:
         from engine import config
+
         return int8_model(run_dir, cfg or config.load_run_config(run_dir / "config.toml"))
     if art["kind"] in (ONNX_FP32, ONNX_INT8):
         from engine import onnx_export
+
         return onnx_export.Session(path)
     saved = checkpoint.load(path)
     try:
         return build_float(str(saved["arch"]), saved["model"] if art["kind"] == FP32 else from_sparse(saved))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a file of another shape than chexui writes
-        raise StorageError(f"{path}: not a model file chexui wrote ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+        raise StorageError(
+            f"{path}: not a model file chexui wrote ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''})"
+        ) from None

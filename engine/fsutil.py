@@ -33,7 +33,7 @@ def fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> None:
+def write_atomic(path: str | Path, data: bytes | memoryview | str) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never a part."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
@@ -57,6 +57,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 def sha256(path: str | Path) -> str:
     """A file's sha256, read a MiB at a time."""
     import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -137,8 +138,13 @@ class OutputDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            what = "a symbolic link" if e.errno == errno.ELOOP else "not a directory" \
-                if e.errno in (errno.ENOTDIR, errno.EEXIST) else f"cannot write there ({_why(e)})"
+            what = (
+                "a symbolic link"
+                if e.errno == errno.ELOOP
+                else "not a directory"
+                if e.errno in (errno.ENOTDIR, errno.EEXIST)
+                else f"cannot write there ({_why(e)})"
+            )
             raise StorageError(f"{self.path}: {what}; choose another output directory") from None
         self.written = set(self._manifest())
 
@@ -166,13 +172,16 @@ class OutputDir:
         except FileNotFoundError:
             st = None
         if st is not None and name != self.MANIFEST and (name not in self.written or not stat.S_ISREG(st.st_mode)):
-            raise StorageError(f"{target}: exists and was not written by chexui; refusing to replace it "
-                               "(choose another output directory, or remove it)")
+            raise StorageError(
+                f"{target}: exists and was not written by chexui; refusing to replace it "
+                "(choose another output directory, or remove it)"
+            )
         raw = data.encode() if isinstance(data, str) else data
         tmp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=self.fd)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=self.fd
+            )
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(raw)
@@ -195,7 +204,7 @@ class OutputDir:
     def close(self) -> None:
         os.close(self.fd)
 
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         return self
 
     def __exit__(self, *exc) -> None:

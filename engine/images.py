@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +54,17 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
-def find(paths: list[str | Path]) -> list[Path]:
+def find(paths: Sequence[str | Path]) -> list[Path]:
     """The image files among `paths`: files as given, directories searched recursively (by suffix, or
     any file with the DICOM marker), in name order."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file()
-                          and (f.suffix.lower() in SUFFIXES or (not f.suffix and is_dicom(f))))
+            out += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and (f.suffix.lower() in SUFFIXES or (not f.suffix and is_dicom(f)))
+            )
         else:
             out.append(p)
     return out
@@ -86,6 +90,7 @@ def _check_inflated_size(path: Path, cap: int) -> None:
     """A deflated dataset is inflated whole by pydicom: count what it inflates to first, a chunk at a
     time, and refuse more than `cap` bytes (a 500 KB file of zeros inflates to gigabytes)."""
     import zlib
+
     with open(path, "rb") as f:
         head = f.read(132 + 12)
         # the file meta group's length (0002,0000 UL): the dataset starts right after the group
@@ -120,7 +125,7 @@ def _voi_lut(values: np.ndarray, item, ds) -> np.ndarray:
     if len(data) < n:
         raise DataError(f"VOI LUT has {len(data)} entries; its descriptor says {n}")
     index = np.clip(np.rint(values.astype(np.float64)) - first, 0, n - 1).astype(np.int64)
-    return (data[:n].astype(np.float32)[index] / float(2 ** bits - 1)).astype(np.float32)
+    return (data[:n].astype(np.float32)[index] / float(2**bits - 1)).astype(np.float32)
 
 
 def _window(a: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
@@ -136,6 +141,7 @@ def dicom_gray8(path: Path) -> Image.Image:
     """A single-frame grayscale DICOM as 8 bits, in the standard's order: modality LUT (rescale),
     then the VOI LUT or the window, then MONOCHROME1 inverted. Every bad value is a DataError."""
     import warnings
+
     with warnings.catch_warnings():  # pydicom warns about each odd value; the DataError says what matters
         warnings.simplefilter("ignore")
         return _dicom_gray8(path)
@@ -144,6 +150,7 @@ def dicom_gray8(path: Path) -> Image.Image:
 def _dicom_gray8(path: Path) -> Image.Image:
     import pydicom
     from pydicom.pixels import apply_modality_lut
+
     try:
         if os.path.getsize(path) > MAX_DICOM_BYTES:
             raise DataError(f"{path}: larger than {MAX_DICOM_BYTES >> 20} MiB; not one radiograph")
@@ -162,8 +169,9 @@ def _dicom_gray8(path: Path) -> Image.Image:
         if frames != 1:
             raise DataError(f"multi-frame DICOM ({frames} frames); export one frame per file")
         if _number(ds, "SamplesPerPixel", int, 1) != 1:
-            raise DataError(f"colour DICOM ({str(ds.get('PhotometricInterpretation', '?'))[:16]}); chest "
-                            "radiographs are grayscale")
+            raise DataError(
+                f"colour DICOM ({str(ds.get('PhotometricInterpretation', '?'))[:16]}); chest radiographs are grayscale"
+            )
         rows, cols = _number(ds, "Rows", int, 0), _number(ds, "Columns", int, 0)
         if rows * cols > MAX_PIXELS or rows <= 0 or cols <= 0:
             raise DataError(f"{rows} x {cols} pixels: outside 1 to {MAX_PIXELS:,} pixels (the cap for one image)")
@@ -183,12 +191,16 @@ def _dicom_gray8(path: Path) -> Image.Image:
             center, width = _number(ds, "WindowCenter", float), _number(ds, "WindowWidth", float)
             function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
             if width is None or center is None or width < (1 if function == "LINEAR" else 1e-6):
-                raise DataError(f"attribute WindowWidth = {width}: a {function} window needs a width of at least "
-                                f"{1 if function == 'LINEAR' else 'more than 0'}")
+                raise DataError(
+                    f"attribute WindowWidth = {width}: a {function} window needs a width of at least "
+                    f"{1 if function == 'LINEAR' else 'more than 0'}"
+                )
             a = _window(a, center, width, function)
         else:
             signed = _number(ds, "PixelRepresentation", int, 0)
-            lo, hi = (0.0, float(2 ** bits - 1)) if not signed else (float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1))
+            lo, hi = (
+                (0.0, float(2**bits - 1)) if not signed else (float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1))
+            )
             if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
                 lo, hi = float(a.min()), float(a.max())  # modality units (e.g. HU): their own range
             a = (np.clip(a, lo, hi) - lo) / max(hi - lo, 1e-9)

@@ -18,6 +18,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,8 +34,9 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def time_model(model, size: int, device: torch.device, batch: int, min_reps: int, budget_s: float,
-               channels_last: bool = False) -> list[float]:
+def time_model(
+    model, size: int, device: torch.device, batch: int, min_reps: int, budget_s: float, channels_last: bool = False
+) -> list[float]:
     """Seconds per forward pass, after a warm-up: at least `min_reps`, more while within `budget_s`."""
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
@@ -67,13 +69,15 @@ def measure_gpu(model, size: int, gpu: torch.device, batch: int = GPU_BATCH, bud
     (`throughput`, `bf16_throughput`); the model in channels_last, the layout cuDNN's fastest convolutions
     use. (Any device works: the CPU suite runs it.)"""
     model = model.to(gpu, memory_format=torch.channels_last)
-    out = {"batch": batch}
+    out: dict[str, float] = {"batch": batch}
     for prefix, ctx in (("", nullcontext), ("bf16_", lambda: torch.autocast(gpu.type, dtype=torch.bfloat16))):
         with ctx():
             b1 = time_model(model, size, gpu, 1, 10, budget_s / 3, channels_last=True)
             big = time_model(model, size, gpu, batch, 5, budget_s, channels_last=True)
-        out |= {f"{prefix}latency_b1_ms": 1000 * statistics.median(b1),
-                f"{prefix}throughput": batch / statistics.median(big)}
+        out |= {
+            f"{prefix}latency_b1_ms": 1000 * statistics.median(b1),
+            f"{prefix}throughput": batch / statistics.median(big),
+        }
     return out
 
 
@@ -86,12 +90,13 @@ def exported(run_dir: Path) -> tuple[list[dict], dict[str, dict]]:
     return ex["artifacts"], evals
 
 
-def compiled(model: torch.nn.Module, int8: bool) -> torch.nn.Module:
+def compiled(model: Any, int8: bool) -> Any:
     """The model through torch.compile (Inductor) with freezing: BatchNorm folded, weights constant, the
     int8 quantize/dequantize patterns of a PT2E program lowered to oneDNN int8 kernels by torchao's passes.
     Eager PT2E int8 is a reference graph (dequantize, then fp32 conv) and slower than fp32: only compiled
     is it int8 speed."""
     import torch._inductor.config as inductor
+
     inductor.freezing = True
     if int8:
         # importing torchao's x86 quantizer registers its Inductor passes (int8 weight packing, the q/dq
@@ -109,6 +114,7 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
     `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline: compiled
     PyTorch, onnxruntime or OpenVINO)."""
     from engine import config, onnx_export
+
     cfg = config.load_run_config(run_dir / "config.toml")
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
@@ -120,9 +126,16 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
             continue
         ev = next((evals[s] for s in ARTIFACT_SPLITS.get(a["kind"], ()) if s in evals), None)
         model = export.load_model(run_dir, a, trust, cfg)
-        base = {**a, "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
-                "test_auc_mean": ev["auc_mean"] if ev else None}
-        row = {**base, "runtime": RUNTIMES.get(a["kind"], "eager"), "cpu": measure(model, image_size, torch.device("cpu"))}
+        base = {
+            **a,
+            "x_fp32": a["bytes"] / fp32_bytes if fp32_bytes else None,
+            "test_auc_mean": ev["auc_mean"] if ev else None,
+        }
+        row = {
+            **base,
+            "runtime": RUNTIMES.get(a["kind"], "eager"),
+            "cpu": measure(model, image_size, torch.device("cpu")),
+        }
         cpu_only = a["kind"] in export.CPU_ONLY
         row["gpu"] = measure_gpu(model, image_size, gpu) if gpu is not None and not cpu_only else None
         if gpu is not None and cpu_only:
@@ -130,18 +143,40 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
         rows.append(row)
         if compile and a["kind"] in (export.FP32, export.INT8):
             model = copy.deepcopy(model)  # (the int8 model is rebuilt once: converting takes seconds)
-            rows.append({**base, "runtime": "compiled", "gpu": None,
-                         "cpu": measure(compiled(model, a["kind"] == export.INT8), image_size, torch.device("cpu"))})
+            rows.append(
+                {
+                    **base,
+                    "runtime": "compiled",
+                    "gpu": None,
+                    "cpu": measure(compiled(model, a["kind"] == export.INT8), image_size, torch.device("cpu")),
+                }
+            )
         if a["kind"] in RUNTIMES and onnx_export.has_openvino():
             model = onnx_export.OpenVINO(export.verified_path(run_dir, a, trust))
             # (no test AUROC: the run evaluated the file in onnxruntime, and OpenVINO's int8 kernels round
             # differently - 0.4 in the logits of a random input, measured)
-            rows.append({**base, "runtime": "openvino", "test_auc_mean": None, "gpu": None,
-                         "cpu": measure(model, image_size, torch.device("cpu"))})
-    best_fp32 = max((r["cpu"]["throughput_b32"] for r in rows if r["kind"] in (export.FP32, export.ONNX_FP32)),
-                    default=None)
+            rows.append(
+                {
+                    **base,
+                    "runtime": "openvino",
+                    "test_auc_mean": None,
+                    "gpu": None,
+                    "cpu": measure(model, image_size, torch.device("cpu")),
+                }
+            )
+    best_fp32 = max(
+        (r["cpu"]["throughput_b32"] for r in rows if r["kind"] in (export.FP32, export.ONNX_FP32)), default=None
+    )
     for r in rows:
         r["x_fp32_speed"] = r["cpu"]["throughput_b32"] / best_fp32 if best_fp32 else None
-    return {"run": run_dir.name, "image_size": image_size, "cpu": cpu_name(), "cpu_int8_isa": int8_isa(),
-            "threads": torch.get_num_threads(), "cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None, "artifacts": rows, "skipped": skipped}
+    return {
+        "run": run_dir.name,
+        "image_size": image_size,
+        "cpu": cpu_name(),
+        "cpu_int8_isa": int8_isa(),
+        "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
+        "artifacts": rows,
+        "skipped": skipped,
+    }

@@ -17,8 +17,9 @@ def per_class_auroc(targets: np.ndarray, scores: np.ndarray) -> tuple[dict[str, 
         pos = int(y.sum())
         if pos == 0 or pos == len(y):
             aucs[name] = None
-            reasons.append(f"{name}: AUC undefined ({'no positives' if pos == 0 else 'no negatives'} "
-                           f"among {len(y)} images)")
+            reasons.append(
+                f"{name}: AUC undefined ({'no positives' if pos == 0 else 'no negatives'} among {len(y)} images)"
+            )
         else:
             aucs[name] = float(roc_auc_score(y, scores[:, j]))
     defined = [v for v in aucs.values() if v is not None]

@@ -1,4 +1,4 @@
-"""CheXNet-style models from torchvision with a 14-logit head."""
+"""CheXNet-style models with a 14-logit head, built from the architecture table (engine/archs.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,26 @@ import torch
 from torch import nn
 from torchvision import models
 
+from engine import archs
 from engine.errors import ConfigError
 from engine.labels import NUM_CLASSES
 
-ARCHS = ("densenet121", "resnet50", "resnet18")
-
 
 def _replace_head(model: nn.Module, arch: str) -> nn.Module:
-    if arch.startswith("densenet"):
-        model.classifier = nn.Linear(model.classifier.in_features, NUM_CLASSES)
-    else:
-        model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
+    head = archs.get(arch).head
+    old = model.get_submodule(head)
+    assert isinstance(old, nn.Linear), f"{arch}.{head} is not an nn.Linear"
+    setattr(model, head, nn.Linear(old.in_features, NUM_CLASSES))
     return model
+
+
+def _body(arch: str) -> nn.Module:
+    """The architecture's network with random weights (its own head still on)."""
+    spec = archs.get(arch)
+    if spec.torchvision:
+        return models.get_model(spec.torchvision, weights=None)
+    assert spec.build is not None  # (archs.register requires one of the two)
+    return spec.build()
 
 
 def _imagenet(arch: str, name: str) -> nn.Module:
@@ -33,19 +41,25 @@ def _imagenet(arch: str, name: str) -> nn.Module:
     except Exception as e:  # offline: URLError, OSError, RuntimeError from the hub download
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise ConfigError(
-            f"model.pretrained = \"imagenet\": cannot get the ImageNet weights {name} for {arch} ({type(e).__name__}: "
-            f"{e}). Download {weights.url} to {cache}, or set model.pretrained = \"none\" "
-            "or a path to a state-dict file") from None
+            f'model.pretrained = "imagenet": cannot get the ImageNet weights {name} for {arch} ({type(e).__name__}: '
+            f'{e}). Download {weights.url} to {cache}, or set model.pretrained = "none" '
+            "or a path to a state-dict file"
+        ) from None
 
 
 def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_V1", log=None) -> nn.Module:
-    """arch in ARCHS; pretrained: "imagenet" (torchvision's `weights`, e.g. IMAGENET1K_V1, from the hub
-    cache), "none", or a state-dict path (loaded by `load_pretrained`; `log` gets its counts)."""
-    if arch not in ARCHS:
-        raise ConfigError(f"model.arch = {arch!r}: expected one of {', '.join(ARCHS)}")
+    """arch: a name in the architecture table; pretrained: "imagenet" (torchvision's `weights`, e.g.
+    IMAGENET1K_V1, from the hub cache), "none", or a state-dict path (loaded by `load_pretrained`; `log`
+    gets its counts)."""
+    spec = archs.get(arch)
     if pretrained == "imagenet":
-        return _replace_head(_imagenet(arch, weights), arch)
-    model = _replace_head(models.get_model(arch, weights=None), arch)
+        if not spec.torchvision:
+            raise ConfigError(
+                f'model.pretrained = "imagenet": {arch} has no ImageNet weights in chexui\'s '
+                'architecture table (expected "none" or a path to a state-dict file)'
+            )
+        return _replace_head(_imagenet(spec.torchvision, weights), arch)
+    model = _replace_head(_body(arch), arch)
     if pretrained not in ("none", ""):
         counts = load_pretrained(model, pretrained, arch)
         if log:
@@ -55,19 +69,24 @@ def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_
 
 # torchvision's DenseNets before 0.3 named a layer's BatchNorm/ReLU/conv `norm.1`, `relu.1`, `conv.1`
 # (torchvision's densenet.py remaps them the same way when it loads its own old files)
-_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
 # wrappers around the backbone: DataParallel/DDP (`module.`), CheXNet reimplementations (arnoweng/CheXNet:
-# `densenet121.`), Lightning-style `model.`
-_PREFIXES = ("module.", "densenet121.", "resnet50.", "resnet18.", "model.", "backbone.")
+# `densenet121.`, an architecture's name), Lightning-style `model.`
+def _prefixes() -> tuple[str, ...]:
+    return ("module.", "model.", "backbone.", *(f"{name}." for name in archs.names()))
 
 
 def remap_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A foreign state dict's keys in torchvision's current names: wrapper prefixes stripped (repeatedly:
     `module.densenet121.`), legacy DenseNet `norm.1` -> `norm1`."""
-    out = {}
+    out, prefixes = {}, _prefixes()
     for key, value in state.items():
         k = key
-        while k.startswith(_PREFIXES):
+        while k.startswith(prefixes):
             k = k.split(".", 1)[1]
         m = _LEGACY_DENSENET.match(k)
         out[m.group(1) + m.group(2) if m else k] = value
@@ -76,7 +95,7 @@ def remap_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def is_head(arch: str, key: str) -> bool:
     """The classifier the 14-label head replaces (ImageNet files have 1,000 classes there)."""
-    return key.startswith("classifier." if arch.startswith("densenet") else "fc.")
+    return key.startswith(archs.get(arch).head + ".")
 
 
 def load_pretrained(model: nn.Module, path: str | Path, arch: str) -> dict:
@@ -87,13 +106,15 @@ def load_pretrained(model: nn.Module, path: str | Path, arch: str) -> dict:
     The head may be missing or of another shape (ImageNet's 1,000 classes): it starts fresh."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"model.pretrained = {str(path)!r}: file not found "
-                          "(expected \"imagenet\", \"none\" or a state-dict path)")
+        raise ConfigError(
+            f'model.pretrained = {str(path)!r}: file not found (expected "imagenet", "none" or a state-dict path)'
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, or one holding more than tensors
-        raise ConfigError(f"model.pretrained = {str(path)!r}: not a state-dict file torch can read safely "
-                          f"({type(e).__name__})") from None
+        raise ConfigError(
+            f"model.pretrained = {str(path)!r}: not a state-dict file torch can read safely ({type(e).__name__})"
+        ) from None
     for key in ("model", "state_dict", "model_state_dict"):  # checkpoints that wrap the state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -103,21 +124,31 @@ def load_pretrained(model: nn.Module, path: str | Path, arch: str) -> dict:
     usable = {k: v for k, v in given.items() if k in own and own[k].shape == v.shape}
     mismatched = sorted(k for k in given if k in own and own[k].shape != given[k].shape)
     missing = sorted(k for k in own if k not in usable)
-    counts = {"loaded": len(usable), "missing": len(missing), "unexpected": len(set(given) - set(own)),
-              "mismatched": len(mismatched), "head_loaded": any(is_head(arch, k) for k in usable),
-              "first_missing": missing[:3], "first_unexpected": sorted(set(given) - set(own))[:3]}
+    counts = {
+        "loaded": len(usable),
+        "missing": len(missing),
+        "unexpected": len(set(given) - set(own)),
+        "mismatched": len(mismatched),
+        "head_loaded": any(is_head(arch, k) for k in usable),
+        "first_missing": missing[:3],
+        "first_unexpected": sorted(set(given) - set(own))[:3],
+    }
     backbone_missing = [k for k in missing if not is_head(arch, k) and not k.endswith("num_batches_tracked")]
     if backbone_missing:
-        raise ConfigError(f"model.pretrained = {str(path)!r}: {len(backbone_missing)} {arch} backbone tensors are "
-                          f"missing or of another shape (first: {', '.join(backbone_missing[:3])}); "
-                          f"{loading_text(counts)}. Refusing to train from a partly random backbone")
+        raise ConfigError(
+            f"model.pretrained = {str(path)!r}: {len(backbone_missing)} {arch} backbone tensors are "
+            f"missing or of another shape (first: {', '.join(backbone_missing[:3])}); "
+            f"{loading_text(counts)}. Refusing to train from a partly random backbone"
+        )
     model.load_state_dict(usable, strict=False)
     return counts
 
 
 def loading_text(c: dict) -> str:
-    return (f"{c['loaded']} tensors loaded, {c['missing']} missing, {c['unexpected']} unexpected, "
-            f"{c['mismatched']} of another shape" + ("" if c["head_loaded"] else "; the 14-label head starts fresh"))
+    return (
+        f"{c['loaded']} tensors loaded, {c['missing']} missing, {c['unexpected']} unexpected, "
+        f"{c['mismatched']} of another shape" + ("" if c["head_loaded"] else "; the 14-label head starts fresh")
+    )
 
 
 class WeightedBCE(nn.Module):
@@ -130,9 +161,12 @@ class WeightedBCE(nn.Module):
     def __init__(self, pos, neg, weighted: bool = True):
         super().__init__()
         import numpy as np
+
         pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
         total = np.maximum(pos + neg, 1)
         wp, wn = (neg / total, pos / total) if weighted else (np.ones_like(pos), np.ones_like(neg))
+        self.wp: torch.Tensor
+        self.wn: torch.Tensor
         self.register_buffer("wp", torch.tensor(wp, dtype=torch.float32))
         self.register_buffer("wn", torch.tensor(wn, dtype=torch.float32))
 

@@ -21,8 +21,12 @@ from PIL import Image
 from engine.errors import DataError
 from engine.labels import LABELS, NO_FINDING
 
-CSV_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv",
-             "Data_Entry_2017.csv.gz", "Data_Entry_2017_v2020.csv.gz")
+CSV_NAMES = (
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017.csv.gz",
+    "Data_Entry_2017_v2020.csv.gz",
+)
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 SPLITS = ("train", "val", "test")
 
@@ -31,10 +35,10 @@ SPLITS = ("train", "val", "test")
 class NIHIndex:
     root: Path
     csv: Path
-    names: np.ndarray          # image file names, CSV order
-    labels: np.ndarray         # uint8 [N, 14] in LABELS order; "No Finding" = all zeros
-    patients: np.ndarray       # int64 patient ids
-    views: np.ndarray          # "PA"/"AP"/... or "" when the column is absent
+    names: np.ndarray  # image file names, CSV order
+    labels: np.ndarray  # uint8 [N, 14] in LABELS order; "No Finding" = all zeros
+    patients: np.ndarray  # int64 patient ids
+    views: np.ndarray  # "PA"/"AP"/... or "" when the column is absent
     paths: list[Path] = field(default_factory=list)  # resolved image paths ([] when not checked)
 
     def __len__(self) -> int:
@@ -45,8 +49,10 @@ def find_csv(root: Path) -> Path:
     for name in CSV_NAMES:
         if (root / name).is_file():
             return root / name
-    raise DataError(f"{root / CSV_NAMES[0]}: not found (an NIH-layout dataset needs "
-                    "Data_Entry_2017.csv and images/; `chexui data demo OUT` makes one)")
+    raise DataError(
+        f"{root / CSV_NAMES[0]}: not found (an NIH-layout dataset needs "
+        "Data_Entry_2017.csv and images/; `chexui data demo OUT` makes one)"
+    )
 
 
 def read_labels(csv: Path) -> pd.DataFrame:
@@ -68,8 +74,7 @@ def read_labels(csv: Path) -> pd.DataFrame:
     if dup.any():
         i = int(np.argmax(dup.to_numpy()))
         first = int(np.argmax((names == names.iloc[i]).to_numpy()))
-        raise DataError(f"{csv}: row {i + 2}: image '{names.iloc[i]}' listed twice "
-                        f"(first at row {first + 2})")
+        raise DataError(f"{csv}: row {i + 2}: image '{names.iloc[i]}' listed twice (first at row {first + 2})")
     empty = names == ""
     if empty.any():
         raise DataError(f"{csv}: row {int(np.argmax(empty.to_numpy())) + 2}: empty 'Image Index'")
@@ -80,8 +85,10 @@ def read_labels(csv: Path) -> pd.DataFrame:
     if unknown:
         bad = unknown[0]
         i = int(np.argmax(onehot[bad].to_numpy() > 0))
-        raise DataError(f"{csv}: row {i + 2} (image '{names.iloc[i]}'): unknown label '{bad}'; "
-                        f"allowed: {', '.join(LABELS)}, {NO_FINDING}")
+        raise DataError(
+            f"{csv}: row {i + 2} (image '{names.iloc[i]}'): unknown label '{bad}'; "
+            f"allowed: {', '.join(LABELS)}, {NO_FINDING}"
+        )
     labels = np.zeros((len(df), len(LABELS)), dtype=np.uint8)
     for j, name in enumerate(LABELS):
         if name in onehot.columns:
@@ -89,11 +96,11 @@ def read_labels(csv: Path) -> pd.DataFrame:
     pid = pd.to_numeric(df["Patient ID"], errors="coerce")
     if pid.isna().any():
         i = int(np.argmax(pid.isna().to_numpy()))
-        raise DataError(f"{csv}: row {i + 2}: 'Patient ID' is {df['Patient ID'].iloc[i]!r}, "
-                        "expected an integer")
+        raise DataError(f"{csv}: row {i + 2}: 'Patient ID' is {df['Patient ID'].iloc[i]!r}, expected an integer")
     views = df["View Position"].to_numpy(dtype=str) if "View Position" in df else np.full(len(df), "")
-    return pd.DataFrame({"name": names.to_numpy(), "patient": pid.astype(np.int64).to_numpy(),
-                         "view": views}).assign(_labels=list(labels))
+    return pd.DataFrame({"name": names.to_numpy(), "patient": pid.astype(np.int64).to_numpy(), "view": views}).assign(
+        _labels=list(labels)
+    )
 
 
 def scan_images(root: Path) -> dict[str, Path]:
@@ -112,8 +119,10 @@ def scan_images(root: Path) -> dict[str, Path]:
                     if not is_file:
                         continue
                     if e.name in found:
-                        raise DataError(f"{e.path}: the image name '{e.name}' is also at {found[e.name]}; "
-                                        "each name must be in one place only")
+                        raise DataError(
+                            f"{e.path}: the image name '{e.name}' is also at {found[e.name]}; "
+                            "each name must be in one place only"
+                        )
                     found[e.name] = Path(e.path)
     return found
 
@@ -126,8 +135,14 @@ def index_dataset(root: str | Path, check_files: bool = True, csv: str | Path | 
     csv = Path(csv) if csv else find_csv(root)
     df = read_labels(csv)
     labels = np.stack(df["_labels"].to_numpy()) if len(df) else np.zeros((0, len(LABELS)), np.uint8)
-    index = NIHIndex(root=root, csv=csv, names=df["name"].to_numpy(dtype=object),
-                     labels=labels, patients=df["patient"].to_numpy(), views=df["view"].to_numpy())
+    index = NIHIndex(
+        root=root,
+        csv=csv,
+        names=df["name"].to_numpy(dtype=object),
+        labels=labels,
+        patients=df["patient"].to_numpy(),
+        views=df["view"].to_numpy(),
+    )
     if check_files:
         found = scan_images(root)
         if not found:
@@ -144,8 +159,10 @@ def index_dataset(root: str | Path, check_files: bool = True, csv: str | Path | 
 
 # ---------------------------------------------------------------- splits
 
-def split_by_patient(patients: np.ndarray, val_fraction: float, test_fraction: float,
-                     seed: int) -> dict[str, np.ndarray]:
+
+def split_by_patient(
+    patients: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
     """Random split of the *patients* (never of images) into train/val/test image indices."""
     uniq = np.unique(patients)
     rng = np.random.default_rng(seed)
@@ -155,7 +172,7 @@ def split_by_patient(patients: np.ndarray, val_fraction: float, test_fraction: f
     if n_test + n_val >= len(uniq):
         raise DataError(f"only {len(uniq)} patients: too few to split into train/val/test")
     group = {int(p): "test" for p in order[:n_test]}
-    group.update({int(p): "val" for p in order[n_test:n_test + n_val]})
+    group.update({int(p): "val" for p in order[n_test : n_test + n_val]})
     which = np.array([group.get(int(p), "train") for p in patients])
     return {s: np.flatnonzero(which == s) for s in SPLITS}
 
@@ -166,15 +183,16 @@ def official_split(index: NIHIndex, val_fraction: float, seed: int) -> dict[str,
     for name in ("train_val_list.txt", "test_list.txt"):
         p = index.root / name
         if not p.is_file():
-            raise DataError(f"{p}: not found (needed for data.split = \"official\"; "
-                            "use data.split = \"patient\" otherwise)")
+            raise DataError(
+                f'{p}: not found (needed for data.split = "official"; use data.split = "patient" otherwise)'
+            )
         lists[name] = set(p.read_text().split())
     pos = {n: i for i, n in enumerate(index.names)}
     test = np.array(sorted(pos[n] for n in lists["test_list.txt"] if n in pos), dtype=np.int64)
     trval = np.array(sorted(pos[n] for n in lists["train_val_list.txt"] if n in pos), dtype=np.int64)
     uniq = np.unique(index.patients[trval])
     rng = np.random.default_rng(seed)
-    val_patients = set(rng.permutation(uniq)[:max(1, round(len(uniq) * val_fraction))].tolist())
+    val_patients = set(rng.permutation(uniq)[: max(1, round(len(uniq) * val_fraction))].tolist())
     is_val = np.array([int(p) in val_patients for p in index.patients[trval]], dtype=bool)
     return {"train": trval[~is_val], "val": trval[is_val], "test": test}
 
@@ -182,8 +200,7 @@ def official_split(index: NIHIndex, val_fraction: float, seed: int) -> dict[str,
 def make_split(index: NIHIndex, data_cfg: dict) -> dict[str, np.ndarray]:
     if data_cfg["split"] == "official":
         return official_split(index, data_cfg["val_fraction"], data_cfg["seed"])
-    return split_by_patient(index.patients, data_cfg["val_fraction"], data_cfg["test_fraction"],
-                            data_cfg["seed"])
+    return split_by_patient(index.patients, data_cfg["val_fraction"], data_cfg["test_fraction"], data_cfg["seed"])
 
 
 def leakage(index: NIHIndex, split: dict[str, np.ndarray]) -> int:
@@ -196,8 +213,12 @@ def split_manifest(index: NIHIndex, split: dict[str, np.ndarray]) -> dict:
     """The split as image names per part, with the sha256 of its canonical JSON."""
     body = {s: [str(n) for n in index.names[split[s]]] for s in SPLITS}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return {"sha256": digest, "counts": {s: len(body[s]) for s in SPLITS},
-            "leakage_patients": leakage(index, split), **body}
+    return {
+        "sha256": digest,
+        "counts": {s: len(body[s]) for s in SPLITS},
+        "leakage_patients": leakage(index, split),
+        **body,
+    }
 
 
 def label_counts(labels: np.ndarray) -> dict[str, int]:
@@ -207,6 +228,7 @@ def label_counts(labels: np.ndarray) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- images
+
 
 def to_gray8(im: Image.Image) -> Image.Image:
     """Any PIL mode (L, RGB, RGBA, I;16 ...) as 8-bit grayscale: 16-bit scaled by 255/65535."""
@@ -263,10 +285,16 @@ def check_dataset(root: str | Path, decode: bool = True, max_problems: int = 20)
     split = split_by_patient(index.patients, 0.1, 0.2, 0)
     views = pd.Series(index.views).value_counts().to_dict()
     summary = {
-        "root": str(index.root), "csv": str(index.csv), "images": len(index),
-        "patients": int(len(np.unique(index.patients))), "label_counts": label_counts(index.labels),
-        "views": {str(k): int(v) for k, v in views.items() if k}, "image_formats": sizes,
-        "split": {s: int(len(split[s])) for s in SPLITS}, "leakage_patients": leakage(index, split),
-        "official_split": (index.root / "test_list.txt").is_file(), "problems": problems,
+        "root": str(index.root),
+        "csv": str(index.csv),
+        "images": len(index),
+        "patients": int(len(np.unique(index.patients))),
+        "label_counts": label_counts(index.labels),
+        "views": {str(k): int(v) for k, v in views.items() if k},
+        "image_formats": sizes,
+        "split": {s: int(len(split[s])) for s in SPLITS},
+        "leakage_patients": leakage(index, split),
+        "official_split": (index.root / "test_list.txt").is_file(),
+        "problems": problems,
     }
     return summary

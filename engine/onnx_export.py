@@ -33,18 +33,27 @@ def missing() -> list[str]:
     return [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
 
 
-def save(model: nn.Module | torch.export.ExportedProgram, image_size: int, path,
-         metadata: dict[str, str] | None = None) -> None:
+def save(
+    model: nn.Module | torch.export.ExportedProgram, image_size: int, path, metadata: dict[str, str] | None = None
+) -> None:
     """Export a float model or an int8 program to ONNX at `path` (atomically), with `metadata` as the
     model's metadata_props (strings)."""
     from engine.fsutil import write_atomic
+
     example = (torch.zeros(2, 3, image_size, image_size),)
     if isinstance(model, nn.Module):
         model = model.cpu().eval()
-    program = torch.onnx.export(model, example, dynamo=True, verbose=False, input_names=["image"],
-                                output_names=["logits"], external_data=False,
-                                dynamic_shapes=None if isinstance(model, torch.export.ExportedProgram)
-                                else ({0: torch.export.Dim("batch")},))
+    program = torch.onnx.export(
+        model,
+        example,
+        dynamo=True,
+        verbose=False,
+        input_names=["image"],
+        output_names=["logits"],
+        external_data=False,
+        dynamic_shapes=None if isinstance(model, torch.export.ExportedProgram) else ({0: torch.export.Dim("batch")},),
+    )
+    assert program is not None  # (torch.onnx.export returns the program with dynamo=True, its default)
     proto = program.model_proto
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
@@ -56,7 +65,7 @@ class _Runtime(nn.Module):
     """An ONNX model in another runtime, called like the torch models it stands beside: NCHW float32
     in, logits out; nothing in it depends on train/eval mode."""
 
-    def train(self, mode: bool = True) -> "_Runtime":
+    def train(self, mode: bool = True) -> _Runtime:
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +86,7 @@ def self_contained(path) -> bytes:
 
     from engine.errors import StorageError
     from engine.fsutil import read_regular
+
     data = read_regular(path)
     try:
         model = onnx.load_from_string(data)
@@ -84,13 +94,16 @@ def self_contained(path) -> bytes:
         raise StorageError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     outside = next((t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL), None)
     if outside is not None:
-        raise StorageError(f"{path}: tensor {outside!r} keeps its data in another file; chexui runs only "
-                           "self-contained ONNX files (as it writes them)")
+        raise StorageError(
+            f"{path}: tensor {outside!r} keeps its data in another file; chexui runs only "
+            "self-contained ONNX files (as it writes them)"
+        )
     return data
 
 
 def _tensors(model):
     """Every tensor of an ONNX model: initializers and constant attributes, in subgraphs and functions too."""
+
     def graph(g):
         yield from g.initializer
         for sp in g.sparse_initializer:
@@ -124,6 +137,7 @@ class Session(_Runtime):
         import onnxruntime as ort
 
         from engine.errors import StorageError
+
         data = self_contained(path)
         try:
             self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -146,6 +160,7 @@ class OpenVINO(_Runtime):
         import tempfile
 
         import openvino as ov
+
         with tempfile.TemporaryDirectory() as tmp:  # the checked bytes, in a directory of their own
             model = f"{tmp}/model.onnx"
             with open(model, "wb") as f:

@@ -17,6 +17,8 @@ a threshold do not change; only the probabilities shown do.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from engine import config
@@ -32,7 +34,9 @@ parse_rule = config.parse_operating_point  # (the grammar of the config value li
 def threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float | None:
     """One label's threshold under `rule`; None when the split has no positives or no negatives."""
     from sklearn.metrics import precision_recall_curve, roc_curve
+
     name, target = parse_rule(rule)
+    target = 0.0 if target is None else target  # (youden and f1 take none)
     y = np.asarray(y).astype(bool)
     if y.all() or not y.any():
         return None
@@ -58,20 +62,31 @@ def choose(labels: np.ndarray, probs: np.ndarray, rule: str) -> dict[str, float 
 def _rates(tp, fp, tn, fn) -> dict[str, np.ndarray]:
     """The five metrics from confusion counts (arrays broadcast); NaN where a denominator is 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / (tp + fp),
-                "npv": tn / (tn + fn), "f1": 2 * tp / (2 * tp + fp + fn)}
+        return {
+            "sensitivity": tp / (tp + fn),
+            "specificity": tn / (tn + fp),
+            "ppv": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+        }
 
 
-def _none(v: float) -> float | None:
+def _none(v: Any) -> float | None:
     return None if not np.isfinite(v) else float(v)
 
 
-def at_thresholds(labels: np.ndarray, probs: np.ndarray, thresholds: dict[str, float | None],
-                  patients: np.ndarray | None = None, spec=None) -> dict[str, dict | None]:
+def at_thresholds(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: dict[str, float | None],
+    patients: np.ndarray | None = None,
+    spec=None,
+) -> dict[str, dict | None]:
     """Per label at its threshold: the five metrics and the confusion counts, and with `patients` and a
     bootstrap `spec`, each metric's 95 % interval from the same patient resamples as the AUROC's
     (`{metric}_ci: [lo, hi]`). None for a label without a threshold."""
     from engine import bootstrap
+
     counts = codes = None
     if spec is not None and patients is not None and len(patients):
         codes, counts = bootstrap.patient_counts(patients, spec.resamples, spec.seed)
@@ -84,22 +99,28 @@ def at_thresholds(labels: np.ndarray, probs: np.ndarray, thresholds: dict[str, f
         y, call = labels[:, j].astype(bool), probs[:, j] >= t
         cells = {"tp": call & y, "fp": call & ~y, "tn": ~call & ~y, "fn": ~call & y}
         point = _rates(*(np.float64(c.sum()) for c in cells.values()))
-        rec = {"threshold": t, **{m: _none(v) for m, v in point.items()},
-               **{k: int(c.sum()) for k, c in cells.items()}}
+        rec: dict[str, Any] = {
+            "threshold": t,
+            **{m: _none(v) for m, v in point.items()},
+            **{k: int(c.sum()) for k, c in cells.items()},
+        }
         if counts is not None:
             # each resample weighs image i by how often its patient was drawn: confusion counts are
             # weighted sums, a matrix product per cell (blocks of resamples keep memory small)
-            reps = {m: [] for m in METRICS}
+            reps: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
             for b0 in range(0, len(counts), 100):
-                w = counts[b0:b0 + 100][:, codes].astype(np.float64)
+                w = counts[b0 : b0 + 100][:, codes].astype(np.float64)
                 r = _rates(*(w @ c.astype(np.float64) for c in cells.values()))
                 for m in METRICS:
                     reps[m].append(r[m])
             for m in METRICS:
                 v = np.concatenate(reps[m])
                 v = v[np.isfinite(v)]
-                rec[f"{m}_ci"] = ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-                                  if len(v) >= 0.9 * len(counts) else None)  # undefined in >10 % of resamples
+                rec[f"{m}_ci"] = (
+                    [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+                    if len(v) >= 0.9 * len(counts)
+                    else None
+                )  # undefined in >10 % of resamples
         out[name] = rec
     return out
 
@@ -123,26 +144,32 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> tuple[np.
 
 
 def eces(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    return {name: (ece(labels[:, j], probs[:, j]) if 0 < labels[:, j].sum() < len(labels) else None)
-            for j, name in enumerate(LABELS)}
+    return {
+        name: (ece(labels[:, j], probs[:, j]) if 0 < labels[:, j].sum() < len(labels) else None)
+        for j, name in enumerate(LABELS)
+    }
 
 
 def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     """The temperature T in [0.05, 20] minimising the BCE of sigmoid(logits / T) on these (validation) images."""
     from scipy.optimize import minimize_scalar
+
     y, z = np.asarray(y, np.float64), np.asarray(logits, np.float64)
 
     def nll(log_t: float) -> float:
         s = z / np.exp(log_t)
         return float(np.mean(np.logaddexp(0, s) - y * s))  # BCE with logits, stable
+
     res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
 
 
 def temperatures(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """Per-label temperatures; 1.0 for a label without both classes."""
-    return {name: (fit_temperature(labels[:, j], logits[:, j]) if 0 < labels[:, j].sum() < len(labels) else 1.0)
-            for j, name in enumerate(LABELS)}
+    return {
+        name: (fit_temperature(labels[:, j], logits[:, j]) if 0 < labels[:, j].sum() < len(labels) else 1.0)
+        for j, name in enumerate(LABELS)
+    }
 
 
 def logits_of(probs: np.ndarray) -> np.ndarray:
@@ -162,11 +189,14 @@ def recorded(run_dir) -> dict | None:
     from pathlib import Path
 
     from engine.events import read_events
+
     evs = [e for e in read_events(Path(run_dir) / "events.jsonl") if e["type"] == "operating_points"]
     return evs[-1] if evs else None
 
 
 def calls(probs: np.ndarray, thresholds: dict[str, float | None]) -> list[list[bool | None]]:
     """Positive (True) / negative (False) per image and label at the thresholds; None without one."""
-    return [[None if thresholds.get(name) is None else bool(p[j] >= thresholds[name]) for j, name in enumerate(LABELS)]
-            for p in np.asarray(probs)]
+    return [
+        [None if thresholds.get(name) is None else bool(p[j] >= thresholds[name]) for j, name in enumerate(LABELS)]
+        for p in np.asarray(probs)
+    ]

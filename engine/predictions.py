@@ -29,10 +29,15 @@ def path_for(run_dir: Path, split: str) -> Path:
 def save(run_dir: Path, split: str, image_ids, patient_ids, labels, probs) -> Path:
     path = path_for(run_dir, split)
     buf = io.BytesIO()
-    np.savez_compressed(buf, image_ids=np.asarray(image_ids, dtype=str), patient_ids=np.asarray(patient_ids, np.int64),
-                        # float64: float32 would tie probabilities near 0 and 1 and move the AUROCs
-                        labels=np.asarray(labels, np.uint8), probs=np.asarray(probs, np.float64),
-                        label_names=np.asarray(LABELS, dtype=str))
+    np.savez_compressed(
+        buf,
+        image_ids=np.asarray(image_ids, dtype=str),
+        patient_ids=np.asarray(patient_ids, np.int64),
+        # float64: float32 would tie probabilities near 0 and 1 and move the AUROCs
+        labels=np.asarray(labels, np.uint8),
+        probs=np.asarray(probs, np.float64),
+        label_names=np.asarray(LABELS, dtype=str),
+    )
     write_atomic(path, buf.getvalue())
     return path
 
@@ -47,7 +52,11 @@ def load(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: not a readable predictions file ({type(e).__name__})") from None
     n = len(out["image_ids"])
-    if (tuple(out["label_names"]) != LABELS or out["labels"].shape != (n, len(LABELS))
-            or out["probs"].shape != (n, len(LABELS)) or out["patient_ids"].shape != (n,)):
+    if (
+        tuple(out["label_names"]) != LABELS
+        or out["labels"].shape != (n, len(LABELS))
+        or out["probs"].shape != (n, len(LABELS))
+        or out["patient_ids"].shape != (n,)
+    ):
         raise DataError(f"{path}: arrays of unexpected shape or labels")
     return out

@@ -33,7 +33,7 @@ def schedule(step: int, t0: int, t1: int, s_i: float, s_f: float, power: float) 
     return s_f + (s_i - s_f) * (1.0 - frac) ** power
 
 
-def prunable(model: nn.Module, scope: str) -> dict[str, nn.Module]:
+def prunable(model: nn.Module, scope: str) -> dict[str, nn.Conv2d | nn.Linear]:
     kinds = (nn.Conv2d,) if scope == "conv" else (nn.Conv2d, nn.Linear)
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
 
@@ -62,8 +62,8 @@ class Pruner:
         return 0.0 if default == "keep" else float(default)
 
     @staticmethod
-    def _width(m: nn.Module) -> int:
-        return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+    def _width(m: nn.Conv2d | nn.Linear) -> int:
+        return m.out_channels if isinstance(m, nn.Conv2d) else int(m.out_features)
 
     def target(self, name: str, step: int) -> float:
         s_f = self.final[name]
@@ -88,8 +88,9 @@ class Pruner:
                 # channels_last weight (CUDA's default here) does not allow: select on a row-major copy.
                 # The mask is then layout-independent (same in a checkpoint whatever the device).
                 w = m.weight.detach().contiguous()
-                self.masks[name] = tprune.L1Unstructured(amount=amount).compute_mask(
-                    w, default_mask=torch.ones_like(w)).bool()
+                self.masks[name] = (
+                    tprune.L1Unstructured(amount=amount).compute_mask(w, default_mask=torch.ones_like(w)).bool()
+                )
             self.last_update = step
             self._factors = None
         self.apply()
@@ -113,8 +114,14 @@ class Pruner:
         return zeros / max(1, sum(m.weight.numel() for m in self.layers.values()))
 
     def layer_sparsity(self) -> dict[str, dict]:
-        return {name: {"out_channels": self._width(m), "target": self.final[name],
-                       "sparsity": float((m.weight == 0).float().mean())} for name, m in self.layers.items()}
+        return {
+            name: {
+                "out_channels": self._width(m),
+                "target": self.final[name],
+                "sparsity": float((m.weight == 0).float().mean()),
+            }
+            for name, m in self.layers.items()
+        }
 
     def state_dict(self) -> dict:
         return {"masks": {k: v.cpu() for k, v in self.masks.items()}, "last_update": self.last_update}

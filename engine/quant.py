@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ def prepare(model: nn.Module, q: dict, image_size: int) -> nn.Module:
     """The QAT model (a GraphModule) for a float model in train mode; `q` is the [quantize] config."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
     model.train()
     captured = _captured(model, image_size)
     with _patterns_of_present_convs(captured):
@@ -58,6 +60,7 @@ def _quantizer(model: nn.Module, scope: str, is_qat: bool):
     """x86 Inductor quantization of the conv layers ("conv") or of every supported op but the classifier:
     AUROC ranks images by the 14 logits, and 256 levels over their range would tie many of them."""
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
     quantizer, config = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat)
     if scope == "all":
         head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
@@ -70,6 +73,7 @@ def post_training(model: nn.Module, scope: str, image_size: int, batches) -> nn.
     """Post-training static quantization (PT2E): observers calibrated on `batches` (normalised input
     tensors, as the model sees them in evaluation), then the int8 graph `convert` makes from a QAT model."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
     model = copy.deepcopy(model).cpu().eval()
     prepared = prepare_pt2e(_captured(model, image_size), _quantizer(model, scope, is_qat=False))
     for x in batches:
@@ -82,14 +86,15 @@ def convert(qat_model: nn.Module) -> nn.Module:
     return _without_unused_tensors(_convert(copy.deepcopy(qat_model).cpu().eval()))
 
 
-def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def _convert(prepared: nn.Module) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     with _patterns_of_present_convs(prepared):
         return convert_pt2e(prepared)
 
 
 @contextmanager
-def _patterns_of_present_convs(gm: torch.fx.GraphModule):
+def _patterns_of_present_convs(gm: nn.Module):
     """torchao fuses (QAT prepare) and folds (convert) conv-BN pairs by matching patterns of conv1d,
     conv2d, conv_transpose1d and conv_transpose2d, exporting a pattern graph for each variant of each
     kind: measured on 2 cores, 4.0 s of a ResNet18 QAT prepare's 4.6 s and 33 s of its convert's 34 s, the
@@ -98,17 +103,24 @@ def _patterns_of_present_convs(gm: torch.fx.GraphModule):
     layers pays a quarter. torchao's private helpers are wrapped only meanwhile, and only when present."""
     try:
         from torchao.quantization.pt2e import qat_utils
+
         helpers = {name: getattr(qat_utils, name) for name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")}
     except (ImportError, AttributeError):
         yield
         return
-    present = {str(n.target).split(".")[1] for n in gm.graph.nodes
-               if n.op == "call_function" and str(n.target).startswith("aten.")}
+    graph: Any = gm.graph  # (an nn.Module's attribute, typed Tensor | Module by torch's stub)
+    present = {
+        str(n.target).split(".")[1]
+        for n in graph.nodes
+        if n.op == "call_function" and str(n.target).startswith("aten.")
+    }
 
     def only_present(helper):
         def call(m, conv_fn, *args, **kwargs):
             return helper(m, conv_fn, *args, **kwargs) if conv_fn.__name__ in present else m
+
         return call
+
     for name, helper in helpers.items():
         setattr(qat_utils, name, only_present(helper))
     try:
@@ -123,6 +135,7 @@ def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     store both (1.25x the fp32 bytes). Drop every parameter and buffer the graph no longer reads.
     The result accepts .eval() (evaluation code calls it; an int8 graph has nothing mode-dependent)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
+
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
         if name not in used:
@@ -132,10 +145,13 @@ def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def _fake_quants(qat_model: nn.Module) -> dict[str, nn.Module]:
+def _fake_quants(qat_model: nn.Module) -> dict[str, Any]:
     """The fake-quantize modules of a QAT model."""
-    return {name: m for name, m in qat_model.named_modules()
-            if isinstance(getattr(m, "observer_enabled", None), torch.Tensor) and hasattr(m, "quant_max")}
+    return {
+        name: m
+        for name, m in qat_model.named_modules()
+        if isinstance(getattr(m, "observer_enabled", None), torch.Tensor) and hasattr(m, "quant_max")
+    }
 
 
 @contextmanager
@@ -161,13 +177,18 @@ def freeze_observers(qat_model: nn.Module) -> None:
 def bit_widths(qat_model: nn.Module) -> dict:
     """What the QAT model quantizes to: activation and weight bit widths (8 and 8) and how many
     fake-quant points each has. Weights are the per-channel ones."""
-    acts, weights = [], []
+    acts: list[int] = []
+    weights: list[int] = []
     for fq in _fake_quants(qat_model).values():
         bits = int(fq.quant_max - fq.quant_min + 1).bit_length() - 1
         per_channel = fq.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
         (weights if per_channel else acts).append(bits)
-    return {"activation_bits": sorted(set(acts)), "weight_bits": sorted(set(weights)),
-            "activation_points": len(acts), "weight_points": len(weights)}
+    return {
+        "activation_bits": sorted(set(acts)),
+        "weight_bits": sorted(set(weights)),
+        "activation_points": len(acts),
+        "weight_points": len(weights),
+    }
 
 
 def program(int8_model: nn.Module, image_size: int) -> torch.export.ExportedProgram:
@@ -176,13 +197,15 @@ def program(int8_model: nn.Module, image_size: int) -> torch.export.ExportedProg
     return torch.export.export(int8_model, example, dynamic_shapes=_batch_dim())
 
 
-def save_int8(int8_model: nn.Module | torch.export.ExportedProgram, image_size: int, path,
-              extra: dict[str, str] | None = None) -> None:
+def save_int8(
+    int8_model: nn.Module | torch.export.ExportedProgram, image_size: int, path, extra: dict[str, str] | None = None
+) -> None:
     """The int8 model as a `torch.export` program (.pt2), with `extra` text files in it: users load it
     with torch alone (`torch.export.load`, as much trust as unpickling: only files they made)."""
     from functools import partial
 
     from engine.checkpoint import save_atomic
+
     if not isinstance(int8_model, torch.export.ExportedProgram):
         int8_model = program(int8_model, image_size)
     save_atomic(int8_model, path, write=partial(_save_deflated, extra=extra))
@@ -194,6 +217,7 @@ def _save_deflated(program, f, extra: dict[str, str] | None = None) -> None:
     torch.export.load reads the deflated entries as they are (tensor entries stay stored)."""
     import io
     import zipfile
+
     raw = io.BytesIO()
     torch.export.save(program, raw, extra_files=extra)
     with zipfile.ZipFile(raw) as src, zipfile.ZipFile(f, "w") as dst:
@@ -210,17 +234,32 @@ MAX_NODES = 100_000
 # OpOverloads print: nothing else is admitted from a record (aten has ops that read and write files,
 # e.g. from_file, so a namespace is never admitted whole)
 INT8_OP_NAMES = (
-    "quantized_decomposed.quantize_per_tensor.default", "quantized_decomposed.dequantize_per_tensor.default",
-    "quantized_decomposed.quantize_per_channel.default", "quantized_decomposed.dequantize_per_channel.default",
-    "aten.conv2d.default", "aten.linear.default", "aten.batch_norm.default", "aten.relu.default",
-    "aten.relu_.default", "aten.add.Tensor", "aten.add_.Tensor", "aten.cat.default", "aten.max_pool2d.default",
-    "aten.avg_pool2d.default", "aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints",
-    "aten.mean.dim", "aten.hardtanh.default", "aten.hardtanh_.default")
+    "quantized_decomposed.quantize_per_tensor.default",
+    "quantized_decomposed.dequantize_per_tensor.default",
+    "quantized_decomposed.quantize_per_channel.default",
+    "quantized_decomposed.dequantize_per_channel.default",
+    "aten.conv2d.default",
+    "aten.linear.default",
+    "aten.batch_norm.default",
+    "aten.relu.default",
+    "aten.relu_.default",
+    "aten.add.Tensor",
+    "aten.add_.Tensor",
+    "aten.cat.default",
+    "aten.max_pool2d.default",
+    "aten.avg_pool2d.default",
+    "aten.adaptive_avg_pool2d.default",
+    "aten.flatten.using_ints",
+    "aten.mean.dim",
+    "aten.hardtanh.default",
+    "aten.hardtanh_.default",
+)
 _DTYPES = {str(d): d for d in (torch.uint8, torch.int8, torch.int32, torch.int64, torch.float32)}
 
 
 def _int8_ops() -> dict:
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
     ops = {}
     for name in INT8_OP_NAMES:
         namespace, op, overload = name.split(".")
@@ -231,11 +270,12 @@ def _int8_ops() -> dict:
 def graph_record(int8_model: nn.Module) -> dict:
     """A converted int8 graph as data: {"format", "nodes": JSON text, "tensors": {name: tensor}}, what
     `from_graph_record` rebuilds (a checkpoint part: torch.load(weights_only=True) reads it back)."""
-    gm = int8_model.module if isinstance(int8_model, Program) else int8_model
+    gm: Any = int8_model.module if isinstance(int8_model, Program) else int8_model
     ops = {op: name for name, op in _int8_ops().items()}
     index: dict[torch.fx.Node, int] = {}
     state = dict(gm.state_dict(keep_vars=False))
-    nodes, tensors = [], {}
+    nodes: list[dict[str, Any]] = []
+    tensors: dict[str, torch.Tensor] = {}
 
     def arg(a):
         if isinstance(a, torch.fx.Node):
@@ -247,6 +287,7 @@ def graph_record(int8_model: nn.Module) -> dict:
         if a is None or isinstance(a, (bool, int, float)):
             return a
         raise TypeError(f"int8 graph argument of type {type(a).__name__}")
+
     for n in gm.graph.nodes:
         if n.op == "call_module" and not n.users:  # torch.export's input-shape guard: nothing reads it
             continue
@@ -266,6 +307,7 @@ def graph_record(int8_model: nn.Module) -> dict:
         index[n] = len(nodes)
         nodes.append(rec)
     import json
+
     return {"format": GRAPH_FORMAT, "nodes": json.dumps(nodes), "tensors": tensors}
 
 
@@ -274,12 +316,14 @@ def from_graph_record(record: dict) -> Program:
     ops of INT8_OPS, arguments of plain types and earlier nodes, tensors of the record itself. Anything
     else raises ValueError, naming what."""
     import json
+
     if not isinstance(record, dict) or record.get("format") != GRAPH_FORMAT:
         raise ValueError(f"not a {GRAPH_FORMAT} record")
     nodes, tensors = json.loads(record["nodes"]), record["tensors"]
     if not isinstance(nodes, list) or not isinstance(tensors, dict) or len(nodes) > MAX_NODES:
         raise ValueError("ill-shaped record")
-    ops, graph, made = _int8_ops(), torch.fx.Graph(), []
+    ops, graph = _int8_ops(), torch.fx.Graph()
+    made: list[torch.fx.Node] = []
     root, inputs = nn.Module(), 0
 
     def arg(a, depth=0):
@@ -296,13 +340,17 @@ def from_graph_record(record: dict) -> Program:
         if a is None or isinstance(a, (bool, int, float)):
             return a
         raise ValueError(f"argument of type {type(a).__name__}")
+
     for i, rec in enumerate(nodes):
         op = rec.get("op") if isinstance(rec, dict) else None
         if op == "placeholder" and not inputs:
             inputs += 1
             made.append(graph.placeholder("x"))
-        elif op == "get_attr" and isinstance(tensors.get(rec.get("tensor")), torch.Tensor) \
-                and str(rec["tensor"]).isidentifier():
+        elif (
+            op == "get_attr"
+            and isinstance(tensors.get(rec.get("tensor")), torch.Tensor)
+            and str(rec["tensor"]).isidentifier()
+        ):
             if not hasattr(root, rec["tensor"]):
                 root.register_buffer(rec["tensor"], tensors[rec["tensor"]])
             made.append(graph.get_attr(rec["tensor"]))
@@ -325,7 +373,7 @@ class Program(nn.Module):
         super().__init__()
         self.module = module
 
-    def train(self, mode: bool = True) -> "Program":
+    def train(self, mode: bool = True) -> Program:
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

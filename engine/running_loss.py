@@ -53,11 +53,11 @@ class RunningLoss:
         if self.device.type == "cuda":
             host = torch.empty(2, dtype=torch.float64, pin_memory=True)
             host.copy_(pair, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event, self.n)
         else:  # the CPU has run it already
-            host, done = pair, _RAN
-        self._pending = (host, done, self.n)
+            self._pending = (pair, _RAN, self.n)
 
     def _poll(self) -> None:
         if self._pending is not None and self._pending[1].query():

@@ -37,8 +37,15 @@ class LoopbackRendezvous(StaticTCPRendezvous):
             self._listener.bind((LOOPBACK, 0))
             self._listener.listen(128)
             self.master_port = self._listener.getsockname()[1]
-            self._store = TCPStore(LOOPBACK, self.master_port, 1, True, self.timeout, multi_tenant=True,
-                                   master_listen_fd=self._listener.fileno())
+            self._store = TCPStore(
+                LOOPBACK,
+                self.master_port,
+                1,
+                True,
+                self.timeout,
+                multi_tenant=True,
+                master_listen_fd=self._listener.fileno(),
+            )
         return super().next_rendezvous()
 
 
@@ -52,6 +59,7 @@ rendezvous_handler_registry.register("loopback", create_loopback_handler)
 
 if __name__ == "__main__":
     from torch.distributed.run import main
+
     # workers check that this agent is still their parent once their parent-death signal is armed
     os.environ["CHEXUI_AGENT_PID"] = str(os.getpid())
     main()  # (raises when a worker failed: that exit keeps the normal interpreter teardown)

@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine import bootstrap, checkpoint, compress, dist, export, operating, predictions, quant
 from engine.checkpoint import RunCheckpoints
-from engine.errors import UserError
 from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
+from engine.errors import UserError
 from engine.evaluate import auroc_from_logits, eval_batch_size, predict_logits, probabilities
 from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
@@ -84,9 +84,15 @@ def plateau_scheduler(opt: torch.optim.Optimizer, t: dict) -> torch.optim.lr_sch
     1e-8). "pytorch": torch's own rule, min_delta as its relative threshold."""
     keras = t["plateau_rule"] == "keras"
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=t["plateau_factor"], min_lr=t["min_lr"], threshold=t["plateau_min_delta"],
-        threshold_mode="abs" if keras else "rel", eps=0.0 if keras else 1e-8,
-        patience=max(t["plateau_patience"] - 1, 0) if keras else t["plateau_patience"])
+        opt,
+        mode="min",
+        factor=t["plateau_factor"],
+        min_lr=t["min_lr"],
+        threshold=t["plateau_min_delta"],
+        threshold_mode="abs" if keras else "rel",
+        eps=0.0 if keras else 1e-8,
+        patience=max(t["plateau_patience"] - 1, 0) if keras else t["plateau_patience"],
+    )
 
 
 def memory_mb(device: torch.device) -> float:
@@ -113,13 +119,21 @@ def compile_seconds() -> float:
     here only: 0.0 where a release lacks it, so the run goes on without the figure."""
     try:
         from torch._dynamo.utils import calculate_time_spent
+
         return float(calculate_time_spent().get("total_wall_time", 0.0))
     except (ImportError, AttributeError):
         return 0.0
 
 
-def train_step(net: nn.Module, loss_fn: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               autocast, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def train_step(
+    net: nn.Module,
+    loss_fn: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
     """One optimizer step. The scaler is a pass-through unless it is enabled (fp16), where it scales the
     loss so that small fp16 gradients do not underflow to zero, and skips steps with inf/NaN gradients."""
     with autocast:
@@ -134,13 +148,14 @@ def train_step(net: nn.Module, loss_fn: nn.Module, opt: torch.optim.Optimizer, s
 @dataclass
 class TrainState:
     """Where training stands; saved in every checkpoint (as "state") and restored on resume."""
-    epoch: int = 0                 # last completed epoch
-    step: int = 0                  # steps done in the current epoch (a stop can land mid-epoch)
-    global_step: int = 0           # optimizer steps since the start (the pruning schedule's clock)
+
+    epoch: int = 0  # last completed epoch
+    step: int = 0  # steps done in the current epoch (a stop can land mid-epoch)
+    global_step: int = 0  # optimizer steps since the start (the pruning schedule's clock)
     best_val_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
-    loss_sum: float = 0.0          # the current epoch's train losses (every step's)
+    loss_sum: float = 0.0  # the current epoch's train losses (every step's)
     loss_n: float = 0.0
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
@@ -203,14 +218,18 @@ class Run:
         # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
         # measured), so the CPU suite runs the same weight layout as the GPU servers
         self.channels_last = self.t["channels_last"]
-        self.model = model.to(self.d.device, memory_format=torch.channels_last if self.channels_last else
-                              torch.contiguous_format)
+        self.model = model.to(  # type: ignore[call-overload]  # (torch's stub lacks device + memory_format)
+            self.d.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         # QAT trains a traced copy with fake-quant observers that shares the model's weights
         q = self.cfg["quantize"]
         self.qat = quant.prepare(self.model, q, self.dc["image_size"]) if q["enabled"] else None
         self.core = self.qat if self.qat is not None else self.model  # what trains and is validated
-        self.net = DDP(self.core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None) \
-            if self.d.active else self.core
+        self.net = (
+            DDP(self.core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None)
+            if self.d.active
+            else self.core
+        )
         # compiled: the training step (through DDP, whose optimizer splits the graph at its buckets)
         # and the evaluation pass of the same model, whose batches are padded to one shape
         self.compile_mode = compile_mode(self.t["compile"])
@@ -226,10 +245,12 @@ class Run:
         self.amp = amp_dtype(self.cfg, self.d.device)
         # fp16 gradients underflow without loss scaling (a Hernia negative weighs about 0.002)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.amp == torch.float16)
-        self.steps_per_epoch = len(train_batches(self.n_train, self.t["batch_size"], self.d.world,
-                                                 self.d.rank, self.t["seed"], 0))
-        self.pruner = Pruner(self.model, self.cfg["prune"], self.steps_per_epoch) \
-            if self.cfg["prune"]["enabled"] else None
+        self.steps_per_epoch = len(
+            train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank, self.t["seed"], 0)
+        )
+        self.pruner = (
+            Pruner(self.model, self.cfg["prune"], self.steps_per_epoch) if self.cfg["prune"]["enabled"] else None
+        )
         if self.pruner is not None and self.cfg["prune"]["schedule"] == "one_shot":
             self.pruner.step(0)  # final masks from the starting weights (a resume restores its own)
         self.int8: nn.Module | None = None  # the post-training int8 model (compress.ptq), made in test()
@@ -238,8 +259,16 @@ class Run:
     def parts(self) -> dict:
         """The named stateful parts of a checkpoint (state_dict / load_state_dict each): adding a part
         to training state is one line here."""
-        parts = {"model": self.model, "optimizer": self.opt, "scheduler": self.sched, "scaler": self.scaler,
-                 "state": self.state, "rng": RNGState(), "prune": self.pruner, "qat": self.qat}
+        parts = {
+            "model": self.model,
+            "optimizer": self.opt,
+            "scheduler": self.sched,
+            "scaler": self.scaler,
+            "state": self.state,
+            "rng": RNGState(),
+            "prune": self.pruner,
+            "qat": self.qat,
+        }
         return {k: v for k, v in parts.items() if v is not None}
 
     def resume(self) -> bool:
@@ -272,6 +301,7 @@ class Run:
         """Per-layer sparsity by epoch in the run dir (prune_layers.json)."""
         path = self.run_dir / "prune_layers.json"
         history = json.loads(path.read_text()) if path.is_file() else {}
+        assert self.pruner is not None  # (called for pruning runs only)
         history[str(epoch)] = self.pruner.layer_sparsity()
         write_atomic(path, json.dumps(history))
 
@@ -280,10 +310,15 @@ class Run:
         """Train from state.step to the end of the epoch; False when a stop was requested."""
         st = self.state
         self.net.train()
-        batches = train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank,
-                                self.t["seed"], epoch)
-        with loader(self.data.images, batches[st.step:], self.data.split["train"], self.dc["workers"],
-                    self.d.device, pin=self.d.device.type == "cuda") as dl:
+        batches = train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank, self.t["seed"], epoch)
+        with loader(
+            self.data.images,
+            batches[st.step :],
+            self.data.split["train"],
+            self.dc["workers"],
+            self.d.device,
+            pin=self.d.device.type == "cuda",
+        ) as dl:
             return self.train_steps(epoch, dl)
 
     def train_steps(self, epoch: int, dl) -> bool:
@@ -300,8 +335,15 @@ class Run:
                 torch.compiler.cudagraph_mark_step_begin()
             flip = flip_mask(len(x), self.dc["hflip"], self.t["seed"], epoch, step, self.d.rank)
             x = to_input(x, self.d.device, flip, self.channels_last)
-            loss = train_step(self.net, self.loss_fn, self.opt, self.scaler, autocast_for(self.cfg, self.d.device),
-                              x, y.to(self.d.device, non_blocking=True).float())
+            loss = train_step(
+                self.net,
+                self.loss_fn,
+                self.opt,
+                self.scaler,
+                autocast_for(self.cfg, self.d.device),
+                x,
+                y.to(self.d.device, non_blocking=True).float(),
+            )
             losses.add(loss)
             st.global_step += 1
             if self.pruner is not None:
@@ -312,8 +354,14 @@ class Run:
             known = losses.latest()
             if self.d.is_main and now - last_report > 0.5 and known is not None and math.isfinite(known[0]):
                 last_report = now
-                self.emit("progress", epoch=epoch, step=step + 1, steps=self.steps_per_epoch, loss=known[0],
-                          images_per_s=seen * self.d.world / (now - t0))
+                self.emit(
+                    "progress",
+                    epoch=epoch,
+                    step=step + 1,
+                    steps=self.steps_per_epoch,
+                    loss=known[0],
+                    images_per_s=seen * self.d.world / (now - t0),
+                )
             if (step + 1) % every == 0:
                 stop, bad = self.d.any_flags([self.stop.requested, not losses.finite()])
                 if bad:
@@ -338,8 +386,13 @@ class Run:
         self.state.loss_sum += total
         self.state.loss_n += n
 
-    def predict(self, rows: np.ndarray, model: nn.Module | None = None, device: torch.device | None = None,
-                d: dist.Dist | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self,
+        rows: np.ndarray,
+        model: nn.Module | None = None,
+        device: torch.device | None = None,
+        d: dist.Dist | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Logits and labels of `rows` over the ranks of `d` (default: all of them), in fp32 on every
         device: autocast is a training-speed setting, and a validation or test figure in bf16 is not the
         fp32 model's (thresholds, AUROCs and CIs moved by 1e-4 on a CPU stand-in; an int8 program's
@@ -348,13 +401,22 @@ class Run:
         device, d = device or self.d.device, d or self.d
         compiled = model is self.core and self.eval_net is not self.core
         # evaluating the QAT model must not move its observers' ranges
-        with quant.observers_frozen(model) if model is self.qat else nullcontext():
-            logits = predict_logits(self.eval_net if compiled else model, self.data.images, rows, d,
-                                    eval_batch_size(self.cfg), self.channels_last, device=device, pad=compiled)
+        with quant.observers_frozen(model) if self.qat is not None and model is self.qat else nullcontext():
+            logits = predict_logits(
+                self.eval_net if compiled else model,
+                self.data.images,
+                rows,
+                d,
+                eval_batch_size(self.cfg),
+                self.channels_last,
+                device=device,
+                pad=compiled,
+            )
         return logits, self.data.index.labels[rows].astype(np.float32)
 
-    def evaluate(self, split: str, model: nn.Module | None = None, device: torch.device | None = None,
-                 d: dist.Dist | None = None) -> dict:
+    def evaluate(
+        self, split: str, model: nn.Module | None = None, device: torch.device | None = None, d: dist.Dist | None = None
+    ) -> dict:
         if model is None:
             # each rank holds its own BatchNorm statistics / observer ranges after an epoch: validate
             # (and so save) rank 0's
@@ -365,9 +427,16 @@ class Run:
         auc, mean, reasons = auroc_from_logits(y, logits)
         for r in reasons:
             self.log(f"[{split}] {r}")
-        return {"loss": float(self.val_loss_fn(lt, yt)), "chance_loss": float(self.val_loss_fn(zeros, yt)),
-                "train_chance_loss": float(self.loss_fn(zeros, yt)), "auc": auc, "auc_mean": mean, "n": len(y),
-                "logits": logits, "labels": y}
+        return {
+            "loss": float(self.val_loss_fn(lt, yt)),
+            "chance_loss": float(self.val_loss_fn(zeros, yt)),
+            "train_chance_loss": float(self.loss_fn(zeros, yt)),
+            "auc": auc,
+            "auc_mean": mean,
+            "n": len(y),
+            "logits": logits,
+            "labels": y,
+        }
 
     def check_diverged(self, epoch: int, train_loss: float, val: dict) -> None:
         """Not finite, or both losses far worse than guessing. The validation loss alone can spike by
@@ -375,10 +444,15 @@ class Run:
         0.01, from which such runs recover), so the training loss must agree."""
         if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
             raise Diverged(f"the loss is not finite at epoch {epoch} (train {train_loss}, val {val['loss']})")
-        if train_loss > DIVERGED_FACTOR * val["train_chance_loss"] and val["loss"] > DIVERGED_FACTOR * val["chance_loss"]:
-            raise Diverged(f"the training and validation losses at epoch {epoch} ({train_loss:.4g}, "
-                           f"{val['loss']:.4g}) are more than {DIVERGED_FACTOR:.0f}x the loss of predicting "
-                           f"0.5 for every label ({val['train_chance_loss']:.4g}, {val['chance_loss']:.4g})")
+        if (
+            train_loss > DIVERGED_FACTOR * val["train_chance_loss"]
+            and val["loss"] > DIVERGED_FACTOR * val["chance_loss"]
+        ):
+            raise Diverged(
+                f"the training and validation losses at epoch {epoch} ({train_loss:.4g}, "
+                f"{val['loss']:.4g}) are more than {DIVERGED_FACTOR:.0f}x the loss of predicting "
+                f"0.5 for every label ({val['train_chance_loss']:.4g}, {val['chance_loss']:.4g})"
+            )
 
     def freeze_qat(self, epoch: int) -> None:
         """Late in QAT, stop moving the observers' ranges (quantize.freeze_observers_epoch; 0 = never).
@@ -419,8 +493,9 @@ class Run:
             # while the pruning schedule runs, a less pruned model is not a candidate for best (it would
             # be exported instead of the pruned one) and early stopping waits for the final sparsity;
             # prune.best_from = "start" lifts that (the study's Keras callbacks watched every epoch)
-            settled = (self.pruner is None or self.cfg["prune"]["best_from"] == "start"
-                       or self.pruner.finished(st.global_step))
+            settled = (
+                self.pruner is None or self.cfg["prune"]["best_from"] == "start" or self.pruner.finished(st.global_step)
+            )
             improved = settled and val["loss"] < st.best_val_loss
             if improved:
                 st.best_val_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
@@ -431,12 +506,25 @@ class Run:
             if self.pruner is not None and self.d.is_main:
                 self.save_layer_sparsity(epoch)
             st.epoch, st.step = epoch, 0
-            self.emit("epoch_ended", epoch=epoch, train_loss=train_loss, val_loss=val["loss"],
-                      val_auc=val["auc"], val_auc_mean=val["auc_mean"], lr=lr, epoch_time_s=epoch_time,
-                      images_per_s=self.epoch_images_per_s, sparsity=sparsity, memory_mb=mem, **compiled)
+            self.emit(
+                "epoch_ended",
+                epoch=epoch,
+                train_loss=train_loss,
+                val_loss=val["loss"],
+                val_auc=val["auc"],
+                val_auc_mean=val["auc_mean"],
+                lr=lr,
+                epoch_time_s=epoch_time,
+                images_per_s=self.epoch_images_per_s,
+                sparsity=sparsity,
+                memory_mb=mem,
+                **compiled,
+            )
             note = f" (compile {compiled['compile_s']:.1f}s)" if compiled.get("compile_s") else ""
-            self.log(f"epoch {epoch}/{epochs} train_loss {train_loss:.4f} val_loss {val['loss']:.4f} "
-                     f"val_auc {val['auc_mean'] or float('nan'):.4f} lr {lr:.2e} {epoch_time:.1f}s{note}")
+            self.log(
+                f"epoch {epoch}/{epochs} train_loss {train_loss:.4f} val_loss {val['loss']:.4f} "
+                f"val_auc {val['auc_mean'] or float('nan'):.4f} lr {lr:.2e} {epoch_time:.1f}s{note}"
+            )
             if lr < old_lr:
                 self.emit("lr_reduced", epoch=epoch, lr=lr)
             st.wall_time_s = wall0 + time.perf_counter() - t_start
@@ -476,18 +564,29 @@ class Run:
             extra = bootstrap.intervals(res["labels"], probs, idx.patients[rows], res["auc"], spec)
         if self.operating is not None:
             op = self.operating
-            extra.update(operating_point=op["rule"],
-                         at_threshold=operating.at_thresholds(res["labels"], probs, op["thresholds"],
-                                                              idx.patients[rows], spec),
-                         ece=operating.eces(res["labels"], probs),
-                         ece_calibrated=operating.eces(res["labels"], operating.calibrated(probs, op["temperatures"])))
+            extra.update(
+                operating_point=op["rule"],
+                at_threshold=operating.at_thresholds(res["labels"], probs, op["thresholds"], idx.patients[rows], spec),
+                ece=operating.eces(res["labels"], probs),
+                ece_calibrated=operating.eces(res["labels"], operating.calibrated(probs, op["temperatures"])),
+            )
         if spec is not None:
             self.log(f"[{split}] bootstrap: {spec.resamples} patient resamples in {time.perf_counter() - t0:.1f}s")
-        self.emit("evaluated", split=split, n=res["n"], auc=res["auc"], auc_mean=res["auc_mean"], model=model,
-                  n_labels_defined=n_defined(res["auc"]), predictions=str(path.relative_to(self.run_dir)), **extra)
+        self.emit(
+            "evaluated",
+            split=split,
+            n=res["n"],
+            auc=res["auc"],
+            auc_mean=res["auc_mean"],
+            model=model,
+            n_labels_defined=n_defined(res["auc"]),
+            predictions=str(path.relative_to(self.run_dir)),
+            **extra,
+        )
 
-    def choose_operating_points(self, model: nn.Module | None = None, device: torch.device | None = None,
-                                d: dist.Dist | None = None) -> None:
+    def choose_operating_points(
+        self, model: nn.Module | None = None, device: torch.device | None = None, d: dist.Dist | None = None
+    ) -> None:
         """Per-label thresholds (rule `eval.operating_point`) and temperatures of the model the run ships,
         fitted on the validation split only; rank 0 keeps them (predictions/val.npz, the
         `operating_points` event, the best checkpoint). Every rank of `d` takes part in the evaluation."""
@@ -496,9 +595,13 @@ class Run:
             return
         rows, idx = self.data.split["val"], self.data.index
         probs, rule = probabilities(res["logits"]), self.cfg["eval"]["operating_point"]
-        self.operating = {"rule": rule, "split": "val", "n": res["n"],
-                          "thresholds": operating.choose(res["labels"], probs, rule),
-                          "temperatures": operating.temperatures(res["labels"], res["logits"])}
+        self.operating = {
+            "rule": rule,
+            "split": "val",
+            "n": res["n"],
+            "thresholds": operating.choose(res["labels"], probs, rule),
+            "temperatures": operating.temperatures(res["labels"], res["logits"]),
+        }
         predictions.save(self.run_dir, "val", idx.names[rows], idx.patients[rows], res["labels"], probs)
         self.emit("operating_points", **self.operating, ece=operating.eces(res["labels"], probs))
         # stored with the model it was chosen for (a compress run without epochs: its copy)
@@ -513,13 +616,17 @@ class Run:
         model checkpointed."""
         t0 = time.perf_counter()
         if info["split_sha256"] != self.data.manifest["sha256"]:
-            raise UserError(f"{self.parent}: its data split (sha256 {info['split_sha256']}) is not this run's "
-                            f"({self.data.manifest['sha256']}): the data or [data] keys changed since it ran")
+            raise UserError(
+                f"{self.parent}: its data split (sha256 {info['split_sha256']}) is not this run's "
+                f"({self.data.manifest['sha256']}): the data or [data] keys changed since it ran"
+            )
         val = self.evaluate("val")
         self.state.best_val_loss = val["loss"]
         sparsity = f", sparsity {self.pruner.sparsity():.3f}" if self.pruner is not None else ""
-        self.log(f"epoch 0: best model of {info['run_id']}{sparsity}: val_loss {val['loss']:.4f} "
-                 f"val_auc {val['auc_mean'] or float('nan'):.4f}")
+        self.log(
+            f"epoch 0: best model of {info['run_id']}{sparsity}: val_loss {val['loss']:.4f} "
+            f"val_auc {val['auc_mean'] or float('nan'):.4f}"
+        )
         if self.pruner is not None and self.d.is_main:
             self.save_layer_sparsity(0)
         self.state.wall_time_s += time.perf_counter() - t0  # compression time counts as the run's time
@@ -535,8 +642,10 @@ class Run:
         t0 = time.perf_counter()
         int8 = quant.post_training(self.model, c["scope"], self.dc["image_size"], inputs)
         self.state.wall_time_s += time.perf_counter() - t0
-        self.log(f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "
-                 f"{time.perf_counter() - t0:.1f}s")
+        self.log(
+            f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
         return self.keep_int8(int8)
 
     def keep_int8(self, int8: nn.Module) -> nn.Module:
@@ -555,9 +664,9 @@ class Run:
         self.load_best()
         if not (self.qat is not None or self.cfg["compress"]["ptq"]):
             self.choose_operating_points(self.core)
-            res = self.evaluate("test", self.core)
-            self.report("test", res, f"fp32 model of {BEST}")
-            return res
+            fp32 = self.evaluate("test", self.core)
+            self.report("test", fp32, f"fp32 model of {BEST}")
+            return fp32
         res = None
         if self.qat is not None:
             qat = self.evaluate("test", self.core)  # every rank takes part: the QAT model is distributed
@@ -578,13 +687,25 @@ class Run:
         `test_onnx_fp32`, `test_onnx_int8` (ONNX on the CPU). The int8 artifact's graph is the one `test`
         measured (test() made it). Rank 0 alone: the files are on its disk."""
         if self.d.is_main:
-            arts = export.export_models(self.run_dir, self.model, self.cfg["model"]["arch"], self.dc["image_size"],
-                                        self.pruner is not None, self.int8, self.cfg["export"]["onnx"], self.log,
-                                        self.operating)
+            arts = export.export_models(
+                self.run_dir,
+                self.model,
+                self.cfg["model"]["arch"],
+                self.dc["image_size"],
+                self.pruner is not None,
+                self.int8,
+                self.cfg["export"]["onnx"],
+                self.log,
+                self.operating,
+            )
             params = list(self.model.parameters())
-            self.emit("exported", artifacts=arts, parameters=sum(p.numel() for p in params),
-                      nonzero_parameters=sum(int(p.count_nonzero()) for p in params),
-                      sparsity=self.pruner.sparsity() if self.pruner is not None else None)
+            self.emit(
+                "exported",
+                artifacts=arts,
+                parameters=sum(p.numel() for p in params),
+                nonzero_parameters=sum(int(p.count_nonzero()) for p in params),
+                sparsity=self.pruner.sparsity() if self.pruner is not None else None,
+            )
             for a in arts:
                 self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
             for a in arts:

@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def isolated_env(base: Path) -> dict[str, str]:
     """Cache, demo data and user config under the session's temp dir (CHEXUI_PRESETS is unset)."""
-    return {"CHEXUI_CACHE_DIR": str(base / "cache"), "CHEXUI_DEMO_DIR": str(base / "demo-embedded"),
-            "XDG_CONFIG_HOME": str(base / "xdg-config"), "NO_COLOR": "1"}
+    return {
+        "CHEXUI_CACHE_DIR": str(base / "cache"),
+        "CHEXUI_DEMO_DIR": str(base / "demo-embedded"),
+        "XDG_CONFIG_HOME": str(base / "xdg-config"),
+        "NO_COLOR": "1",
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +43,7 @@ def tiny_demo(tmp_path_factory) -> Path:
     return demo.generate(tmp_path_factory.mktemp("tiny-demo"), n_images=160, size=32, seed=1)
 
 
-TINY_PRESET = '''
+TINY_PRESET = """
 name = "tiny"
 extends = "demo"
 description = "{desc}"
@@ -55,7 +59,7 @@ batch_size = 8
 early_stop_patience = 0
 [export]
 enabled = false   # export + artifact evaluation are tested where they are the subject (test_compression)
-'''
+"""
 
 
 @pytest.fixture()
@@ -66,9 +70,21 @@ def tiny_preset(tmp_path, tiny_demo) -> Path:
     return p
 
 
-PRUNE70 = ["--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set", "prune.begin_epoch=0.5",
-           "--set", "prune.end_epoch=2.0", "--set", "prune.frequency_steps=2", "--set", "train.epochs=3"]
-ADAPTIVE = 'prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128, sparsity=0.5}]'
+PRUNE70 = [
+    "--set",
+    "prune.enabled=true",
+    "--set",
+    "prune.final_sparsity=0.7",
+    "--set",
+    "prune.begin_epoch=0.5",
+    "--set",
+    "prune.end_epoch=2.0",
+    "--set",
+    "prune.frequency_steps=2",
+    "--set",
+    "train.epochs=3",
+]
+ADAPTIVE = "prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128, sparsity=0.5}]"
 
 
 NO_DEPRECATED = "error::DeprecationWarning,error::FutureWarning"
@@ -77,8 +93,9 @@ NO_DEPRECATED = "error::DeprecationWarning,error::FutureWarning"
 @pytest.fixture(scope="session")
 def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.CompletedProcess]:
     """One finished 2-process run with everything on - adaptive pruning (70 % elsewhere), QAT of all
-    layers (PT2E; observers frozen after epoch 2 of 3), export - shared by the tests that only read a finished run (engine launches are the
-    suite's main cost). Returns the run dir and the headless CLI's completed process."""
+    layers (PT2E; observers frozen after epoch 2 of 3), export - shared by the tests that only read a
+    finished run (engine launches are the suite's main cost). Returns the run dir and the headless CLI's
+    completed process."""
     base = tmp_path_factory.mktemp("compressed")
     preset = base / "tiny.toml"
     preset.write_text(TINY_PRESET.format(desc="test run", root=tiny_demo, epochs=3))
@@ -88,10 +105,28 @@ def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.Comple
     # deprecation and future warnings are errors in every process (PYTHONWARNINGS reaches the torchrun
     # workers): the quantization path must use nothing torch has deprecated, and hide nothing
     env["PYTHONWARNINGS"] = NO_DEPRECATED
-    r = chexui("run", "--headless", "--preset", preset, *PRUNE70, "--set", ADAPTIVE, "--set", "quantize.enabled=true",
-               "--set", "quantize.scope=all", "--set", "export.enabled=true", "--nproc", 2,
-               "--set", "quantize.freeze_observers_epoch=2",
-               "--runs-dir", base / "runs", env=env)
+    r = chexui(
+        "run",
+        "--headless",
+        "--preset",
+        preset,
+        *PRUNE70,
+        "--set",
+        ADAPTIVE,
+        "--set",
+        "quantize.enabled=true",
+        "--set",
+        "quantize.scope=all",
+        "--set",
+        "export.enabled=true",
+        "--nproc",
+        2,
+        "--set",
+        "quantize.freeze_observers_epoch=2",
+        "--runs-dir",
+        base / "runs",
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return only_run(base / "runs"), r
 
@@ -119,17 +154,32 @@ def nih_csv() -> Path:
 
 def chexui(*args: str, cwd: Path | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run the CLI as a user does (a subprocess), capturing output."""
-    return subprocess.run([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "chexui.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
 
 
 def chexui_bg(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "chexui.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def events_of(run_dir: Path) -> list[dict]:
     from engine.events import read_events
+
     return read_events(run_dir / "events.jsonl")
 
 

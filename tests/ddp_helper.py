@@ -32,14 +32,17 @@ opt = torch.optim.SGD(model.parameters(), lr=0.05)
 y_all = index.labels.astype(np.float64)
 loss_fn = WeightedBCE(y_all.sum(0), len(y_all) - y_all.sum(0))
 batches = train_batches(len(rows), args.batch, d.world, d.rank, seed=0, epoch=1)
-for b in batches[:args.steps]:
+for b in batches[: args.steps]:
     x, y, _ = images[rows[np.sort(b)]]
     loss = loss_fn(net(to_input(x, d.device)), y.float())
     opt.zero_grad()
     loss.backward()
     opt.step()
-result = {"weights": model.state_dict(), "logits": torch.from_numpy(predict_logits(model, images, rows, d, 16)),
-          "world": d.world}
+result = {
+    "weights": model.state_dict(),
+    "logits": torch.from_numpy(predict_logits(model, images, rows, d, 16)),
+    "world": d.world,
+}
 if args.eval_ckpt:  # the same saved checkpoint, evaluated over this run's ranks
     other = build_model("resnet18", "none")
     other.load_state_dict(torch.load(args.eval_ckpt, weights_only=True)["weights"])

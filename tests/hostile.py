@@ -37,6 +37,7 @@ class Payload:
 
 def pickled(marker: Path) -> bytes:
     import torch
+
     buf = io.BytesIO()
     torch.save(Payload(str(marker)), buf)
     return buf.getvalue()
@@ -61,20 +62,25 @@ def planted_pt2(good: Path, out: Path, markers: Path, which: tuple[str, ...] = P
         extra[f"{root}/models/evil.json"] = entries[f"{root}/models/model.json"]
         extra[f"{root}/data/sample_inputs/evil.pt"] = entries[f"{root}/data/sample_inputs/model.pt"]
         extra[f"{root}/data/constants/evil_constants_config.json"] = b'{"config": {}}'
-        extra[f"{root}/data/weights/evil_weights_config.json"] = json.dumps({"config": {"w": {
-            "path_name": "evil_payload", "is_param": False, "use_pickle": True, "tensor_meta": None}}}).encode()
+        extra[f"{root}/data/weights/evil_weights_config.json"] = json.dumps(
+            {"config": {"w": {"path_name": "evil_payload", "is_param": False, "use_pickle": True, "tensor_meta": None}}}
+        ).encode()
         extra[f"{root}/data/weights/evil_payload"] = pickled(made["second_program_pickle"])
     if "graph_sympify" in made:
         name = f"{root}/models/model.json"
         text = entries[name].decode()
         m = re.search(r'"expr_str": "(Symbol\([^"]*\))"', text)
         evil = f"__import__('builtins').open('{made['graph_sympify']}', 'w') and {m.group(1)}"
-        entries[name] = (text[:m.start(1)] + evil + text[m.end(1):]).encode()
+        entries[name] = (text[: m.start(1)] + evil + text[m.end(1) :]).encode()
     if "pickled_constant" in made:
         name = f"{root}/data/constants/model_constants_config.json"
         cfg = json.loads(entries[name])
-        cfg["config"]["evil"] = {"path_name": "tensor_constant_evil", "is_param": False, "use_pickle": True,
-                                 "tensor_meta": None}
+        cfg["config"]["evil"] = {
+            "path_name": "tensor_constant_evil",
+            "is_param": False,
+            "use_pickle": True,
+            "tensor_meta": None,
+        }
         entries[name] = json.dumps(cfg).encode()
         entries[f"{root}/data/constants/tensor_constant_evil"] = pickled(made["pickled_constant"])
     if "pickled_sample_inputs" in made:
@@ -103,6 +109,7 @@ def rewrite_recorded_hash(run_dir: Path, kind: str) -> None:
 def onnx_with_external_data(path: Path, location: str = "../../../../../../etc/hostname") -> None:
     """An ONNX file whose first initializer says its data lives in another file (outside the run dir)."""
     import onnx
+
     model = onnx.load(str(path))
     t = model.graph.initializer[0]
     t.ClearField("raw_data")
@@ -116,14 +123,18 @@ def onnx_with_external_data(path: Path, location: str = "../../../../../../etc/h
 
 # ------------------------------------------------------------------ processes
 
+
 def fake_launcher_json(run_dir: Path, pid: int) -> None:
     """launcher.json naming someone else's process, with its real start time (from the OS)."""
     import psutil
-    (run_dir / "launcher.json").write_text(json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time(),
-                                                       "host": os.uname().nodename}))
+
+    (run_dir / "launcher.json").write_text(
+        json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": os.uname().nodename})
+    )
 
 
 # ------------------------------------------------------------------ run dirs
+
 
 def run_dir_with(runs: Path, name: str, events_text: str | None, config_toml: str = 'name = "x"\n') -> Path:
     d = runs / name
@@ -149,9 +160,12 @@ def hostile_run_dirs(runs: Path, recorded: Path) -> dict[str, Path]:
     wrong = dict(first)
     wrong["config"] = {**first["config"], "model": "resnet18", "train": [1, 2]}
     wrong["dataset"] = {**first["dataset"], "n_train": "many"}
-    out["wrong_types"] = run_dir_with(runs, "20260101-000004-wrongtypes", json.dumps(wrong) + "\n" + "\n".join(
-        good.splitlines()[1:]) + "\n")
-    nan = good.replace('"val_auc_mean": 0.', '"val_auc_mean": NaN, "x": 0.', 1).replace('"auc_mean": 0.', '"auc_mean": Infinity, "y": 0.', 1)
+    out["wrong_types"] = run_dir_with(
+        runs, "20260101-000004-wrongtypes", json.dumps(wrong) + "\n" + "\n".join(good.splitlines()[1:]) + "\n"
+    )
+    nan = good.replace('"val_auc_mean": 0.', '"val_auc_mean": NaN, "x": 0.', 1).replace(
+        '"auc_mean": 0.', '"auc_mean": Infinity, "y": 0.', 1
+    )
     out["nan"] = run_dir_with(runs, "20260101-000005-nan", nan)
     evs = [json.loads(line) for line in good.splitlines()]
     evs[0]["run_id"] = f"{first['run_id']}{MARKUP}{ESC}{RLO}"
@@ -164,6 +178,7 @@ def hostile_run_dirs(runs: Path, recorded: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------ presets
 
+
 def hostile_preset(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     p = folder / "lab[bold]-v[1.0.toml"
@@ -175,19 +190,31 @@ def hostile_preset(folder: Path) -> Path:
 
 # ------------------------------------------------------------------ images
 
-def dicom_dataset(rows: int | None = None, cols: int = 0, bits: int = 8, photometric: str = "MONOCHROME2",
-                  modality: str = "DX", **attrs):
+
+def dicom_dataset(
+    rows: int | None = None,
+    cols: int = 0,
+    bits: int = 8,
+    photometric: str = "MONOCHROME2",
+    modality: str = "DX",
+    **attrs,
+):
     """A pydicom dataset with the file meta of a secondary-capture image; with `rows`, the image
     attributes of a rows x cols grayscale image of `bits` bits (its PixelData is the caller's)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, modality
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        SecondaryCaptureImageStorage,
+        meta.MediaStorageSOPInstanceUID,
+        modality,
+    )
     if rows is not None:
         ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, photometric
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (16 if bits > 8 else 8), bits, bits - 1, 0
@@ -201,6 +228,7 @@ def dicom_mono1_voi_lut(path: Path) -> np.ndarray:
     pixels a correct decode gives (the LUT output inverted: MONOCHROME1's low values are white)."""
     import pydicom
     from pydicom.dataset import Dataset
+
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 4096, (40, 40)).astype(np.uint16)
     lut = np.rint(np.arange(4096) * 255 / 4095).astype(np.uint16)
@@ -216,10 +244,13 @@ def dicom_mono1_voi_lut(path: Path) -> np.ndarray:
 
 def dicom_bad_attributes(folder: Path) -> dict[str, Path]:
     import pydicom
+
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, attrs in {"frames-abc": {"NumberOfFrames": "1234"},
-                        "window-width-0": {"WindowCenter": "100", "WindowWidth": "0"}}.items():
+    for name, attrs in {
+        "frames-abc": {"NumberOfFrames": "1234"},
+        "window-width-0": {"WindowCenter": "100", "WindowWidth": "0"},
+    }.items():
         ds = dicom_dataset(8, 8, 8, "MONOCHROME2", **attrs)
         ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
         out[name] = folder / f"{name}.dcm"
@@ -239,6 +270,7 @@ def deflated_dicom_bomb(path: Path, side: int = 30_000) -> None:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
+
     ds = dicom_dataset(side, side, 8, "MONOCHROME2")
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     meta = DicomBytesIO()

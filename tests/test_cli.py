@@ -17,6 +17,7 @@ from engine.events import final_status
 from engine.labels import LABELS
 from tests.conftest import TINY_PRESET, chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
 
+
 def leftover(runs: Path) -> list[psutil.Process]:
     """Processes still running for anything under `runs` (launchers, torchrun, workers)."""
     found = []
@@ -36,15 +37,47 @@ def test_import_cli_does_not_import_torch():
 
 
 def test_every_command_has_help():
+    """Every command and group the app has (read from the app itself, so a new one is covered) prints
+    its usage; the list holds at least the commands the README names."""
+    import typer.main
     from typer.testing import CliRunner
+
     from chexui.cli import app
+
+    def paths(cmd, path):
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from paths(sub, [*path, name])
+
+    found = list(paths(typer.main.get_command(app), []))
+    assert {" ".join(p) for p in found} >= {
+        "",
+        "run",
+        "compress",
+        "watch",
+        "stop",
+        "runs",
+        "runs list",
+        "runs show",
+        "eval",
+        "predict",
+        "explain",
+        "bench",
+        "sweep",
+        "compare",
+        "report",
+        "presets",
+        "presets list",
+        "presets show",
+        "presets validate",
+        "data",
+        "data demo",
+        "data check",
+        "data prepare",
+    }
     runner = CliRunner()
-    for cmd in (["--help"], ["run", "--help"], ["watch", "--help"], ["stop", "--help"], ["runs", "list", "--help"],
-                ["runs", "show", "--help"], ["eval", "--help"], ["presets", "list", "--help"],
-                ["presets", "show", "--help"], ["presets", "validate", "--help"], ["data", "demo", "--help"],
-                ["data", "check", "--help"], ["data", "prepare", "--help"], ["bench", "--help"], ["sweep", "--help"],
-                ["compare", "--help"], ["report", "--help"], ["runs", "--help"], ["presets", "--help"], ["data", "--help"]):
-        r = runner.invoke(app, cmd)
+    for cmd in found:
+        r = runner.invoke(app, [*cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output, (cmd, r.output)
 
 
@@ -59,6 +92,7 @@ def test_builtin_presets_listed_and_valid():
     shown = chexui("presets", "show", "densenet121")
     assert shown.returncode == 0 and 'arch = "densenet121"' in shown.stdout and "min_lr = 1e-07" in shown.stdout
     import tomllib
+
     r50 = tomllib.loads(chexui("presets", "show", "resnet50").stdout)
     assert (r50["train"]["batch_size"], r50["train"]["lr"], r50["train"]["min_lr"]) == (64, 0.001, 1e-5)
 
@@ -87,17 +121,20 @@ def test_shared_preset_dir_listed_and_runs_by_name(tmp_path, tiny_demo, monkeypa
     assert final_status(events_of(only_run(runs))) == "completed"
 
 
-@pytest.mark.parametrize("body, needles", [
-    ('[train]\nbacth_size = 16\n', ["train.bacth_size", "did you mean 'batch_size'"]),
-    ('[train]\nlearning_rate = 0.1\n', ["train.learning_rate", "allowed:", "lr"]),
-    ('[train]\nbatch_size = "big"\n', ["train.batch_size", "expected an integer"]),
-    ('[train]\nlr = -1.0\n', ["train.lr", "> 0"]),
-    ('[data]\nhflip = 1.5\n', ["data.hflip", "<= 1"]),
-    ('[model]\narch = "vgg16"\n', ["model.arch", "densenet121"]),
-    ('[trian]\nlr = 0.1\n', ["trian", "did you mean 'train'"]),
-    ('extends = "no-such-preset"\n', ["no-such-preset", "not found"]),
-    ('[train\nlr = 1\n', ["not valid TOML"]),
-])
+@pytest.mark.parametrize(
+    "body, needles",
+    [
+        ("[train]\nbacth_size = 16\n", ["train.bacth_size", "did you mean 'batch_size'"]),
+        ("[train]\nlearning_rate = 0.1\n", ["train.learning_rate", "allowed:", "lr"]),
+        ('[train]\nbatch_size = "big"\n', ["train.batch_size", "expected an integer"]),
+        ("[train]\nlr = -1.0\n", ["train.lr", "> 0"]),
+        ("[data]\nhflip = 1.5\n", ["data.hflip", "<= 1"]),
+        ('[model]\narch = "vgg16"\n', ["model.arch", "densenet121"]),
+        ("[trian]\nlr = 0.1\n", ["trian", "did you mean 'train'"]),
+        ('extends = "no-such-preset"\n', ["no-such-preset", "not found"]),
+        ("[train\nlr = 1\n", ["not valid TOML"]),
+    ],
+)
 def test_bad_preset_exits_2_naming_file_and_key(tmp_path, body, needles):
     p = tmp_path / "bad.toml"
     p.write_text(body)
@@ -177,9 +214,22 @@ def test_killed_launcher_shows_failed_and_resume_completes(tmp_path, tiny_preset
 @pytest.mark.slow
 def test_two_nodes_on_localhost(tmp_path, tiny_preset):
     from chexui.launch import free_port
+
     endpoint = f"127.0.0.1:{free_port()}"
-    args = ["run", "--headless", "--preset", tiny_preset, "--set", "train.epochs=1", "--nnodes", 2,
-            "--rdzv-endpoint", endpoint, "--name", "two-nodes"]
+    args = [
+        "run",
+        "--headless",
+        "--preset",
+        tiny_preset,
+        "--set",
+        "train.epochs=1",
+        "--nnodes",
+        2,
+        "--rdzv-endpoint",
+        endpoint,
+        "--name",
+        "two-nodes",
+    ]
     # two "nodes" on one 2-core machine: one CPU thread each (two two-thread pools on two cores thrash)
     one = {**os.environ, "OMP_NUM_THREADS": "1"}
     node0 = chexui_bg(*args, "--node-rank", 0, "--runs-dir", tmp_path / "node0", env=one)

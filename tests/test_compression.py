@@ -32,9 +32,18 @@ def test_schedule_is_polynomial_from_initial_to_final():
 
 def test_conv_scope_leaves_batchnorm_biases_and_classifier():
     model = build_model("resnet18", "none")
-    cfg = {**config.defaults()["prune"], "scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
-           "final_sparsity": 0.7, "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3,
-           "frequency_steps": 1, "adaptive_default": "final"}
+    cfg = {
+        **config.defaults()["prune"],
+        "scope": "conv",
+        "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
+        "final_sparsity": 0.7,
+        "initial_sparsity": 0.1,
+        "begin_epoch": 0.0,
+        "end_epoch": 1.0,
+        "power": 3,
+        "frequency_steps": 1,
+        "adaptive_default": "final",
+    }
     p = Pruner(model, cfg, steps_per_epoch=4)
     assert all(isinstance(m, torch.nn.Conv2d) for m in p.layers.values()) and "fc" not in p.layers
     for step in range(1, 6):
@@ -66,15 +75,27 @@ def test_adaptive_targets_sparse_artifact_under_two_processes(compressed_run):
     assert [e for e in ev if e["type"] == "run_finished"][0]["best_epoch"] >= 2
     # the sparse artifact holds the fp32 artifact's weights: same test AUROC, fewer bytes
     arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
-    assert set(arts) == {"fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"} and arts["sparse"]["bytes"] < arts["fp32"]["bytes"]
+    assert (
+        set(arts) == {"fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"}
+        and arts["sparse"]["bytes"] < arts["fp32"]["bytes"]
+    )
     evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
     assert evals["test_sparse"]["auc"] == evals["test_fp32"]["auc"]
 
 
 def test_sparse_artifact_stores_only_nonzeros_and_round_trips():
     model = build_model("resnet18", "none")
-    cfg = {**config.defaults()["prune"], "scope": "conv", "adaptive": [], "final_sparsity": 0.7,
-           "initial_sparsity": 0.7, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1}
+    cfg = {
+        **config.defaults()["prune"],
+        "scope": "conv",
+        "adaptive": [],
+        "final_sparsity": 0.7,
+        "initial_sparsity": 0.7,
+        "begin_epoch": 0.0,
+        "end_epoch": 1.0,
+        "power": 3,
+        "frequency_steps": 1,
+    }
     Pruner(model, cfg, steps_per_epoch=1).step(1)
     state = model.state_dict()
 
@@ -93,10 +114,20 @@ def _bytes(obj) -> bytes:
 
 def test_qat_never_quantizes_the_classifier():
     """Either scope fake-quantizes the weights of every conv layer and never the 14-logit classifier's."""
+
     def small():  # conv-BN-ReLU twice, then the classifier: the structure of the torchvision CNNs, at no cost
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                                   torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 14))
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 14),
+        )
+
     for scope in ("conv", "all"):
         bits = quant.bit_widths(quant.prepare(small(), {"scope": scope}, 16))
         assert bits["weight_points"] == 2, scope
@@ -120,8 +151,10 @@ def test_qat_int8_model_agrees_with_the_fake_quantized_one():
     with torch.no_grad(), quant.observers_frozen(qat):
         diff = (torch.sigmoid(int8(x)) - torch.sigmoid(qat(x))).abs()
         untrained = (torch.sigmoid(build_model("resnet18", "none")(x)) - torch.sigmoid(qat(x))).abs()
-    print(f"int8 vs QAT probabilities: mean {diff.mean():.4f} max {diff.max():.4f}; "
-          f"an unrelated model: mean {untrained.mean():.4f}")
+    print(
+        f"int8 vs QAT probabilities: mean {diff.mean():.4f} max {diff.max():.4f}; "
+        f"an unrelated model: mean {untrained.mean():.4f}"
+    )
     assert diff.mean() < 0.015 and diff.max() < 0.06 and untrained.mean() > 5 * diff.mean()
     # the float model shares the QAT weights (what checkpoints and the fp32 artifact hold)
     assert torch.equal(model.conv1.weight, dict(qat.named_parameters())["conv1.weight"])
@@ -142,15 +175,18 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     assert arts["int8"]["path"].endswith(".pt2")
     from engine import nih, predictions
     from engine.data import Images, to_input
+
     index = nih.index_dataset(tiny_demo)
     names = list(predictions.load(run / "predictions" / "test.npz")["image_ids"][:6])  # (the int8 model's)
     rows = np.array([list(index.names).index(n) for n in names])
     torch.save(to_input(Images(index, 32)[rows][0], torch.device("cpu")), tmp_path / "x.pt")
-    code = ("import sys, torch, torch.ao.quantization.fx._decomposed\n"
-            "assert 'engine' not in sys.modules and 'torchao' not in sys.modules\n"
-            f"m = torch.export.load({str(run / arts['int8']['path'])!r}).module()\n"
-            "x = torch.load('x.pt', weights_only=True)\n"
-            "print(torch.sigmoid(m(x).double()).flatten().tolist())")
+    code = (
+        "import sys, torch, torch.ao.quantization.fx._decomposed\n"
+        "assert 'engine' not in sys.modules and 'torchao' not in sys.modules\n"
+        f"m = torch.export.load({str(run / arts['int8']['path'])!r}).module()\n"
+        "x = torch.load('x.pt', weights_only=True)\n"
+        "print(torch.sigmoid(m(x).double()).flatten().tolist())"
+    )
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     kept = predictions.load(run / "predictions" / "test.npz")["probs"][:6]
@@ -161,8 +197,13 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     rows = [(a["kind"], a["runtime"]) for a in res["artifacts"] if a["runtime"] != "openvino"]
-    assert rows == [("fp32", "eager"), ("sparse", "eager"), ("int8", "eager"),
-                    ("onnx_fp32", "onnxruntime"), ("onnx_int8", "onnxruntime")]
+    assert rows == [
+        ("fp32", "eager"),
+        ("sparse", "eager"),
+        ("int8", "eager"),
+        ("onnx_fp32", "onnxruntime"),
+        ("onnx_int8", "onnxruntime"),
+    ]
     openvino = [a["kind"] for a in res["artifacts"] if a["runtime"] == "openvino"]  # the optional extra
     assert openvino == (["onnx_fp32", "onnx_int8"] if importlib.util.find_spec("openvino") else [])
     assert all(a["test_auc_mean"] is None for a in res["artifacts"] if a["runtime"] == "openvino")
@@ -181,13 +222,19 @@ def test_onnx_artifacts_run_in_onnxruntime_alone_and_match_the_torch_models(tmp_
     run, _ = compressed_run
     ev = events_of(run)
     arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
-    assert arts["onnx_fp32"]["path"] == "export/model_fp32.onnx" and arts["onnx_int8"]["path"] == "export/model_int8.onnx"
+    assert (
+        arts["onnx_fp32"]["path"] == "export/model_fp32.onnx" and arts["onnx_int8"]["path"] == "export/model_int8.onnx"
+    )
     assert arts["onnx_int8"]["bytes"] <= 0.30 * arts["fp32"]["bytes"]
     evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
     assert {"test_onnx_fp32", "test_onnx_int8"} <= set(evals)
     from engine import nih, predictions
     from engine.data import Images, to_input
-    kept = {s: predictions.load(run / "predictions" / f"{s}.npz") for s in ("test", "test_fp32", "test_onnx_fp32", "test_onnx_int8")}
+
+    kept = {
+        s: predictions.load(run / "predictions" / f"{s}.npz")
+        for s in ("test", "test_fp32", "test_onnx_fp32", "test_onnx_int8")
+    }
     assert np.abs(kept["test_onnx_fp32"]["probs"] - kept["test_fp32"]["probs"]).max() < 1e-4
     # `test`: the QAT model; onnxruntime's int8 kernels round a little differently from the fake quantization
     assert np.abs(kept["test_onnx_int8"]["probs"] - kept["test"]["probs"]).mean() < 0.01
@@ -197,11 +244,13 @@ def test_onnx_artifacts_run_in_onnxruntime_alone_and_match_the_torch_models(tmp_
     rows = np.array([list(index.names).index(n) for n in names])
     np.save(tmp_path / "x.npy", to_input(Images(index, 32)[rows][0], torch.device("cpu")).numpy())
     for kind in ("onnx_fp32", "onnx_int8"):
-        code = ("import sys, json, numpy as np, onnxruntime as ort\n"
-                f"s = ort.InferenceSession({str(run / arts[kind]['path'])!r}, providers=['CPUExecutionProvider'])\n"
-                "logits = s.run(['logits'], {'image': np.load('x.npy')})[0]\n"
-                "assert not {'torch', 'engine', 'chexui'} & set(sys.modules)\n"
-                "print(json.dumps((1 / (1 + np.exp(-logits.astype(np.float64)))).tolist()))")
+        code = (
+            "import sys, json, numpy as np, onnxruntime as ort\n"
+            f"s = ort.InferenceSession({str(run / arts[kind]['path'])!r}, providers=['CPUExecutionProvider'])\n"
+            "logits = s.run(['logits'], {'image': np.load('x.npy')})[0]\n"
+            "assert not {'torch', 'engine', 'chexui'} & set(sys.modules)\n"
+            "print(json.dumps((1 / (1 + np.exp(-logits.astype(np.float64)))).tolist()))"
+        )
         out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         got = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -236,9 +285,16 @@ def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_in
     runs from the graph kept as data (what it runs instead of the .pt2)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(  # small, so the test stays quick; a conv-BN-ReLU stack and a classifier
-        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 14)).eval()
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        torch.nn.BatchNorm2d(64),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 14),
+    ).eval()
     batches = [torch.randn(8, 3, 32, 32) for _ in range(4)]
     int8 = quant.post_training(model, "all", 32, batches)
     x = batches[0]
@@ -248,6 +304,7 @@ def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_in
     path = tmp_path / "model_int8.pt2"
     quant.save_int8(int8, 32, path)
     import zipfile
+
     with zipfile.ZipFile(path) as z:  # the serialized graph is deflated, the tensors stored as they are
         assert {i.compress_type for i in z.infolist() if i.filename.endswith(".json")} == {zipfile.ZIP_DEFLATED}
     program = torch.export.load(str(path))
@@ -266,12 +323,15 @@ def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
     """Without torchao's x86 passes Inductor compiles a PT2E program's convolutions in fp32 (measured:
     0.86x instead of 3.28x the compiled fp32 on a QAT ResNet50 at 224 px). `chexui bench` compiles its
     int8 row with them registered. In a fresh process, so no other test has imported torchao first."""
-    code = ("import sys, torch, torch._inductor.config as inductor\n"
-            "from engine import quant\nfrom engine.infer_bench import compiled\n"
-            "assert 'torchao' not in sys.modules\n"
-            "compiled(quant.Program(torch.nn.Conv2d(3, 8, 3)), int8=True)  # lazy: nothing compiles here\n"
-            "print(inductor.pre_grad_custom_pass.__module__)")
+    code = (
+        "import sys, torch, torch._inductor.config as inductor\n"
+        "from engine import quant\nfrom engine.infer_bench import compiled\n"
+        "assert 'torchao' not in sys.modules\n"
+        "compiled(quant.Program(torch.nn.Conv2d(3, 8, 3)), int8=True)  # lazy: nothing compiles here\n"
+        "print(inductor.pre_grad_custom_pass.__module__)"
+    )
     from tests.conftest import ROOT
+
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("torchao.quantization.pt2e")
@@ -279,10 +339,21 @@ def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
 
 def test_without_the_onnx_extra_the_export_says_how_to_enable_it_and_writes_the_rest(tmp_path, monkeypatch):
     from engine import export, onnx_export
+
     monkeypatch.setattr(onnx_export, "missing", lambda: ["onnxruntime"])
     said: list[str] = []
-    arts = export.export_models(tmp_path, build_model("resnet18", "none"), "resnet18", 32, pruned=False,
-                                int8_model=None, onnx=True, log=said.append)
+    arts = export.export_models(
+        tmp_path,
+        build_model("resnet18", "none"),
+        "resnet18",
+        32,
+        pruned=False,
+        int8_model=None,
+        onnx=True,
+        log=said.append,
+    )
     assert [a["kind"] for a in arts] == ["fp32"] and not list((tmp_path / "export").glob("*.onnx"))
-    assert said == ["ONNX artifacts skipped: onnxruntime not installed; install the ONNX extra to get them: "
-                    "pip install 'chexui[onnx]'"]
+    assert said == [
+        "ONNX artifacts skipped: onnxruntime not installed; install the ONNX extra to get them: "
+        "pip install 'chexui[onnx]'"
+    ]

@@ -18,22 +18,40 @@ from engine.labels import LABELS
 from tests.conftest import chexui, nih_csv, nih_sample
 
 # Label counts of the full NIH table, 2020 revision (shared/data/README.md).
-NIH_COUNTS = {"No Finding": 60361, "Infiltration": 19894, "Effusion": 13317, "Atelectasis": 11559,
-              "Nodule": 6331, "Mass": 5782, "Pneumothorax": 5302, "Consolidation": 4667,
-              "Pleural_Thickening": 3385, "Cardiomegaly": 2776, "Emphysema": 2516, "Edema": 2303,
-              "Fibrosis": 1686, "Pneumonia": 1431, "Hernia": 227}
+NIH_COUNTS = {
+    "No Finding": 60361,
+    "Infiltration": 19894,
+    "Effusion": 13317,
+    "Atelectasis": 11559,
+    "Nodule": 6331,
+    "Mass": 5782,
+    "Pneumothorax": 5302,
+    "Consolidation": 4667,
+    "Pleural_Thickening": 3385,
+    "Cardiomegaly": 2776,
+    "Emphysema": 2516,
+    "Edema": 2303,
+    "Fibrosis": 1686,
+    "Pneumonia": 1431,
+    "Hernia": 227,
+}
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_demo_same_seed_same_bytes(tmp_path):
     # two processes with different string-hash seeds: set iteration order must not leak into the output
     for out, hash_seed in (("a", "1"), ("b", "2")):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        assert chexui("data", "demo", tmp_path / out, "--images", 400, "--size", 16, "--seed", 3, env=env).returncode == 0
+        assert (
+            chexui("data", "demo", tmp_path / out, "--images", 400, "--size", 16, "--seed", 3, env=env).returncode == 0
+        )
     a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
     assert len(a) == 400 + 5 and a == b  # images, CSV, two split lists, README, generator.json
     demo.generate(tmp_path / "c", 400, 16, seed=4)
@@ -114,6 +132,7 @@ def test_any_pil_mode_becomes_8bit_gray(tmp_path):
 
 # ---------------------------------------------------------------- bad data: exit 2, names the file/row
 
+
 def _broken(tmp_path, tiny_demo) -> Path:
     root = tmp_path / "broken"
     shutil.copytree(tiny_demo, root)
@@ -177,9 +196,11 @@ def test_duplicated_image_row(tmp_path, tiny_demo):
 
 # ---------------------------------------------------------------- cache
 
+
 def test_cache_prepare_matches_decoding_and_rebuilds_on_change(tmp_path, tiny_demo):
     torch = pytest.importorskip("torch")
     from engine.data import Images, to_input
+
     root = _broken(tmp_path, tiny_demo)
     r = chexui("data", "prepare", root, "--size", 48)
     assert r.returncode == 0, r.stderr
@@ -203,6 +224,7 @@ def test_cache_prepare_matches_decoding_and_rebuilds_on_change(tmp_path, tiny_de
 def test_augmentation_is_batched_flip_and_imagenet_normalisation():
     torch = pytest.importorskip("torch")
     from engine.data import IMAGENET_MEAN, IMAGENET_STD, to_input
+
     x = torch.arange(2 * 4 * 4, dtype=torch.uint8).view(2, 4, 4) * 7
     out = to_input(x, torch.device("cpu"), torch.tensor([True, False]))
     assert out.shape == (2, 3, 4, 4)

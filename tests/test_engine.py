@@ -47,17 +47,40 @@ def test_headless_run_two_processes(compressed_run):
 
 
 def _torchrun(nproc: int, *args) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", str(Path(__file__).parent / "ddp_helper.py"),
-           *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--nnodes",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "127.0.0.1:0",
+        str(Path(__file__).parent / "ddp_helper.py"),
+        *map(str, args),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
     _torchrun(1, "--data", tiny_demo, "--batch", 16, "--steps", 4, "--out", tmp_path / "w1.pt")
-    _torchrun(2, "--data", tiny_demo, "--batch", 8, "--steps", 4, "--out", tmp_path / "w2.pt",
-              "--eval-ckpt", tmp_path / "w1.pt")
+    _torchrun(
+        2,
+        "--data",
+        tiny_demo,
+        "--batch",
+        8,
+        "--steps",
+        4,
+        "--out",
+        tmp_path / "w2.pt",
+        "--eval-ckpt",
+        tmp_path / "w1.pt",
+    )
     one = torch.load(tmp_path / "w1.pt", weights_only=True)
     two = torch.load(tmp_path / "w2.pt", weights_only=True)
     assert one["world"] == 1 and two["world"] == 2
@@ -67,6 +90,7 @@ def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
     assert max((one["weights"][k].float() - w0[k].float()).abs().max().item() for k in w0) > 1e-4
     # AUROC over 2 ranks of the 1-process checkpoint equals its 1-rank AUROC exactly
     from engine import nih
+
     y = nih.index_dataset(tiny_demo).labels
     assert one["logits"].shape == (160, 14)
     assert per_class_auroc(y, two["ckpt_logits"].numpy()) == per_class_auroc(y, one["logits"].numpy())
@@ -74,19 +98,37 @@ def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
 
 def build_initial():
     from engine.models import build_model
+
     torch.manual_seed(0)
     return build_model("resnet18", "none").state_dict()
 
 
 def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
-    return [p for p in psutil.Process(launcher.pid).children(recursive=True)
-            if "engine.train" in p.cmdline() and "engine.torchrun" not in p.cmdline()]
+    return [
+        p
+        for p in psutil.Process(launcher.pid).children(recursive=True)
+        if "engine.train" in p.cmdline() and "engine.torchrun" not in p.cmdline()
+    ]
 
 
 def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
-    proc = chexui_bg("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--runs-dir", runs,
-                     "--set", "train.epochs=3", "--set", "distributed.max_restarts=1", "--set", "data.image_size=48")
+    proc = chexui_bg(
+        "run",
+        "--headless",
+        "--preset",
+        tiny_preset,
+        "--nproc",
+        2,
+        "--runs-dir",
+        runs,
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "distributed.max_restarts=1",
+        "--set",
+        "data.image_size=48",
+    )
     try:
         wait_for_event(runs, lambda e: e["type"] == "epoch_started" and e["epoch"] == 2)
         victims = _workers(proc)
@@ -153,11 +195,26 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
 
 def test_corrupt_image_during_training_fails_cleanly(tmp_path, tiny_preset, tiny_demo):
     import shutil
+
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
     runs = tmp_path / "runs"
-    proc = chexui_bg("run", "--headless", "--preset", tiny_preset, "--data", data, "--runs-dir", runs,
-                     "--set", "data.cache=false", "--set", "data.workers=1", "--set", "train.epochs=3")
+    proc = chexui_bg(
+        "run",
+        "--headless",
+        "--preset",
+        tiny_preset,
+        "--data",
+        data,
+        "--runs-dir",
+        runs,
+        "--set",
+        "data.cache=false",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "train.epochs=3",
+    )
     try:
         run_dir, _ = wait_for_event(runs, lambda e: e["type"] == "checkpoint_saved" and e["epoch"] == 1)
         victim = json.loads((run_dir / "split.json").read_text())["train"][0]
@@ -188,9 +245,24 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
 def test_real_nih_sample_run(tmp_path):
     root = nih_sample()
     runs = tmp_path / "runs"
-    r = chexui("run", "--headless", "--data", root, "--set", "data.image_size=32", "--set", "model.arch=resnet18",
-               "--set", "model.pretrained=none", "--set", "train.epochs=1", "--set", "data.workers=0",
-               "--runs-dir", runs)
+    r = chexui(
+        "run",
+        "--headless",
+        "--data",
+        root,
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "model.arch=resnet18",
+        "--set",
+        "model.pretrained=none",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.workers=0",
+        "--runs-dir",
+        runs,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     test = [e for e in events_of(only_run(runs)) if e["type"] == "evaluated"][0]
     assert set(test["auc"]) == set(LABELS) and test["n"] > 50
@@ -198,9 +270,11 @@ def test_real_nih_sample_run(tmp_path):
 
 
 def test_imagenet_weights_offline_message():
+    from torchvision import models
+
     from engine.errors import ConfigError
     from engine.models import build_model
-    from torchvision import models
+
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(models.ResNet18_Weights.DEFAULT.url).name
     if cached.exists():
         pytest.skip(f"ImageNet weights are cached at {cached}: the offline path cannot be exercised")

@@ -29,10 +29,21 @@ def no_control(text: str) -> bool:
 
 
 def _tiny_config(tiny_demo: Path, **train) -> dict:
-    return config.validate({"name": "tiny", "data": {"root": str(tiny_demo), "image_size": 32, "workers": 0,
-                                                     "val_fraction": 0.2, "test_fraction": 0.25},
-                            "model": {"arch": "resnet18", "pretrained": "none"},
-                            "train": {"epochs": 2, "batch_size": 8, **train}, "export": {"enabled": False}})
+    return config.validate(
+        {
+            "name": "tiny",
+            "data": {
+                "root": str(tiny_demo),
+                "image_size": 32,
+                "workers": 0,
+                "val_fraction": 0.2,
+                "test_fraction": 0.25,
+            },
+            "model": {"arch": "resnet18", "pretrained": "none"},
+            "train": {"epochs": 2, "batch_size": 8, **train},
+            "export": {"enabled": False},
+        }
+    )
 
 
 def fake_run(runs: Path, name: str, cfg: dict, events: list[dict]) -> Path:
@@ -41,30 +52,57 @@ def fake_run(runs: Path, name: str, cfg: dict, events: list[dict]) -> Path:
     for sub in ("checkpoints", "export", "logs"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     config.save(cfg, d / "config.toml")
-    (d / "events.jsonl").write_text("".join(json.dumps({"v": 1, "ts": 1.0e9 + i, **e}) + "\n"
-                                            for i, e in enumerate(events)))
+    (d / "events.jsonl").write_text(
+        "".join(json.dumps({"v": 1, "ts": 1.0e9 + i, **e}) + "\n" for i, e in enumerate(events))
+    )
     return d
 
 
 def started(cfg: dict, run_id: str) -> dict:
-    return {"type": "run_started", "run_id": run_id, "config": cfg, "world_size": 1, "nnodes": 1, "device": "cpu",
-            "dataset": {"root": cfg["data"]["root"], "n_train": 1, "n_val": 1, "n_test": 1, "n_patients": 3}}
+    return {
+        "type": "run_started",
+        "run_id": run_id,
+        "config": cfg,
+        "world_size": 1,
+        "nnodes": 1,
+        "device": "cpu",
+        "dataset": {"root": cfg["data"]["root"], "n_train": 1, "n_val": 1, "n_test": 1, "n_patients": 3},
+    }
 
 
 def finished(status: str) -> dict:
-    return {"type": "run_finished", "status": status, "epochs": 1, "total_time_s": 1.0, "best_epoch": 1,
-            "test_auc_mean": None}
+    return {
+        "type": "run_finished",
+        "status": status,
+        "epochs": 1,
+        "total_time_s": 1.0,
+        "best_epoch": 1,
+        "test_auc_mean": None,
+    }
 
 
 # ------------------------------------------------------------------ security
+
 
 @pytest.mark.slow
 def test_single_node_run_listens_on_loopback_only(tmp_path, tiny_preset):
     """1: the rendezvous store (and gloo's sockets) of a single-node run are unreachable from the network;
     the rendezvous is the loopback one (torchrun's static protocol: no pickled state)."""
     runs = tmp_path / "runs"
-    proc = chexui_bg("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--runs-dir", runs,
-                     "--set", "train.epochs=2", "--set", "data.image_size=48")
+    proc = chexui_bg(
+        "run",
+        "--headless",
+        "--preset",
+        tiny_preset,
+        "--nproc",
+        2,
+        "--runs-dir",
+        runs,
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.image_size=48",
+    )
     try:
         wait_for_event(runs, lambda e: e["type"] == "epoch_started")
         family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
@@ -84,6 +122,7 @@ def test_bench_loads_only_the_recorded_artifacts(tmp_path, compressed_run):
     (what bench, eval, predict and explain load through; a planted program is test_hostile's)."""
     from engine import export
     from engine.errors import StorageError
+
     run = tmp_path / "run"
     shutil.copytree(compressed_run[0], run)
     arts = export.recorded(run)
@@ -115,9 +154,14 @@ def test_control_characters_never_reach_the_terminal(tmp_path, tiny_demo, monkey
     os.rename(data / "images" / first, data / "images" / f"{first}{ESC}")
     (data / "images" / f"{first}{ESC}").write_bytes(b"not a png")
     csv.write_text(csv.read_text().replace(first, f"{first}{ESC}", 1))
-    outputs = [chexui("runs", "list", "--runs-dir", runs), chexui("runs", "show", name, "--runs-dir", runs),
-               chexui("watch", name, "--headless", "--runs-dir", runs), chexui("presets", "list"),
-               chexui("data", "check", data), chexui("data", "check", tmp_path / f"nowhere{ESC}")]
+    outputs = [
+        chexui("runs", "list", "--runs-dir", runs),
+        chexui("runs", "show", name, "--runs-dir", runs),
+        chexui("watch", name, "--headless", "--runs-dir", runs),
+        chexui("presets", "list"),
+        chexui("data", "check", data),
+        chexui("data", "check", tmp_path / f"nowhere{ESC}"),
+    ]
     for r in outputs:
         assert no_control(r.stdout + r.stderr), (r.args, r.stdout + r.stderr)
     assert "boom" in outputs[1].stdout and "nice" in outputs[3].stdout and "cannot read" in outputs[4].stderr
@@ -146,10 +190,12 @@ def test_world_writable_preset_refused_and_foreign_owner_named(tmp_path, monkeyp
 
 # ------------------------------------------------------------------ wrong results reported as right
 
+
 def test_best_checkpoint_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch):
     """5: a kill while the best model is written never leaves last.pt naming an epoch best.pt lacks."""
     from engine import checkpoint
     from engine.errors import StorageError
+
     ck = checkpoint.RunCheckpoints(tmp_path)
 
     def commit(epoch: int, crash_on: str | None = None):
@@ -164,6 +210,7 @@ def test_best_checkpoint_commit_survives_a_kill_at_every_point(tmp_path, monkeyp
             if crash_on == "replace" and Path(dst).name == "best.pt":
                 raise KeyboardInterrupt("killed")
             return real_replace(src, dst)
+
         monkeypatch.setattr(checkpoint, "save_atomic", save)
         monkeypatch.setattr(checkpoint.os, "replace", replace)
         try:
@@ -206,6 +253,7 @@ def test_resume_that_dies_before_its_first_event_fails(tmp_path, tiny_demo):
     """6: an engine that dies at start (here: NCCL on a machine without GPUs) must not leave the run's old
     status ("stopped") in place nor exit 0."""
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("NCCL starts on this machine: the engine would not die at start")
     runs = tmp_path / "runs"
@@ -244,6 +292,7 @@ def test_nan_and_inf_are_not_valid_numbers(tmp_path):
 def test_auc_table_marks_no_best_when_all_are_equal():
     from chexui.headless import auc_table, console
     from engine.labels import LABELS
+
     con = console()
     with con.capture() as cap:
         con.print(auc_table({"auc": {k: 0.5 for k in LABELS}, "auc_mean": 0.5}, "test"))
@@ -254,6 +303,7 @@ def test_cache_built_while_an_image_is_replaced_is_not_kept(tmp_path, tiny_demo,
     """8: the fingerprint was taken after decoding: a cache holding old pixels was accepted as current."""
     from engine import cache, nih
     from engine.errors import DataError
+
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
     index = nih.index_dataset(data)
@@ -266,6 +316,7 @@ def test_cache_built_while_an_image_is_replaced_is_not_kept(tmp_path, tiny_demo,
             shutil.copy(index.paths[1], victim)
             os.utime(victim, ns=(1, 1))
         return out
+
     monkeypatch.setattr(cache, "load_gray", load_then_replace)
     with pytest.raises(DataError, match="changed while the cache was being built"):
         cache.prepare(index, 32, workers=1)
@@ -278,6 +329,7 @@ def test_cache_built_while_an_image_is_replaced_is_not_kept(tmp_path, tiny_demo,
 def test_same_image_name_in_two_shards_is_an_error(tmp_path, tiny_demo):
     from engine import nih
     from engine.errors import DataError
+
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
     (data / "images_002" / "images").mkdir(parents=True)
@@ -289,10 +341,12 @@ def test_same_image_name_in_two_shards_is_an_error(tmp_path, tiny_demo):
 
 # ------------------------------------------------------------------ clean errors instead of tracebacks
 
+
 def fsize_limit(nbytes: int):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+
     return limit
 
 
@@ -318,8 +372,14 @@ def test_full_disk_at_checkpoint_and_log_is_a_clean_error_and_keeps_the_checkpoi
         f.truncate(limit - 200)  # the log fills up too
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "chexui.cli", "run", "--resume", run.name, "--headless", "--runs-dir",
-                        str(runs)], capture_output=True, text=True, timeout=300, preexec_fn=fsize_limit(limit))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "chexui.cli", "run", "--resume", run.name, "--headless", "--runs-dir", str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=fsize_limit(limit),
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert "Traceback" not in out and "last.pt" in out and "File too large" in out, out
@@ -332,10 +392,16 @@ def test_full_disk_at_checkpoint_and_log_is_a_clean_error_and_keeps_the_checkpoi
 def test_full_cache_dir_is_a_clean_error_without_leftovers(tmp_path, tiny_demo):
     import subprocess
     import sys
+
     env = {**os.environ, "CHEXUI_CACHE_DIR": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "chexui.cli", "data", "prepare", str(tiny_demo), "--size", "64",
-                        "--workers", "1"], capture_output=True, text=True, env=env, timeout=120,
-                       preexec_fn=fsize_limit(100_000))
+    r = subprocess.run(
+        [sys.executable, "-m", "chexui.cli", "data", "prepare", str(tiny_demo), "--size", "64", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=fsize_limit(100_000),
+    )
     assert r.returncode == 2 and "cannot write the image cache" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and "tmp" in p.name]
 
@@ -351,6 +417,7 @@ def test_unwritable_runs_dir_and_overlong_name(tmp_path):
 
 def test_label_separator_with_spaces(tmp_path, tiny_demo):
     from engine import nih
+
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
     csv = data / "Data_Entry_2017.csv"
@@ -360,14 +427,20 @@ def test_label_separator_with_spaces(tmp_path, tiny_demo):
     csv.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
     index = nih.index_dataset(data)
     from engine.labels import LABELS
+
     assert {LABELS[j] for j in index.labels[0].nonzero()[0]} == {"Mass", "Nodule"}
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_self_looping_symlink_and_decompression_bomb_are_data_errors(tmp_path, tiny_demo):
@@ -379,6 +452,7 @@ def test_self_looping_symlink_and_decompression_bomb_are_data_errors(tmp_path, t
     assert r.returncode == 2 and "too large" in r.stderr and "Traceback" not in r.stderr, r.stderr
     from engine import nih
     from engine.errors import DataError
+
     with pytest.raises(DataError, match="too large"):
         nih.load_gray(data / "images" / names[1], 32)
     (data / "images" / names[0]).unlink()
@@ -399,9 +473,12 @@ def test_damaged_or_malicious_checkpoint_in_eval(tmp_path, tiny_demo):
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
+
     import torch
+
     from engine.errors import StorageError
     from engine.evaluate import load_best
+
     torch.save({"model": Evil()}, run / "checkpoints" / "best.pt")
     with pytest.raises(StorageError, match="not a readable checkpoint"):  # what `eval` prints, exit 2 (above)
         load_best(run)
@@ -413,9 +490,11 @@ def test_runs_list_survives_events_of_the_wrong_shape(tmp_path, tiny_demo):
     cfg = _tiny_config(tiny_demo)
     fake_run(runs, "20260101-000000-good", cfg, [started(cfg, "good"), finished("completed")])
     bad = fake_run(runs, "20260101-000001-bad", cfg, [])
-    (bad / "events.jsonl").write_text('{"type": "run_started", "config": 5}\n{"type": "epoch_ended", "epoch": "x"}\n'
-                                      '[1, 2]\n{"v": 1, "ts": 1, "type": "run_started", "run_id": "b", "config": '
-                                      '{"model": 3}, "world_size": 1, "nnodes": 1, "device": "cpu", "dataset": {}}\n')
+    (bad / "events.jsonl").write_text(
+        '{"type": "run_started", "config": 5}\n{"type": "epoch_ended", "epoch": "x"}\n'
+        '[1, 2]\n{"v": 1, "ts": 1, "type": "run_started", "run_id": "b", "config": '
+        '{"model": 3}, "world_size": 1, "nnodes": 1, "device": "cpu", "dataset": {}}\n'
+    )
     (bad / "launcher.json").write_text('{"pid": "x"}')
     r = chexui("runs", "list", "--json", "--runs-dir", runs)
     assert r.returncode == 0, r.stderr

@@ -26,10 +26,12 @@ STUDY = sorted((ROOT / "presets" / "study").glob("*.toml"))
 
 def resolved(name: str) -> dict:
     from chexui.presets import resolve
+
     return resolve(name)
 
 
 # ------------------------------------------------------------------ LR plateau (Keras semantics)
+
 
 def keras_reduce_lr_epochs(losses_, patience, factor, min_delta, lr, min_lr=0.0):
     """Keras 2.3's ReduceLROnPlateau (mode "min", cooldown 0), as its source reads: the epochs (1-based)
@@ -72,8 +74,8 @@ def test_lr_is_cut_at_exactly_the_epoch_keras_cuts_it(patience):
 def test_keras_rule_cuts_one_epoch_before_pytorchs_and_min_delta_is_absolute():
     seq = [1.0, 0.9, 0.95, 0.95, 0.95]
     t = {**config.defaults()["train"], "plateau_patience": 2}
-    assert torch_cut_epochs(seq, {**t, "plateau_rule": "keras"}) == [4]     # bad epochs 3, 4 reach 2
-    assert torch_cut_epochs(seq, {**t, "plateau_rule": "pytorch"}) == [5]   # torch: they must exceed 2
+    assert torch_cut_epochs(seq, {**t, "plateau_rule": "keras"}) == [4]  # bad epochs 3, 4 reach 2
+    assert torch_cut_epochs(seq, {**t, "plateau_rule": "pytorch"}) == [5]  # torch: they must exceed 2
     # steps of 3e-5 at a loss of 0.1: below the absolute min_delta 1e-4 (Keras: no improvement, cut),
     # above torch's relative threshold 1e-4 x 0.1 (improvements, no cut)
     tiny = [0.1, 0.09997, 0.09994, 0.09991]
@@ -83,6 +85,7 @@ def test_keras_rule_cuts_one_epoch_before_pytorchs_and_min_delta_is_absolute():
 
 
 # ------------------------------------------------------------------ pruning: degree 4, unlisted widths
+
 
 def tfmot_polynomial_decay(step, begin, end, s_i, s_f, power):
     """TF-MOT's PolynomialDecay.__call__ (step clipped to end_step)."""
@@ -103,8 +106,16 @@ def test_schedule_is_tfmot_polynomial_decay_with_power_4():
 
 
 def _prune_cfg(**kw):
-    return {**config.defaults()["prune"], "enabled": True, "begin_epoch": 0.0, "end_epoch": 1.0,
-            "frequency_steps": 1, "final_sparsity": 0.7, "adaptive": [{"out_channels": 64, "sparsity": 0.25}], **kw}
+    return {
+        **config.defaults()["prune"],
+        "enabled": True,
+        "begin_epoch": 0.0,
+        "end_epoch": 1.0,
+        "frequency_steps": 1,
+        "final_sparsity": 0.7,
+        "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
+        **kw,
+    }
 
 
 @pytest.mark.parametrize("default,unlisted", [("keep", 0.0), ("final", 0.7), (0.3, 0.3)])
@@ -146,11 +157,15 @@ def test_study_presets_set_the_study_behaviour():
 
 # ------------------------------------------------------------------ weights and validation loss
 
+
 def test_model_weights_are_named_and_checked_against_torchvision():
     from torchvision import models
-    for arch, names in config.ARCH_WEIGHTS.items():
-        assert set(names) <= set(models.get_model_weights(arch).__members__), arch
-    assert set(config.ARCH_WEIGHTS["resnet50"]) == {"IMAGENET1K_V1", "IMAGENET1K_V2"}
+
+    from engine import archs
+
+    for arch in archs.all_archs():  # the architecture table's weight names are torchvision's
+        assert set(arch.weights) <= set(models.get_model_weights(arch.torchvision).__members__), arch.name
+    assert set(archs.get("resnet50").weights) == {"IMAGENET1K_V1", "IMAGENET1K_V2"}
     config.validate({"model": {"arch": "resnet50", "weights": "IMAGENET1K_V2"}})
     with pytest.raises(ConfigError, match="model.weights.*densenet121"):
         config.validate({"model": {"arch": "densenet121", "weights": "IMAGENET1K_V2"}}, "p.toml")
@@ -159,6 +174,7 @@ def test_model_weights_are_named_and_checked_against_torchvision():
 
 def test_offline_imagenet_message_names_the_chosen_weights_file():
     from torchvision import models
+
     url = models.ResNet50_Weights.IMAGENET1K_V1.url
     if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).exists():
         pytest.skip("the V1 weights are cached: the offline path cannot be exercised")
@@ -181,18 +197,20 @@ def test_unweighted_validation_loss_is_plain_bce_while_training_stays_weighted()
 
 # ------------------------------------------------------------------ QAT
 
+
 def test_evaluating_keeps_observers_that_were_frozen():
     from engine import quant
+
     q = {**config.defaults()["quantize"], "enabled": True}
     qat = quant.prepare(build_model("resnet18", "none"), q, 32)
     fqs = quant._fake_quants(qat).values()
     with quant.observers_frozen(qat):
         assert all(int(f.observer_enabled) == 0 for f in fqs)
-    assert all(int(f.observer_enabled) == 1 for f in fqs)       # training observers resume
+    assert all(int(f.observer_enabled) == 1 for f in fqs)  # training observers resume
     quant.freeze_observers(qat)
     with quant.observers_frozen(qat):
         pass
-    assert all(int(f.observer_enabled) == 0 for f in fqs)       # a frozen range stays frozen
+    assert all(int(f.observer_enabled) == 0 for f in fqs)  # a frozen range stays frozen
     assert quant.bit_widths(qat)["activation_bits"] == [8] and quant.bit_widths(qat)["weight_bits"] == [8]
 
 
@@ -239,19 +257,22 @@ def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed
     from engine.data import Images
     from engine.dist import Dist
     from engine.evaluate import eval_batch_size, predict_logits, probabilities, shipped_models
+
     cfg = cfg_mod.load_run_config(run / "config.toml")
     kept = predictions.load(run / "predictions" / "test_qat.npz")
     index = nih.index_dataset(tiny_demo)
     rows = np.array([list(index.names).index(n) for n in kept["image_ids"]])
     twin = shipped_models(run, cfg)[1][1]
-    logits = predict_logits(twin, Images(index, 32, prepare(index, 32)), rows, Dist(), eval_batch_size(cfg),
-                            cfg["train"]["channels_last"])
+    logits = predict_logits(
+        twin, Images(index, 32, prepare(index, 32)), rows, Dist(), eval_batch_size(cfg), cfg["train"]["channels_last"]
+    )
     assert np.abs(probabilities(logits) - kept["probs"]).max() <= 1e-6
     assert all(m["auc_mean_ci"][0] <= m["auc_mean"] <= m["auc_mean_ci"][1] for m in res["models"])
     # the human table of each model (what `chexui eval` prints): CIs and the calls at the run's thresholds
     from rich.console import Console
 
     from chexui.headless import auc_table
+
     con = Console(record=True, width=140)
     for m in res["models"]:
         con.print(auc_table(m, m["model"]))
@@ -261,13 +282,20 @@ def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed
 
 # ------------------------------------------------------------------ kept predictions, CIs, labels in a mean
 
+
 @pytest.mark.slow
 def test_every_evaluation_keeps_its_predictions_and_carries_patient_bootstrap_cis(compressed_run):
     run, _ = compressed_run
     split = json.loads((run / "split.json").read_text())
     evals = [e for e in events_of(run) if e["type"] == "evaluated"]
-    assert {e["split"] for e in evals} == {"test", "test_qat", "test_fp32", "test_sparse", "test_onnx_fp32",
-                                           "test_onnx_int8"}
+    assert {e["split"] for e in evals} == {
+        "test",
+        "test_qat",
+        "test_fp32",
+        "test_sparse",
+        "test_onnx_fp32",
+        "test_onnx_int8",
+    }
     for e in evals:
         p = predictions.load(run / e["predictions"])
         assert len(p["image_ids"]) == e["n"] == len(split["test"])
@@ -285,16 +313,22 @@ def test_every_evaluation_keeps_its_predictions_and_carries_patient_bootstrap_ci
 
 def test_headless_table_says_how_many_labels_a_mean_covers():
     from chexui.headless import auc_table, console
+
     aucs = {name: 0.8 for name in LABELS} | {"Hernia": None, "Edema": None}
     con = console()
     with con.capture() as cap:
-        con.print(auc_table({"auc": aucs, "auc_mean": 0.8, "auc_mean_ci": [0.75, 0.85],
-                             "auc_ci": {n: [0.7, 0.9] for n in LABELS}}, "test"))
+        con.print(
+            auc_table(
+                {"auc": aucs, "auc_mean": 0.8, "auc_mean_ci": [0.75, 0.85], "auc_ci": {n: [0.7, 0.9] for n in LABELS}},
+                "test",
+            )
+        )
     out = cap.get()
     assert "mean of 12/14 labels" in out and "0.750-0.850" in out
 
 
 # ------------------------------------------------------------------ the bootstrap itself
+
 
 def clustered(n_patients: int, rng, d=1.0, images=3, sigma_u=1.0):
     """Patients with a label each (shared by their images) and a patient effect on every score: the
@@ -310,7 +344,7 @@ def clustered(n_patients: int, rng, d=1.0, images=3, sigma_u=1.0):
 
 
 def true_auc(d=1.0, sigma_u=1.0):
-    x = d / math.sqrt(2 * (sigma_u ** 2 + 1))
+    x = d / math.sqrt(2 * (sigma_u**2 + 1))
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))  # the standard normal CDF at x
 
 
@@ -346,9 +380,12 @@ def test_ci_width_shrinks_as_one_over_sqrt_patients():
         ws = []
         for k in range(4):
             y, s, pat = clustered(n, np.random.default_rng(50 + k))
-            lo, hi = bootstrap.intervals(y, s, pat, metrics.per_class_auroc(y, s)[0], bootstrap.Spec(300, k))["auc_mean_ci"]
+            lo, hi = bootstrap.intervals(y, s, pat, metrics.per_class_auroc(y, s)[0], bootstrap.Spec(300, k))[
+                "auc_mean_ci"
+            ]
             ws.append(hi - lo)
         return np.mean(ws)
+
     ratio = width(200) / width(800)
     assert 1.6 <= ratio <= 2.5, ratio  # 4x the patients: about half the width
 
@@ -366,6 +403,7 @@ def test_paired_identical_runs_differ_by_zero_with_p_1_and_a_shuffled_model_by_p
     # no resample came out on the other side of 0: p is 1/(R + 1), not 0 (R resamples cannot show less)
     assert res["mean"]["p"] == pytest.approx(1 / 1001)
     from chexui.compare import _p_text
+
     assert _p_text(res["mean"]["p"]) == "p<0.001" and _p_text(0.0521) == "p=0.052"
 
 
@@ -417,11 +455,20 @@ def test_holm_adjusts_a_family_of_p_values():
 
 # ------------------------------------------------------------------ a pruned run's best epoch; paired compare
 
+
 @pytest.mark.slow
-def test_best_from_start_lets_a_mid_schedule_epoch_be_best_and_compare_pairs_runs(tmp_path, tiny_preset, compressed_run):
+def test_best_from_start_lets_a_mid_schedule_epoch_be_best_and_compare_pairs_runs(
+    tmp_path, tiny_preset, compressed_run
+):
     runs = tmp_path / "runs"
-    r, ev = run_tiny(runs, tiny_preset, "prune.enabled=true", "prune.end_epoch=2.0", "prune.best_from=start",
-                     "train.val_loss=unweighted")
+    r, ev = run_tiny(
+        runs,
+        tiny_preset,
+        "prune.enabled=true",
+        "prune.end_epoch=2.0",
+        "prune.best_from=start",
+        "train.val_loss=unweighted",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     # epoch 1 always improves on no best: with best_from = "start" it is saved as best mid-schedule
     best = [e["epoch"] for e in ev if e["type"] == "checkpoint_saved" and e["best"]]

@@ -19,9 +19,18 @@ from engine.running_loss import RunningLoss
 from engine.trainer import train_step
 from tests.conftest import chexui, events_of, only_run, run_tiny
 
-PRUNE = {**config.defaults()["prune"], "scope": "conv", "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "final_sparsity": 0.7,
-         "initial_sparsity": 0.1, "begin_epoch": 0.0, "end_epoch": 1.0, "power": 3, "frequency_steps": 1,
-         "adaptive_default": "final"}
+PRUNE = {
+    **config.defaults()["prune"],
+    "scope": "conv",
+    "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
+    "final_sparsity": 0.7,
+    "initial_sparsity": 0.1,
+    "begin_epoch": 0.0,
+    "end_epoch": 1.0,
+    "power": 3,
+    "frequency_steps": 1,
+    "adaptive_default": "final",
+}
 
 
 def test_pruning_channels_last_weights_gives_the_same_masks_as_contiguous():
@@ -80,6 +89,7 @@ def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
     def broken():
         yield 1
         raise OSError("disk gone")
+
     with pytest.raises(OSError, match="disk gone"):
         list(Prefetched(broken(), torch.device("cpu")))
     # leaving early (a stop request mid-epoch) ends the thread
@@ -93,8 +103,14 @@ def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
 def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset, tiny_demo):
     """What a GPU server runs: bf16 autocast, channels_last, fused Adam and torch.compile (train step and
     the padded evaluation pass), with the compile time reported apart from the epoch's."""
-    r, ev = run_tiny(tmp_path / "runs", tiny_preset, "train.amp=bf16", "train.epochs=1", "train.compile=true",
-                     "eval.bootstrap_resamples=0")
+    r, ev = run_tiny(
+        tmp_path / "runs",
+        tiny_preset,
+        "train.amp=bf16",
+        "train.epochs=1",
+        "train.compile=true",
+        "eval.bootstrap_resamples=0",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     started = [e for e in ev if e["type"] == "run_started"][0]
     assert started["amp"] == "bfloat16" and started["channels_last"] is True
@@ -108,6 +124,7 @@ def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset, tiny_demo):
     # trained in bf16, validated and tested in fp32: the run's test AUROCs are an fp32 evaluation's
     # (chexui eval's, eager) to rounding, where bf16 autocast had moved them by up to 4e-4
     from engine.evaluate import evaluate_run
+
     test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
     fp32 = evaluate_run(only_run(tmp_path / "runs"), str(tiny_demo))
     assert max(abs(fp32["auc"][k] - v) for k, v in test["auc"].items() if v is not None) <= 2e-6
@@ -118,8 +135,9 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
     """The last epoch is the best one (1 epoch): the 2-process test AUROC must be the AUROC of best.pt
     evaluated by one process - no rank may read a half-written best.pt or use its own BatchNorm stats."""
     runs = tmp_path / "runs"
-    r = chexui("run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--set", "train.epochs=1",
-               "--runs-dir", runs)
+    r = chexui(
+        "run", "--headless", "--preset", tiny_preset, "--nproc", 2, "--set", "train.epochs=1", "--runs-dir", runs
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     run = only_run(runs)
     ev = events_of(run)
@@ -139,6 +157,7 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
     from engine.data import Images
     from engine.dist import Dist
     from engine.evaluate import auroc_from_logits, load_best, predict_logits
+
     model, cfg = load_best(run)
     index = nih.index_dataset(tiny_demo)
     val = nih.make_split(index, config.load_run_config(run / "config.toml")["data"])["val"]
@@ -153,6 +172,7 @@ def test_gpu_inference_figures_are_measured_on_any_device():
     """`chexui bench`'s GPU columns (fp32 and bf16 autocast, batch 1 and a large batch, channels_last),
     here on the CPU: the same code a GPU server runs."""
     from engine.infer_bench import measure_gpu
+
     g = measure_gpu(build_model("resnet18", "none").eval(), 32, torch.device("cpu"), batch=4, budget_s=0.05)
     assert set(g) == {"batch", "latency_b1_ms", "throughput", "bf16_latency_b1_ms", "bf16_throughput"}
     assert g["batch"] == 4 and all(v > 0 for v in g.values())

@@ -33,8 +33,10 @@ def clean_exit(r: subprocess.CompletedProcess, code: int = 0) -> None:
 
 def strict_json(text: str):
     """json.loads that refuses NaN and Infinity (which JSON does not have)."""
+
     def bad(c):
         raise ValueError(f"{c} is not JSON")
+
     return json.loads(text, parse_constant=bad)
 
 
@@ -44,12 +46,20 @@ def in_terminal(*args: str, env: dict | None = None, timeout: float = 60, cols: 
     import fcntl
     import struct
     import termios
+
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 48, cols, 0, 0))
     e = {**os.environ, **(env or {}), "TERM": "xterm-256color", "COLUMNS": str(cols)}
     e.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], stdin=slave, stdout=slave,
-                            stderr=slave, env=e, cwd=ROOT, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chexui.cli", *map(str, args)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=e,
+        cwd=ROOT,
+        close_fds=True,
+    )
     os.close(slave)
     out, end = b"", time.monotonic() + timeout
     while time.monotonic() < end:
@@ -77,6 +87,7 @@ def in_process(*args: str, cwd: Path | None = None):
     from typer.testing import CliRunner
 
     from chexui.cli import app
+
     old = Path.cwd()
     try:
         if cwd is not None:
@@ -89,6 +100,7 @@ def in_process(*args: str, cwd: Path | None = None):
 
 # ------------------------------------------------------------------ markup, escapes and bidi controls
 
+
 def test_markup_escapes_and_bidi_in_a_shared_preset_are_shown_as_plain_text(tmp_path, monkeypatch):
     """`[/]` in a shared preset's description crashed `presets list` (and the TUI at start-up); a FIFO
     named like a preset hung it; `[link=...]` became a hidden OSC 8 hyperlink."""
@@ -97,8 +109,16 @@ def test_markup_escapes_and_bidi_in_a_shared_preset_are_shown_as_plain_text(tmp_
     monkeypatch.setenv("CHEXUI_PRESETS", str(lab))
     code, out = in_terminal("presets", "list", env={"CHEXUI_PRESETS": str(lab)})
     assert code == 0 and "Traceback" not in out, out[-3000:]
-    for needle in ("demo", "densenet121", "lab[bold]-v[1.0", "[/]", "[link=https://evil.example/]click[/link]",
-                   "fifo", "deep", "unusable"):
+    for needle in (
+        "demo",
+        "densenet121",
+        "lab[bold]-v[1.0",
+        "[/]",
+        "[link=https://evil.example/]click[/link]",
+        "fifo",
+        "deep",
+        "unusable",
+    ):
         assert needle in out, (needle, out[-3000:])
     assert hostile.OSC8 not in out and "\x1b]52" not in out and hostile.RLO not in out and "\ufffdgnp.exe" in out
     r = chexui("presets", "list", "--json")
@@ -118,6 +138,7 @@ def test_a_preset_named_like_markup_runs_and_is_watched(tmp_path):
 
 
 # ------------------------------------------------------------------ run dirs that break readers
+
 
 def test_one_hostile_run_dir_never_breaks_the_listing_of_the_others(tmp_path):
     """A deeply nested JSON line (RecursionError), events.jsonl as a FIFO (hung) or /dev/zero (read until
@@ -187,7 +208,7 @@ def test_every_reader_survives_every_field_of_every_event_being_of_the_wrong_typ
         ev = json.loads(line)
         all_paths = [p for p in paths(ev) if p]
         for p in [all_paths[j] for j in rng.choice(len(all_paths), min(8, len(all_paths)), replace=False)]:
-            mutated = lines[:i] + [json.dumps(replaced(ev, p, wrong[tried % len(wrong)]))] + lines[i + 1:]
+            mutated = lines[:i] + [json.dumps(replaced(ev, p, wrong[tried % len(wrong)]))] + lines[i + 1 :]
             tried += 1
             events, _ = parse_lines("\n".join(mutated) + "\n")
             view = HeadlessView(console=SafeConsole(file=sink, width=120), plain=False)
@@ -213,6 +234,7 @@ def test_tui_lists_and_opens_hostile_runs_and_starts_with_a_hostile_preset(tmp_p
     from chexui.tui.launcher import LauncherScreen
     from chexui.tui.monitor import MonitorScreen
     from chexui.tui.runs_browser import RunsScreen
+
     lab = tmp_path / "lab"
     hostile.hostile_preset(lab)
     monkeypatch.setenv("CHEXUI_PRESETS", str(lab))
@@ -221,6 +243,7 @@ def test_tui_lists_and_opens_hostile_runs_and_starts_with_a_hostile_preset(tmp_p
 
     async def wait_for(pilot, cond, timeout=20.0):
         from textual.css.query import NoMatches
+
         end = time.monotonic() + timeout
         while True:
             try:
@@ -234,14 +257,25 @@ def test_tui_lists_and_opens_hostile_runs_and_starts_with_a_hostile_preset(tmp_p
     async def go():
         app = make_app(runs)
         async with app.run_test(size=(160, 48)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LauncherScreen)
-                           and app.screen.query_one("#presets", DataTable).row_count > 3)
-            shown = [str(r[0]) for r in (app.screen.query_one("#presets", DataTable).get_row_at(i)
-                                         for i in range(app.screen.query_one("#presets", DataTable).row_count))]
+            await wait_for(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, LauncherScreen) and app.screen.query_one("#presets", DataTable).row_count > 3
+                ),
+            )
+            shown = [
+                str(r[0])
+                for r in (
+                    app.screen.query_one("#presets", DataTable).get_row_at(i)
+                    for i in range(app.screen.query_one("#presets", DataTable).row_count)
+                )
+            ]
             assert "lab[bold]-v[1.0" in shown and "demo" in shown
             app.open_runs()
-            await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen)
-                           and app.screen.query_one(DataTable).row_count == len(dirs))
+            await wait_for(
+                pilot,
+                lambda: isinstance(app.screen, RunsScreen) and app.screen.query_one(DataTable).row_count == len(dirs),
+            )
             table = app.screen.query_one(DataTable)
             keys = [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
             table.move_cursor(row=keys.index(str(dirs["markup"])))
@@ -250,6 +284,7 @@ def test_tui_lists_and_opens_hostile_runs_and_starts_with_a_hostile_preset(tmp_p
             status = str(app.screen.status_text())
             assert "deleted" not in status and "v[1.0[/]" in status and "completed" in status
             assert "\x1b" not in status and hostile.RLO not in status
+
     asyncio.run(go())
 
 
@@ -264,15 +299,18 @@ def test_json_output_has_no_nan(tmp_path):
 
 # ------------------------------------------------------------------ signals
 
+
 def _fake_chexui_launch(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
     """A process whose command line is `python -m chexui.launch RUN_DIR` (a stand-in package that sleeps)."""
     pkg = tmp_path / "fake" / "chexui"
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "launch.py").write_text("import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-                                   "time.sleep(120)\n")
-    return subprocess.Popen([sys.executable, "-m", "chexui.launch", str(run_dir)], cwd=tmp_path / "fake",
-                            stdin=subprocess.DEVNULL)
+    (pkg / "launch.py").write_text(
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(120)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "chexui.launch", str(run_dir)], cwd=tmp_path / "fake", stdin=subprocess.DEVNULL
+    )
 
 
 def test_stop_signals_only_a_process_the_os_says_is_this_runs_launcher(tmp_path):
@@ -281,8 +319,10 @@ def test_stop_signals_only_a_process_the_os_says_is_this_runs_launcher(tmp_path)
     runs = tmp_path / "runs"
     dirs = hostile.hostile_run_dirs(runs, RECORDED)
     fake, other = dirs["good"], dirs["nested"]
-    victims = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]),
-               _fake_chexui_launch(tmp_path, other)]  # chexui's launcher, but of another run
+    victims = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]),
+        _fake_chexui_launch(tmp_path, other),
+    ]  # chexui's launcher, but of another run
     try:
         time.sleep(0.5)
         for victim in victims:
@@ -306,11 +346,13 @@ def test_stop_signals_only_a_process_the_os_says_is_this_runs_launcher(tmp_path)
 
 # ------------------------------------------------------------------ output dirs
 
+
 def test_output_dirs_never_follow_planted_links_or_replace_others_files(tmp_path):
     """`explain --out DIR` and `report --out DIR` wrote through symlinks planted in DIR (a victim file
     overwritten), tracebacked into a read-only dir or onto an existing file."""
     from engine.errors import StorageError
     from engine.fsutil import OutputDir
+
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     out = tmp_path / "out"
@@ -368,6 +410,7 @@ def test_symlinks_planted_at_a_runs_appended_files_are_not_followed(tmp_path):
     from engine.errors import StorageError
     from engine.events import EventWriter
     from engine.fsutil import open_append
+
     victim = tmp_path / "victim"
     victim.write_text("precious")
     run = tmp_path / "run"
@@ -380,17 +423,20 @@ def test_symlinks_planted_at_a_runs_appended_files_are_not_followed(tmp_path):
         open_append(run / "logs" / "engine.log")
     request_stop(run, "test")  # replaces the link itself
     from engine import config
+
     config.save(config.defaults(), run / "config.toml")
     assert victim.read_text() == "precious" and not (run / "stop_requested").is_symlink()
 
 
 # ------------------------------------------------------------------ images
 
+
 def test_dicom_decodes_in_the_standards_order_and_bad_attributes_are_one_line_skips(tmp_path):
     """MONOCHROME1 with an 8-bit VOI LUT on a 12-bit image decoded to 254-255 everywhere (silently wrong);
     NumberOfFrames="abc" and WindowWidth=0 tracebacked."""
     from engine import images
     from engine.errors import DataError
+
     want = hostile.dicom_mono1_voi_lut(tmp_path / "m1-lut.dcm")
     assert np.array_equal(images.load(tmp_path / "m1-lut.dcm", 40), want)
     for name, path in hostile.dicom_bad_attributes(tmp_path / "bad").items():
@@ -404,15 +450,23 @@ def test_a_deflated_dicom_bomb_and_a_fifo_are_refused_at_once(tmp_path):
     """A 1 MB deflated DICOM took 8.5 GB and 52 s; a FIFO named on the command line hung predict."""
     from engine import images
     from engine.errors import DataError
+
     hostile.deflated_dicom_bomb(tmp_path / "bomb.dcm")
     os.mkfifo(tmp_path / "pipe.png")
-    code = ("import sys, time\nfrom engine import images\nt = time.monotonic()\n"
-            "for p in sys.argv[1:]:\n    try:\n        images.load(p, 32)\n    except Exception as e:\n"
-            "        print(type(e).__name__, e)\n"
-            "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))  # this process's peak\n"
-            "print(time.monotonic() - t, hwm.split()[1])\n")
-    r = subprocess.run([sys.executable, "-c", code, tmp_path / "bomb.dcm", tmp_path / "pipe.png"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, time\nfrom engine import images\nt = time.monotonic()\n"
+        "for p in sys.argv[1:]:\n    try:\n        images.load(p, 32)\n    except Exception as e:\n"
+        "        print(type(e).__name__, e)\n"
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))  # this process's peak\n"
+        "print(time.monotonic() - t, hwm.split()[1])\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, tmp_path / "bomb.dcm", tmp_path / "pipe.png"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("DataError") and "inflates to more than" in lines[0], r.stdout + r.stderr
     assert lines[1].startswith("DataError") and "not a regular file" in lines[1]
@@ -424,13 +478,21 @@ def test_a_deflated_dicom_bomb_and_a_fifo_are_refused_at_once(tmp_path):
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised():
     from chexui.format import csv_cell
-    assert [csv_cell(s) for s in ("=cmd|' /C calc'!A0", "+1", "-2", "@SUM(A1)", "\tx", "ok.png")] == \
-        ["'=cmd|' /C calc'!A0", "'+1", "'-2", "'@SUM(A1)", "'\tx", "ok.png"]
+
+    assert [csv_cell(s) for s in ("=cmd|' /C calc'!A0", "+1", "-2", "@SUM(A1)", "\tx", "ok.png")] == [
+        "'=cmd|' /C calc'!A0",
+        "'+1",
+        "'-2",
+        "'@SUM(A1)",
+        "'\tx",
+        "ok.png",
+    ]
 
 
 def test_an_image_rewritten_with_its_size_and_mtime_kept_is_noticed_by_the_cache(tmp_path, tiny_demo):
     """`cp -p` / `rsync -a` of another image of the same size kept the cache's size + mtime fingerprint."""
     from engine import cache, nih
+
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
     index = nih.index_dataset(data)
@@ -454,6 +516,7 @@ def test_set_nested_fifty_thousand_deep_is_a_one_line_error():
 
 # ------------------------------------------------------------------ artifacts
 
+
 def test_an_int8_graph_record_admits_only_tensor_operations():
     """The int8 model chexui runs is a graph record in best.pt (data): a record naming any other function
     (aten.from_file writes files), pointing at a later node, or carrying odd values is refused."""
@@ -462,9 +525,16 @@ def test_an_int8_graph_record_admits_only_tensor_operations():
     import torch
 
     from engine import quant
+
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 14)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 14),
+    ).eval()
     int8 = quant.post_training(model, "all", 16, [torch.randn(4, 3, 16, 16)])
     record = quant.graph_record(int8)
     x = torch.randn(2, 3, 16, 16)
@@ -479,7 +549,7 @@ def test_an_int8_graph_record_admits_only_tensor_operations():
         "a second input": lambda ns: ns.insert(1, {"op": "placeholder"}),
         "no output": lambda ns: ns.pop(),
     }
-    for what, change in evil.items():
+    for change in evil.values():
         bad = copy.deepcopy(nodes)
         change(bad)
         with pytest.raises(ValueError):
@@ -489,6 +559,7 @@ def test_an_int8_graph_record_admits_only_tensor_operations():
 
 
 # ------------------------------------------------------------------ artifacts (a finished QAT run)
+
 
 @pytest.fixture()
 def hostile_copy(tmp_path, compressed_run) -> Path:
@@ -508,18 +579,19 @@ def test_a_planted_pt2_never_runs_whatever_its_recorded_hash(hostile_copy, tiny_
     (In this process, with torch.export.load and torch.jit.load made to fail the test if called;
     benchmarks/hostile.py runs each payload through the CLI's predict, eval and bench.)"""
     import torch
+
     run = hostile_copy
     pt2 = run / "export" / "model_int8.pt2"
     # the payloads are live: torch.export.load of each runs it
     probe = tmp_path / "probe"
     made = {w: hostile.planted_pt2(pt2, tmp_path / f"{w}.pt2", probe, (w,))[w] for w in hostile.PT2_PAYLOADS}
-    loads = "".join(f"try: torch.export.load({str(tmp_path / f'{w}.pt2')!r})\nexcept Exception: pass\n"
-                    for w in made)
+    loads = "".join(f"try: torch.export.load({str(tmp_path / f'{w}.pt2')!r})\nexcept Exception: pass\n" for w in made)
     subprocess.run([sys.executable, "-c", "import torch\n" + loads], capture_output=True, timeout=300)
     assert all(m.exists() for m in made.values()), {w: m.exists() for w, m in made.items()}
 
     def never(*a, **k):
         raise AssertionError(f"a program file was loaded: {a}")
+
     monkeypatch.setattr(torch.export, "load", never)
     monkeypatch.setattr(torch.jit, "load", never)
     # every payload where the run's int8 artifact was, its hash recorded by the attacker
@@ -529,9 +601,13 @@ def test_a_planted_pt2_never_runs_whatever_its_recorded_hash(hostile_copy, tiny_
     from engine import export
     from engine.evaluate import evaluate_run
     from engine.predict import predict
+
     res = evaluate_run(run, str(tiny_demo))  # chexui eval
-    int8 = next(e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
-                if e["type"] == "evaluated" and e["split"] == "test")
+    int8 = next(
+        e
+        for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
+        if e["type"] == "evaluated" and e["split"] == "test"
+    )
     assert res["model"].startswith("int8 artifact export/model_int8.pt2 (its graph, as kept in")
     assert res["auc_mean"] == pytest.approx(int8["auc_mean"], abs=1e-6)
     first = next((tiny_demo / "images").iterdir())
@@ -563,24 +639,40 @@ def test_hostile_file_names_in_predict_and_explain(hostile_copy, tiny_demo, tmp_
     run = hostile_copy
     first = next((tiny_demo / "images").iterdir())
     pics = tmp_path / "pics"
-    for sub, name in (("a/x[", "]y.png"), ("b/x[", "]y.png"), ("a", "[link=ftp:evil.example]z.png"),
-                      ("a", f"=HYPERLINK(1){hostile.RLO}.png")):
+    for sub, name in (
+        ("a/x[", "]y.png"),
+        ("b/x[", "]y.png"),
+        ("a", "[link=ftp:evil.example]z.png"),
+        ("a", f"=HYPERLINK(1){hostile.RLO}.png"),
+    ):
         (pics / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy(first, pics / sub / name)
-    code, out = in_terminal("predict", run, pics, "--artifact", "fp32", "--runs-dir", run.parent, timeout=120,
-                            cols=400)  # (wide enough for whole file names beside 14 columns)
+    code, out = in_terminal(
+        "predict", run, pics, "--artifact", "fp32", "--runs-dir", run.parent, timeout=120, cols=400
+    )  # (wide enough for whole file names beside 14 columns)
     assert code == 0 and "Traceback" not in out and hostile.OSC8 not in out and hostile.RLO not in out, out[-3000:]
     assert "x[/]y.png" in out and "[link=ftp:evil.example]z.png" in out
-    r = in_process("predict", run, ".", "--artifact", "fp32", "--format", "csv", "--runs-dir", run.parent,
-                   cwd=pics / "a")
+    r = in_process(
+        "predict", run, ".", "--artifact", "fp32", "--format", "csv", "--runs-dir", run.parent, cwd=pics / "a"
+    )
     clean_exit(r)
     cells = [line.split(",")[0] for line in r.stdout.splitlines()[1:]]
     assert any(c.startswith("'=HYPERLINK") for c in cells) and not any(c.startswith("=") for c in cells), cells
     victim = tmp_path / "victim.png"
     victim.write_bytes(b"precious")
     out_dir = tmp_path / "explained"
-    args = ("explain", run, pics / "a" / "x[" / "]y.png", pics / "b" / "x[" / "]y.png", "--artifacts", "fp32",
-            "--out", out_dir, "--runs-dir", run.parent)
+    args = (
+        "explain",
+        run,
+        pics / "a" / "x[" / "]y.png",
+        pics / "b" / "x[" / "]y.png",
+        "--artifacts",
+        "fp32",
+        "--out",
+        out_dir,
+        "--runs-dir",
+        run.parent,
+    )
     r = in_process(*args)
     clean_exit(r)
     assert len(list(out_dir.glob("*-compare.png"))) == 2

@@ -42,6 +42,7 @@ def test_youden_and_sensitivity_thresholds_match_the_analytic_ones():
 
 def test_metrics_at_a_threshold_count_calls_and_have_bootstrap_intervals():
     from engine.bootstrap import Spec
+
     y = np.zeros((8, len(LABELS)))
     p = np.full((8, len(LABELS)), 0.1)
     y[:4, 0] = 1
@@ -73,8 +74,11 @@ def _legacy(state: dict) -> dict:
 
 
 def test_foreign_densenet_weights_load_with_counts_or_are_refused(tmp_path):
-    sd = {k: v for k, v in tv_models.densenet121(weights=None).state_dict().items()
-          if not k.endswith("num_batches_tracked")}  # (old files have none)
+    sd = {
+        k: v
+        for k, v in tv_models.densenet121(weights=None).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }  # (old files have none)
     torch.save(_legacy(sd), tmp_path / "legacy.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "module.pt")
     torch.save({k: v for k, v in sd.items() if ".denseblock3." not in k}, tmp_path / "no-block3.pt")
@@ -92,8 +96,18 @@ def test_foreign_densenet_weights_load_with_counts_or_are_refused(tmp_path):
 def test_a_pretrained_file_missing_a_block_stops_the_run_with_exit_2(tmp_path, tiny_preset):
     sd = tv_models.densenet121(weights=None).state_dict()
     torch.save({f"module.{k}": v for k, v in sd.items() if ".denseblock4." not in k}, tmp_path / "partial.pt")
-    r = chexui("run", "--headless", "--preset", tiny_preset, "--set", "model.arch=densenet121",
-               "--set", f"model.pretrained={tmp_path / 'partial.pt'}", "--runs-dir", tmp_path / "runs")
+    r = chexui(
+        "run",
+        "--headless",
+        "--preset",
+        tiny_preset,
+        "--set",
+        "model.arch=densenet121",
+        "--set",
+        f"model.pretrained={tmp_path / 'partial.pt'}",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "error: model.pretrained" in r.stdout and "backbone tensors are missing" in r.stdout
     assert "features.denseblock4.denselayer1.conv1.weight" in r.stdout and "run failed" in r.stdout
@@ -123,12 +137,19 @@ def test_thresholds_come_from_validation_travel_with_the_model_and_decide_predic
     # stored with the best checkpoint and inside every exported file
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert best["operating_points"]["thresholds"] == op["thresholds"]
-    assert torch.load(run / "export" / "model_fp32.pt", weights_only=True)["operating_points"]["thresholds"] == op["thresholds"]
+    assert (
+        torch.load(run / "export" / "model_fp32.pt", weights_only=True)["operating_points"]["thresholds"]
+        == op["thresholds"]
+    )
     with zipfile.ZipFile(run / "export" / "model_int8.pt2") as z:
         entry = next(n for n in z.namelist() if n.endswith("chexui_operating_points.json"))
         assert json.loads(z.read(entry))["thresholds"] == op["thresholds"]
     import onnx
-    meta = {p.key: p.value for p in onnx.load(str(run / "export" / "model_int8.onnx"), load_external_data=False).metadata_props}
+
+    meta = {
+        p.key: p.value
+        for p in onnx.load(str(run / "export" / "model_int8.onnx"), load_external_data=False).metadata_props
+    }
     assert json.loads(meta["chexui_operating_points.json"])["thresholds"] == op["thresholds"]
     # predict's calls on 5 test images are the stored thresholds applied to its probabilities
     imgs = [str(tiny_demo / "images" / n) for n in test["image_ids"][:5]]
@@ -142,6 +163,7 @@ def test_thresholds_come_from_validation_travel_with_the_model_and_decide_predic
             assert row["calls"][j] == (None if t is None else row["probs"][j] >= t)
         assert row["positive"] == [n for n, c in zip(LABELS, row["calls"]) if c]
     from engine.predict import predict
+
     cal = predict(run, imgs, calibrate=True)
     assert [r["calls"] for r in cal["rows"]] == [r["calls"] for r in res["rows"]]  # temperatures move no call
     assert cal["calibrated"] and [r["probs"] for r in cal["rows"]] != [r["probs"] for r in res["rows"]]

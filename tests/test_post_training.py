@@ -15,7 +15,6 @@ import torch
 from engine import config, predictions
 from engine.models import build_model
 from engine.prune import Pruner
-
 from tests.conftest import TINY_PRESET, chexui, events_of, isolated_env, only_run, wait_for_event
 
 # quicker runs: fewer bootstrap resamples (the intervals are not the subject here)
@@ -25,8 +24,14 @@ QUICK = ["--set", "eval.bootstrap_resamples=100"]
 def test_one_shot_pruning_reaches_every_target_at_step_0_and_holds_it():
     torch.manual_seed(0)
     model = build_model("resnet18", "none")
-    cfg = {**config.defaults()["prune"], "enabled": True, "schedule": "one_shot", "final_sparsity": 0.7,
-           "adaptive": [{"out_channels": 64, "sparsity": 0.25}], "adaptive_default": "final"}
+    cfg = {
+        **config.defaults()["prune"],
+        "enabled": True,
+        "schedule": "one_shot",
+        "final_sparsity": 0.7,
+        "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
+        "adaptive_default": "final",
+    }
     p = Pruner(model, cfg, steps_per_epoch=4)
     p.step(0)
     for name, info in p.layer_sparsity().items():
@@ -55,23 +60,29 @@ def post_training(tmp_path_factory, tiny_demo):
     r = chexui("run", "--headless", "--preset", preset, "--name", "baseline", *QUICK, "--runs-dir", runs, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     out: dict = {"baseline": only_run(runs)}
-    for key, args in (("prune", ["--prune", "0.7", "--finetune-epochs", "1", "--name", "prune"]),
-                      # bf16 autocast on: the int8 model must still be measured as a user runs it (the
-                      # `chexui eval` check below), and the CPU suite runs the autocast path
-                      ("ptq", ["--ptq", "--name", "ptq", "--set", "train.amp=bf16"]),
-                      ("resumed", ["--prune", "0.5", "--finetune-epochs", "30", "--name", "resumed",
-                                   "--set", "export.enabled=false"])):
+    for key, args in (
+        ("prune", ["--prune", "0.7", "--finetune-epochs", "1", "--name", "prune"]),
+        # bf16 autocast on: the int8 model must still be measured as a user runs it (the
+        # `chexui eval` check below), and the CPU suite runs the autocast path
+        ("ptq", ["--ptq", "--name", "ptq", "--set", "train.amp=bf16"]),
+        (
+            "resumed",
+            ["--prune", "0.5", "--finetune-epochs", "30", "--name", "resumed", "--set", "export.enabled=false"],
+        ),
+    ):
         # three runs side by side on a 2-core machine: one thread each (with two each, the OpenMP pools
         # thrash: two concurrent tiny QAT runs took 57 s for an epoch that takes about 3 s alone)
-        r = chexui("compress", "baseline", *args, "--detach", *QUICK, "--runs-dir", runs,
-                   env={**env, "OMP_NUM_THREADS": "1"})
+        r = chexui(
+            "compress", "baseline", *args, "--detach", *QUICK, "--runs-dir", runs, env={**env, "OMP_NUM_THREADS": "1"}
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         out[key] = next(d for d in runs.iterdir() if d.name.endswith(f"-{key}"))
     wait_for_event(out["resumed"], lambda e: e["type"] == "epoch_ended")
     r = chexui("stop", str(out["resumed"]), "--runs-dir", runs, env=env)
     assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
-    r = chexui("run", "--resume", out["resumed"].name, "--headless", "--set", "train.epochs=2", "--runs-dir", runs,
-               env=env)
+    r = chexui(
+        "run", "--resume", out["resumed"].name, "--headless", "--set", "train.epochs=2", "--runs-dir", runs, env=env
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     out["resume_output"] = r.stdout
     for key in ("prune", "ptq"):
@@ -165,7 +176,9 @@ def test_compare_puts_post_training_rows_beside_training_time_ones(post_training
         assert (row["peak in drawn finding"] is None) == (row["peak maps"] == 0)
         if model != "baseline":
             assert -1 <= row["r (Pearson)"] <= 1 and 0 <= row["top-10% IoU"] <= 1
-            assert row["mean AUROC - baseline"] == pytest.approx(t["auroc"]["mean"][lab] - t["auroc"]["mean"][labels[0]])
+            assert row["mean AUROC - baseline"] == pytest.approx(
+                t["auroc"]["mean"][lab] - t["auroc"]["mean"][labels[0]]
+            )
     assert labels[1].startswith("post-training prune70 ft1") and labels[2].startswith("post-training ptq-all")
     assert labels[3].startswith("prune-adaptive+qat-all")
     assert [t["time"][lab]["parent"] for lab in labels] == [None, runs["baseline"].name, runs["baseline"].name, None]
@@ -219,6 +232,7 @@ def test_compress_refuses_a_running_parent_and_compare_notes_a_changed_one(tmp_p
     from tests import hostile
     from tests.test_faults import _tiny_config, fake_run, finished, started
     from tests.test_hostile import _fake_chexui_launch
+
     runs = tmp_path / "runs"
     cfg = _tiny_config(tiny_demo)
     parent = fake_run(runs, "20260101-000000-parent", cfg, [started(cfg, "parent")])
@@ -234,8 +248,10 @@ def test_compress_refuses_a_running_parent_and_compare_notes_a_changed_one(tmp_p
         launcher.kill()
         launcher.wait()
     child_cfg = {**cfg, "compress": {**cfg["compress"], "parent": str(parent)}}
-    child_start = {**started(child_cfg, "child"), "parent": {"run_id": parent.name, "path": str(parent),
-                                                            "best_sha256": "0" * 64}}
+    child_start = {
+        **started(child_cfg, "child"),
+        "parent": {"run_id": parent.name, "path": str(parent), "best_sha256": "0" * 64},
+    }
     child = fake_run(runs, "20260101-000001-child", child_cfg, [child_start, finished("completed")])
     tbls = compare.tables([load_run(parent), load_run(child)])
     [note] = tbls["time"].attrs["notes"]

@@ -14,18 +14,28 @@ from PIL import Image
 
 from engine import images, nih, predictions
 from engine.labels import LABELS
-
 from tests.conftest import chexui
 from tests.hostile import dicom_dataset
 
 
-def write_dicom(path: Path, stored: np.ndarray | None, bits: int = 16, photometric: str = "MONOCHROME2",
-                window: tuple[float, float] | None = None, modality: str = "DX") -> None:
+def write_dicom(
+    path: Path,
+    stored: np.ndarray | None,
+    bits: int = 16,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    modality: str = "DX",
+) -> None:
     if stored is None:
         ds = dicom_dataset(modality=modality)
     else:
-        ds = dicom_dataset(*stored.shape, bits, photometric, modality,
-                           **(dict(zip(("WindowCenter", "WindowWidth"), window)) if window else {}))
+        ds = dicom_dataset(
+            *stored.shape,
+            bits,
+            photometric,
+            modality,
+            **(dict(zip(("WindowCenter", "WindowWidth"), window)) if window else {}),
+        )
         ds.PixelData = stored.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
@@ -46,8 +56,14 @@ def test_every_format_decodes_to_the_same_pixels_as_training(tmp_path):
     pixels = rng.integers(0, 256, (40, 40)).astype(np.uint8)
     formats_of(pixels, tmp_path)
     files = images.find([tmp_path])
-    assert {f.name for f in files} == {"same.png", "m2-16bit.dcm", "m1-12bit.dcm", "m2-12bit-voi.dcm",
-                                       "m1-16bit-voi", "report.dcm"}
+    assert {f.name for f in files} == {
+        "same.png",
+        "m2-16bit.dcm",
+        "m1-12bit.dcm",
+        "m2-12bit-voi.dcm",
+        "m1-16bit-voi",
+        "report.dcm",
+    }
     want = nih.load_gray(tmp_path / "same.png", 32)  # the dataset/cache decode
     for f in files:
         if f.name != "report.dcm":
@@ -128,8 +144,17 @@ def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(compressed_
     kept = predictions.load(run / "predictions" / "test.npz")  # the run's QAT (fake-quantized) model on test
     imgs = [tiny_demo / "images" / name for name in kept["image_ids"][:2]]
     # default --out: RUN/explain, which the TUI's runs browser lists; maps of a finer block than the last
-    r = chexui("explain", str(run), *map(str, imgs), "--labels", "Cardiomegaly,Mass", "--baseline", str(run),
-               "--layer", "layer3")
+    r = chexui(
+        "explain",
+        str(run),
+        *map(str, imgs),
+        "--labels",
+        "Cardiomegaly,Mass",
+        "--baseline",
+        str(run),
+        "--layer",
+        "layer3",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads((run / "explain" / "agreement.json").read_text())
     assert res["layer"] == "layer3"
@@ -149,6 +174,7 @@ def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(compressed_
     assert f"{imgs[0].stem}-compare.png" in names and f"{imgs[0].stem}-int8-Mass.png" in names
     from engine.errors import UserError
     from engine.explain import models
+
     with pytest.raises(UserError, match=r"--artifacts onnx_int8: .*fp32, sparse and \(QAT runs\) int8"):
         models(run, ["onnx_int8"])
 
@@ -159,6 +185,7 @@ def test_demo_regions_redraw_the_stored_images_and_locate_each_drawn_finding(tmp
     from engine import demo
     from engine.errors import DataError
     from engine.explain import peak_in
+
     names = sorted(p.name for p in (tiny_demo / "images").iterdir())
     truth = demo.finding_regions(tiny_demo, names)
     shown = [(name, lab) for name, (labs, regions) in truth.items() for lab in labs if lab in regions]

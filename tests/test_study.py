@@ -43,8 +43,10 @@ def compare(*refs: str, fmt: str) -> str:
 @pytest.mark.slow
 def test_sweep_runs_a_grid_as_one_group_and_a_stopped_sweep_resumes(tmp_path, tiny_preset):
     grid = tmp_path / "grid.sweep.toml"
-    grid.write_text(f'description = "test grid"\npreset = "{tiny_preset}"\n[set]\n"train.epochs" = 2\n'
-                    '[grid]\n"train.lr" = [0.01, 0.001]\n')
+    grid.write_text(
+        f'description = "test grid"\npreset = "{tiny_preset}"\n[set]\n"train.epochs" = 2\n'
+        '[grid]\n"train.lr" = [0.01, 0.001]\n'
+    )
     runs = tmp_path / "runs"
     proc = chexui_bg("sweep", grid, "--runs-dir", runs)
     try:
@@ -71,8 +73,9 @@ def test_sweep_file_errors_exit_2_before_any_run(tmp_path):
     bad.write_text('preset = "demo"\n[grid]\n"train.lrr" = [0.1, 0.01]\n')
     r = chexui("sweep", bad, "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "train.lrr" in r.stderr and "did you mean 'lr'" in r.stderr
-    assert not (tmp_path / "runs").exists() or not [d for d in (tmp_path / "runs").iterdir() if d.is_dir()
-                                                        and d.name != ".sweeps"]
+    assert not (tmp_path / "runs").exists() or not [
+        d for d in (tmp_path / "runs").iterdir() if d.is_dir() and d.name != ".sweeps"
+    ]
     r = chexui("sweep", "--resume", "nope", "--runs-dir", tmp_path / "runs")
     assert r.returncode == 2 and "sweep 'nope' not found" in r.stderr
 
@@ -81,6 +84,7 @@ def test_a_sweep_over_presets_adds_post_training_runs_of_its_dense_runs(tmp_path
     """The study's post-training sweeps: a grid over presets, with [[compress]] entries applied to each
     grid run without compression; a bad entry exits 2 before anything runs."""
     from chexui import sweep as sweep_mod
+
     sw = sweep_mod.load_file(sweep_mod.find_file("study/post-training-resnet50"), [], None, tmp_path)
     grid = [p for p in sw.points if "compress" not in p]
     after = [p for p in sw.points if "compress" in p]
@@ -106,18 +110,27 @@ def test_every_study_sweep_compares_like_with_like():
     from chexui import presets as presets_mod
     from chexui import sweep as sweep_mod
     from engine import config as cfg_mod
+
     files = sorted((presets_mod.builtin_dir() / "study").glob("*.sweep.toml"))
     assert len(files) >= 8
     for f in files:
         sw = sweep_mod.load_file(f, [], None, tmp := Path(tempfile.mkdtemp()))
         shutil.rmtree(tmp)
         assert sw.grid[sweep_mod.SEED_KEY] == [0, 1, 2], f.name
-        recipe = [{k: v for k, v in cfg_mod.flatten(sw.config(p)).items()
-                   if k.split(".")[0] in ("data", "model", "train", "distributed", "eval") and k not in sw.grid}
-                  for p in sw.points if "compress" not in p]
+        recipe = [
+            {
+                k: v
+                for k, v in cfg_mod.flatten(sw.config(p)).items()
+                if k.split(".")[0] in ("data", "model", "train", "distributed", "eval") and k not in sw.grid
+            }
+            for p in sw.points
+            if "compress" not in p
+        ]
         for r in recipe[1:]:
-            assert r == recipe[0], (f.name, {k: (recipe[0].get(k), r.get(k)) for k in set(r) | set(recipe[0])
-                                             if r.get(k) != recipe[0].get(k)})
+            assert r == recipe[0], (
+                f.name,
+                {k: (recipe[0].get(k), r.get(k)) for k in set(r) | set(recipe[0]) if r.get(k) != recipe[0].get(k)},
+            )
     sw = sweep_mod.load_file(sweep_mod.find_file("study/demo-grid"), [], None, Path(tempfile.mkdtemp()), seeds=2)
     assert sw.grid[sweep_mod.SEED_KEY] == [0, 1] and len(sw.points) == 2 * 4
 
@@ -125,8 +138,15 @@ def test_every_study_sweep_compares_like_with_like():
 def test_study_presets_and_sweep_files_resolve():
     r = chexui("presets", "list", "--json")
     names = {p["name"] for p in json.loads(r.stdout)}
-    for n in ("study/resnet50", "study/densenet121", "study/densenet121-tuned-lr0.01", "study/densenet121-fixed50",
-              "study/resnet50-prune70", "study/densenet121-prune-adaptive", "study/resnet50-qat-all"):
+    for n in (
+        "study/resnet50",
+        "study/densenet121",
+        "study/densenet121-tuned-lr0.01",
+        "study/densenet121-fixed50",
+        "study/resnet50-prune70",
+        "study/densenet121-prune-adaptive",
+        "study/resnet50-qat-all",
+    ):
         assert n in names
     assert not any(n.endswith(".sweep") for n in names)
     shown = chexui("presets", "show", "study/densenet121-fixed50").stdout
@@ -198,6 +218,7 @@ def test_compare_pools_seeds_into_arms_with_seed_variation_in_the_ci(tmp_path):
     from tests.test_faults import fake_run, finished, started
     from tests.test_fidelity import clustered
     from tests.test_hostile import in_process as chexui  # (the CLI in this process: six compares in seconds)
+
     rng = np.random.default_rng(0)
     y, base, pat = clustered(150, rng, d=1.0)
     ids = np.array([f"img{i}.png" for i in range(len(y))])
@@ -206,15 +227,33 @@ def test_compare_pools_seeds_into_arms_with_seed_variation_in_the_ci(tmp_path):
     def make(name: str, lr: float, seed: int, scores: np.ndarray) -> None:
         cfg = cfg_mod.validate({"name": "arm", "train": {"lr": lr, "seed": seed}})
         aucs, mean, _ = metrics.per_class_auroc(y, scores)
-        ev = {"type": "evaluated", "split": "test", "n": len(y), "auc": aucs, "auc_mean": mean,
-              "auc_mean_ci": [mean - 0.02, mean + 0.02], "bootstrap": {"resamples": 300, "seed": 0, "unit": "patient"}}
+        ev = {
+            "type": "evaluated",
+            "split": "test",
+            "n": len(y),
+            "auc": aucs,
+            "auc_mean": mean,
+            "auc_mean_ci": [mean - 0.02, mean + 0.02],
+            "bootstrap": {"resamples": 300, "seed": 0, "unit": "patient"},
+        }
         st = started(cfg, name)
         st["dataset"]["split_sha256"] = "same"
-        epoch = {"type": "epoch_ended", "epoch": 1, "train_loss": 0.1, "val_loss": 0.1, "val_auc": {},
-                 "val_auc_mean": 0.9 - lr, "lr": lr, "epoch_time_s": 1.0, "images_per_s": 1.0, "sparsity": None,
-                 "memory_mb": [1.0]}  # (the LR=0.001 arm validates better; it tests worse)
+        epoch = {
+            "type": "epoch_ended",
+            "epoch": 1,
+            "train_loss": 0.1,
+            "val_loss": 0.1,
+            "val_auc": {},
+            "val_auc_mean": 0.9 - lr,
+            "lr": lr,
+            "epoch_time_s": 1.0,
+            "images_per_s": 1.0,
+            "sparsity": None,
+            "memory_mb": [1.0],
+        }  # (the LR=0.001 arm validates better; it tests worse)
         d = fake_run(runs, name, cfg, [st, epoch, ev, finished("completed")])
         predictions.save(d, "test", ids, pat, y, 1 / (1 + np.exp(-scores)))
+
     for seed in range(3):  # arm A: seeds that barely differ; arm B: better by 0.3 in the score, seeds spread
         make(f"2026010{seed}-a", 0.001, seed, base + rng.normal(0, 0.05, base.shape))
         make(f"2026010{seed}-b", 0.01, seed, base + 0.3 * y + rng.normal(0, 0.05, base.shape) + rng.normal(0, 0.4) * y)

@@ -53,6 +53,7 @@ def on_recorded_monitor(tmp_path, name: str, size: tuple[int, int], check) -> No
         async with app.run_test(size=size) as pilot:
             await settle(pilot)
             check(app)
+
     asyncio.run(go())
 
 
@@ -73,6 +74,7 @@ def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
             assert [r[0] for r in rows] == list(LABELS) + ["mean (14/14)"]
             assert "completed" in text_of(app, "#status") and "world 2" in text_of(app, "#status")
             assert screen.query_one("#epochs", DataTable).row_count == len(screen.state.epochs) >= 2
+
     asyncio.run(go())
 
 
@@ -83,8 +85,10 @@ def test_test_table_shows_the_operating_point_beside_auroc(tmp_path):
     for e in evs:
         if e["type"] == "evaluated" and e["split"] == "test":
             e["operating_point"] = "sensitivity=0.9"
-            e["at_threshold"] = {name: {"threshold": 0.25 + j / 100, "sensitivity": 0.9, "specificity": 0.5 + j / 100}
-                                 for j, name in enumerate(LABELS)}
+            e["at_threshold"] = {
+                name: {"threshold": 0.25 + j / 100, "sensitivity": 0.9, "specificity": 0.5 + j / 100}
+                for j, name in enumerate(LABELS)
+            }
     (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
 
     async def go():
@@ -96,6 +100,7 @@ def test_test_table_shows_the_operating_point_beside_auroc(tmp_path):
             assert [str(c.label) for c in aucs.columns.values()] == ["label", "AUROC", "95% CI", "thr", "sens", "spec"]
             rows = cells(aucs)
             assert rows[1][0] == "Cardiomegaly" and rows[1][3:] == ["0.26", "0.90", "0.51"]
+
     asyncio.run(go())
 
 
@@ -106,6 +111,7 @@ def test_pruning_run_has_sparsity_column(tmp_path):
         assert labels[-1] == "sparsity"
         last = cells(table)[-1]
         assert float(last[-1]) == pytest.approx(0.70, abs=0.005)
+
     on_recorded_monitor(tmp_path, "prune", (120, 40), check)
 
 
@@ -113,6 +119,7 @@ def test_failed_run_shows_the_error(tmp_path):
     def check(app):
         status = text_of(app, "#status")
         assert "failed" in status and "error:" in status and "cannot read image" in status
+
     on_recorded_monitor(tmp_path, "failed", (100, 30), check)
 
 
@@ -120,7 +127,7 @@ def test_partial_line_deleted_dir_and_dead_engine(tmp_path):
     """A half-written last line, an engine that died without run_finished, a run dir deleted while
     watched: the app says what happened and keeps running."""
     lines = (RECORDED / "two_rank.jsonl").read_text().splitlines(keepends=True)
-    cut = next(i for i, l in enumerate(lines) if '"epoch_ended"' in l) + 1
+    cut = next(i for i, line in enumerate(lines) if '"epoch_ended"' in line) + 1
     run = recorded_run(tmp_path, "two_rank", cut=cut)
     with open(run / "events.jsonl", "a") as f:
         f.write(lines[cut][: len(lines[cut]) // 2])  # partial line, no newline
@@ -133,13 +140,14 @@ def test_partial_line_deleted_dir_and_dead_engine(tmp_path):
             assert len(screen.state.epochs) == 1
             assert "engine ended without finishing" in text_of(app, "#status")
             with open(run / "events.jsonl", "a") as f:  # the writer finishes its line
-                f.write(lines[cut][len(lines[cut]) // 2:])
+                f.write(lines[cut][len(lines[cut]) // 2 :])
             await settle(pilot)
             assert screen.state.events[-1] == json.loads(lines[cut])
             shutil.rmtree(run)
             await settle(pilot)
             assert "run directory deleted" in text_of(app, "#status")
             assert app.is_running
+
     asyncio.run(go())
 
 
@@ -164,11 +172,13 @@ def test_runs_browser_opens_and_compares(tmp_path):
             await pilot.press("b", "enter")
             await settle(pilot)
             assert isinstance(app.screen, MonitorScreen) and app.screen.state.status == "completed"
+
     asyncio.run(go())
 
 
 def test_runs_browser_lists_a_runs_explanations_and_opens_one_in_the_viewer(tmp_path, monkeypatch):
     from chexui.tui import runs_browser
+
     run = recorded_run(tmp_path, "prune")
     (run / "explain" / "sub").mkdir(parents=True)
     for name in ("img1-fp32-Mass.png", "img1-compare.png", "sub/img2-compare.png"):
@@ -192,6 +202,7 @@ def test_runs_browser_lists_a_runs_explanations_and_opens_one_in_the_viewer(tmp_
             await pilot.press("b")
             await settle(pilot, 0.3)
             assert isinstance(app.screen, RunsScreen)
+
     asyncio.run(go())
 
 
@@ -215,6 +226,7 @@ def test_launcher_flags_invalid_fields_before_start(tmp_path):
             screen.query_one("#data", Input).value = str(tmp_path / "nope")
             await settle(pilot, 1.0)
             assert "problem" in text_of(app, "#data-summary")
+
     asyncio.run(go())
 
 
@@ -232,8 +244,10 @@ def test_launcher_saves_a_preset(tmp_path, monkeypatch):
             screen.query_one("#save-name", Input).value = "my-demo"
             await settle(pilot, 0.3)
             screen.save_preset()
+
     asyncio.run(go())
     from chexui import presets
+
     cfg = presets.resolve("my-demo")
     assert cfg["train"]["lr"] == 0.005 and (shared / "my-demo.toml").is_file()
 
@@ -267,4 +281,5 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
             # and the calls at the thresholds the run chose on validation
             assert screen.query_one("#aucs", DataTable).border_title == "test AUROC · calls at youden thresholds"
             assert all(0 <= float(r[3]) <= 1 for r in rows[:-1] if r[3] != "-")
+
     asyncio.run(go())

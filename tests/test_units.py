@@ -22,17 +22,21 @@ EVENTS = Path(__file__).parent / "data" / "events"
 
 # ------------------------------------------------------------------ config
 
-@pytest.mark.parametrize("raw, needles", [
-    ({"train": {"lrr": 0.1}}, ["train.lrr", "did you mean 'lr'"]),
-    ({"train": {"batch_size": 0}}, ["train.batch_size", ">= 1"]),
-    ({"train": {"lr": "fast"}}, ["train.lr", "a number"]),
-    ({"train": {"lr": math.nan}}, ["train.lr", "finite"]),
-    ({"model": {"arch": "vgg"}}, ["model.arch", "densenet121"]),
-    ({"prune": {"enabled": True, "end_epoch": 200}}, ["prune.end_epoch", "train.epochs"]),
-    ({"prune": {"adaptive": [{"out_channels": 64}]}}, ["prune.adaptive[0]"]),
-    ({"traon": {}}, ["traon", "did you mean 'train'"]),
-    ({"train": {"compile": "fastest"}}, ["train.compile", "true, false or one of", "'reduce-overhead'"]),
-])
+
+@pytest.mark.parametrize(
+    "raw, needles",
+    [
+        ({"train": {"lrr": 0.1}}, ["train.lrr", "did you mean 'lr'"]),
+        ({"train": {"batch_size": 0}}, ["train.batch_size", ">= 1"]),
+        ({"train": {"lr": "fast"}}, ["train.lr", "a number"]),
+        ({"train": {"lr": math.nan}}, ["train.lr", "finite"]),
+        ({"model": {"arch": "vgg"}}, ["model.arch", "densenet121"]),
+        ({"prune": {"enabled": True, "end_epoch": 200}}, ["prune.end_epoch", "train.epochs"]),
+        ({"prune": {"adaptive": [{"out_channels": 64}]}}, ["prune.adaptive[0]"]),
+        ({"traon": {}}, ["traon", "did you mean 'train'"]),
+        ({"train": {"compile": "fastest"}}, ["train.compile", "true, false or one of", "'reduce-overhead'"]),
+    ],
+)
 def test_config_errors_name_the_key_and_what_is_allowed(raw, needles):
     with pytest.raises(ConfigError) as e:
         config.validate(raw, "preset.toml")
@@ -40,9 +44,16 @@ def test_config_errors_name_the_key_and_what_is_allowed(raw, needles):
 
 
 def test_set_overrides_are_typed_and_applied_in_order():
-    cfg = config.apply_sets(config.defaults(), ["train.lr=0.01", "model.arch=resnet50", "train.lr=0.02",
-                                                "prune.adaptive=[{out_channels=64, sparsity=0.25}]",
-                                                "train.compile=max-autotune-no-cudagraphs"])
+    cfg = config.apply_sets(
+        config.defaults(),
+        [
+            "train.lr=0.01",
+            "model.arch=resnet50",
+            "train.lr=0.02",
+            "prune.adaptive=[{out_channels=64, sparsity=0.25}]",
+            "train.compile=max-autotune-no-cudagraphs",
+        ],
+    )
     cfg = config.validate(cfg)
     assert cfg["train"]["lr"] == 0.02 and cfg["model"]["arch"] == "resnet50"
     assert cfg["train"]["compile"] == "max-autotune-no-cudagraphs"
@@ -55,6 +66,7 @@ def test_set_overrides_are_typed_and_applied_in_order():
 
 # ------------------------------------------------------------------ events and their folding
 
+
 def test_event_reader_keeps_whole_well_formed_lines_only():
     good = json.dumps({"v": 1, "type": "epoch_started", "ts": 1.0, "epoch": 1})
     text = "\n".join([good, "{not json", '{"type": "epoch_started", "ts": 1}', "[1]", good[:20]])
@@ -66,8 +78,11 @@ def test_final_status_is_reset_by_a_restart():
     ev = [{"type": "run_started"}, {"type": "run_finished", "status": "stopped"}]
     assert final_status(ev) == "stopped"
     assert final_status(ev + [{"type": "restarted"}]) is None
-    evals = [{"type": "evaluated", "split": "test", "n": 1}, {"type": "evaluated", "split": "test_int8", "n": 2},
-             {"type": "evaluated", "split": "test", "n": 3}]
+    evals = [
+        {"type": "evaluated", "split": "test", "n": 1},
+        {"type": "evaluated", "split": "test_int8", "n": 2},
+        {"type": "evaluated", "split": "test", "n": 3},
+    ]
     assert last_evaluation(evals)["n"] == 3 and last_evaluation(evals, "test_int8")["n"] == 2
     assert last_evaluation(evals, "val") is None
 
@@ -98,6 +113,7 @@ def test_run_state_eta_from_mean_epoch_time():
 
 
 # ------------------------------------------------------------------ runs dir, exit codes, launcher
+
 
 def test_find_run_by_id_prefix_suffix_and_path(tmp_path):
     for name in ("20260101-000000-dn121", "20260101-000001-resnet50", "20260102-000000-resnet50"):
@@ -132,6 +148,7 @@ def test_torchrun_command_single_node_is_loopback_and_multi_node_is_c10d(tmp_pat
 
 # ------------------------------------------------------------------ formatting
 
+
 def test_formatting_helpers():
     assert (duration(None), duration(42), duration(90), duration(7200)) == ("-", "42s", "1.5m", "2.0h")
     assert hms(3725) == "1:02:05"
@@ -152,14 +169,31 @@ def test_runs_list_shows_the_shipped_epochs_validation_auroc_not_the_highest():
 
     def saved(epoch, best, ts):
         return {"type": "checkpoint_saved", "epoch": epoch, "best": best, "ts": ts}
-    events = [ended(1, 0.80, 1), saved(1, True, 2), ended(2, 0.8913, 3), saved(2, False, 4),
-              # killed during epoch 3, resumed from epoch 2: epoch 3 runs again and is the best
-              {"type": "restarted", "attempt": 0, "resumed_epoch": 2, "ts": 5}, ended(3, 0.84, 6), ended(3, 0.8530, 7),
-              saved(3, True, 8)]
+
+    events = [
+        ended(1, 0.80, 1),
+        saved(1, True, 2),
+        ended(2, 0.8913, 3),
+        saved(2, False, 4),
+        # killed during epoch 3, resumed from epoch 2: epoch 3 runs again and is the best
+        {"type": "restarted", "attempt": 0, "resumed_epoch": 2, "ts": 5},
+        ended(3, 0.84, 6),
+        ended(3, 0.8530, 7),
+        saved(3, True, 8),
+    ]
     info = RunInfo(Path("/nonexistent"), events)
     assert info.best_epoch() == 3
     s = info.summary()
     assert s["best_epoch"] == 3 and s["best_val_auc"] == 0.8530
-    info.events.append({"type": "run_finished", "status": "completed", "epochs": 3, "total_time_s": 1.0,
-                        "best_epoch": 1, "test_auc_mean": None, "ts": 9})
+    info.events.append(
+        {
+            "type": "run_finished",
+            "status": "completed",
+            "epochs": 3,
+            "total_time_s": 1.0,
+            "best_epoch": 1,
+            "test_auc_mean": None,
+            "ts": 9,
+        }
+    )
     assert info.summary()["best_val_auc"] == 0.80  # the finished run says which epoch it ships

@@ -30,12 +30,14 @@ class ChexApp(App):
     def open_monitor(self, run_dir: Path, replace: bool = False) -> None:
         """A run's monitor, over the current screen (or instead of it: a started run replaces the launcher)."""
         from chexui.tui.monitor import MonitorScreen
+
         screen = MonitorScreen(Path(run_dir), self.poll_s)
         self.switch_screen(screen) if replace else self.push_screen(screen)
 
     def open_runs(self) -> None:
         """Back to the runs browser: the screen below when there is one, else a new browser."""
         from chexui.tui.runs_browser import RunsScreen
+
         if len(self.screen_stack) > 2:
             self.pop_screen()
         elif len(self.screen_stack) == 2:
@@ -45,10 +47,12 @@ class ChexApp(App):
 
     def open_launcher(self) -> None:
         from chexui.tui.launcher import LauncherScreen
+
         self.push_screen(LauncherScreen(self.runs_dir))
 
 
-def make_app(runs_dir: Path | str, run: Path | str | None = None, start: str = "launcher",
-             poll_s: float = 0.25) -> ChexApp:
+def make_app(
+    runs_dir: Path | str, run: Path | str | None = None, start: str = "launcher", poll_s: float = 0.25
+) -> ChexApp:
     """The app on a runs dir; with `run`, opened on that run's monitor (live or replayed)."""
     return ChexApp(Path(runs_dir), Path(run) if run else None, start, poll_s)

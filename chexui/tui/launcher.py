@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -24,17 +25,26 @@ from engine import config
 from engine.errors import UserError
 from engine.sanitize import clean
 
+if TYPE_CHECKING:
+    from chexui.tui.app import ChexApp
+
 # form field id -> config key (values typed as TOML)
 FIELDS = {
-    "image_size": "data.image_size", "batch_size": "train.batch_size", "lr": "train.lr",
-    "epochs": "train.epochs", "nnodes": "distributed.nnodes",
+    "image_size": "data.image_size",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "epochs": "train.epochs",
+    "nnodes": "distributed.nnodes",
 }
 COMPRESSION = ("prune50", "prune70", "prune-adaptive", "qat-conv", "qat-all", "prune70-qat")
 
 
 class LauncherScreen(Screen):
-    BINDINGS = [Binding("ctrl+s", "start", "Start"), Binding("b,escape", "back", "Runs"),
-                Binding("q", "app.quit", "Quit")]
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start"),
+        Binding("b,escape", "back", "Runs"),
+        Binding("q", "app.quit", "Quit"),
+    ]
 
     def __init__(self, runs_dir: Path) -> None:
         super().__init__()
@@ -49,8 +59,12 @@ class LauncherScreen(Screen):
         with Horizontal(id="launcher"):
             yield DataTable(id="presets", cursor_type="row")
             with VerticalScroll(id="form"):
-                yield Select([(a, a) for a in config.SCHEMA["model"]["arch"].choices], id="arch", allow_blank=False,
-                             value="resnet18")
+                yield Select(
+                    [(a, a) for a in config.SCHEMA["model"]["arch"].options()],
+                    id="arch",
+                    allow_blank=False,
+                    value="resnet18",
+                )
                 for fid in ("image_size", "batch_size", "lr", "epochs"):
                     yield Input(id=fid)
                 yield Select([(str(n), n) for n in range(1, self.max_proc + 1)], id="nproc", allow_blank=False, value=1)
@@ -65,9 +79,16 @@ class LauncherScreen(Screen):
                     yield Button("Save as preset", id="save")
         yield Footer()
 
-    TITLES = {"arch": "architecture", "image_size": "image size (px)", "batch_size": "batch size per process",
-              "lr": "learning rate", "epochs": "epochs (cap)", "nnodes": "nodes", "compression": "compression",
-              "data": "data dir (NIH layout)"}
+    TITLES = {
+        "arch": "architecture",
+        "image_size": "image size (px)",
+        "batch_size": "batch size per process",
+        "lr": "learning rate",
+        "epochs": "epochs (cap)",
+        "nnodes": "nodes",
+        "compression": "compression",
+        "data": "data dir (NIH layout)",
+    }
 
     def on_mount(self) -> None:
         for wid, title in {**self.TITLES, "nproc": self.proc_label}.items():
@@ -80,7 +101,8 @@ class LauncherScreen(Screen):
         for p in available:
             table.add_row(safe(p.name), p.source, safe(p.description[:60]), key=p.name)
         self.query_one("#compression", Select).set_options(
-            [("none", "none")] + [(c, c) for c in COMPRESSION if c in names])
+            [("none", "none")] + [(c, c) for c in COMPRESSION if c in names]
+        )
         self.load_preset("demo")
 
     # ------------------------------------------------------------ form <-> config
@@ -101,8 +123,10 @@ class LauncherScreen(Screen):
         self.validate_form()
 
     def overrides(self) -> list[str]:
-        sets = [f"model.arch={self.query_one('#arch', Select).value}",
-                f"distributed.nproc={self.query_one('#nproc', Select).value}"]
+        sets = [
+            f"model.arch={self.query_one('#arch', Select).value}",
+            f"distributed.nproc={self.query_one('#nproc', Select).value}",
+        ]
         for fid, key in FIELDS.items():
             sets.append(f"{key}={self.query_one(f'#{fid}', Input).value.strip()}")
         return sets
@@ -112,10 +136,12 @@ class LauncherScreen(Screen):
         data = self.query_one("#data", Input).value.strip()
         cfg = presets_mod.resolve(self.preset, self.overrides(), data or None)
         comp = self.query_one("#compression", Select).value
-        if comp and comp != "none":
+        if isinstance(comp, str) and comp != "none":
             extra = presets_mod.resolve(comp)
-            cfg = config.validate(config.merge(cfg, {"prune": extra["prune"], "quantize": extra["quantize"]}),
-                                  f"compression preset {comp}")
+            cfg = config.validate(
+                config.merge(cfg, {"prune": extra["prune"], "quantize": extra["quantize"]}),
+                f"compression preset {comp}",
+            )
         return cfg
 
     def validate_form(self) -> bool:
@@ -151,7 +177,8 @@ class LauncherScreen(Screen):
 
     @on(DataTable.RowSelected, "#presets")
     def preset_chosen(self, event: DataTable.RowSelected) -> None:
-        self.load_preset(event.row_key.value)
+        if event.row_key.value is not None:
+            self.load_preset(event.row_key.value)
 
     def check_data(self, root: str) -> None:
         if not root:  # nothing to read: no need to import pandas in the background
@@ -162,11 +189,14 @@ class LauncherScreen(Screen):
     @work(thread=True, exclusive=True, group="data-check")
     def _check_data(self, root: str) -> None:
         from engine import nih
+
         try:
             s = nih.check_dataset(root, decode=False)
             labels = ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:6])
-            text = safe(f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
-                        f"patients in two splits: {s['leakage_patients']}")
+            text = safe(
+                f"{s['images']} images, {s['patients']} patients; {labels}, ...; "
+                f"patients in two splits: {s['leakage_patients']}"
+            )
         except UserError as e:
             text = safe(f"problem: {e}", style="red")
         self.app.call_from_thread(self.query_one("#data-summary", Static).update, text)
@@ -177,11 +207,12 @@ class LauncherScreen(Screen):
         if not self.validate_form():
             return
         from chexui.launch import save_config, start_detached
+
         cfg = self.resolved()
         run_dir = runs_mod.new_run_dir(self.runs_dir, cfg.get("name", "run"))
         save_config(cfg, run_dir)
         start_detached(run_dir, self.runs_dir)
-        self.app.open_monitor(run_dir, replace=True)
+        cast("ChexApp", self.app).open_monitor(run_dir, replace=True)
 
     @on(Button.Pressed, "#save")
     def save_preset(self) -> None:
@@ -194,9 +225,10 @@ class LauncherScreen(Screen):
         shared = [d for d, src in presets_mod.search_dirs() if src == "env"]
         target_dir = shared[0] if shared else presets_mod.user_dir()
         target_dir.mkdir(parents=True, exist_ok=True)
-        body = config.apply_sets({"extends": self.preset,
-                                  "description": f"saved from the launcher (based on {self.preset})"},
-                                 self.overrides())
+        body = config.apply_sets(
+            {"extends": self.preset, "description": f"saved from the launcher (based on {self.preset})"},
+            self.overrides(),
+        )
         data = self.query_one("#data", Input).value.strip()
         if data:
             body = config.merge(body, {"data": {"root": data}})
@@ -205,4 +237,4 @@ class LauncherScreen(Screen):
         self.notify(clean(f"saved {path}"), markup=False)
 
     def action_back(self) -> None:
-        self.app.open_runs()
+        cast("ChexApp", self.app).open_runs()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
@@ -20,6 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
+from textual.timer import Timer
 from textual.widgets import Button, DataTable, Footer, Label, ProgressBar, RichLog, Static
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
@@ -31,6 +33,9 @@ from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
 from engine.sanitize import clean
+
+if TYPE_CHECKING:
+    from chexui.tui.app import ChexApp
 
 PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
 
@@ -51,11 +56,13 @@ class MemoryLine(Static):
 
 class LossPlot(PlotextPlot):
     """Running loss and per-epoch train/val loss. `curves` = (running points, epoch rows)."""
+
     curves: reactive[tuple] = reactive(lambda: ((), ()))
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self._drawn_at, self._epochs_drawn, self._timer = 0.0, -1, None
+        self._drawn_at, self._epochs_drawn = 0.0, -1
+        self._timer: Timer | None = None
 
     def watch_curves(self, curves: tuple) -> None:
         wait = PLOT_EVERY_S - (time.monotonic() - self._drawn_at)
@@ -83,6 +90,7 @@ class LossPlot(PlotextPlot):
 class AucTable(DataTable):
     """Per-class AUROC with the best and worst marked, and the 95 % CIs of a test evaluation.
     `aucs` = (title, an `evaluated` event or {"auc": {label: auc}, "auc_mean": mean})."""
+
     aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {"auc": {}, "auc_mean": None}))
 
     def watch_aucs(self, value: tuple) -> None:
@@ -95,17 +103,33 @@ class AucTable(DataTable):
         marks = auc_marks(aucs)
         for name in LABELS:
             v = aucs.get(name)
-            mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name), "")
+            mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name, ""), "")
             op = (at or {}).get(name) or {}
-            self.add_row(name, ("null" if v is None and aucs else fmt(v)) + mark, ci_text(cis.get(name)),
-                         *((fmt(op.get("threshold"), ".2f"), fmt(op.get("sensitivity"), ".2f"),
-                            fmt(op.get("specificity"), ".2f")) if at else ()))
-        self.add_row(f"mean ({n_defined(aucs)}/{len(LABELS)})" if aucs else "mean", fmt(ev.get("auc_mean")),
-                     ci_text(ev.get("auc_mean_ci")), *(("", "", "") if at else ()))
+            self.add_row(
+                name,
+                ("null" if v is None and aucs else fmt(v)) + mark,
+                ci_text(cis.get(name)),
+                *(
+                    (
+                        fmt(op.get("threshold"), ".2f"),
+                        fmt(op.get("sensitivity"), ".2f"),
+                        fmt(op.get("specificity"), ".2f"),
+                    )
+                    if at
+                    else ()
+                ),
+            )
+        self.add_row(
+            f"mean ({n_defined(aucs)}/{len(LABELS)})" if aucs else "mean",
+            fmt(ev.get("auc_mean")),
+            ci_text(ev.get("auc_mean_ci")),
+            *(("", "", "") if at else ()),
+        )
 
 
 class EpochTable(DataTable):
     """One row per epoch; a sparsity column once a pruning run reports one."""
+
     epochs: reactive[tuple] = reactive(tuple)
 
     def on_mount(self) -> None:
@@ -117,8 +141,15 @@ class EpochTable(DataTable):
             self.add_column("sparsity")
         self.clear()
         for e in epochs:
-            row = [str(e["epoch"]), fmt(e["train_loss"]), fmt(e["val_loss"]), mean_text(e.get("val_auc_mean"), e.get("val_auc")),
-                   f"{e['lr']:.1e}", epoch_time_text(e), f"{e['images_per_s']:.0f}"]
+            row = [
+                str(e["epoch"]),
+                fmt(e["train_loss"]),
+                fmt(e["val_loss"]),
+                mean_text(e.get("val_auc_mean"), e.get("val_auc")),
+                f"{e['lr']:.1e}",
+                epoch_time_text(e),
+                f"{e['images_per_s']:.0f}",
+            ]
             if len(self.columns) > 7:
                 row.append(fmt(e.get("sparsity"), ".3f"))
             self.add_row(*row)
@@ -147,8 +178,7 @@ class QuitDialog(ModalScreen[str]):
 
 
 class MonitorScreen(Screen):
-    BINDINGS = [Binding("s", "stop_run", "Stop run"), Binding("b", "back", "Runs"),
-                Binding("q", "quit_app", "Quit")]
+    BINDINGS = [Binding("s", "stop_run", "Stop run"), Binding("b", "back", "Runs"), Binding("q", "quit_app", "Quit")]
 
     def __init__(self, run_dir: Path, poll_s: float = 0.25) -> None:
         super().__init__()
@@ -211,8 +241,11 @@ class MonitorScreen(Screen):
         if st.steps:
             self.query_one(ProgressBar).update(total=st.steps, progress=st.step)
         self.query_one(LossPlot).curves = (tuple(st.running_loss), tuple(st.epochs))
-        self.query_one(AucTable).aucs = ("test AUROC", st.test) if st.test else \
-            ("val AUROC", {"auc": st.val_auc, "auc_mean": st.epochs[-1]["val_auc_mean"] if st.epochs else None})
+        self.query_one(AucTable).aucs = (
+            ("test AUROC", st.test)
+            if st.test
+            else ("val AUROC", {"auc": st.val_auc, "auc_mean": st.epochs[-1]["val_auc_mean"] if st.epochs else None})
+        )
         self.query_one(EpochTable).epochs = tuple(st.epochs)
         self.query_one(MemoryLine).memory_mb = tuple(st.memory_mb)
 
@@ -227,10 +260,17 @@ class MonitorScreen(Screen):
         elif status == "running" and not self.launcher_alive and st.events:
             status = "engine ended without finishing (failed)"
         # text from the run is plain text: a "[" in a run name or an error is not markup
-        parts = [safe(st.run_id, "bold"), safe(st.preset or "-"), safe(st.arch), f"world {st.world_size or '-'}",
-                 safe(st.device or "-"), f"elapsed {hms(st.elapsed_s())}", f"ETA {hms(st.eta_s())}",
-                 safe(status, "bold")]
-        text = joined(*(p for p in parts if str(p)))
+        parts = [
+            safe(st.run_id, "bold"),
+            safe(st.preset or "-"),
+            safe(st.arch),
+            f"world {st.world_size or '-'}",
+            safe(st.device or "-"),
+            f"elapsed {hms(st.elapsed_s())}",
+            f"ETA {hms(st.eta_s())}",
+            safe(status, "bold"),
+        ]
+        text = joined(*(p for p in parts if str(p)))  # type: ignore[arg-type]  # (Text and str parts)
         if st.errors:
             text.append("\n").append_text(safe(f"error: {st.errors[-1]}", "red"))
         return text
@@ -252,7 +292,7 @@ class MonitorScreen(Screen):
             self.notify("the run is not running", severity="warning")
 
     def action_back(self) -> None:
-        self.app.open_runs()
+        cast("ChexApp", self.app).open_runs()
 
     def action_quit_app(self) -> None:
         if not self.launcher_alive:
@@ -265,4 +305,5 @@ class MonitorScreen(Screen):
                 self.app.exit(message=safe(f"stopping {self.run_dir.name}"))
             elif choice == "leave":
                 self.app.exit(message=safe(f"{self.run_dir.name} keeps running: chexui watch {self.run_dir.name}"))
+
         self.app.push_screen(QuitDialog(), done)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.coordinate import Coordinate
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
@@ -19,12 +21,20 @@ from engine.events import last_evaluation
 from engine.labels import LABELS
 from engine.sanitize import clean
 
+if TYPE_CHECKING:
+    from chexui.tui.app import ChexApp
+
 
 class RunsScreen(Screen):
-    BINDINGS = [Binding("enter", "open", "Open"), Binding("space", "mark", "Mark for compare"),
-                Binding("c", "compare", "Compare 2"), Binding("x", "explanations", "Explanations"),
-                Binding("n", "new", "New run"),
-                Binding("r", "reload", "Refresh"), Binding("q", "app.quit", "Quit")]
+    BINDINGS = [
+        Binding("enter", "open", "Open"),
+        Binding("space", "mark", "Mark for compare"),
+        Binding("c", "compare", "Compare 2"),
+        Binding("x", "explanations", "Explanations"),
+        Binding("n", "new", "New run"),
+        Binding("r", "reload", "Refresh"),
+        Binding("q", "app.quit", "Quit"),
+    ]
 
     def __init__(self, runs_dir: Path) -> None:
         super().__init__()
@@ -38,8 +48,9 @@ class RunsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(" ", "run", "status", "preset", "world", "epochs", "val (best ep)",
-                                              "test (95% CI)")
+        self.query_one(DataTable).add_columns(
+            " ", "run", "status", "preset", "world", "epochs", "val (best ep)", "test (95% CI)"
+        )
         self.load()
         self.set_interval(3.0, self.load)
 
@@ -57,10 +68,17 @@ class RunsScreen(Screen):
         cursor = table.cursor_row
         table.clear()
         for r in reversed(rows):  # newest first
-            table.add_row("*" if r["dir"] in self.marked else " ", safe(r["id"]), safe(r["status"]),
-                          safe(r["preset"] or "-"), str(r["world_size"] or "-"), str(r["epochs"]),
-                          fmt(r["best_val_auc"]) + (f" ({r['best_epoch']})" if r.get("best_epoch") is not None else ""),
-                          with_ci(fmt(r["test_auc"]), r.get("test_auc_ci")), key=r["dir"])
+            table.add_row(
+                "*" if r["dir"] in self.marked else " ",
+                safe(r["id"]),
+                safe(r["status"]),
+                safe(r["preset"] or "-"),
+                str(r["world_size"] or "-"),
+                str(r["epochs"]),
+                fmt(r["best_val_auc"]) + (f" ({r['best_epoch']})" if r.get("best_epoch") is not None else ""),
+                with_ci(fmt(r["test_auc"]), r.get("test_auc_ci")),
+                key=r["dir"],
+            )
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
 
@@ -69,12 +87,12 @@ class RunsScreen(Screen):
         table = self.query_one(DataTable)
         if not table.row_count:
             return None
-        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
 
     def action_open(self) -> None:
         run_dir = self._current()
         if run_dir:
-            self.app.open_monitor(Path(run_dir))
+            cast("ChexApp", self.app).open_monitor(Path(run_dir))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
@@ -96,7 +114,7 @@ class RunsScreen(Screen):
         self.app.push_screen(CompareScreen([Path(r) for r in self.marked]))
 
     def action_new(self) -> None:
-        self.app.open_launcher()
+        cast("ChexApp", self.app).open_launcher()
 
     def action_explanations(self) -> None:
         run_dir = self._current()
@@ -126,11 +144,18 @@ class ExplanationsScreen(Screen):
         self.files = explanation_images(self.run_dir)
         for i, f in enumerate(self.files):
             st = f.stat()
-            table.add_row(safe(f.relative_to(self.run_dir / "explain")), f"{st.st_size / 1e3:.0f}",
-                          time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime)), key=str(i))
-        note = (f"{len(self.files)} images in {self.run_dir / 'explain'}" if self.files else
-                f"no explanations yet: chexui explain {self.run_dir.name} IMAGE... writes them to "
-                f"{self.run_dir / 'explain'}")
+            table.add_row(
+                safe(f.relative_to(self.run_dir / "explain")),
+                f"{st.st_size / 1e3:.0f}",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime)),
+                key=str(i),
+            )
+        note = (
+            f"{len(self.files)} images in {self.run_dir / 'explain'}"
+            if self.files
+            else f"no explanations yet: chexui explain {self.run_dir.name} IMAGE... writes them to "
+            f"{self.run_dir / 'explain'}"
+        )
         self.query_one("#note", Static).update(safe(note))
 
     def action_view(self) -> None:
@@ -144,9 +169,12 @@ class ExplanationsScreen(Screen):
     @work(thread=True)
     def view(self, path: Path) -> None:
         opened = open_in_viewer(path)
-        self.app.call_from_thread(self.notify, clean(f"opened {path.name}" if opened else
-                                                     f"no image viewer found; the file is {path}"),
-                                  severity="information" if opened else "warning", markup=False)
+        self.app.call_from_thread(
+            self.notify,
+            clean(f"opened {path.name}" if opened else f"no image viewer found; the file is {path}"),
+            severity="information" if opened else "warning",
+            markup=False,
+        )
 
 
 def explanation_images(run_dir: Path) -> list[Path]:
@@ -162,14 +190,20 @@ def open_in_viewer(path: Path) -> bool:
     import shutil
     import subprocess
     import sys
+
     if sys.platform == "win32":
         os.startfile(str(path))  # noqa: S606 (a file we listed, opened by its associated viewer)
         return True
     opener = shutil.which("open" if sys.platform == "darwin" else "xdg-open")
     if opener is None:
         return False
-    subprocess.Popen([opener, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        [opener, str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return True
 
 
@@ -197,6 +231,7 @@ class CompareScreen(Screen):
     @work(thread=True, exclusive=True)
     def pair(self) -> None:
         from chexui import compare
+
         df = compare.paired_table(self.infos, [i.id for i in self.infos], 0)
         self.app.call_from_thread(self.show, df)
 
@@ -212,9 +247,11 @@ class CompareScreen(Screen):
             table.add_row(label, *[fmt(v) for v in vals], diffs.get(name, "..." if paired is None else "-"))
         if paired is not None:
             from chexui.compare import paired_caption
+
             self.query_one("#note", Static).update(safe(paired_caption(paired)))
 
 
 def compare_text(paired) -> dict[str, str]:
     from chexui.compare import paired_display
+
     return paired_display(paired).iloc[:, 0].to_dict()

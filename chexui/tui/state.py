@@ -25,7 +25,7 @@ class RunState:
     step: int = 0
     steps: int = 0
     running_loss: list[tuple[float, float]] = field(default_factory=list)  # (epoch + step/steps, loss)
-    epochs: list[dict[str, Any]] = field(default_factory=list)              # epoch_ended events
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # epoch_ended events
     memory_mb: list[float] = field(default_factory=list)
     images_per_s: float | None = None
     val_auc: dict[str, float | None] = field(default_factory=dict)

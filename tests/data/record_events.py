@@ -22,6 +22,8 @@ from engine.events import read_events
 from tests.conftest import TINY_PRESET
 
 HERE = Path(__file__).parent / "events"
+
+
 def chexui(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "chexui.cli", *map(str, args)], stdin=subprocess.DEVNULL)
 
@@ -41,6 +43,7 @@ def main() -> None:
                 dirs = list(runs.glob("*/events.jsonl")) if runs.exists() else []
                 if dirs and any(e["type"] == "checkpoint_saved" for e in read_events(dirs[0])):
                     import json
+
                     victim = json.loads((dirs[0].parent / "split.json").read_text())["train"][0]
                     p = data / "images" / victim
                     p.write_bytes(p.read_bytes()[:100])
@@ -55,13 +58,35 @@ def main() -> None:
     if wanted("two_rank"):
         record("two_rank", "--nproc", 2)
     if wanted("prune"):
-        record("prune", "--set", "prune.enabled=true", "--set", "prune.final_sparsity=0.7", "--set",
-               "prune.end_epoch=2.0", "--set", "prune.frequency_steps=2")
+        record(
+            "prune",
+            "--set",
+            "prune.enabled=true",
+            "--set",
+            "prune.final_sparsity=0.7",
+            "--set",
+            "prune.end_epoch=2.0",
+            "--set",
+            "prune.frequency_steps=2",
+        )
     if wanted("failed"):
         record("failed", "--set", "data.cache=false", corrupt=True)
     if wanted("full"):
-        record("full", "--set", "export.enabled=true", "--set", "prune.enabled=true", "--set", "prune.end_epoch=2.0",
-               "--set", "prune.frequency_steps=2", "--set", "quantize.enabled=true", "--set", "quantize.scope=all")
+        record(
+            "full",
+            "--set",
+            "export.enabled=true",
+            "--set",
+            "prune.enabled=true",
+            "--set",
+            "prune.end_epoch=2.0",
+            "--set",
+            "prune.frequency_steps=2",
+            "--set",
+            "quantize.enabled=true",
+            "--set",
+            "quantize.scope=all",
+        )
 
 
 if __name__ == "__main__":

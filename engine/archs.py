@@ -1,0 +1,103 @@
+"""The architecture table: every model chexui can train, and what each part of chexui needs to know of it.
+
+One `Arch` per architecture: how its body is built (a torchvision name, or a function), which attribute
+holds the classifier the 14-label head replaces, the block Grad-CAM maps by default, torchvision's
+ImageNet weight names, and the preset whose per-width targets `chexui compress --prune adaptive` uses.
+The config (model.arch, model.weights), the model builder, checkpoint loading, explain, compress and the
+TUI's launcher read this table. Pure Python (no torch): chexui validates presets with it.
+
+Adding an architecture is one `register(Arch(...))` call (docs/ARCHITECTURE.md has the recipe). A
+registration is seen by the process that made it: the engine under torchrun imports `engine.archs`, so
+an architecture for real runs is registered here (or in a module this one imports).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    head: str  # the attribute holding the classifier (an nn.Linear) the 14-label head replaces
+    cam_layer: str  # the block whose activations Grad-CAM maps by default: the last convolutional block
+    torchvision: str | None = None  # torchvision.models name the body is built from ...
+    build: Callable[[], Any] | None = None  # ... or a function returning the body (an nn.Module)
+    weights: tuple[str, ...] = ()  # torchvision's ImageNet weight names (model.pretrained = "imagenet")
+    adaptive_preset: str | None = None  # the preset whose prune.adaptive targets `compress --prune adaptive` uses
+
+
+_ARCHS: dict[str, Arch] = {}
+
+
+def register(arch: Arch) -> Arch:
+    if (arch.torchvision is None) == (arch.build is None):
+        raise ValueError(f"architecture {arch.name!r}: give torchvision or build, not both or neither")
+    _ARCHS[arch.name] = arch
+    return arch
+
+
+def unregister(name: str) -> None:
+    _ARCHS.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_ARCHS)
+
+
+def weight_names() -> tuple[str, ...]:
+    """Every weight name any architecture has (model.weights' choices; `get(arch).weights` per arch)."""
+    return tuple(dict.fromkeys(w for a in _ARCHS.values() for w in a.weights))
+
+
+def get(name: str) -> Arch:
+    try:
+        return _ARCHS[name]
+    except KeyError:
+        near = difflib.get_close_matches(name, _ARCHS, n=1)
+        raise ConfigError(
+            f"model.arch = {name!r}: expected one of {', '.join(_ARCHS)}"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+        ) from None
+
+
+def all_archs() -> tuple[Arch, ...]:
+    return tuple(_ARCHS.values())
+
+
+register(
+    Arch(
+        "densenet121",
+        torchvision="densenet121",
+        head="classifier",
+        cam_layer="features",  # (DenseNet's forward applies its final ReLU in place after it)
+        weights=("IMAGENET1K_V1",),
+        adaptive_preset="prune-adaptive",
+    )
+)
+register(
+    Arch(
+        "resnet50",
+        torchvision="resnet50",
+        head="fc",
+        cam_layer="layer4",
+        weights=("IMAGENET1K_V1", "IMAGENET1K_V2"),
+        adaptive_preset="resnet50-prune-adaptive",
+    )
+)
+# ResNet18 (tests and the demo) shares ResNet50's widths 64-512 and so its adaptive table
+register(
+    Arch(
+        "resnet18",
+        torchvision="resnet18",
+        head="fc",
+        cam_layer="layer4",
+        weights=("IMAGENET1K_V1",),
+        adaptive_preset="resnet50-prune-adaptive",
+    )
+)
