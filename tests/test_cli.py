@@ -81,6 +81,7 @@ def test_every_command_has_help():
         assert r.exit_code == 0 and "Usage" in r.output, (cmd, r.output)
 
 
+@pytest.mark.slow
 def test_builtin_presets_listed_and_valid():
     r = chexui("presets", "list", "--json")
     assert r.returncode == 0

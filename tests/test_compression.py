@@ -30,6 +30,7 @@ def test_schedule_is_polynomial_from_initial_to_final():
     assert values == sorted(values)
 
 
+@pytest.mark.slow
 def test_conv_scope_leaves_batchnorm_biases_and_classifier():
     model = build_model("resnet18", "none")
     cfg = {
@@ -112,6 +113,7 @@ def _bytes(obj) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_qat_never_quantizes_the_classifier():
     """Either scope fake-quantizes the weights of every conv layer and never the 14-logit classifier's."""
 
@@ -133,6 +135,7 @@ def test_qat_never_quantizes_the_classifier():
         assert bits["weight_points"] == 2, scope
 
 
+@pytest.mark.slow
 def test_qat_int8_model_agrees_with_the_fake_quantized_one():
     """A few QAT steps, then int8 conversion: its probabilities match the fake-quantized model's.
     (Scope "all": in the shared 2-process run, test_qat_two_processes_...)"""
@@ -257,6 +260,7 @@ def test_onnx_artifacts_run_in_onnxruntime_alone_and_match_the_torch_models(tmp_
         assert np.allclose(got, kept[f"test_{kind}"]["probs"][:6], atol=1e-6), kind
 
 
+@pytest.mark.slow
 def test_bench_on_a_run_without_exports_exits_2(tmp_path):
     run = tmp_path / "runs" / "20260101-000000-x"
     run.mkdir(parents=True)
@@ -319,6 +323,7 @@ def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_in
         assert torch.equal(quant.from_graph_record(record)(x), int8(x))
 
 
+@pytest.mark.slow
 def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
     """Without torchao's x86 passes Inductor compiles a PT2E program's convolutions in fp32 (measured:
     0.86x instead of 3.28x the compiled fp32 on a QAT ResNet50 at 224 px). `chexui bench` compiles its
@@ -337,6 +342,7 @@ def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
     assert out.stdout.strip().splitlines()[-1].startswith("torchao.quantization.pt2e")
 
 
+@pytest.mark.slow
 def test_without_the_onnx_extra_the_export_says_how_to_enable_it_and_writes_the_rest(tmp_path, monkeypatch):
     from engine import export, onnx_export
 

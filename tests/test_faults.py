@@ -136,6 +136,7 @@ def test_bench_loads_only_the_recorded_artifacts(tmp_path, compressed_run):
     assert r.returncode == 2 and "sha256 differs" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_control_characters_never_reach_the_terminal(tmp_path, tiny_demo, monkeypatch):
     """3: run names, error messages, preset descriptions and image file names carry escape sequences."""
     runs = tmp_path / "runs"
@@ -406,6 +407,7 @@ def test_full_cache_dir_is_a_clean_error_without_leftovers(tmp_path, tiny_demo):
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and "tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_unwritable_runs_dir_and_overlong_name(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -461,6 +463,7 @@ def test_self_looping_symlink_and_decompression_bomb_are_data_errors(tmp_path, t
     assert r.returncode == 2 and "symbolic links" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_damaged_or_malicious_checkpoint_in_eval(tmp_path, tiny_demo):
     runs = tmp_path / "runs"
     cfg = _tiny_config(tiny_demo)

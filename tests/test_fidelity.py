@@ -198,6 +198,7 @@ def test_unweighted_validation_loss_is_plain_bce_while_training_stays_weighted()
 # ------------------------------------------------------------------ QAT
 
 
+@pytest.mark.slow
 def test_evaluating_keeps_observers_that_were_frozen():
     from engine import quant
 
@@ -364,6 +365,7 @@ def test_weighted_replicates_equal_sklearn_on_the_explicitly_resampled_images():
                 assert np.isnan(reps[b, j])
 
 
+@pytest.mark.slow
 def test_mean_auroc_ci_covers_the_population_value_about_95_percent_of_the_time():
     truth = true_auc()
     covered = 0

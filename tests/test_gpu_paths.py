@@ -33,6 +33,7 @@ PRUNE = {
 }
 
 
+@pytest.mark.slow
 def test_pruning_channels_last_weights_gives_the_same_masks_as_contiguous():
     """CUDA runs keep conv weights channels_last; torch's L1 mask used .view(-1), which they refuse."""
     torch.manual_seed(0)

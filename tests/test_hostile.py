@@ -172,6 +172,7 @@ def test_one_hostile_run_dir_never_breaks_the_listing_of_the_others(tmp_path):
                 strict_json(r.stdout)
 
 
+@pytest.mark.slow
 def test_every_reader_survives_every_field_of_every_event_being_of_the_wrong_type():
     """Each field at every depth of a finished run's events (pruning, QAT, export, operating points,
     bootstrap CIs) replaced by values of other types: the headless view, the TUI's fold, the runs
@@ -313,6 +314,7 @@ def _fake_chexui_launch(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_stop_signals_only_a_process_the_os_says_is_this_runs_launcher(tmp_path):
     """launcher.json with an unrelated process's pid and its real start time made `chexui stop` SIGTERM
     it, and `runs list` show the fake run as running."""
@@ -446,6 +448,7 @@ def test_dicom_decodes_in_the_standards_order_and_bad_attributes_are_one_line_sk
         assert {"frames-abc": "NumberOfFrames", "window-width-0": "WindowWidth"}[name] in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_deflated_dicom_bomb_and_a_fifo_are_refused_at_once(tmp_path):
     """A 1 MB deflated DICOM took 8.5 GB and 52 s; a FIFO named on the command line hung predict."""
     from engine import images

@@ -93,6 +93,7 @@ def test_foreign_densenet_weights_load_with_counts_or_are_refused(tmp_path):
         build_model("densenet121", str(tmp_path / "no-block3.pt"))
 
 
+@pytest.mark.slow
 def test_a_pretrained_file_missing_a_block_stops_the_run_with_exit_2(tmp_path, tiny_preset):
     sd = tv_models.densenet121(weights=None).state_dict()
     torch.save({f"module.{k}": v for k, v in sd.items() if ".denseblock4." not in k}, tmp_path / "partial.pt")

@@ -153,6 +153,7 @@ def test_study_presets_and_sweep_files_resolve():
     assert "epochs = 50" in shown and "early_stop_patience = 0" in shown and "min_lr = 1e-07" in shown
 
 
+@pytest.mark.slow
 def test_compare_a_recorded_sweep_in_all_four_formats():
     sweep = recorded_sweep()
     data = json.loads(compare(sweep, fmt="json"))
@@ -194,6 +195,7 @@ def test_compare_storage_of_the_recorded_pruned_and_qat_runs():
             assert row["sparse bytes"] <= 0.45 * row["fp32 bytes"] and row["nonzero"] < 0.5 * row["parameters"]
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_and_every_figure(tmp_path):
     out = tmp_path / "report"
     r = chexui("report", recorded_sweep(), *recorded_compressed(), "--runs-dir", RECORDED, "--out", out)

@@ -32,8 +32,30 @@ def recorded_run(tmp_path: Path, name: str, cut: int | None = None) -> Path:
     return run
 
 
-async def settle(pilot, seconds: float = 0.8) -> None:
-    await pilot.pause(seconds)
+async def until(pilot, condition, timeout: float = 20.0) -> None:
+    """Let the app run until `condition()` holds (what the next lines assert has been processed), or
+    fail: no fixed sleep, so a fast machine does not wait and a slow one does not flake."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except Exception:  # (a widget not mounted yet)
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for the app")
+        await pilot.pause(0.02)
+
+
+def monitor_loaded(app, status: str = "completed") -> bool:
+    """The monitor has read the recorded run through to its status and filled its tables."""
+    screen = app.screen
+    return (
+        isinstance(screen, MonitorScreen)
+        and screen.state.status == status
+        and screen.query_one("#epochs", DataTable).row_count == len(screen.state.epochs)
+        and (not screen.state.test or screen.query_one("#aucs", DataTable).row_count > 0)
+    )
 
 
 def text_of(app, selector: str) -> str:
@@ -44,14 +66,14 @@ def cells(table: DataTable) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
-def on_recorded_monitor(tmp_path, name: str, size: tuple[int, int], check) -> None:
+def on_recorded_monitor(tmp_path, name: str, size: tuple[int, int], check, status: str = "completed") -> None:
     """Open the monitor on a recorded run, let it load, then `check(app)`."""
     run = recorded_run(tmp_path, name)
 
     async def go():
         app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
         async with app.run_test(size=size) as pilot:
-            await settle(pilot)
+            await until(pilot, lambda: monitor_loaded(app, status))
             check(app)
 
     asyncio.run(go())
@@ -63,7 +85,7 @@ def test_two_rank_finished_run_shows_memory_per_rank_and_test_table(tmp_path):
     async def go():
         app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
         async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot)
+            await until(pilot, lambda: monitor_loaded(app))
             screen = app.screen
             assert isinstance(screen, MonitorScreen)
             assert screen.state.world_size == 2 and screen.state.status == "completed"
@@ -94,7 +116,7 @@ def test_test_table_shows_the_operating_point_beside_auroc(tmp_path):
     async def go():
         app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
         async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot)
+            await until(pilot, lambda: monitor_loaded(app))
             aucs = app.screen.query_one("#aucs", DataTable)
             assert aucs.border_title == "test AUROC · calls at sensitivity=0.9 thresholds"
             assert [str(c.label) for c in aucs.columns.values()] == ["label", "AUROC", "95% CI", "thr", "sens", "spec"]
@@ -120,7 +142,7 @@ def test_failed_run_shows_the_error(tmp_path):
         status = text_of(app, "#status")
         assert "failed" in status and "error:" in status and "cannot read image" in status
 
-    on_recorded_monitor(tmp_path, "failed", (100, 30), check)
+    on_recorded_monitor(tmp_path, "failed", (100, 30), check, status="failed")
 
 
 def test_partial_line_deleted_dir_and_dead_engine(tmp_path):
@@ -135,16 +157,16 @@ def test_partial_line_deleted_dir_and_dead_engine(tmp_path):
     async def go():
         app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await settle(pilot)
+            await until(pilot, lambda: "engine ended without finishing" in text_of(app, "#status"))
             screen = app.screen
             assert len(screen.state.epochs) == 1
             assert "engine ended without finishing" in text_of(app, "#status")
             with open(run / "events.jsonl", "a") as f:  # the writer finishes its line
                 f.write(lines[cut][len(lines[cut]) // 2 :])
-            await settle(pilot)
+            await until(pilot, lambda: screen.state.events[-1] == json.loads(lines[cut]))
             assert screen.state.events[-1] == json.loads(lines[cut])
             shutil.rmtree(run)
-            await settle(pilot)
+            await until(pilot, lambda: "run directory deleted" in text_of(app, "#status"))
             assert "run directory deleted" in text_of(app, "#status")
             assert app.is_running
 
@@ -158,19 +180,22 @@ def test_runs_browser_opens_and_compares(tmp_path):
     async def go():
         app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await settle(pilot)
+            await until(pilot, lambda: app.screen.query_one(DataTable).row_count == 2)
             assert isinstance(app.screen, RunsScreen)
             table = app.screen.query_one(DataTable)
             assert table.row_count == 2 and {r[2] for r in cells(table)} == {"completed"}
             await pilot.press("space", "down", "space", "c")
-            await settle(pilot, 0.5)
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, CompareScreen) and app.screen.query_one(DataTable).row_count > 0,
+            )
             assert isinstance(app.screen, CompareScreen)
             rows = cells(app.screen.query_one(DataTable))
             assert [r[0] for r in rows] == list(LABELS) + ["mean (14/14)"] and len(rows[0]) == 4
             # recorded before predictions were kept: no paired difference, and the note says why
             assert "no saved predictions" in text_of(app, "#note")
             await pilot.press("b", "enter")
-            await settle(pilot)
+            await until(pilot, lambda: monitor_loaded(app))
             assert isinstance(app.screen, MonitorScreen) and app.screen.state.status == "completed"
 
     asyncio.run(go())
@@ -189,18 +214,24 @@ def test_runs_browser_lists_a_runs_explanations_and_opens_one_in_the_viewer(tmp_
     async def go():
         app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
         async with app.run_test(size=(80, 24)) as pilot:
-            await settle(pilot)
+            await until(pilot, lambda: app.screen.query_one(DataTable).row_count == 1)
             await pilot.press("x")
-            await settle(pilot, 0.3)
+            await until(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, runs_browser.ExplanationsScreen)
+                    and app.screen.query_one(DataTable).row_count == 3
+                ),
+            )
             assert isinstance(app.screen, runs_browser.ExplanationsScreen)
             rows = cells(app.screen.query_one(DataTable))  # side-by-side figures first
             assert [r[0] for r in rows] == ["img1-compare.png", "sub/img2-compare.png", "img1-fp32-Mass.png"]
             assert "3 images in" in text_of(app, "#note")
             await pilot.press("down", "enter")
-            await settle(pilot, 0.3)
+            await until(pilot, lambda: bool(opened))
             assert opened == [run / "explain" / "sub" / "img2-compare.png"]
             await pilot.press("b")
-            await settle(pilot, 0.3)
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen))
             assert isinstance(app.screen, RunsScreen)
 
     asyncio.run(go())
@@ -210,21 +241,21 @@ def test_launcher_flags_invalid_fields_before_start(tmp_path):
     async def go():
         app = make_app(tmp_path / "runs")
         async with app.run_test(size=(80, 24)) as pilot:
-            await settle(pilot, 0.5)
+            await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
             screen = app.screen
             assert isinstance(screen, LauncherScreen)
             names = [r[0] for r in cells(screen.query_one("#presets", DataTable))]
             assert {"demo", "densenet121", "resnet50"} <= set(names)
             batch = screen.query_one("#batch_size", Input)
             batch.value = "0"
-            await settle(pilot, 0.3)
+            await until(pilot, lambda: batch.has_class("invalid"))
             assert batch.has_class("invalid") and screen.query_one("#start", Button).disabled
             assert "train.batch_size" in text_of(app, "#form-error")
             batch.value = "16"
-            await settle(pilot, 0.3)
+            await until(pilot, lambda: not batch.has_class("invalid"))
             assert not batch.has_class("invalid") and not screen.query_one("#start", Button).disabled
             screen.query_one("#data", Input).value = str(tmp_path / "nope")
-            await settle(pilot, 1.0)
+            await until(pilot, lambda: "problem" in text_of(app, "#data-summary"))
             assert "problem" in text_of(app, "#data-summary")
 
     asyncio.run(go())
@@ -238,11 +269,11 @@ def test_launcher_saves_a_preset(tmp_path, monkeypatch):
     async def go():
         app = make_app(tmp_path / "runs")
         async with app.run_test(size=(100, 40)) as pilot:
-            await settle(pilot, 0.5)
+            await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
             screen = app.screen
             screen.query_one("#lr", Input).value = "0.005"
             screen.query_one("#save-name", Input).value = "my-demo"
-            await settle(pilot, 0.3)
+            await until(pilot, lambda: screen.overrides() and "train.lr=0.005" in screen.overrides())
             screen.save_preset()
 
     asyncio.run(go())
@@ -260,9 +291,9 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
     async def go():
         app = make_app(runs, poll_s=0.1)
         async with app.run_test(size=(100, 40)) as pilot:
-            await settle(pilot, 0.5)
+            await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
             app.screen.load_preset("tiny")
-            await settle(pilot, 0.3)
+            await until(pilot, lambda: not app.screen.query_one("#start", Button).disabled)
             app.screen.query_one("#start", Button).press()
             end = time.time() + 180
             while time.time() < end:
@@ -272,7 +303,7 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
                     break
             screen = app.screen
             assert isinstance(screen, MonitorScreen) and screen.state.status == "completed"
-            await settle(pilot, 0.6)
+            await until(pilot, lambda: monitor_loaded(app))
             rows = cells(screen.query_one("#aucs", DataTable))
             assert [r[0] for r in rows[:-1]] == list(LABELS) and rows[-1][0].startswith("mean (")
             # a live run's test evaluation carries its 95 % CIs: lo-hi around the AUROC
