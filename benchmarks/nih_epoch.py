@@ -133,8 +133,8 @@ def one_epoch(cfg: dict, run_dir: Path, d: dist.Dist, warm_steps: int) -> dict:
         "recompile_s": compile_seconds() - c1,
         "val_auc_mean": val["auc_mean"],
         "peak_gpu_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
-        "sparsity": run.pruner.sparsity() if run.pruner is not None else None,
-        "prune_s": prune_s[0] if run.pruner is not None else None,
+        "sparsity": run.method_fields("epoch_fields").get("sparsity"),
+        "prune_s": prune_s[0] if run.method("prune") is not None else None,
         "host_syncs_per_step": syncs,
     }
     del run, val
@@ -166,9 +166,11 @@ def timed_pruner(run: Run, dev: torch.device) -> list[float]:
     the epoch, apart from the run-to-run noise of two whole epochs. On CUDA each call is bracketed by
     synchronisations, so the figure is GPU time (and the epoch a little slower than unmeasured)."""
     total = [0.0]
-    if run.pruner is None:
+    pruning = run.method("prune")
+    if pruning is None:
         return total
-    step = run.pruner.step
+    pruner = pruning.pruner  # (engine/compression/pruning.py)
+    step = pruner.step
 
     def timed(s: int) -> None:
         sync(dev)
@@ -177,7 +179,7 @@ def timed_pruner(run: Run, dev: torch.device) -> list[float]:
         sync(dev)
         total[0] += time.perf_counter() - t
 
-    run.pruner.step = timed
+    pruner.step = timed
     return total
 
 

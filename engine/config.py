@@ -166,6 +166,19 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
 }
 
+
+def add_section(name: str, fields: dict[str, Field]) -> None:
+    """A plug-in's config section (a compression method's keys): validated, defaulted and `--set` like
+    the built-in ones from then on, in this process."""
+    if name in SCHEMA or name in TOP_LEVEL:
+        raise ValueError(f"config section {name!r} exists already")
+    SCHEMA[name] = dict(fields)
+
+
+def remove_section(name: str) -> None:
+    SCHEMA.pop(name, None)
+
+
 # `sweep` is set by `chexui sweep` on each run it starts (the sweep id); presets leave it empty
 TOP_LEVEL = {
     "name": Field("custom", str),

@@ -1,7 +1,8 @@
-"""One training process of a run: its state and its phases (engine/train.py is the entry point).
+"""One training process of a run: its state and its phases (engine/train.py is the torchrun entry point).
 
-Read top to bottom: setup -> load_data -> build model/optimizer -> resume -> per epoch
-(train_one_epoch, evaluate, plateau/early stop, checkpoints) -> test evaluation of the best model.
+`Run.train()` holds the phase order: setup (data, model, compression methods, optimizer) -> resume or
+start -> per epoch (train_one_epoch, evaluate, plateau/early stop, checkpoints) -> test evaluation of
+what the run ships -> export. Compression methods (engine/compression/) act only through their hooks.
 Rank 0 alone writes events, logs and checkpoints. A resumed run (after `chexui stop`, a crash, or a
 torchrun restart) continues exactly where the last checkpoint left it: even mid-epoch.
 """
@@ -12,8 +13,9 @@ import json
 import math
 import os
 import signal
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,19 +25,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import bootstrap, checkpoint, compress, dist, export, operating, predictions, quant
+from engine import bootstrap, checkpoint, compress, compression, dist, export, operating, predictions, quant
 from engine.checkpoint import RunCheckpoints
-from engine.data import Data, eval_batches, flip_mask, load_data, loader, to_input, train_batches
-from engine.errors import UserError
+from engine.compression import Method, MethodContext
+from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
+from engine.errors import UserError, one_line
 from engine.evaluate import auroc_from_logits, eval_batch_size, predict_logits, probabilities
-from engine.events import ARTIFACT_SPLITS, STOP_FILE, EventWriter
+from engine.events import ARTIFACT_SPLITS, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
 from engine.labels import n_defined
 from engine.models import build_model, losses
-from engine.prune import Pruner
+from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, LAST, SPLIT_FILE, STOP_FILE
 from engine.running_loss import RunningLoss
 
-BEST = "checkpoints/best.pt"
 # Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
 DIVERGED_FACTOR = 100.0
 
@@ -65,7 +67,9 @@ def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None. "auto": bf16 on CUDA, none on the CPU; "bf16"/"fp16" are honoured on
     any device (so the CPU suite runs the autocast path). QAT's observers calibrate on fp32 activations."""
     amp = cfg["train"]["amp"]
-    if amp == "none" or cfg["quantize"]["enabled"] or (amp == "auto" and device.type != "cuda"):
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if not all(method.autocast_ok for method in compression.active(cfg)):  # QAT
         return None
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
@@ -184,9 +188,9 @@ class Run:
     def __init__(self, cfg: dict, run_dir: Path, d: dist.Dist):
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
         self.t, self.dc = cfg["train"], cfg["data"]
-        self.events = EventWriter(run_dir / "events.jsonl") if d.is_main else None
+        self.events = EventWriter(run_dir / EVENTS_FILE) if d.is_main else None
         self.stop = StopSignal(run_dir)
-        self.ckpts = RunCheckpoints(run_dir / "checkpoints")
+        self.ckpts = RunCheckpoints(run_dir / CHECKPOINTS_DIR)
         self.state = TrainState()
 
     # ------------------------------------------------------------ output (rank 0 only)
@@ -209,7 +213,7 @@ class Run:
         self.data: Data = load_data(self.dc, self.d.is_main, self.d.barrier)
         self.n_train = len(self.data.split["train"])
         if self.d.is_main:
-            write_atomic(self.run_dir / "split.json", json.dumps(self.data.manifest))
+            write_atomic(self.run_dir / SPLIT_FILE, json.dumps(self.data.manifest))
         m = self.cfg["model"]
         model = build_model(m["arch"], m["pretrained"], m["weights"], log=self.log)
         self.parent = self.cfg["compress"]["parent"]
@@ -221,10 +225,16 @@ class Run:
         self.model = model.to(  # type: ignore[call-overload]  # (torch's stub lacks device + memory_format)
             self.d.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
         )
-        # QAT trains a traced copy with fake-quant observers that shares the model's weights
-        q = self.cfg["quantize"]
-        self.qat = quant.prepare(self.model, q, self.dc["image_size"]) if q["enabled"] else None
-        self.core = self.qat if self.qat is not None else self.model  # what trains and is validated
+        self.steps_per_epoch = len(
+            train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank, self.t["seed"], 0)
+        )
+        # the compression methods the config enables, each converting what trains in turn (QAT: a traced
+        # copy with fake-quant observers that shares the model's weights)
+        ctx = MethodContext(self.cfg, self.run_dir, self.steps_per_epoch, self.d.is_main, self.log)
+        self.methods: list[Method] = [cls(self.model, ctx) for cls in compression.active(self.cfg)]
+        self.core = self.model  # what trains and is validated
+        for method in self.methods:
+            self.core = method.convert(self.core)
         self.net = (
             DDP(self.core, device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None)
             if self.d.active
@@ -245,15 +255,7 @@ class Run:
         self.amp = amp_dtype(self.cfg, self.d.device)
         # fp16 gradients underflow without loss scaling (a Hernia negative weighs about 0.002)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.amp == torch.float16)
-        self.steps_per_epoch = len(
-            train_batches(self.n_train, self.t["batch_size"], self.d.world, self.d.rank, self.t["seed"], 0)
-        )
-        self.pruner = (
-            Pruner(self.model, self.cfg["prune"], self.steps_per_epoch) if self.cfg["prune"]["enabled"] else None
-        )
-        if self.pruner is not None and self.cfg["prune"]["schedule"] == "one_shot":
-            self.pruner.step(0)  # final masks from the starting weights (a resume restores its own)
-        self.int8: nn.Module | None = None  # the post-training int8 model (compress.ptq), made in test()
+        self.int8: nn.Module | None = None  # the int8 model a QAT/PTQ run ships, made in test()
         self.operating: dict | None = None  # rank 0: thresholds and temperatures chosen on val, in test()
 
     def parts(self) -> dict:
@@ -266,10 +268,21 @@ class Run:
             "scaler": self.scaler,
             "state": self.state,
             "rng": RNGState(),
-            "prune": self.pruner,
-            "qat": self.qat,
         }
-        return {k: v for k, v in parts.items() if v is not None}
+        for method in self.methods:
+            parts.update(method.parts())
+        return parts
+
+    def method(self, name: str) -> Method | None:
+        """The run's compression method of that name (engine/compression/), if it uses it."""
+        return next((m for m in self.methods if m.name == name), None)
+
+    def method_fields(self, hook: str) -> dict:
+        """The methods' fields of an event (`hook`: run_started_fields, epoch_fields, exported_fields)."""
+        out: dict = {}
+        for method in self.methods:
+            out.update(getattr(method, hook)())
+        return out
 
     def resume(self) -> bool:
         if not self.ckpts.last.is_file():
@@ -290,20 +303,12 @@ class Run:
         best_ck = None
         if best:
             best_ck = {**meta, "model": last["model"], "epoch": self.state.epoch, "val_loss": self.state.best_val_loss}
-            if self.qat is not None:
-                best_ck["qat"] = last["qat"]
+            for method in self.methods:
+                best_ck.update({name: last[name] for name in method.best_parts()})
         self.ckpts.save(last, best_ck)
-        self.emit("checkpoint_saved", epoch=self.state.epoch, path="checkpoints/last.pt", best=False)
+        self.emit("checkpoint_saved", epoch=self.state.epoch, path=LAST, best=False)
         if best:
-            self.emit("checkpoint_saved", epoch=self.state.epoch, path="checkpoints/best.pt", best=True)
-
-    def save_layer_sparsity(self, epoch: int) -> None:
-        """Per-layer sparsity by epoch in the run dir (prune_layers.json)."""
-        path = self.run_dir / "prune_layers.json"
-        history = json.loads(path.read_text()) if path.is_file() else {}
-        assert self.pruner is not None  # (called for pruning runs only)
-        history[str(epoch)] = self.pruner.layer_sparsity()
-        write_atomic(path, json.dumps(history))
+            self.emit("checkpoint_saved", epoch=self.state.epoch, path=BEST, best=True)
 
     # ------------------------------------------------------------ phases
     def train_one_epoch(self, epoch: int) -> bool:
@@ -346,8 +351,8 @@ class Run:
             )
             losses.add(loss)
             st.global_step += 1
-            if self.pruner is not None:
-                self.pruner.step(st.global_step)
+            for method in self.methods:
+                method.after_step(st.global_step)
             st.step = step + 1
             seen += len(x)
             now = time.perf_counter()
@@ -400,8 +405,9 @@ class Run:
         model = self.core if model is None else model
         device, d = device or self.d.device, d or self.d
         compiled = model is self.core and self.eval_net is not self.core
-        # evaluating the QAT model must not move its observers' ranges
-        with quant.observers_frozen(model) if self.qat is not None and model is self.qat else nullcontext():
+        with ExitStack() as around:  # (the methods' conditions of an evaluation: QAT's observers stay put)
+            for method in self.methods:
+                around.enter_context(method.evaluating(model))
             logits = predict_logits(
                 self.eval_net if compiled else model,
                 self.data.images,
@@ -454,15 +460,6 @@ class Run:
                 f"0.5 for every label ({val['train_chance_loss']:.4g}, {val['chance_loss']:.4g})"
             )
 
-    def freeze_qat(self, epoch: int) -> None:
-        """Late in QAT, stop moving the observers' ranges (quantize.freeze_observers_epoch; 0 = never).
-        Applied at every epoch start, so a resumed run is frozen too."""
-        if self.qat is None:
-            return
-        q = self.cfg["quantize"]
-        if q["freeze_observers_epoch"] and epoch > q["freeze_observers_epoch"]:
-            quant.freeze_observers(self.qat)
-
     # ------------------------------------------------------------ main loop
     def fit(self) -> str:
         st = self.state
@@ -474,7 +471,8 @@ class Run:
             if st.step == 0:
                 self.emit("epoch_started", epoch=epoch)
                 st.loss_sum = st.loss_n = 0.0
-            self.freeze_qat(epoch)
+            for method in self.methods:
+                method.epoch_start(epoch)
             t_epoch, compile0 = time.perf_counter(), compile_seconds()
             if not self.train_one_epoch(epoch):
                 st.wall_time_s = wall0 + time.perf_counter() - t_start
@@ -490,21 +488,18 @@ class Run:
             old_lr = self.opt.param_groups[0]["lr"]
             self.sched.step(val["loss"])
             lr = self.opt.param_groups[0]["lr"]
-            # while the pruning schedule runs, a less pruned model is not a candidate for best (it would
-            # be exported instead of the pruned one) and early stopping waits for the final sparsity;
-            # prune.best_from = "start" lifts that (the study's Keras callbacks watched every epoch)
-            settled = (
-                self.pruner is None or self.cfg["prune"]["best_from"] == "start" or self.pruner.finished(st.global_step)
-            )
+            # a model a method has not finished making (mid pruning schedule) is not a candidate for best
+            # and early stopping waits for it
+            settled = all(method.settled(st.global_step) for method in self.methods)
             improved = settled and val["loss"] < st.best_val_loss
             if improved:
                 st.best_val_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
             elif settled:
                 st.bad_epochs += 1
             mem = self.d.all_gather_object(round(memory_mb(self.d.device), 1))
-            sparsity = self.pruner.sparsity() if self.pruner is not None else None
-            if self.pruner is not None and self.d.is_main:
-                self.save_layer_sparsity(epoch)
+            fields = {"sparsity": None, **self.method_fields("epoch_fields")}
+            for method in self.methods:
+                method.epoch_end(epoch)
             st.epoch, st.step = epoch, 0
             self.emit(
                 "epoch_ended",
@@ -516,8 +511,8 @@ class Run:
                 lr=lr,
                 epoch_time_s=epoch_time,
                 images_per_s=self.epoch_images_per_s,
-                sparsity=sparsity,
                 memory_mb=mem,
+                **fields,
                 **compiled,
             )
             note = f" (compile {compiled['compile_s']:.1f}s)" if compiled.get("compile_s") else ""
@@ -544,8 +539,10 @@ class Run:
             best = self.ckpts.load_best(self.state.best_epoch)
             if best is not None:
                 self.model.load_state_dict(best["model"])
-                if self.qat is not None:
-                    self.qat.load_state_dict(best["qat"])
+                parts = self.parts()
+                for method in self.methods:
+                    for name in method.best_parts():
+                        parts[name].load_state_dict(best[name])
         self.d.broadcast_state(self.core)
 
     def report(self, split: str, res: dict, model: str) -> None:
@@ -622,31 +619,16 @@ class Run:
             )
         val = self.evaluate("val")
         self.state.best_val_loss = val["loss"]
-        sparsity = f", sparsity {self.pruner.sparsity():.3f}" if self.pruner is not None else ""
+        made = self.method_fields("epoch_fields")
+        sparsity = f", sparsity {made['sparsity']:.3f}" if made.get("sparsity") is not None else ""
         self.log(
             f"epoch 0: best model of {info['run_id']}{sparsity}: val_loss {val['loss']:.4f} "
             f"val_auc {val['auc_mean'] or float('nan'):.4f}"
         )
-        if self.pruner is not None and self.d.is_main:
-            self.save_layer_sparsity(0)
+        for method in self.methods:
+            method.epoch_end(0)
         self.state.wall_time_s += time.perf_counter() - t0  # compression time counts as the run's time
         self.save(best=True)
-
-    def post_training_int8(self) -> nn.Module:
-        """PT2E static quantization of the best model (rank 0, CPU), its observers calibrated on a
-        seeded sample of the training split."""
-        c = self.cfg["compress"]
-        rows = compress.calibration_rows(self.data.split["train"], c["calibration_images"], self.t["seed"])
-        _, batches = eval_batches(len(rows), self.t["batch_size"] * 2, 1, 0)
-        inputs = (to_input(self.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)
-        t0 = time.perf_counter()
-        int8 = quant.post_training(self.model, c["scope"], self.dc["image_size"], inputs)
-        self.state.wall_time_s += time.perf_counter() - t0
-        self.log(
-            f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "
-            f"{time.perf_counter() - t0:.1f}s"
-        )
-        return self.keep_int8(int8)
 
     def keep_int8(self, int8: nn.Module) -> nn.Module:
         """Rank 0: the int8 graph as data in best.pt, beside the model it was made from (what chexui
@@ -662,18 +644,17 @@ class Run:
         (made here on rank 0, on the CPU, kept as a graph record in best.pt and evaluated as read back
         from it); a QAT run's fake-quantized model, what it trained, is measured too (`test_qat`)."""
         self.load_best()
-        if not (self.qat is not None or self.cfg["compress"]["ptq"]):
+        for method in self.methods:
+            method.before_test(self)
+        int8_maker = next((method for method in self.methods if method.makes_int8), None)
+        if int8_maker is None:
             self.choose_operating_points(self.core)
             fp32 = self.evaluate("test", self.core)
             self.report("test", fp32, f"fp32 model of {BEST}")
             return fp32
         res = None
-        if self.qat is not None:
-            qat = self.evaluate("test", self.core)  # every rank takes part: the QAT model is distributed
-            if self.d.is_main:
-                self.report("test_qat", qat, f"QAT fake-quantized model of {BEST}")
         if self.d.is_main:
-            self.int8 = self.keep_int8(quant.convert(self.qat)) if self.qat is not None else self.post_training_int8()
+            self.int8 = self.keep_int8(int8_maker.int8(self))
             cpu = torch.device("cpu")
             self.choose_operating_points(self.int8, cpu, dist.Dist(device=cpu))
             res = self.evaluate("test", self.int8, cpu, dist.Dist(device=cpu))
@@ -692,7 +673,7 @@ class Run:
                 self.model,
                 self.cfg["model"]["arch"],
                 self.dc["image_size"],
-                self.pruner is not None,
+                any(method.sparse_weights for method in self.methods),
                 self.int8,
                 self.cfg["export"]["onnx"],
                 self.log,
@@ -704,7 +685,7 @@ class Run:
                 artifacts=arts,
                 parameters=sum(p.numel() for p in params),
                 nonzero_parameters=sum(int(p.count_nonzero()) for p in params),
-                sparsity=self.pruner.sparsity() if self.pruner is not None else None,
+                **{"sparsity": None, **self.method_fields("exported_fields")},
             )
             for a in arts:
                 self.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
@@ -718,3 +699,105 @@ class Run:
                 res = self.evaluate("test", model.to(device), device, dist.Dist(device=device))
                 self.report(ARTIFACT_SPLITS[a["kind"]][0], res, f"{a['kind']} artifact {a['path']}")
         self.d.barrier()
+
+    # ------------------------------------------------------------ the phase order
+    def train(self) -> int:
+        """The run from start (or its last checkpoint) to its end: the process's exit code (0; 2 for bad
+        data or a full disk met on the way; 1 when training diverged). A stop ends it early, status
+        "stopped"; any other error is recorded as an `error` event and raised (torchrun may restart)."""
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        try:
+            self.setup()
+            if self.resume():
+                self.emit(
+                    "restarted",
+                    attempt=attempt,
+                    resumed_epoch=self.state.epoch,
+                    resumed_step=self.state.step,
+                    world_size=self.d.world,
+                )
+                self.log(f"resumed from epoch {self.state.epoch} step {self.state.step} (attempt {attempt})")
+            else:
+                self.start()
+            status = self.fit()
+            test_mean = n_labels = None
+            if status == "completed":
+                res = self.test()
+                test_mean, n_labels = res["auc_mean"], n_defined(res["auc"])
+                if self.cfg["export"]["enabled"]:
+                    self.export()
+            self.emit(
+                "run_finished",
+                status=status,
+                epochs=self.state.epoch,
+                total_time_s=self.state.wall_time_s,
+                best_epoch=self.state.best_epoch,
+                test_auc_mean=test_mean,
+                test_n_labels_defined=n_labels,
+                train_time_s=self.state.train_time_s,
+            )
+            self.d.barrier()  # every rank is done before the group is torn down
+            return 0
+        except UserError as e:  # bad data met during the run, a full disk: final, no restart helps
+            return self.finish_failed(one_line(e), e.exit_code)
+        except Diverged as e:
+            return self.finish_failed(
+                f"training diverged: {e}; lower train.lr (now {self.t['lr']}) or check "
+                f"the data. The last good checkpoint (epoch {self.state.epoch}) is kept.",
+                1,
+            )
+        except Exception as e:
+            self.emit("error", message=f"{type(e).__name__}: {one_line(e)}")
+            raise
+
+    def start(self) -> None:
+        """A fresh run's `run_started` (and a compress run's epoch 0 from its parent)."""
+        parent = compress.parent_summary(self.parent) if self.parent else None
+        weight = next(m.weight for m in self.model.modules() if isinstance(m, nn.Conv2d))
+        d = self.d
+        self.emit(
+            "run_started",
+            run_id=self.run_dir.name,
+            config=self.cfg,
+            world_size=d.world,
+            nnodes=d.nnodes,
+            device=str(d.device) if d.device.type == "cpu" else torch.cuda.get_device_name(d.device),
+            dataset=self.dataset_summary(),
+            steps_per_epoch=self.steps_per_epoch,
+            pid=os.getpid(),
+            parameters=sum(p.numel() for p in self.model.parameters()),
+            channels_last=weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4,
+            amp=str(self.amp).removeprefix("torch.") if self.amp is not None else None,
+            **{"quantization": None, **self.method_fields("run_started_fields")},
+            **({"parent": parent} if parent else {}),
+        )
+        if parent:
+            self.start_from_parent(parent)
+
+    def dataset_summary(self) -> dict:
+        from engine.nih import label_counts
+
+        idx, split = self.data.index, self.data.split
+        return {
+            "root": str(idx.root),
+            "n_train": len(split["train"]),
+            "n_val": len(split["val"]),
+            "n_test": len(split["test"]),
+            "n_patients": int(len(np.unique(idx.patients))),
+            "split_sha256": self.data.manifest["sha256"],
+            "label_counts": label_counts(idx.labels[split["train"]]),
+        }
+
+    def finish_failed(self, message: str, code: int) -> int:
+        """A run that cannot go on: say why, keep the last good checkpoint, status failed."""
+        self.emit("error", message=message, code=code)
+        self.emit(
+            "run_finished",
+            status="failed",
+            epochs=self.state.epoch,
+            total_time_s=self.state.wall_time_s,
+            best_epoch=self.state.best_epoch,
+            test_auc_mean=None,
+        )
+        print(f"error: {message}", file=sys.stderr)
+        return code

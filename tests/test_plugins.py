@@ -80,3 +80,98 @@ def test_a_registered_architecture_trains_exports_evaluates_and_explains(tinynet
     images = sorted((tiny_demo / "images").glob("*.png"))[:2]
     out = explain_run(run_dir, [str(p) for p in images], tmp_path / "explain", "top3")
     assert len(out["records"]) == 2 * 3 and not out["skipped"]
+
+
+class ClipState:
+    """A toy method's checkpoint part: how many steps it has clipped."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+@pytest.fixture()
+def weight_clipping():
+    """A compression method written in this file alone: its config section, and hooks that clip every
+    convolution weight to [-max_abs, max_abs] after each optimizer step."""
+    from engine import compression
+
+    config.add_section("clip", {"enabled": config.Field(False, bool), "max_abs": config.Field(0.05, config.NUM)})
+
+    @compression.register
+    class WeightClipping(compression.Method):
+        name = "clip"
+
+        @staticmethod
+        def enabled(cfg: dict) -> bool:
+            return cfg["clip"]["enabled"]
+
+        def __init__(self, model: nn.Module, ctx: compression.MethodContext) -> None:
+            super().__init__(model, ctx)
+            self.max_abs, self.state = ctx.cfg["clip"]["max_abs"], ClipState()
+            self.convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+        def parts(self) -> dict:
+            return {"clip": self.state}
+
+        @torch.no_grad()
+        def after_step(self, global_step: int) -> None:
+            for m in self.convs:
+                m.weight.clamp_(-self.max_abs, self.max_abs)
+            self.state.steps += 1
+
+        def epoch_fields(self) -> dict:
+            return {"max_abs_weight": max(float(m.weight.detach().abs().max()) for m in self.convs)}
+
+        def exported_fields(self) -> dict:
+            return {"clipped_steps": self.state.steps}
+
+    yield WeightClipping
+    compression.unregister("clip")
+    config.remove_section("clip")
+
+
+def test_a_registered_compression_method_trains_exports_and_evaluates(weight_clipping, tinynet, tmp_path, tiny_demo):
+    """The toy method and the toy architecture together, through a tiny run, its export and `eval`."""
+    import tomllib
+
+    from chexui.launch import save_config
+    from engine import checkpoint, train
+    from engine.evaluate import evaluate_run
+
+    base = tomllib.loads(TINY_PRESET.format(desc="toy", root=tiny_demo, epochs=2))
+    with pytest.raises(ConfigError, match="clip.max_abs"):
+        config.validate(config.merge(base, {"clip": {"max_abs": "big"}}), "p.toml")
+    cfg = config.validate(
+        config.merge(
+            base,
+            {
+                "model": {"arch": "tinynet", "pretrained": "none"},
+                "clip": {"enabled": True, "max_abs": 0.05},
+                "export": {"enabled": True, "onnx": False},
+            },
+        )
+    )
+    cfg.pop("extends", None)
+    run_dir = tmp_path / "clipped-run"
+    run_dir.mkdir()
+    save_config(cfg, run_dir)
+    assert train.main(["--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]) == 0
+    events = read_events(run_dir / "events.jsonl")
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed", events[-1]
+    epochs = [e for e in events if e["type"] == "epoch_ended"]
+    assert len(epochs) == 2 and all(e["max_abs_weight"] <= 0.05 + 1e-7 for e in epochs)
+    last = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    exported = next(e for e in events if e["type"] == "exported")
+    assert last["clip"]["steps"] == exported["clipped_steps"] == last["state"]["global_step"] > 0
+    shipped = checkpoint.load(run_dir / "export" / "model_fp32.pt")["model"]
+    assert max(float(shipped[k].abs().max()) for k in ("body.0.weight", "body.3.weight")) <= 0.05 + 1e-7
+    test = next(e for e in events if e["type"] == "evaluated" and e["split"] == "test")
+    assert evaluate_run(run_dir, str(tiny_demo), "test")["models"][0]["auc_mean"] == pytest.approx(
+        test["auc_mean"], abs=1e-6
+    )

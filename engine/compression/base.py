@@ -1,0 +1,126 @@
+"""The compression-method interface the trainer calls, and the registry of methods.
+
+The shape is torchtitan's ModelConverter: a method converts the model that trains, hooks the training
+loop (after each optimizer step, at epoch start and end), adds named stateful parts to checkpoints,
+says whether the current model may be chosen as the best, and, for an int8 method, makes the int8
+model the run ships. Every hook has a do-nothing default: a method overrides what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+
+@dataclass
+class MethodContext:
+    """What a method may read of its run when it is built."""
+
+    cfg: dict
+    run_dir: Path
+    steps_per_epoch: int
+    is_main: bool  # rank 0: the one process that writes files
+    log: Callable[[str], None] = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """One compression method in one training process. `enabled(cfg)` decides whether a run uses it;
+    the trainer builds it with the float model (after the parent's or pretrained weights are in) and
+    calls the hooks below."""
+
+    name: ClassVar[str] = ""
+    # False: training runs in fp32 whatever train.amp says (QAT's observers calibrate on fp32 activations)
+    autocast_ok: ClassVar[bool] = True
+
+    @staticmethod
+    def enabled(cfg: dict) -> bool:
+        raise NotImplementedError
+
+    def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
+        self.model, self.ctx = model, ctx
+
+    # ------------------------------------------------------------ the model and its state
+    def convert(self, model: nn.Module) -> nn.Module:
+        """The module that trains and is validated in place of `model` (which keeps the weights the
+        optimizer updates: a converted module must share them)."""
+        return model
+
+    def parts(self) -> dict[str, Any]:
+        """Named stateful parts (state_dict / load_state_dict) of every checkpoint."""
+        return {}
+
+    def best_parts(self) -> tuple[str, ...]:
+        """The names among `parts` that the best checkpoint keeps with the model (to rebuild it)."""
+        return ()
+
+    def run_started_fields(self) -> dict[str, Any]:
+        """Fields of the `run_started` event (e.g. the bit widths QAT trains)."""
+        return {}
+
+    # ------------------------------------------------------------ the training loop
+    def epoch_start(self, epoch: int) -> None:
+        """Before the epoch's first step (also when a resumed run re-enters an epoch)."""
+
+    def after_step(self, global_step: int) -> None:
+        """After every optimizer step; `global_step` counts steps since the run's start."""
+
+    def settled(self, global_step: int) -> bool:
+        """False while the model is not yet what the method makes (mid-schedule): not a candidate for
+        the best checkpoint, and early stopping waits."""
+        return True
+
+    def epoch_fields(self) -> dict[str, Any]:
+        """Fields of the `epoch_ended` event (every rank computes them; rank 0 emits)."""
+        return {}
+
+    def epoch_end(self, epoch: int) -> None:
+        """After the epoch's validation (epoch 0: a compress run's starting model). Rank 0 may write files."""
+
+    def evaluating(self, model: nn.Module) -> AbstractContextManager:
+        """Around every evaluation of `model` (e.g. QAT's observers must not move)."""
+        return nullcontext()
+
+    # ------------------------------------------------------------ what the run ships
+    makes_int8: ClassVar[bool] = False
+
+    def before_test(self, run: Any) -> None:
+        """At the test phase, before the shipped model's evaluation, with the best model loaded on every
+        rank (e.g. QAT measures its fake-quantized model, `test_qat`)."""
+
+    def int8(self, run: Any) -> nn.Module:
+        """The int8 model the run ships (`makes_int8` methods; rank 0, on the CPU)."""
+        raise NotImplementedError
+
+    # True: the float weights hold zeros worth storing packed (the export adds model_sparse.pt)
+    sparse_weights: ClassVar[bool] = False
+
+    def exported_fields(self) -> dict[str, Any]:
+        """Fields of the `exported` event (e.g. the achieved sparsity)."""
+        return {}
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: the method is used by every run whose config enables it."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a compression method needs a name")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    _METHODS.pop(name, None)
+
+
+def active(cfg: dict) -> list[type[Method]]:
+    """The registered methods a run's config enables, in registration order (pruning before QAT: QAT's
+    graph is traced from the model pruning masks)."""
+    return [m for m in _METHODS.values() if m.enabled(cfg)]

@@ -1,0 +1,38 @@
+"""Post-training static int8 quantization (PT2E) of a trained model, `chexui compress --ptq`: observers
+calibrated on a seeded sample of the training split, then converted. The mechanics are engine/quant.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine import compress, quant
+from engine.compression.base import Method, register
+from engine.data import eval_batches, to_input
+
+
+@register
+class PTQ(Method):
+    name = "ptq"
+    makes_int8 = True
+
+    @staticmethod
+    def enabled(cfg: dict) -> bool:
+        return bool(cfg["compress"]["ptq"])
+
+    def int8(self, run: Any) -> nn.Module:
+        c, t = self.ctx.cfg["compress"], self.ctx.cfg["train"]
+        rows = compress.calibration_rows(run.data.split["train"], c["calibration_images"], t["seed"])
+        _, batches = eval_batches(len(rows), t["batch_size"] * 2, 1, 0)
+        inputs = (to_input(run.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)
+        t0 = time.perf_counter()
+        int8 = quant.post_training(self.model, c["scope"], self.ctx.cfg["data"]["image_size"], inputs)
+        run.state.wall_time_s += time.perf_counter() - t0  # compression time counts as the run's time
+        self.ctx.log(
+            f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+        return int8

@@ -1,0 +1,64 @@
+"""Quantization-aware training (PT2E) as a compression method: the model trains as a traced copy with
+fake-quant observers that shares its weights; the run ships the converted int8 model. The mechanics
+are engine/quant.py."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from torch import nn
+
+from engine import quant
+from engine.compression.base import Method, MethodContext, register
+from engine.rundir import BEST
+
+
+@register
+class QAT(Method):
+    name = "qat"
+    autocast_ok = False  # the observers calibrate on fp32 activations
+    makes_int8 = True
+
+    @staticmethod
+    def enabled(cfg: dict) -> bool:
+        return bool(cfg["quantize"]["enabled"])
+
+    def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
+        super().__init__(model, ctx)
+        self.cfg = ctx.cfg["quantize"]
+        self.qat: nn.Module | None = None
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        self.qat = quant.prepare(model, self.cfg, self.ctx.cfg["data"]["image_size"])
+        return self.qat
+
+    def parts(self) -> dict[str, Any]:
+        return {"qat": self.qat}
+
+    def best_parts(self) -> tuple[str, ...]:
+        return ("qat",)
+
+    def run_started_fields(self) -> dict[str, Any]:
+        assert self.qat is not None
+        return {"quantization": quant.bit_widths(self.qat)}
+
+    def epoch_start(self, epoch: int) -> None:
+        """Late in QAT, stop moving the observers' ranges (quantize.freeze_observers_epoch; 0 = never);
+        applied at every epoch start, so a resumed run is frozen too."""
+        assert self.qat is not None
+        if self.cfg["freeze_observers_epoch"] and epoch > self.cfg["freeze_observers_epoch"]:
+            quant.freeze_observers(self.qat)
+
+    def evaluating(self, model: nn.Module) -> AbstractContextManager:
+        # evaluating the QAT model must not move its observers' ranges
+        return quant.observers_frozen(model) if model is self.qat else nullcontext()
+
+    def before_test(self, run: Any) -> None:
+        qat = run.evaluate("test", self.qat)  # every rank takes part: the QAT model is distributed
+        if run.d.is_main:
+            run.report("test_qat", qat, f"QAT fake-quantized model of {BEST}")
+
+    def int8(self, run: Any) -> nn.Module:
+        assert self.qat is not None
+        return quant.convert(self.qat)
