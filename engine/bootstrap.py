@@ -197,6 +197,34 @@ def intervals(
     return out
 
 
+def _difference_rows(
+    labels: np.ndarray,
+    patients: np.ndarray,
+    defined: np.ndarray,
+    point_a: dict,
+    point_b: dict,
+    reps_a: np.ndarray,
+    reps_b: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Per label: B minus A at the point estimates, and the 95 % CI, p-value and left-out count of the
+    replicate differences; no interval for a label undefined in either or with too few patients."""
+    rows: dict[str, dict[str, Any]] = {}
+    for j, name in enumerate(LABELS):
+        why = None if not defined[j] else _too_few(labels, patients, j)
+        if not defined[j] or why:
+            delta = (point_b[name] - point_a[name]) if defined[j] else None
+            rows[name] = {"delta": delta, "ci": None, "p": None, **({"note": why} if why else {})}
+            continue
+        d = reps_b[:, j] - reps_a[:, j]
+        rows[name] = {
+            "delta": point_b[name] - point_a[name],
+            "ci": _interval(d),
+            "p": _p_value(d),
+            "dropped": int((~np.isfinite(d)).sum()),
+        }
+    return rows
+
+
 def paired(
     labels: np.ndarray,
     probs_a: np.ndarray,
@@ -212,24 +240,7 @@ def paired(
     (a class missing) are counted in `dropped`, and a label with too few patients has no CI (`note`)."""
     ra, rb = replicates(labels, [probs_a, probs_b], patients, spec)
     defined = _defined(aucs_a) & _defined(aucs_b)
-    rows: dict[str, dict[str, Any]] = {}
-    for j, name in enumerate(LABELS):
-        why = None if not defined[j] else _too_few(labels, patients, j)
-        if not defined[j] or why:
-            rows[name] = {
-                "delta": (aucs_b[name] - aucs_a[name]) if defined[j] else None,
-                "ci": None,
-                "p": None,
-                **({"note": why} if why else {}),
-            }
-            continue
-        d = rb[:, j] - ra[:, j]
-        rows[name] = {
-            "delta": aucs_b[name] - aucs_a[name],
-            "ci": _interval(d),
-            "p": _p_value(d),
-            "dropped": int((~np.isfinite(d)).sum()),
-        }
+    rows = _difference_rows(labels, patients, defined, aucs_a, aucs_b, ra, rb)
     names = [n for n, ok in zip(LABELS, defined) if ok]
     d_mean = _mean_over(rb, defined) - _mean_over(ra, defined)
     mean = {
@@ -265,24 +276,7 @@ def paired_arms(
     defined = np.logical_and.reduce([_defined(a) for a in point_a + point_b])
     mean_a = {n: float(np.mean([a[n] for a in point_a])) for n, ok in zip(LABELS, defined) if ok}
     mean_b = {n: float(np.mean([b[n] for b in point_b])) for n, ok in zip(LABELS, defined) if ok}
-    rows: dict[str, dict[str, Any]] = {}
-    for j, name in enumerate(LABELS):
-        why = None if not defined[j] else _too_few(labels, patients, j)
-        if not defined[j] or why:
-            rows[name] = {
-                "delta": (mean_b[name] - mean_a[name]) if defined[j] else None,
-                "ci": None,
-                "p": None,
-                **({"note": why} if why else {}),
-            }
-            continue
-        d = boot_b[:, j] - boot_a[:, j]
-        rows[name] = {
-            "delta": mean_b[name] - mean_a[name],
-            "ci": _interval(d),
-            "p": _p_value(d),
-            "dropped": int((~np.isfinite(d)).sum()),
-        }
+    rows = _difference_rows(labels, patients, defined, mean_a, mean_b, boot_a, boot_b)
     names = list(mean_a)
     d_mean = _mean_over(boot_b, defined) - _mean_over(boot_a, defined)
     mean = {

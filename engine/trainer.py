@@ -720,22 +720,12 @@ class Run:
             else:
                 self.start()
             status = self.fit()
-            test_mean = n_labels = None
+            res = None
             if status == "completed":
                 res = self.test()
-                test_mean, n_labels = res["auc_mean"], n_defined(res["auc"])
                 if self.cfg["export"]["enabled"]:
                     self.export()
-            self.emit(
-                "run_finished",
-                status=status,
-                epochs=self.state.epoch,
-                total_time_s=self.state.wall_time_s,
-                best_epoch=self.state.best_epoch,
-                test_auc_mean=test_mean,
-                test_n_labels_defined=n_labels,
-                train_time_s=self.state.train_time_s,
-            )
+            self.finished(status, res)
             self.d.barrier()  # every rank is done before the group is torn down
             return 0
         except UserError as e:  # bad data met during the run, a full disk: final, no restart helps
@@ -791,13 +781,27 @@ class Run:
     def finish_failed(self, message: str, code: int) -> int:
         """A run that cannot go on: say why, keep the last good checkpoint, status failed."""
         self.emit("error", message=message, code=code)
-        self.emit(
-            "run_finished",
-            status="failed",
-            epochs=self.state.epoch,
-            total_time_s=self.state.wall_time_s,
-            best_epoch=self.state.best_epoch,
-            test_auc_mean=None,
-        )
+        self.finished("failed")
         print(f"error: {message}", file=sys.stderr)
         return code
+
+    def finished(self, status: str, test: dict | None = None) -> None:
+        """The `run_finished` event (`test`: the shipped model's test evaluation, when it ran)."""
+        st = self.state
+        self.emit(
+            "run_finished",
+            status=status,
+            epochs=st.epoch,
+            total_time_s=st.wall_time_s,
+            best_epoch=st.best_epoch,
+            test_auc_mean=test["auc_mean"] if test else None,
+            # (a failed run's event has the required fields only)
+            **(
+                {}
+                if status == "failed"
+                else {
+                    "test_n_labels_defined": n_defined(test["auc"]) if test else None,
+                    "train_time_s": st.train_time_s,
+                }
+            ),
+        )

@@ -87,6 +87,47 @@ PRUNE70 = [
 ADAPTIVE = "prune.adaptive=[{out_channels=64, sparsity=0.25}, {out_channels=128, sparsity=0.5}]"
 
 
+def prune_schedule(**overrides) -> dict:
+    """A [prune] section for Pruner unit tests: conv scope, 64-wide layers to 25 %, the rest to 70 %
+    between steps 0 and 4 (cubic), updated every step."""
+    from engine import config
+
+    return {
+        **config.defaults()["prune"],
+        "scope": "conv",
+        "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
+        "final_sparsity": 0.7,
+        "initial_sparsity": 0.1,
+        "begin_epoch": 0.0,
+        "end_epoch": 1.0,
+        "power": 3,
+        "frequency_steps": 1,
+        "adaptive_default": "final",
+        **overrides,
+    }
+
+
+def tiny_cnn(*widths: int):
+    """Conv-BN-ReLU blocks of these widths (the first at stride 1, then stride 2), pooled into a 14-logit
+    head; in eval mode."""
+    import torch
+
+    layers, channels = [], 3
+    for i, w in enumerate(widths):
+        layers += [torch.nn.Conv2d(channels, w, 3, stride=1 if i == 0 else 2, padding=1), torch.nn.BatchNorm2d(w)]
+        layers.append(torch.nn.ReLU())
+        channels = w
+    return torch.nn.Sequential(
+        *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, 14)
+    ).eval()
+
+
+def run_bg(runs: Path, preset: Path, *sets: str, nproc: int = 2) -> subprocess.Popen:
+    """`chexui run --headless` of a preset in the background, with `--set` items."""
+    args = [a for s in sets for a in ("--set", s)]
+    return chexui_bg("run", "--headless", "--preset", preset, "--nproc", nproc, "--runs-dir", runs, *args)
+
+
 NO_DEPRECATED = "error::DeprecationWarning,error::FutureWarning"
 
 

@@ -16,7 +16,7 @@ from engine import config, export, quant
 from engine.labels import LABELS
 from engine.models import build_model
 from engine.prune import Pruner, schedule
-from tests.conftest import NO_DEPRECATED, chexui, events_of
+from tests.conftest import NO_DEPRECATED, chexui, events_of, prune_schedule, tiny_cnn
 
 
 def test_schedule_is_polynomial_from_initial_to_final():
@@ -33,18 +33,7 @@ def test_schedule_is_polynomial_from_initial_to_final():
 @pytest.mark.slow
 def test_conv_scope_leaves_batchnorm_biases_and_classifier():
     model = build_model("resnet18", "none")
-    cfg = {
-        **config.defaults()["prune"],
-        "scope": "conv",
-        "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
-        "final_sparsity": 0.7,
-        "initial_sparsity": 0.1,
-        "begin_epoch": 0.0,
-        "end_epoch": 1.0,
-        "power": 3,
-        "frequency_steps": 1,
-        "adaptive_default": "final",
-    }
+    cfg = prune_schedule()
     p = Pruner(model, cfg, steps_per_epoch=4)
     assert all(isinstance(m, torch.nn.Conv2d) for m in p.layers.values()) and "fc" not in p.layers
     for step in range(1, 6):
@@ -288,17 +277,7 @@ def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_in
     of int8 weights, the saved program gives the same outputs, and so does the int8 model chexui
     runs from the graph kept as data (what it runs instead of the .pt2)."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(  # small, so the test stays quick; a conv-BN-ReLU stack and a classifier
-        torch.nn.Conv2d(3, 32, 3, padding=1),
-        torch.nn.BatchNorm2d(32),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1),
-        torch.nn.BatchNorm2d(64),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(64, 14),
-    ).eval()
+    model = tiny_cnn(32, 64)  # small, so the test stays quick; a conv-BN-ReLU stack and a classifier
     batches = [torch.randn(8, 3, 32, 32) for _ in range(4)]
     int8 = quant.post_training(model, "all", 32, batches)
     x = batches[0]

@@ -16,7 +16,7 @@ import torch
 from engine.events import EVENT_FIELDS, final_status
 from engine.labels import LABELS
 from engine.metrics import per_class_auroc
-from tests.conftest import PRUNE70, chexui, chexui_bg, events_of, nih_sample, only_run, wait_for_event
+from tests.conftest import PRUNE70, chexui, chexui_bg, events_of, nih_sample, only_run, run_bg, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -113,22 +113,7 @@ def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
 
 def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
-    proc = chexui_bg(
-        "run",
-        "--headless",
-        "--preset",
-        tiny_preset,
-        "--nproc",
-        2,
-        "--runs-dir",
-        runs,
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "distributed.max_restarts=1",
-        "--set",
-        "data.image_size=48",
-    )
+    proc = run_bg(runs, tiny_preset, "train.epochs=3", "distributed.max_restarts=1", "data.image_size=48")
     try:
         wait_for_event(runs, lambda e: e["type"] == "epoch_started" and e["epoch"] == 2)
         victims = _workers(proc)

@@ -19,7 +19,7 @@ import pytest
 
 from engine import config
 from engine.events import final_status
-from tests.conftest import chexui, chexui_bg, events_of, run_tiny, wait_for_event
+from tests.conftest import chexui, chexui_bg, events_of, run_bg, run_tiny, wait_for_event
 
 ESC = "\x1b]52;c;cHduZWQ=\x07\x1b[2J"  # an OSC 52 clipboard write and a screen clear
 
@@ -89,20 +89,7 @@ def test_single_node_run_listens_on_loopback_only(tmp_path, tiny_preset):
     """1: the rendezvous store (and gloo's sockets) of a single-node run are unreachable from the network;
     the rendezvous is the loopback one (torchrun's static protocol: no pickled state)."""
     runs = tmp_path / "runs"
-    proc = chexui_bg(
-        "run",
-        "--headless",
-        "--preset",
-        tiny_preset,
-        "--nproc",
-        2,
-        "--runs-dir",
-        runs,
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "data.image_size=48",
-    )
+    proc = run_bg(runs, tiny_preset, "train.epochs=2", "data.image_size=48")
     try:
         wait_for_event(runs, lambda e: e["type"] == "epoch_started")
         family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)

@@ -17,20 +17,9 @@ from engine.models import WeightedBCE, build_model
 from engine.prune import Pruner
 from engine.running_loss import RunningLoss
 from engine.trainer import train_step
-from tests.conftest import chexui, events_of, only_run, run_tiny
+from tests.conftest import chexui, events_of, only_run, prune_schedule, run_tiny
 
-PRUNE = {
-    **config.defaults()["prune"],
-    "scope": "conv",
-    "adaptive": [{"out_channels": 64, "sparsity": 0.25}],
-    "final_sparsity": 0.7,
-    "initial_sparsity": 0.1,
-    "begin_epoch": 0.0,
-    "end_epoch": 1.0,
-    "power": 3,
-    "frequency_steps": 1,
-    "adaptive_default": "final",
-}
+PRUNE = prune_schedule()
 
 
 @pytest.mark.slow
@@ -154,7 +143,7 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
         else:
             assert abs(one["auc"][label] - auc) <= 1e-6, (label, auc, one["auc"][label])
     # and the validation that chose it measured that very model (every rank used rank 0's BatchNorm stats)
-    from engine import config, nih
+    from engine import nih
     from engine.data import Images
     from engine.dist import Dist
     from engine.evaluate import auroc_from_logits, load_best, predict_logits

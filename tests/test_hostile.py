@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests import hostile
-from tests.conftest import ROOT, chexui
+from tests.conftest import ROOT, chexui, tiny_cnn
 
 RECORDED = Path(__file__).parent / "data" / "events" / "full.jsonl"
 
@@ -530,14 +530,7 @@ def test_an_int8_graph_record_admits_only_tensor_operations():
     from engine import quant
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 14),
-    ).eval()
+    model = tiny_cnn(8)
     int8 = quant.post_training(model, "all", 16, [torch.randn(4, 3, 16, 16)])
     record = quant.graph_record(int8)
     x = torch.randn(2, 3, 16, 16)

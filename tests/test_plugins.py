@@ -48,30 +48,39 @@ def test_a_registered_architecture_is_validated_like_a_builtin_one(tinynet):
         config.validate({"model": {"arch": "tinynet", "pretrained": "none"}}, "p.toml")
 
 
-def test_a_registered_architecture_trains_exports_evaluates_and_explains(tinynet, tmp_path, tiny_demo):
+def tiny_config(tiny_demo, **sections) -> dict:
+    """The tests' tiny preset on the tiny demo set, as a resolved config, with `sections` merged in."""
     import tomllib
 
+    base = tomllib.loads(TINY_PRESET.format(desc="toy", root=tiny_demo, epochs=2))
+    cfg = config.validate(config.merge(base, {"export": {"enabled": True, "onnx": False}, **sections}))
+    cfg.pop("extends", None)
+    return cfg
+
+
+def train_in_process(cfg: dict, run_dir) -> list[dict]:
+    """The engine's entry point in this process (one rank), as torchrun would start it: the events of a
+    completed run. (A registration made in this process is seen only here: a torchrun worker would not.)"""
     from chexui.launch import save_config
     from engine import train
+
+    run_dir.mkdir()
+    save_config(cfg, run_dir)
+    assert train.main(["--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]) == 0
+    events = read_events(run_dir / "events.jsonl")
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed", events[-1]
+    return events
+
+
+def test_a_registered_architecture_trains_exports_evaluates_and_explains(tinynet, tmp_path, tiny_demo):
     from engine.evaluate import evaluate_run
     from engine.explain import explain_run
     from engine.models import build_model
 
     model = build_model("tinynet")
     assert model.head.out_features == 14
-    cfg = config.validate(
-        config.merge(
-            tomllib.loads(TINY_PRESET.format(desc="toy", root=tiny_demo, epochs=2)),
-            {"model": {"arch": "tinynet", "pretrained": "none"}, "export": {"enabled": True, "onnx": False}},
-        )
-    )
-    cfg.pop("extends", None)
     run_dir = tmp_path / "toy-run"
-    run_dir.mkdir()
-    save_config(cfg, run_dir)
-    assert train.main(["--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]) == 0
-    events = read_events(run_dir / "events.jsonl")
-    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed", events[-1]
+    events = train_in_process(tiny_config(tiny_demo, model={"arch": "tinynet", "pretrained": "none"}), run_dir)
     exported = next(e for e in events if e["type"] == "exported")
     assert {a["kind"] for a in exported["artifacts"]} == {"fp32"}
     test = next(e for e in events if e["type"] == "evaluated" and e["split"] == "test")
@@ -105,15 +114,11 @@ def weight_clipping():
 
     @compression.register
     class WeightClipping(compression.Method):
-        name = "clip"
-
-        @staticmethod
-        def enabled(cfg: dict) -> bool:
-            return cfg["clip"]["enabled"]
+        name, enabled_by = "clip", "clip.enabled"
 
         def __init__(self, model: nn.Module, ctx: compression.MethodContext) -> None:
             super().__init__(model, ctx)
-            self.max_abs, self.state = ctx.cfg["clip"]["max_abs"], ClipState()
+            self.max_abs, self.state = self.cfg["max_abs"], ClipState()
             self.convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
         def parts(self) -> dict:
@@ -138,32 +143,16 @@ def weight_clipping():
 
 def test_a_registered_compression_method_trains_exports_and_evaluates(weight_clipping, tinynet, tmp_path, tiny_demo):
     """The toy method and the toy architecture together, through a tiny run, its export and `eval`."""
-    import tomllib
-
-    from chexui.launch import save_config
-    from engine import checkpoint, train
+    from engine import checkpoint
     from engine.evaluate import evaluate_run
 
-    base = tomllib.loads(TINY_PRESET.format(desc="toy", root=tiny_demo, epochs=2))
     with pytest.raises(ConfigError, match="clip.max_abs"):
-        config.validate(config.merge(base, {"clip": {"max_abs": "big"}}), "p.toml")
-    cfg = config.validate(
-        config.merge(
-            base,
-            {
-                "model": {"arch": "tinynet", "pretrained": "none"},
-                "clip": {"enabled": True, "max_abs": 0.05},
-                "export": {"enabled": True, "onnx": False},
-            },
-        )
+        config.validate({"clip": {"max_abs": "big"}}, "p.toml")
+    cfg = tiny_config(
+        tiny_demo, model={"arch": "tinynet", "pretrained": "none"}, clip={"enabled": True, "max_abs": 0.05}
     )
-    cfg.pop("extends", None)
     run_dir = tmp_path / "clipped-run"
-    run_dir.mkdir()
-    save_config(cfg, run_dir)
-    assert train.main(["--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]) == 0
-    events = read_events(run_dir / "events.jsonl")
-    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed", events[-1]
+    events = train_in_process(cfg, run_dir)
     epochs = [e for e in events if e["type"] == "epoch_ended"]
     assert len(epochs) == 2 and all(e["max_abs_weight"] <= 0.05 + 1e-7 for e in epochs)
     last = checkpoint.load(run_dir / "checkpoints" / "last.pt")

@@ -15,6 +15,17 @@ from engine.errors import UserError
 
 FORMATS = ("table", "csv", "markdown", "json")
 RunRefs = Annotated[list[str], typer.Argument(metavar="RUN...", help="run ids/paths or sweep ids")]
+
+
+Heatmaps = Annotated[
+    int,
+    typer.Option(
+        "--heatmaps",
+        min=0,
+        metavar="N",
+        help="Grad-CAM agreement with the baseline on N seeded test images (runs the models; 0: none)",
+    ),
+]
 Baseline = Annotated[
     str | None,
     typer.Option("--baseline", metavar="RUN", help="run the others are compared with (default: the first)"),
@@ -128,15 +139,7 @@ def compare_cmd(
     run_refs: RunRefs,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv, markdown or json")] = "table",
     baseline: Baseline = None,
-    heatmaps: Annotated[
-        int,
-        typer.Option(
-            "--heatmaps",
-            min=0,
-            metavar="N",
-            help="also Grad-CAM agreement with the baseline on N seeded test images (runs the models)",
-        ),
-    ] = 0,
+    heatmaps: Heatmaps = 0,
     runs_dir: RunsDir = None,
 ) -> None:
     """Study tables across runs: per-class test AUROC (with CheXNet's), training time, storage, and
@@ -160,15 +163,7 @@ def report_cmd(
     out: Annotated[str, typer.Option("--out", help="output dir for report.md and the PNG figures")],
     title: Annotated[str, typer.Option("--title")] = "chexui report",
     baseline: Baseline = None,
-    heatmaps: Annotated[
-        int,
-        typer.Option(
-            "--heatmaps",
-            min=0,
-            metavar="N",
-            help="Grad-CAM agreement with the baseline on N seeded test images (0: none)",
-        ),
-    ] = 16,
+    heatmaps: Heatmaps = 16,
     runs_dir: RunsDir = None,
 ) -> None:
     """A Markdown report with the compare tables (paired differences and Grad-CAM agreement included)

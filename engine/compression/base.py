@@ -35,15 +35,19 @@ class Method:
     calls the hooks below."""
 
     name: ClassVar[str] = ""
+    # the config key that turns the method on ("section.key"); its section is `self.cfg`
+    enabled_by: ClassVar[str] = ""
     # False: training runs in fp32 whatever train.amp says (QAT's observers calibrate on fp32 activations)
     autocast_ok: ClassVar[bool] = True
 
-    @staticmethod
-    def enabled(cfg: dict) -> bool:
-        raise NotImplementedError
+    @classmethod
+    def enabled(cls, cfg: dict) -> bool:
+        section, key = cls.enabled_by.split(".")
+        return bool(cfg[section][key])
 
     def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
         self.model, self.ctx = model, ctx
+        self.cfg: dict = ctx.cfg[self.enabled_by.split(".")[0]]  # the method's own config section
 
     # ------------------------------------------------------------ the model and its state
     def convert(self, model: nn.Module) -> nn.Module:
@@ -110,8 +114,8 @@ _METHODS: dict[str, type[Method]] = {}
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: the method is used by every run whose config enables it."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__}: a compression method needs a name")
+    if not cls.name or cls.enabled_by.count(".") != 1:
+        raise ValueError(f"{cls.__name__}: a compression method needs a name and enabled_by = 'section.key'")
     _METHODS[cls.name] = cls
     return cls
 

@@ -17,16 +17,11 @@ LAYERS_FILE = "prune_layers.json"  # per-layer sparsity by epoch, in the run dir
 
 @register
 class Pruning(Method):
-    name = "prune"
+    name, enabled_by = "prune", "prune.enabled"
     sparse_weights = True
-
-    @staticmethod
-    def enabled(cfg: dict) -> bool:
-        return bool(cfg["prune"]["enabled"])
 
     def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
         super().__init__(model, ctx)
-        self.cfg = ctx.cfg["prune"]
         self.pruner = Pruner(model, self.cfg, ctx.steps_per_epoch)
         if self.cfg["schedule"] == "one_shot":
             self.pruner.step(0)  # final masks from the starting weights (a resume restores its own)

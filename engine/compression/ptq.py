@@ -16,15 +16,11 @@ from engine.data import eval_batches, to_input
 
 @register
 class PTQ(Method):
-    name = "ptq"
+    name, enabled_by = "ptq", "compress.ptq"
     makes_int8 = True
 
-    @staticmethod
-    def enabled(cfg: dict) -> bool:
-        return bool(cfg["compress"]["ptq"])
-
     def int8(self, run: Any) -> nn.Module:
-        c, t = self.ctx.cfg["compress"], self.ctx.cfg["train"]
+        c, t = self.cfg, self.ctx.cfg["train"]
         rows = compress.calibration_rows(run.data.split["train"], c["calibration_images"], t["seed"])
         _, batches = eval_batches(len(rows), t["batch_size"] * 2, 1, 0)
         inputs = (to_input(run.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)

@@ -10,24 +10,16 @@ from typing import Any
 from torch import nn
 
 from engine import quant
-from engine.compression.base import Method, MethodContext, register
+from engine.compression.base import Method, register
 from engine.rundir import BEST
 
 
 @register
 class QAT(Method):
-    name = "qat"
+    name, enabled_by = "qat", "quantize.enabled"
     autocast_ok = False  # the observers calibrate on fp32 activations
     makes_int8 = True
-
-    @staticmethod
-    def enabled(cfg: dict) -> bool:
-        return bool(cfg["quantize"]["enabled"])
-
-    def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
-        super().__init__(model, ctx)
-        self.cfg = ctx.cfg["quantize"]
-        self.qat: nn.Module | None = None
+    qat: nn.Module | None = None  # the traced model with fake-quant observers (convert)
 
     def convert(self, model: nn.Module) -> nn.Module:
         self.qat = quant.prepare(model, self.cfg, self.ctx.cfg["data"]["image_size"])
