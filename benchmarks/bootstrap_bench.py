@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from engine import bootstrap, metrics  # noqa: E402
-from engine.cpuinfo import cpu_name, int8_isa  # noqa: E402
+from engine.evaluation import bootstrap, metrics  # noqa: E402
 from engine.labels import LABELS  # noqa: E402
+from engine.runtime.cpuinfo import cpu_name, int8_isa  # noqa: E402
 
 
 def nih_like(images: int, patients: int, seed: int = 0):

@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir)
     os.environ.setdefault("CHEXUI_CACHE_DIR", str(work / "cache"))
-    from engine import cache, demo, nih
+    from engine.data import cache, demo, nih
 
     t = time.perf_counter()
     demo.generate(work / "demo-2000x128", 2000, 128, seed=0)
@@ -55,7 +55,7 @@ def main() -> None:
 
     import torch
 
-    from engine.data import Images, flip_mask, loader, to_input, train_batches
+    from engine.data.batches import Images, flip_mask, loader, to_input, train_batches
 
     mem = cache.open_cache(index, 224)
     images = Images(index, 224, mem)

@@ -21,14 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import torch  # noqa: E402
 
-from engine import config, demo, dist  # noqa: E402
-from engine.trainer import Run, amp_dtype, autocast_for, compile_mode, make_optimizer  # noqa: E402
+from engine import config  # noqa: E402
+from engine.data import demo
+from engine.runtime import dist
+from engine.training.trainer import Run, amp_dtype, autocast_for, compile_mode, make_optimizer  # noqa: E402
 
 
 def bare_loop(cfg: dict, device: torch.device, steps: int, warmup: int = 3) -> float:
     """Images/s of the same model, optimizer (fused Adam), precision and compile mode on one pre-made
     batch already on the device: no data, no events, no pruning."""
-    from engine.models import build_model
+    from engine.models.chexnet import build_model
 
     t = cfg["train"]
     channels_last = t["channels_last"]  # as the engine: on every device

@@ -23,7 +23,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import config, demo  # noqa: E402
+from engine import config  # noqa: E402
+from engine.data import demo  # noqa: E402
 from engine.events import final_status, last_evaluation, read_events  # noqa: E402
 
 # a 2-process tiny run on the demo phantoms (the preset is data: built from the config schema)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import config, explain, predictions  # noqa: E402
+from engine import config  # noqa: E402
+from engine.evaluation import predictions
+from engine.inference import explain
 
 DRAWN = [
     "Cardiomegaly",

@@ -97,7 +97,7 @@ def row(try_: str, expected: str, code, out: str, ok: bool, note: str = "", mark
 
 def tiny_qat_run(work: Path) -> Path:
     """A finished QAT + pruning run with every artifact (ResNet18, 32 px, 2 epochs: about a minute)."""
-    from engine import demo
+    from engine.data import demo
 
     data = demo.generate(work / "data", 160, 32, seed=1)
     preset = work / "tiny.toml"
@@ -320,7 +320,8 @@ def image_tries(run: Path, work: Path) -> dict:
         [
             sys.executable,
             "-c",
-            "import sys, numpy as np\nfrom engine import images\nnp.save(sys.argv[2], images.load(sys.argv[1], 40))",
+            "import sys, numpy as np\nfrom engine.data import images\n"
+            "np.save(sys.argv[2], images.load(sys.argv[1], 40))",
             work / "m1-lut.dcm",
             work / "m1.npy",
         ],
@@ -364,7 +365,7 @@ def config_tries(run: Path, work: Path) -> None:
     code, out, _, _ = cli("presets", "show", "demo", "--set", "prune.adaptive=" + "[" * 50_000 + "]" * 50_000)
     row("--set nested 50,000 deep", "one-line error, exit 2", code, out, code == 2)
     check = (
-        "import os, sys, shutil\nfrom engine import cache, nih\nd = sys.argv[1]\nidx = nih.index_dataset(d)\n"
+        "import os, sys, shutil\nfrom engine.data import cache, nih\nd = sys.argv[1]\nidx = nih.index_dataset(d)\n"
         "cache.prepare(idx, 32, workers=1)\na = idx.paths[0]\nst = a.stat()\nraw = bytearray(a.read_bytes())\n"
         "raw[len(raw) // 2] ^= 255\na.write_bytes(bytes(raw))\nos.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))\n"
         "print('stale' if cache.open_cache(idx, 32) is None else 'kept')\n"

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import torch  # noqa: E402
 
-from engine import quant  # noqa: E402
-from engine.cpuinfo import cpu_name, int8_isa  # noqa: E402
-from engine.infer_bench import compiled, measure  # noqa: E402
-from engine.models import build_model  # noqa: E402
+from engine.compression import quant  # noqa: E402
+from engine.inference.bench import compiled, measure  # noqa: E402
+from engine.models.chexnet import build_model  # noqa: E402
+from engine.runtime.cpuinfo import cpu_name, int8_isa  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
     python benchmarks/nih_epoch.py --images 1200 --size 64 --arch resnet18 --batch 32 --modes false,true
                                                         # a CPU smoke run of the same path
 
-Data: the demo generator's patients, labels and drawing code (engine/demo.py), drawn in parallel
+Data: the demo generator's patients, labels and drawing code (engine/data/demo.py), drawn in parallel
 processes straight into the engine's memory-mapped image cache (no PNG round trip). The dataset dir
 holds the label table and an empty placeholder file per image, which the cache's fingerprint covers, so
 the engine opens the cache as it opens a real one. The split is the study's: 70 / 10 / 20 % by patient.
@@ -41,9 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from engine_bench import bare_loop  # noqa: E402
 
-from engine import cache, config, demo, dist, nih  # noqa: E402
-from engine.cpuinfo import cpu_name, int8_isa  # noqa: E402
-from engine.trainer import Run, amp_dtype, compile_seconds  # noqa: E402
+from engine import config
+from engine.data import cache, demo, nih  # noqa: E402
+from engine.runtime import dist
+from engine.runtime.cpuinfo import cpu_name, int8_isa  # noqa: E402
+from engine.training.trainer import Run, amp_dtype, compile_seconds  # noqa: E402
 
 STUDY_EPOCH_H = {"densenet121": 0.74, "resnet50": 0.83}  # one V100S, the study's text
 NIH_IMAGES = 112_120

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import images  # noqa: E402
-from engine.cpuinfo import cpu_name, int8_isa  # noqa: E402
-from engine.predict import predict  # noqa: E402
+from engine.data import images  # noqa: E402
+from engine.inference.predict import predict  # noqa: E402
+from engine.runtime.cpuinfo import cpu_name, int8_isa  # noqa: E402
 
 
 def main() -> None:

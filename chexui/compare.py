@@ -12,7 +12,7 @@
 - heatmaps (opt-in, `--heatmaps N`: it runs the models): on N seeded test images of the baseline,
   each run's shipped model's Grad-CAM agreement with the baseline's (Pearson r, top-10 % IoU) for the
   baseline's top-3 labels, beside the mean AUROC difference, and on a demo set how often the map's
-  peak falls in the drawn finding (engine.explain.sample_agreement).
+  peak falls in the drawn finding (engine.inference.explain.sample_agreement).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import pandas as pd
 
 from chexui.format import compression_text, csv_cell, n_defined, short_key, value_text
 from chexui.runs import RunInfo
-from engine import bootstrap, config, metrics, predictions
+from engine import config
 from engine.errors import UserError
+from engine.evaluation import bootstrap, metrics, predictions
 from engine.events import ARTIFACT_SPLITS, last_evaluation
 from engine.labels import CHEXNET_AUROC, LABELS
 
@@ -452,7 +453,7 @@ def storage_caption(df: pd.DataFrame) -> str:
 
 def heatmap_table(runs: list[RunInfo], labels: list[str], base: int, n_images: int, seed: int = 0) -> pd.DataFrame:
     """Rows (run, model): Grad-CAM agreement with the baseline on a seeded sample of its test images."""
-    from engine.explain import sample_agreement
+    from engine.inference.explain import sample_agreement
 
     others = [i for i in range(len(runs)) if i != base]
     by_id = {runs[i].run_dir.name: labels[i] for i in [base, *others]}

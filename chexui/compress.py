@@ -1,5 +1,5 @@
 """`chexui compress RUN`: the config of a post-training compression run made from a finished run's
-config (engine/compress.py has what the engine does with it)."""
+config (engine/compression/parent.py has what the engine does with it)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from chexui import presets as presets_mod
-from engine import archs, config
-from engine.compress import parent_best
+from engine import config
+from engine.compression.parent import parent_best
 from engine.errors import UserError
 from engine.events import read_events
+from engine.models import archs
 
 
 def prune_section(prune: str, arch: str) -> dict[str, Any]:

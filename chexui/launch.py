@@ -24,10 +24,11 @@ from typing import Any
 import psutil
 
 from chexui.runs import exit_code, request_stop, write_launcher
-from engine import config, procs
+from engine import config
 from engine.errors import StorageError
 from engine.events import STOP_FILE, EventWriter, final_status, read_events
 from engine.fsutil import open_append
+from engine.runtime import procs
 
 GRACE_S = 45.0
 

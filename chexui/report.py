@@ -134,8 +134,8 @@ def calibration_figure(runs: list[RunInfo], labels: list[str], path: tuple[Outpu
     """Reliability diagrams per label from each run's saved test predictions (mean predicted probability
     vs observed positive rate in 15 equal-width bins; the diagonal is perfect calibration), each run's ECE
     in the legend. False (no figure) when no run kept test predictions."""
-    from engine import operating, predictions
     from engine.errors import DataError
+    from engine.evaluation import operating, predictions
 
     kept = []
     for r, lab in zip(runs, labels):

@@ -18,8 +18,8 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from engine import archs
 from engine.errors import ConfigError
+from engine.models import archs
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "workers": Field(4, int, min=0, max=64),
     },
     "model": {
-        "arch": Field("densenet121", str, choices=archs.names),  # engine/archs.py: the architecture table
+        "arch": Field("densenet121", str, choices=archs.names),  # engine/models/archs.py: the architecture table
         "pretrained": Field("imagenet", str, choices=("imagenet", "none"), path_ok=True),
         # torchvision's name for the ImageNet weights (pretrained = "imagenet"): V1 is the classic recipe
         # the study's Keras weights correspond to; V2 (ResNet50 only) torchvision's newer one
@@ -150,7 +150,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bootstrap_resamples": Field(1000, int, min=0, max=10000),
         "bootstrap_seed": Field(0, int, min=0),
         # per-label decision thresholds, chosen on the validation split at the end of a run
-        # (engine/operating.py): "youden", "f1", "sensitivity=0.90" or "specificity=0.90"
+        # (engine/evaluation/operating.py): "youden", "f1", "sensitivity=0.90" or "specificity=0.90"
         "operating_point": Field("youden", str),
     },
     # `chexui compress` sets this section: a run that starts from another run's best model
@@ -246,7 +246,7 @@ def _check_adaptive(items: list, source: str) -> list[dict]:
 
 def parse_operating_point(rule: str, source: str = "<config>") -> tuple[str, float | None]:
     """`eval.operating_point` -> ("youden" | "f1" | "sensitivity" | "specificity", target or None);
-    ConfigError otherwise (engine/operating.py chooses the thresholds)."""
+    ConfigError otherwise (engine/evaluation/operating.py chooses the thresholds)."""
     name, _, value = rule.partition("=")
     if name in ("youden", "f1") and not value:
         return name, None

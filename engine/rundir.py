@@ -6,7 +6,7 @@
     RUN_DIR/checkpoints/last.pt    everything a resume needs
     RUN_DIR/checkpoints/best.pt    the best epoch's model (and what the run chose and made for it)
     RUN_DIR/predictions/SPLIT.npz  per-image probabilities of each evaluation
-    RUN_DIR/export/                the artifacts (engine/export.py)
+    RUN_DIR/export/                the artifacts (engine/inference/export.py)
     RUN_DIR/logs/                  the engine's output per rank
 
 Pure Python (no torch).

@@ -1,7 +1,7 @@
 """CheXNet training under torchrun: `torchrun ... -m engine.train --config FILE --run-dir DIR`.
 
 The entry point only: it reads the config, sets up the process group and hands over to
-`engine.trainer.Run.train()`, which holds the phase order; nothing imports this module but tests.
+`engine.training.trainer.Run.train()`, which holds the phase order; nothing imports this module but tests.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from engine import config, dist, procs
+from engine import config
 from engine.errors import UserError, one_line
-from engine.trainer import Run
+from engine.runtime import dist, procs
+from engine.training.trainer import Run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,6 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     # skip the interpreter's teardown of torch's thousands of modules: 1.2 s per process, measured
-    # (`python -c "import engine.trainer"` 4.2 s vs 2.9 s with os._exit). Everything this process
+    # (`python -c "import engine.training.trainer"` 4.2 s vs 2.9 s with os._exit). Everything this process
     # wrote is closed by now (events, logs; checkpoints are fsynced when written).
     os._exit(code)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import demo
+from engine.data import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 

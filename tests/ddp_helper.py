@@ -7,10 +7,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import dist, nih
-from engine.data import Images, to_input, train_batches
-from engine.evaluate import predict_logits
-from engine.models import WeightedBCE, build_model
+from engine.data import nih
+from engine.data.batches import Images, to_input, train_batches
+from engine.evaluation.evaluate import predict_logits
+from engine.models.chexnet import WeightedBCE, build_model
+from engine.runtime import dist
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)

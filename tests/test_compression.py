@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine import config, export, quant
+from engine import config
+from engine.compression import quant
+from engine.compression.prune import Pruner, schedule
+from engine.inference import export
 from engine.labels import LABELS
-from engine.models import build_model
-from engine.prune import Pruner, schedule
+from engine.models.chexnet import build_model
 from tests.conftest import NO_DEPRECATED, chexui, events_of, prune_schedule, tiny_cnn
 
 
@@ -165,8 +167,9 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     # loadable without chexui's code: plain torch in isolated mode (no repo on sys.path, no torchao), and
     # on the run's own first test images it gives the probabilities the run's evaluation kept
     assert arts["int8"]["path"].endswith(".pt2")
-    from engine import nih, predictions
-    from engine.data import Images, to_input
+    from engine.data import nih
+    from engine.data.batches import Images, to_input
+    from engine.evaluation import predictions
 
     index = nih.index_dataset(tiny_demo)
     names = list(predictions.load(run / "predictions" / "test.npz")["image_ids"][:6])  # (the int8 model's)
@@ -220,8 +223,9 @@ def test_onnx_artifacts_run_in_onnxruntime_alone_and_match_the_torch_models(tmp_
     assert arts["onnx_int8"]["bytes"] <= 0.30 * arts["fp32"]["bytes"]
     evals = {e["split"]: e for e in ev if e["type"] == "evaluated"}
     assert {"test_onnx_fp32", "test_onnx_int8"} <= set(evals)
-    from engine import nih, predictions
-    from engine.data import Images, to_input
+    from engine.data import nih
+    from engine.data.batches import Images, to_input
+    from engine.evaluation import predictions
 
     kept = {
         s: predictions.load(run / "predictions" / f"{s}.npz")
@@ -309,7 +313,7 @@ def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
     int8 row with them registered. In a fresh process, so no other test has imported torchao first."""
     code = (
         "import sys, torch, torch._inductor.config as inductor\n"
-        "from engine import quant\nfrom engine.infer_bench import compiled\n"
+        "from engine.compression import quant\nfrom engine.inference.bench import compiled\n"
         "assert 'torchao' not in sys.modules\n"
         "compiled(quant.Program(torch.nn.Conv2d(3, 8, 3)), int8=True)  # lazy: nothing compiles here\n"
         "print(inductor.pre_grad_custom_pass.__module__)"
@@ -323,7 +327,7 @@ def test_compiling_an_int8_program_registers_torchaos_inductor_passes():
 
 @pytest.mark.slow
 def test_without_the_onnx_extra_the_export_says_how_to_enable_it_and_writes_the_rest(tmp_path, monkeypatch):
-    from engine import export, onnx_export
+    from engine.inference import export, onnx_export
 
     monkeypatch.setattr(onnx_export, "missing", lambda: ["onnxruntime"])
     said: list[str] = []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import cache, demo, nih
+from engine.data import cache, demo, nih
 from engine.errors import DataError
 from engine.labels import LABELS
 from tests.conftest import chexui, nih_csv, nih_sample
@@ -199,7 +199,7 @@ def test_duplicated_image_row(tmp_path, tiny_demo):
 
 def test_cache_prepare_matches_decoding_and_rebuilds_on_change(tmp_path, tiny_demo):
     torch = pytest.importorskip("torch")
-    from engine.data import Images, to_input
+    from engine.data.batches import Images, to_input
 
     root = _broken(tmp_path, tiny_demo)
     r = chexui("data", "prepare", root, "--size", 48)
@@ -223,7 +223,7 @@ def test_cache_prepare_matches_decoding_and_rebuilds_on_change(tmp_path, tiny_de
 
 def test_augmentation_is_batched_flip_and_imagenet_normalisation():
     torch = pytest.importorskip("torch")
-    from engine.data import IMAGENET_MEAN, IMAGENET_STD, to_input
+    from engine.data.batches import IMAGENET_MEAN, IMAGENET_STD, to_input
 
     x = torch.arange(2 * 4 * 4, dtype=torch.uint8).view(2, 4, 4) * 7
     out = to_input(x, torch.device("cpu"), torch.tensor([True, False]))

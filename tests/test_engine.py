@@ -13,9 +13,9 @@ import psutil
 import pytest
 import torch
 
+from engine.evaluation.metrics import per_class_auroc
 from engine.events import EVENT_FIELDS, final_status
 from engine.labels import LABELS
-from engine.metrics import per_class_auroc
 from tests.conftest import PRUNE70, chexui, chexui_bg, events_of, nih_sample, only_run, run_bg, wait_for_event
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
     w0 = build_initial()  # the steps did move the weights: the equality above is not vacuous
     assert max((one["weights"][k].float() - w0[k].float()).abs().max().item() for k in w0) > 1e-4
     # AUROC over 2 ranks of the 1-process checkpoint equals its 1-rank AUROC exactly
-    from engine import nih
+    from engine.data import nih
 
     y = nih.index_dataset(tiny_demo).labels
     assert one["logits"].shape == (160, 14)
@@ -97,7 +97,7 @@ def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
 
 
 def build_initial():
-    from engine.models import build_model
+    from engine.models.chexnet import build_model
 
     torch.manual_seed(0)
     return build_model("resnet18", "none").state_dict()
@@ -258,7 +258,7 @@ def test_imagenet_weights_offline_message():
     from torchvision import models
 
     from engine.errors import ConfigError
-    from engine.models import build_model
+    from engine.models.chexnet import build_model
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(models.ResNet18_Weights.DEFAULT.url).name
     if cached.exists():

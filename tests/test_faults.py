@@ -107,8 +107,8 @@ def test_single_node_run_listens_on_loopback_only(tmp_path, tiny_preset):
 def test_bench_loads_only_the_recorded_artifacts(tmp_path, compressed_run):
     """2: a file changed since export, or an artifact path outside export/, is refused before loading
     (what bench, eval, predict and explain load through; a planted program is test_hostile's)."""
-    from engine import export
     from engine.errors import StorageError
+    from engine.inference import export
 
     run = tmp_path / "run"
     shutil.copytree(compressed_run[0], run)
@@ -181,8 +181,8 @@ def test_world_writable_preset_refused_and_foreign_owner_named(tmp_path, monkeyp
 
 def test_best_checkpoint_commit_survives_a_kill_at_every_point(tmp_path, monkeypatch):
     """5: a kill while the best model is written never leaves last.pt naming an epoch best.pt lacks."""
-    from engine import checkpoint
     from engine.errors import StorageError
+    from engine.training import checkpoint
 
     ck = checkpoint.RunCheckpoints(tmp_path)
 
@@ -289,7 +289,7 @@ def test_auc_table_marks_no_best_when_all_are_equal():
 
 def test_cache_built_while_an_image_is_replaced_is_not_kept(tmp_path, tiny_demo, monkeypatch):
     """8: the fingerprint was taken after decoding: a cache holding old pixels was accepted as current."""
-    from engine import cache, nih
+    from engine.data import cache, nih
     from engine.errors import DataError
 
     data = tmp_path / "data"
@@ -315,7 +315,7 @@ def test_cache_built_while_an_image_is_replaced_is_not_kept(tmp_path, tiny_demo,
 
 
 def test_same_image_name_in_two_shards_is_an_error(tmp_path, tiny_demo):
-    from engine import nih
+    from engine.data import nih
     from engine.errors import DataError
 
     data = tmp_path / "data"
@@ -405,7 +405,7 @@ def test_unwritable_runs_dir_and_overlong_name(tmp_path):
 
 
 def test_label_separator_with_spaces(tmp_path, tiny_demo):
-    from engine import nih
+    from engine.data import nih
 
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
@@ -439,7 +439,7 @@ def test_self_looping_symlink_and_decompression_bomb_are_data_errors(tmp_path, t
     _png_header_only(data / "images" / names[1], 15000, 15000)
     r = chexui("data", "check", data)
     assert r.returncode == 2 and "too large" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    from engine import nih
+    from engine.data import nih
     from engine.errors import DataError
 
     with pytest.raises(DataError, match="too large"):
@@ -467,7 +467,7 @@ def test_damaged_or_malicious_checkpoint_in_eval(tmp_path, tiny_demo):
     import torch
 
     from engine.errors import StorageError
-    from engine.evaluate import load_best
+    from engine.evaluation.evaluate import load_best
 
     torch.save({"model": Evil()}, run / "checkpoints" / "best.pt")
     with pytest.raises(StorageError, match="not a readable checkpoint"):  # what `eval` prints, exit 2 (above)

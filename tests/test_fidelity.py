@@ -13,12 +13,13 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from engine import bootstrap, config, metrics, predictions
+from engine import config
+from engine.compression.prune import Pruner, schedule
 from engine.errors import ConfigError
+from engine.evaluation import bootstrap, metrics, predictions
 from engine.labels import LABELS
-from engine.models import build_model, losses
-from engine.prune import Pruner, schedule
-from engine.trainer import plateau_scheduler
+from engine.models.chexnet import build_model, losses
+from engine.training.trainer import plateau_scheduler
 from tests.conftest import ROOT, chexui, events_of, only_run, run_tiny
 
 STUDY = sorted((ROOT / "presets" / "study").glob("*.toml"))
@@ -161,7 +162,7 @@ def test_study_presets_set_the_study_behaviour():
 def test_model_weights_are_named_and_checked_against_torchvision():
     from torchvision import models
 
-    from engine import archs
+    from engine.models import archs
 
     for arch in archs.all_archs():  # the architecture table's weight names are torchvision's
         assert set(arch.weights) <= set(models.get_model_weights(arch.torchvision).__members__), arch.name
@@ -200,7 +201,7 @@ def test_unweighted_validation_loss_is_plain_bce_while_training_stays_weighted()
 
 @pytest.mark.slow
 def test_evaluating_keeps_observers_that_were_frozen():
-    from engine import quant
+    from engine.compression import quant
 
     q = {**config.defaults()["quantize"], "enabled": True}
     qat = quant.prepare(build_model("resnet18", "none"), q, 32)
@@ -253,11 +254,11 @@ def test_qat_run_freezes_reports_bits_and_eval_measures_what_it_ships(compressed
     # eval's QAT stand-in is built as the run's (one builder, the run's memory layout and batch): its
     # probabilities are the run's kept ones
     from engine import config as cfg_mod
-    from engine import nih
-    from engine.cache import prepare
-    from engine.data import Images
-    from engine.dist import Dist
-    from engine.evaluate import eval_batch_size, predict_logits, probabilities, shipped_models
+    from engine.data import nih
+    from engine.data.batches import Images
+    from engine.data.cache import prepare
+    from engine.evaluation.evaluate import eval_batch_size, predict_logits, probabilities, shipped_models
+    from engine.runtime.dist import Dist
 
     cfg = cfg_mod.load_run_config(run / "config.toml")
     kept = predictions.load(run / "predictions" / "test_qat.npz")

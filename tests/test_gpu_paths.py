@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from engine import config
-from engine.data import Prefetched
-from engine.models import WeightedBCE, build_model
-from engine.prune import Pruner
-from engine.running_loss import RunningLoss
-from engine.trainer import train_step
+from engine.compression.prune import Pruner
+from engine.data.batches import Prefetched
+from engine.models.chexnet import WeightedBCE, build_model
+from engine.training.running_loss import RunningLoss
+from engine.training.trainer import train_step
 from tests.conftest import chexui, events_of, only_run, prune_schedule, run_tiny
 
 PRUNE = prune_schedule()
@@ -113,7 +113,7 @@ def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset, tiny_demo):
     assert opt["param_groups"][0]["fused"] is True
     # trained in bf16, validated and tested in fp32: the run's test AUROCs are an fp32 evaluation's
     # (chexui eval's, eager) to rounding, where bf16 autocast had moved them by up to 4e-4
-    from engine.evaluate import evaluate_run
+    from engine.evaluation.evaluate import evaluate_run
 
     test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
     fp32 = evaluate_run(only_run(tmp_path / "runs"), str(tiny_demo))
@@ -143,10 +143,10 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
         else:
             assert abs(one["auc"][label] - auc) <= 1e-6, (label, auc, one["auc"][label])
     # and the validation that chose it measured that very model (every rank used rank 0's BatchNorm stats)
-    from engine import nih
-    from engine.data import Images
-    from engine.dist import Dist
-    from engine.evaluate import auroc_from_logits, load_best, predict_logits
+    from engine.data import nih
+    from engine.data.batches import Images
+    from engine.evaluation.evaluate import auroc_from_logits, load_best, predict_logits
+    from engine.runtime.dist import Dist
 
     model, cfg = load_best(run)
     index = nih.index_dataset(tiny_demo)
@@ -161,7 +161,7 @@ def test_two_process_test_auroc_is_the_saved_best_model(tmp_path, tiny_preset, t
 def test_gpu_inference_figures_are_measured_on_any_device():
     """`chexui bench`'s GPU columns (fp32 and bf16 autocast, batch 1 and a large batch, channels_last),
     here on the CPU: the same code a GPU server runs."""
-    from engine.infer_bench import measure_gpu
+    from engine.inference.bench import measure_gpu
 
     g = measure_gpu(build_model("resnet18", "none").eval(), 32, torch.device("cpu"), batch=4, budget_s=0.05)
     assert set(g) == {"batch", "latency_b1_ms", "throughput", "bf16_latency_b1_ms", "bf16_throughput"}

@@ -436,7 +436,7 @@ def test_symlinks_planted_at_a_runs_appended_files_are_not_followed(tmp_path):
 def test_dicom_decodes_in_the_standards_order_and_bad_attributes_are_one_line_skips(tmp_path):
     """MONOCHROME1 with an 8-bit VOI LUT on a 12-bit image decoded to 254-255 everywhere (silently wrong);
     NumberOfFrames="abc" and WindowWidth=0 tracebacked."""
-    from engine import images
+    from engine.data import images
     from engine.errors import DataError
 
     want = hostile.dicom_mono1_voi_lut(tmp_path / "m1-lut.dcm")
@@ -451,13 +451,13 @@ def test_dicom_decodes_in_the_standards_order_and_bad_attributes_are_one_line_sk
 @pytest.mark.slow
 def test_a_deflated_dicom_bomb_and_a_fifo_are_refused_at_once(tmp_path):
     """A 1 MB deflated DICOM took 8.5 GB and 52 s; a FIFO named on the command line hung predict."""
-    from engine import images
+    from engine.data import images
     from engine.errors import DataError
 
     hostile.deflated_dicom_bomb(tmp_path / "bomb.dcm")
     os.mkfifo(tmp_path / "pipe.png")
     code = (
-        "import sys, time\nfrom engine import images\nt = time.monotonic()\n"
+        "import sys, time\nfrom engine.data import images\nt = time.monotonic()\n"
         "for p in sys.argv[1:]:\n    try:\n        images.load(p, 32)\n    except Exception as e:\n"
         "        print(type(e).__name__, e)\n"
         "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))  # this process's peak\n"
@@ -494,7 +494,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised():
 
 def test_an_image_rewritten_with_its_size_and_mtime_kept_is_noticed_by_the_cache(tmp_path, tiny_demo):
     """`cp -p` / `rsync -a` of another image of the same size kept the cache's size + mtime fingerprint."""
-    from engine import cache, nih
+    from engine.data import cache, nih
 
     data = tmp_path / "data"
     shutil.copytree(tiny_demo, data)
@@ -527,7 +527,7 @@ def test_an_int8_graph_record_admits_only_tensor_operations():
 
     import torch
 
-    from engine import quant
+    from engine.compression import quant
 
     torch.manual_seed(0)
     model = tiny_cnn(8)
@@ -594,9 +594,9 @@ def test_a_planted_pt2_never_runs_whatever_its_recorded_hash(hostile_copy, tiny_
     markers = hostile.planted_pt2(pt2, tmp_path / "all.pt2", tmp_path / "markers")
     shutil.copy(tmp_path / "all.pt2", pt2)
     hostile.rewrite_recorded_hash(run, "int8")
-    from engine import export
-    from engine.evaluate import evaluate_run
-    from engine.predict import predict
+    from engine.evaluation.evaluate import evaluate_run
+    from engine.inference import export
+    from engine.inference.predict import predict
 
     res = evaluate_run(run, str(tiny_demo))  # chexui eval
     int8 = next(

@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = {"benchmarks": 2, "chexui": 1, "engine": 0}
 # the engine modules chexui and presets validation use without torch
-PURE = {"engine.config", "engine.events", "engine.archs", "engine.rundir", "engine.labels", "engine.errors",
-        "engine.sanitize", "engine.fsutil"}  # fmt: skip
+PURE = {"engine.config", "engine.events", "engine.models.archs", "engine.rundir", "engine.labels", "engine.errors",
+        "engine.sanitize", "engine.fsutil", "engine.models"}  # fmt: skip
 
 
 def modules() -> dict[str, Path]:
@@ -24,6 +24,7 @@ def modules() -> dict[str, Path]:
 
 def imports(path: Path, top_level_only: bool) -> set[str]:
     """The project modules (and `torch`) a file imports: at its top level only, or anywhere in it."""
+    known = modules()
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     found = set()
@@ -31,9 +32,10 @@ def imports(path: Path, top_level_only: bool) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
-    known = modules()
+            # `from package import submodule` imports the submodule (its package is its parent, loaded
+            # first by any import below it); `from module import name` imports the module
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known.keys()
+            found |= subs | ({node.module} if len(subs) < len(node.names) else set())
     return {m for m in found if m in known or m.split(".")[0] == "torch"}
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torchvision import models as tv_models
 
-from engine import operating, predictions
 from engine.errors import ConfigError
+from engine.evaluation import operating, predictions
 from engine.labels import LABELS
-from engine.models import build_model
+from engine.models.chexnet import build_model
 from tests.conftest import chexui, events_of
 
 SIGMOID = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
@@ -41,7 +41,7 @@ def test_youden_and_sensitivity_thresholds_match_the_analytic_ones():
 
 
 def test_metrics_at_a_threshold_count_calls_and_have_bootstrap_intervals():
-    from engine.bootstrap import Spec
+    from engine.evaluation.bootstrap import Spec
 
     y = np.zeros((8, len(LABELS)))
     p = np.full((8, len(LABELS)), 0.1)
@@ -163,7 +163,7 @@ def test_thresholds_come_from_validation_travel_with_the_model_and_decide_predic
             t = op["thresholds"][name]
             assert row["calls"][j] == (None if t is None else row["probs"][j] >= t)
         assert row["positive"] == [n for n, c in zip(LABELS, row["calls"]) if c]
-    from engine.predict import predict
+    from engine.inference.predict import predict
 
     cal = predict(run, imgs, calibrate=True)
     assert [r["calls"] for r in cal["rows"]] == [r["calls"] for r in res["rows"]]  # temperatures move no call

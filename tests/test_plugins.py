@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine import archs, config
+from engine import config
 from engine.errors import ConfigError
 from engine.events import read_events
+from engine.models import archs
 from tests.conftest import TINY_PRESET
 
 
@@ -73,9 +74,9 @@ def train_in_process(cfg: dict, run_dir) -> list[dict]:
 
 
 def test_a_registered_architecture_trains_exports_evaluates_and_explains(tinynet, tmp_path, tiny_demo):
-    from engine.evaluate import evaluate_run
-    from engine.explain import explain_run
-    from engine.models import build_model
+    from engine.evaluation.evaluate import evaluate_run
+    from engine.inference.explain import explain_run
+    from engine.models.chexnet import build_model
 
     model = build_model("tinynet")
     assert model.head.out_features == 14
@@ -143,8 +144,8 @@ def weight_clipping():
 
 def test_a_registered_compression_method_trains_exports_and_evaluates(weight_clipping, tinynet, tmp_path, tiny_demo):
     """The toy method and the toy architecture together, through a tiny run, its export and `eval`."""
-    from engine import checkpoint
-    from engine.evaluate import evaluate_run
+    from engine.evaluation.evaluate import evaluate_run
+    from engine.training import checkpoint
 
     with pytest.raises(ConfigError, match="clip.max_abs"):
         config.validate({"clip": {"max_abs": "big"}}, "p.toml")

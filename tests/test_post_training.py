@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import config, predictions
-from engine.models import build_model
-from engine.prune import Pruner
+from engine import config
+from engine.compression.prune import Pruner
+from engine.evaluation import predictions
+from engine.models.chexnet import build_model
 from tests.conftest import TINY_PRESET, chexui, events_of, isolated_env, only_run, wait_for_event
 
 # quicker runs: fewer bootstrap resamples (the intervals are not the subject here)

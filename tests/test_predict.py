@@ -12,7 +12,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from engine import images, nih, predictions
+from engine.data import images, nih
+from engine.evaluation import predictions
 from engine.labels import LABELS
 from tests.conftest import chexui
 from tests.hostile import dicom_dataset
@@ -110,7 +111,7 @@ def test_gradcam_peaks_where_the_evidence_is_and_agreement_scores_behave():
     import torch
     from torch import nn
 
-    from engine.explain import agreement, gradcam
+    from engine.inference.explain import agreement, gradcam
 
     class Probe(nn.Module):
         def __init__(self):
@@ -173,7 +174,7 @@ def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(compressed_
     names = {p.name for p in (run / "explain").iterdir()}
     assert f"{imgs[0].stem}-compare.png" in names and f"{imgs[0].stem}-int8-Mass.png" in names
     from engine.errors import UserError
-    from engine.explain import models
+    from engine.inference.explain import models
 
     with pytest.raises(UserError, match=r"--artifacts onnx_int8: .*fp32, sparse and \(QAT runs\) int8"):
         models(run, ["onnx_int8"])
@@ -182,9 +183,9 @@ def test_explain_writes_overlays_a_side_by_side_figure_and_agreement(compressed_
 def test_demo_regions_redraw_the_stored_images_and_locate_each_drawn_finding(tmp_path, tiny_demo):
     """Ground truth for the pointing game: every drawn finding's region, from the same drawing as the
     stored image (a changed file is refused); a map peaking in the region hits, one peaking away misses."""
-    from engine import demo
+    from engine.data import demo
     from engine.errors import DataError
-    from engine.explain import peak_in
+    from engine.inference.explain import peak_in
 
     names = sorted(p.name for p in (tiny_demo / "images").iterdir())
     truth = demo.finding_regions(tiny_demo, names)

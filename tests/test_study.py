@@ -216,7 +216,7 @@ def test_compare_pools_seeds_into_arms_with_seed_variation_in_the_ci(tmp_path):
     between arms from a hierarchical bootstrap (patients, then seeds), whose CI widens with the
     seed-to-seed spread; per-label stars under Holm's adjustment, the caption saying so."""
     from engine import config as cfg_mod
-    from engine import metrics, predictions
+    from engine.evaluation import metrics, predictions
     from tests.test_faults import fake_run, finished, started
     from tests.test_fidelity import clustered
     from tests.test_hostile import in_process as chexui  # (the CLI in this process: six compares in seconds)

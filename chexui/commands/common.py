@@ -75,7 +75,7 @@ def progress_bar(label: str) -> tuple[Callable[[int, int], None], Any]:
 
 @contextmanager
 def progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """`progress_bar` as a context manager (engine.dataset's progress hook)."""
+    """`progress_bar` as a context manager (engine.data.dataset's progress hook)."""
     cb, prog = progress_bar(label)
     try:
         yield cb
@@ -86,7 +86,7 @@ def progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 def prepare_data(cfg: dict) -> None:
     """Check the dataset (a `UserError` on bad data) and build the demo set / cache with a progress bar,
-    so the engine (engine.dataset, the same decision) finds them ready."""
-    from engine import dataset
+    so the engine (engine.data.dataset, the same decision) finds them ready."""
+    from engine.data import dataset
 
     dataset.prepare(cfg["data"], progress)

@@ -21,7 +21,7 @@ def data_demo(
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
 ) -> None:
     """Generate the synthetic demo dataset (chest radiograph phantoms) in the NIH layout."""
-    from engine import demo
+    from engine.data import demo
 
     cb, prog = progress_bar(f"drawing {images} phantoms at {size} px")
     t0 = time.perf_counter()
@@ -36,7 +36,7 @@ def data_demo(
 @app.command("check")
 def data_check(root: str, as_json: AsJson = False) -> None:
     """Validate an NIH-layout dataset and print its summary (exit 2 on problems)."""
-    from engine import nih
+    from engine.data import nih
 
     s = nih.check_dataset(root)
     if as_json:
@@ -63,7 +63,7 @@ def data_prepare(
     force: Annotated[bool, typer.Option("--force", help="rebuild even if current")] = False,
 ) -> None:
     """Decode every image once into the uint8 cache used for fast training."""
-    from engine import cache, nih
+    from engine.data import cache, nih
 
     index = nih.index_dataset(root)
     cb, prog = progress_bar(f"decoding {len(index)} images at {size} px")

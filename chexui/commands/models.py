@@ -32,10 +32,10 @@ def eval_cmd(
     if split not in ("test", "all"):
         raise UserError(f"--split {split!r}: expected test or all")
     run_dir = find(run_ref, runs_dir)
-    from engine import nih
+    from engine.data import nih
 
     nih.find_csv(Path(data))  # a bad --data fails here, before torch is imported
-    from engine.evaluate import evaluate_run
+    from engine.evaluation.evaluate import evaluate_run
 
     res = evaluate_run(run_dir, data, split, trust)
     if as_json:
@@ -70,7 +70,7 @@ def predict_cmd(
     if fmt_ not in PREDICT_FORMATS:
         raise UserError(f"--format {fmt_!r}: expected table, csv or json")
     run_dir = find(run_ref, runs_dir)
-    from engine.predict import predict
+    from engine.inference.predict import predict
 
     with progress("predicting") as cb:
         res = predict(run_dir, paths, artifact, trust, progress=cb, calibrate=calibrate)
@@ -158,7 +158,7 @@ def explain_cmd(
     baseline (Pearson r of the maps, IoU of their top 10 %)."""
     run_dir = find(run_ref, runs_dir)
     base_dir = find(baseline, runs_dir) if baseline else None
-    from engine.explain import explain_run
+    from engine.inference.explain import explain_run
 
     res = explain_run(
         run_dir,
@@ -201,7 +201,7 @@ def bench_cmd(
     and compiled; the speed-up is against the fastest fp32 row."""
     run_dir = find(run_ref, runs_dir)
     size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
-    from engine.infer_bench import bench_run
+    from engine.inference.bench import bench_run
 
     res = bench_run(run_dir, size, trust, compile_)
     if as_json:

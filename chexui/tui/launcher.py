@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,12 +20,10 @@ from chexui import presets as presets_mod
 from chexui import runs as runs_mod
 from chexui.launch import gpu_count
 from chexui.safe import safe
+from chexui.tui.navigation import nav
 from engine import config
 from engine.errors import UserError
 from engine.sanitize import clean
-
-if TYPE_CHECKING:
-    from chexui.tui.app import ChexApp
 
 # form field id -> config key (values typed as TOML)
 FIELDS = {
@@ -188,7 +185,7 @@ class LauncherScreen(Screen):
 
     @work(thread=True, exclusive=True, group="data-check")
     def _check_data(self, root: str) -> None:
-        from engine import nih
+        from engine.data import nih
 
         try:
             s = nih.check_dataset(root, decode=False)
@@ -212,7 +209,7 @@ class LauncherScreen(Screen):
         run_dir = runs_mod.new_run_dir(self.runs_dir, cfg.get("name", "run"))
         save_config(cfg, run_dir)
         start_detached(run_dir, self.runs_dir)
-        cast("ChexApp", self.app).open_monitor(run_dir, replace=True)
+        nav(self.app).open_monitor(run_dir, replace=True)
 
     @on(Button.Pressed, "#save")
     def save_preset(self) -> None:
@@ -237,4 +234,4 @@ class LauncherScreen(Screen):
         self.notify(clean(f"saved {path}"), markup=False)
 
     def action_back(self) -> None:
-        cast("ChexApp", self.app).open_runs()
+        nav(self.app).open_runs()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
@@ -29,13 +28,11 @@ from textual_plotext import PlotextPlot
 from chexui import runs as runs_mod
 from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, hms, mean_text, n_defined
 from chexui.safe import joined, safe
+from chexui.tui.navigation import nav
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
 from engine.sanitize import clean
-
-if TYPE_CHECKING:
-    from chexui.tui.app import ChexApp
 
 PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
 
@@ -292,7 +289,7 @@ class MonitorScreen(Screen):
             self.notify("the run is not running", severity="warning")
 
     def action_back(self) -> None:
-        cast("ChexApp", self.app).open_runs()
+        nav(self.app).open_runs()
 
     def action_quit_app(self) -> None:
         if not self.launcher_alive:

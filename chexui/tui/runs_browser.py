@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 from textual import work
 from textual.app import ComposeResult
@@ -17,12 +16,10 @@ from textual.widgets import DataTable, Footer, Static
 from chexui import runs as runs_mod
 from chexui.format import fmt, n_defined, with_ci
 from chexui.safe import safe
+from chexui.tui.navigation import nav
 from engine.events import last_evaluation
 from engine.labels import LABELS
 from engine.sanitize import clean
-
-if TYPE_CHECKING:
-    from chexui.tui.app import ChexApp
 
 
 class RunsScreen(Screen):
@@ -92,7 +89,7 @@ class RunsScreen(Screen):
     def action_open(self) -> None:
         run_dir = self._current()
         if run_dir:
-            cast("ChexApp", self.app).open_monitor(Path(run_dir))
+            nav(self.app).open_monitor(Path(run_dir))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
@@ -114,7 +111,7 @@ class RunsScreen(Screen):
         self.app.push_screen(CompareScreen([Path(r) for r in self.marked]))
 
     def action_new(self) -> None:
-        cast("ChexApp", self.app).open_launcher()
+        nav(self.app).open_launcher()
 
     def action_explanations(self) -> None:
         run_dir = self._current()

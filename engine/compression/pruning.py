@@ -1,5 +1,5 @@
 """Magnitude pruning as a compression method: gradual (a degree-4 polynomial schedule, the study's)
-or one-shot (final targets from step 0, `chexui compress --prune`). The mechanics are engine/prune.py."""
+or one-shot (final targets from step 0, `chexui compress --prune`). The mechanics are engine/compression/prune.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from torch import nn
 
 from engine.compression.base import Method, MethodContext, register
+from engine.compression.prune import Pruner
 from engine.fsutil import write_atomic
-from engine.prune import Pruner
 
 LAYERS_FILE = "prune_layers.json"  # per-layer sparsity by epoch, in the run dir
 

@@ -1,5 +1,5 @@
 """Post-training static int8 quantization (PT2E) of a trained model, `chexui compress --ptq`: observers
-calibrated on a seeded sample of the training split, then converted. The mechanics are engine/quant.py."""
+calibrated on a seeded sample of the training split, then converted. The mechanics are engine/compression/quant.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import compress, quant
+from engine.compression import parent as compress
+from engine.compression import quant
 from engine.compression.base import Method, register
-from engine.data import eval_batches, to_input
+from engine.data.batches import eval_batches, to_input
 
 
 @register

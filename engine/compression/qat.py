@@ -1,6 +1,6 @@
 """Quantization-aware training (PT2E) as a compression method: the model trains as a traced copy with
 fake-quant observers that shares its weights; the run ships the converted int8 model. The mechanics
-are engine/quant.py."""
+are engine/compression/quant.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from engine import quant
+from engine.compression import quant
 from engine.compression.base import Method, register
 from engine.rundir import BEST
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import demo
+from engine.data import demo
 from engine.events import read_events
 from tests.conftest import TINY_PRESET
 

@@ -7,7 +7,7 @@
                     deploy: torch alone loads it. chexui never loads it (a program file can run code):
                     it runs the same graph from the data record kept in best.pt (`int8_model`)
 - `model_fp32.onnx`, `model_int8.onnx` (`export.onnx`, with the `chexui[onnx]` extra) the same models as
-                    ONNX, the int8 one in QDQ form (`engine.onnx_export`): onnxruntime alone runs them
+                    ONNX, the int8 one in QDQ form (`engine.inference.onnx_export`): onnxruntime alone runs them
 
 The fp32 and sparse files are plain torch.save dicts of tensors, strings and ints (weights_only loads).
 Each artifact is reported with its file bytes and its gzip bytes (the study compared compressed storage).
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import checkpoint
 from engine.errors import StorageError
 from engine.fsutil import sha256
+from engine.training import checkpoint
 
 FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"
 FILES = {
@@ -149,13 +149,13 @@ def export_models(
         written.append((SPARSE, out / FILES[SPARSE]))
     program = None
     if int8_model is not None:
-        from engine import quant
+        from engine.compression import quant
 
         program = quant.program(int8_model, image_size)
         quant.save_int8(program, image_size, out / FILES[INT8], extra)
         written.append((INT8, out / FILES[INT8]))
     if onnx:
-        from engine import onnx_export
+        from engine.inference import onnx_export
 
         if onnx_export.missing():
             log(f"ONNX artifacts skipped: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
@@ -176,7 +176,7 @@ def export_models(
 def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool = False) -> nn.Module:
     """The float model of a state dict (eval mode); `channels_last`: in the memory layout a run with
     train.channels_last trained and evaluated it in."""
-    from engine.models import build_model
+    from engine.models.chexnet import build_model
 
     model = build_model(arch, "none")
     model.load_state_dict(state)
@@ -197,7 +197,7 @@ def best_checkpoint(run_dir: Path) -> tuple[Path, dict]:
 def qat_model(cfg: dict, ck: dict, model: nn.Module | None = None) -> nn.Module:
     """A QAT run's fake-quantized model from its checkpoint `ck` (eval mode, observers frozen), in the
     run's memory layout: the int8 model's differentiable twin, and what `int8_model` converts."""
-    from engine import quant
+    from engine.compression import quant
 
     model = model or build_float(cfg["model"]["arch"], ck["model"], cfg["train"]["channels_last"])
     qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
@@ -213,7 +213,7 @@ def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module 
     graph `model_int8.pt2` holds, with the same outputs. A QAT run from before chexui kept the record:
     its fake-quantized model converted again (seconds to a minute). `qat`: that model when the caller has
     built it already. Nothing read from the run dir is run."""
-    from engine import quant
+    from engine.compression import quant
 
     path = run_dir / "checkpoints" / "best.pt"
     if ck is None:
@@ -245,7 +245,7 @@ def load_model(run_dir: Path, art: dict, trust: bool = False, cfg: dict | None =
 
         return int8_model(run_dir, cfg or config.load_run_config(run_dir / "config.toml"))
     if art["kind"] in (ONNX_FP32, ONNX_INT8):
-        from engine import onnx_export
+        from engine.inference import onnx_export
 
         return onnx_export.Session(path)
     saved = checkpoint.load(path)

@@ -2,7 +2,7 @@
 
 The model is what the run ships (`evaluate.shipped_models`: a QAT/PTQ run's int8 model, from the graph
 kept in its checkpoint, else its best fp32 model) or the exported artifact named by `--artifact`; images
-go through the training path's decode (`engine.images.load` -> `nih.resized`) and normalisation
+go through the training path's decode (`engine.data.images.load` -> `nih.resized`) and normalisation
 (`data.to_input`), in batches.
 """
 
@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import config, export, images, operating
-from engine.data import to_input
+from engine import config
+from engine.data import images
+from engine.data.batches import to_input
 from engine.errors import DataError, UserError
-from engine.evaluate import probabilities, shipped_models
+from engine.evaluation import operating
+from engine.evaluation.evaluate import probabilities, shipped_models
+from engine.inference import export
 from engine.labels import LABELS
 
 

@@ -252,7 +252,7 @@ def load_gray(path: str | Path, size: int) -> np.ndarray:
     """Decode any PIL mode to 8-bit grayscale, resized to size x size.
 
     The one decode path of the project: the cache stores exactly this array, and `chexui predict`
-    feeds DICOM pixels (engine/images.py) through the same `resized`.
+    feeds DICOM pixels (engine/data/images.py) through the same `resized`.
     """
     try:
         with Image.open(path) as im:

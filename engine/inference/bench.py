@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from engine import export
-from engine.cpuinfo import cpu_name, int8_isa
 from engine.errors import UserError
 from engine.events import ARTIFACT_SPLITS, read_events
+from engine.inference import export
+from engine.runtime.cpuinfo import cpu_name, int8_isa
 
 
 def _sync(device: torch.device) -> None:
@@ -113,7 +113,8 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
     the fp32 and PT2E int8 ones compiled too, and the ONNX files in OpenVINO when it is installed;
     `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline: compiled
     PyTorch, onnxruntime or OpenVINO)."""
-    from engine import config, onnx_export
+    from engine import config
+    from engine.inference import onnx_export
 
     cfg = config.load_run_config(run_dir / "config.toml")
     arts, evals = exported(run_dir)

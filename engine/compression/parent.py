@@ -34,7 +34,7 @@ def parent_best(parent: str | Path) -> Path:
 
 def parent_state(parent: str | Path) -> dict:
     """The float weights of the parent's best model (weights-only read)."""
-    from engine import checkpoint  # (torch: the CLI's checks import this module without it)
+    from engine.training import checkpoint  # (torch: the CLI's checks import this module without it)
 
     return checkpoint.load(parent_best(parent))["model"]
 

@@ -7,7 +7,7 @@ The config (model.arch, model.weights), the model builder, checkpoint loading, e
 TUI's launcher read this table. Pure Python (no torch): chexui validates presets with it.
 
 Adding an architecture is one `register(Arch(...))` call (docs/ARCHITECTURE.md has the recipe). A
-registration is seen by the process that made it: the engine under torchrun imports `engine.archs`, so
+registration is seen by the process that made it: the engine under torchrun imports `engine.models.archs`, so
 an architecture for real runs is registered here (or in a module this one imports).
 """
 

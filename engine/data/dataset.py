@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import cache, demo, nih
+from engine.data import cache, demo, nih
 
 
 def resolve_root(root: str, progress=None) -> Path:

@@ -12,7 +12,7 @@ NIH-size test split (25,000 images) are 14,000 calls of about 3 ms each (about 4
 is a weighting of the same images (weight = how often the image's patient was drawn), so each label
 is sorted once and every resample's weighted AUROC is a cumulative sum over that order, vectorised
 over a block of resamples (a few seconds in all; `benchmarks/bootstrap_bench.py`). The point
-estimates stay sklearn's (engine/metrics.py); tests check the two agree.
+estimates stay sklearn's (engine/evaluation/metrics.py); tests check the two agree.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def paired_arms(
     seeds drawn, so the interval holds seed-to-seed variation besides the test sample's. The point
     estimate is the difference of the arms' mean AUROC over their seeds. The same fields as `paired`,
     and `seeds`: (runs in A, runs in B). One run per arm: the patient bootstrap of `paired`."""
-    from engine import metrics
+    from engine.evaluation import metrics
 
     reps = replicates(labels, [*arm_a, *arm_b], patients, spec)
     ra, rb = np.stack(reps[: len(arm_a)]), np.stack(reps[len(arm_a) :])  # seeds x resamples x labels

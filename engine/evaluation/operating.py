@@ -85,7 +85,7 @@ def at_thresholds(
     """Per label at its threshold: the five metrics and the confusion counts, and with `patients` and a
     bootstrap `spec`, each metric's 95 % interval from the same patient resamples as the AUROC's
     (`{metric}_ci: [lo, hi]`). None for a label without a threshold."""
-    from engine import bootstrap
+    from engine.evaluation import bootstrap
 
     counts = codes = None
     if spec is not None and patients is not None and len(patients):

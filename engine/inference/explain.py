@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import archs
 from engine.errors import DataError, UserError
+from engine.models import archs
 
 INT8_TWIN = "int8"  # the --artifacts name; shown as "int8 (QAT twin)"
 TWIN_NOTE = "int8 (QAT twin)"
@@ -32,7 +32,7 @@ FLOAT_KINDS = ("fp32", "sparse")
 
 
 def default_layer(model: nn.Module) -> str:
-    """The Grad-CAM block of the model's architecture (engine/archs.py: its last convolutional block),
+    """The Grad-CAM block of the model's architecture (engine/models/archs.py: its last convolutional block),
     found by the blocks the model (or its QAT graph) has."""
     if isinstance(model, torch.fx.GraphModule):
         have = {p.split(".")[0] for paths in _node_paths(model).values() for p in paths}
@@ -162,8 +162,9 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
     """The run's explainable models by name: its float artifacts and, for a QAT run, the int8
     artifact's twin (`kinds` picks among fp32, sparse, int8; default all it has). A run that exported
     nothing: its best checkpoint's model (the twin too for QAT)."""
-    from engine import config, export
-    from engine.evaluate import _checkpoint, qat_model
+    from engine import config
+    from engine.evaluation.evaluate import _checkpoint, qat_model
+    from engine.inference import export
 
     cfg = config.load_run_config(run_dir / "config.toml")
     arts = export.recorded(run_dir)
@@ -197,7 +198,8 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
 def shipped(run_dir: Path) -> tuple[list[str] | None, str | None]:
     """The model a run ships, as `models` kinds (None: its best checkpoint), or why it has none to
     explain: a QAT run's int8 twin, a pruned run's sparse artifact, else its fp32 artifact."""
-    from engine import config, export
+    from engine import config
+    from engine.inference import export
 
     cfg = config.load_run_config(run_dir / "config.toml")
     arts = export.recorded(run_dir)
@@ -230,8 +232,9 @@ def explain_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from engine import config, images
-    from engine.evaluate import load_best, probabilities
+    from engine import config
+    from engine.data import images
+    from engine.evaluation.evaluate import load_best, probabilities
     from engine.fsutil import OutputDir
     from engine.labels import LABELS
     from engine.sanitize import for_matplotlib
@@ -327,7 +330,7 @@ def output_stems(files: list[Path]) -> list[str]:
 
 def _as_input(pixels: np.ndarray) -> torch.Tensor:
     """One decoded image (uint8 [H, W], `images.load`) as the normalised batch of one the models take."""
-    from engine.data import to_input
+    from engine.data.batches import to_input
 
     return to_input(torch.tensor(pixels[None]), torch.device("cpu"))
 
@@ -348,8 +351,10 @@ def sample_agreement(
     and, on a chexui demo set, how often each model's peak falls inside the drawn finding (labels the
     image shows). One record per (run, model it ships: `shipped`); runs on other data or image sizes,
     and post-training int8 runs, are left out with why."""
-    from engine import config, demo, images, nih, predictions
-    from engine.evaluate import load_best, probabilities
+    from engine import config
+    from engine.data import demo, images, nih
+    from engine.evaluation import predictions
+    from engine.evaluation.evaluate import load_best, probabilities
 
     try:
         base_model, base_cfg = load_best(base_dir)
@@ -456,7 +461,7 @@ def localisation(
     """Per label: on the images of a demo set that show it, how often the model's Grad-CAM peak lies
     inside the region the generator drew it in ({"images", "hits", "rate", "chance"}; chance: the
     mean share of the image the region covers, the rate of a peak placed at random)."""
-    from engine import demo, images
+    from engine.data import demo, images
     from engine.labels import LABELS
 
     truth = demo.finding_regions(root, names)

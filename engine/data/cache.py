@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.nih import NIHIndex, load_gray
 from engine.errors import DataError, StorageError
 from engine.fsutil import write_atomic
-from engine.nih import NIHIndex, load_gray
 
 
 def cache_root() -> Path:

@@ -8,10 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import cache, config, export, metrics, nih
-from engine.data import Images, Prefetched, eval_batches, to_input
-from engine.dist import Dist
+from engine import config
+from engine.data import cache, nih
+from engine.data.batches import Images, Prefetched, eval_batches, to_input
+from engine.evaluation import metrics
+from engine.inference import export
 from engine.labels import LABELS, n_defined
+from engine.runtime.dist import Dist
 
 
 def eval_batch_size(cfg: dict) -> int:
@@ -118,7 +121,7 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     """Per-class AUROC (with patient-bootstrap 95 % intervals) of what the run ships on any NIH-layout
     dataset, and each label's sensitivity/specificity/PPV/NPV/F1 at the run's operating points; the
     first model is the run's main one (QAT: the int8 artifact when there is one)."""
-    from engine import bootstrap, operating
+    from engine.evaluation import bootstrap, operating
 
     cfg = config.load_run_config(run_dir / "config.toml")
     op = operating.recorded(run_dir)

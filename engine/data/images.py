@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine import nih
+from engine.data import nih
 from engine.errors import DataError
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}

@@ -25,18 +25,23 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import bootstrap, checkpoint, compress, compression, dist, export, operating, predictions, quant
-from engine.checkpoint import RunCheckpoints
-from engine.compression import Method, MethodContext
-from engine.data import Data, flip_mask, load_data, loader, to_input, train_batches
+from engine import compression
+from engine.compression import Method, MethodContext, quant
+from engine.compression import parent as compress
+from engine.data.batches import Data, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError, one_line
-from engine.evaluate import auroc_from_logits, eval_batch_size, predict_logits, probabilities
+from engine.evaluation import bootstrap, operating, predictions
+from engine.evaluation.evaluate import auroc_from_logits, eval_batch_size, predict_logits, probabilities
 from engine.events import ARTIFACT_SPLITS, EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
+from engine.inference import export
 from engine.labels import n_defined
-from engine.models import build_model, losses
+from engine.models.chexnet import build_model, losses
 from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, LAST, SPLIT_FILE, STOP_FILE
-from engine.running_loss import RunningLoss
+from engine.runtime import dist
+from engine.training import checkpoint
+from engine.training.checkpoint import RunCheckpoints
+from engine.training.running_loss import RunningLoss
 
 # Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
 DIVERGED_FACTOR = 100.0
@@ -765,7 +770,7 @@ class Run:
             self.start_from_parent(parent)
 
     def dataset_summary(self) -> dict:
-        from engine.nih import label_counts
+        from engine.data.nih import label_counts
 
         idx, split = self.data.index, self.data.split
         return {

@@ -1,4 +1,4 @@
-"""CheXNet-style models with a 14-logit head, built from the architecture table (engine/archs.py)."""
+"""CheXNet-style models with a 14-logit head, built from the architecture table (engine/models/archs.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-from engine import archs
 from engine.errors import ConfigError
 from engine.labels import NUM_CLASSES
+from engine.models import archs
 
 
 def _replace_head(model: nn.Module, arch: str) -> nn.Module:

@@ -204,7 +204,7 @@ def save_int8(
     with torch alone (`torch.export.load`, as much trust as unpickling: only files they made)."""
     from functools import partial
 
-    from engine.checkpoint import save_atomic
+    from engine.training.checkpoint import save_atomic
 
     if not isinstance(int8_model, torch.export.ExportedProgram):
         int8_model = program(int8_model, image_size)

@@ -1,0 +1,20 @@
+"""What a screen may ask of the App: the App owns navigation, and screens reach it through this
+interface only (they never import the App or one another)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+
+class Navigation(Protocol):
+    def open_monitor(self, run_dir: Path, replace: bool = False) -> None: ...
+
+    def open_runs(self) -> None: ...
+
+    def open_launcher(self) -> None: ...
+
+
+def nav(app: Any) -> Navigation:
+    """The running App, as the navigation it provides (chexui/tui/app.py: ChexApp)."""
+    return cast(Navigation, app)
