@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from chexui import presets as presets_mod
-from engine import config
-from engine.compression.parent import parent_best
+from engine import config, rundir
 from engine.errors import UserError
-from engine.events import read_events
 from engine.models import archs
+from engine.training.parent import parent_best
 
 
 def prune_section(prune: str, arch: str) -> dict[str, Any]:
@@ -43,9 +42,9 @@ def prune_section(prune: str, arch: str) -> dict[str, Any]:
 def _parent_base_lr(parent: Path, cfg: dict) -> float:
     """The parent's learning rate at its last epoch (after its plateau cuts), per worker: a fine-tune
     continues where training ended rather than restarting at the initial rate."""
-    events = read_events(parent / "events.jsonl")
-    last = next((e for e in reversed(events) if e["type"] == "epoch_ended"), None)
-    started = next((e for e in events if e["type"] == "run_started"), {})
+    events = rundir.events(parent)
+    last = rundir.last(events, "epoch_ended")
+    started = rundir.first(events, "run_started") or {}
     if last is None:
         return cfg["train"]["lr"]
     world = started.get("world_size") or 1
@@ -66,7 +65,7 @@ def compress_config(
         raise UserError("nothing to do: give --prune 0.5|0.7|adaptive and/or --ptq")
     if finetune_epochs and prune is None:
         raise UserError("--finetune-epochs is a masked fine-tune after pruning: it needs --prune")
-    cfg = config.load_run_config(parent / "config.toml")
+    cfg = rundir.load_config(parent)
     pruning = prune_section(prune, cfg["model"]["arch"]) if prune is not None else None
     parent_best(parent)  # exit 2 now, not in the engine, when there is no best model
     from chexui.runs import load_run

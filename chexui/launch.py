@@ -24,10 +24,11 @@ from typing import Any
 import psutil
 
 from chexui.runs import exit_code, request_stop, write_launcher
-from engine import config
+from engine import config, rundir
 from engine.errors import StorageError
 from engine.events import STOP_FILE, EventWriter, final_status, read_events
 from engine.fsutil import open_append
+from engine.rundir import CONFIG_FILE, EVENTS_FILE
 from engine.runtime import procs
 
 GRACE_S = 45.0
@@ -114,7 +115,7 @@ def torchrun_command(cfg: dict[str, Any], run_dir: Path, node: NodeSpec) -> list
             "--rdzv-id",
             run_dir.name,
         ]
-    return cmd + ["-m", "engine.train", "--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]
+    return cmd + ["-m", "engine.train", "--config", str(run_dir / CONFIG_FILE), "--run-dir", str(run_dir)]
 
 
 def engine_env(single_node: bool = True) -> dict[str, str]:
@@ -206,7 +207,7 @@ class Launcher:
         cmd = torchrun_command(self.cfg, self.run_dir, self.node)
         procs.become_subreaper()  # workers orphaned by a killed torchrun come back here (_end_orphans)
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-        events = self.run_dir / "events.jsonl"
+        events = self.run_dir / EVENTS_FILE
         self._events_from = events.stat().st_size if events.is_file() else 0
         try:
             log = open_append(self.run_dir / "logs" / "engine.log")  # (never through a planted link)
@@ -249,7 +250,7 @@ class Launcher:
         """Write the final event when the engine could not; return the chexui exit code (0 completed or
         stopped, 2 when the engine's error says the user can fix it, else 1). Only events written since
         this launch count: a resume that dies before its first event has failed, whatever came before."""
-        path = self.run_dir / "events.jsonl"
+        path = self.run_dir / EVENTS_FILE
         try:
             events = read_events(path, start=self._events_from)
         except StorageError as e:
@@ -343,7 +344,7 @@ def start_detached(
 
 
 def save_config(cfg: dict[str, Any], run_dir: Path) -> None:
-    config.save(cfg, run_dir / "config.toml")
+    config.save(cfg, run_dir / CONFIG_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,12 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     try:
-        cfg = config.load_run_config(run_dir / "config.toml")
+        cfg = rundir.load_config(run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_launcher(run_dir)
-    view, tail = HeadlessView(plain=True), EventTail(run_dir / "events.jsonl")
+    view, tail = HeadlessView(plain=True), EventTail(run_dir / EVENTS_FILE)
     launcher = Launcher(cfg, run_dir, NodeSpec(args.nnodes, args.node_rank, args.rdzv_endpoint))
     code = asyncio.run(run_to_end(launcher, lambda: view.handle_all(tail.poll()), interval=1.0))
     if launcher.log_error:

@@ -17,9 +17,11 @@ from typing import Any
 import psutil
 
 from chexui.format import n_defined, slug
+from engine import rundir
 from engine.errors import UserError
-from engine.events import STOP_FILE, final_status, last_evaluation, read_events
+from engine.events import STOP_FILE, final_status, last_evaluation
 from engine.fsutil import read_regular, write_atomic
+from engine.rundir import CONFIG_FILE, EVENTS_FILE
 from engine.sanitize import clean
 
 LAUNCHER_FILE = "launcher.json"
@@ -59,7 +61,7 @@ def new_run_dir(base: Path, name: str) -> Path:
 def find_run(ref: str | Path, base: Path) -> Path:
     """RUN is a run id (dir name in the runs dir, or a unique prefix/suffix of one) or a path."""
     p = Path(ref)
-    if (p / "config.toml").is_file() or (p / "events.jsonl").is_file():
+    if (p / CONFIG_FILE).is_file() or (p / EVENTS_FILE).is_file():
         return p
     cand = base / str(ref)
     if cand.is_dir():
@@ -259,7 +261,7 @@ def load_run(run_dir: Path) -> RunInfo:
     """A run's events; a run dir whose events cannot be read (not a regular file, too large) gives a
     RunInfo with no events and the reason in `problem`, never an exception."""
     try:
-        return RunInfo(run_dir, read_events(run_dir / "events.jsonl"))
+        return RunInfo(run_dir, rundir.events(run_dir))
     except UserError as e:
         return RunInfo(run_dir, [], problem=str(e))
 
@@ -278,6 +280,6 @@ def list_runs(base: Path) -> list[RunInfo]:
 
 def _is_run_dir(d: Path) -> bool:
     try:
-        return d.is_dir() and (d / "config.toml").is_file()
+        return d.is_dir() and (d / CONFIG_FILE).is_file()
     except OSError:  # no permission to look inside: not one of this user's runs
         return False

@@ -9,12 +9,17 @@
     RUN_DIR/export/                the artifacts (engine/inference/export.py)
     RUN_DIR/logs/                  the engine's output per rank
 
-Pure Python (no torch).
+Reading a run back goes through here too: `load_config`, `events`, and the events of one type
+(`first`, `last`). Pure Python (no torch).
 """
 
 from __future__ import annotations
 
-from engine.events import EVENTS_FILE, STOP_FILE
+from pathlib import Path
+from typing import Any
+
+from engine import config
+from engine.events import EVENTS_FILE, STOP_FILE, read_events
 
 CONFIG_FILE = "config.toml"
 SPLIT_FILE = "split.json"
@@ -24,6 +29,25 @@ LAST = f"{CHECKPOINTS_DIR}/last.pt"
 PREDICTIONS_DIR = "predictions"
 EXPORT_DIR = "export"
 LOGS_DIR = "logs"
+
+
+def load_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's resolved config (validated: a run dir may come from anyone)."""
+    return config.load_run_config(Path(run_dir) / CONFIG_FILE)
+
+
+def events(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's events (well-formed ones only: engine/events.py)."""
+    return read_events(Path(run_dir) / EVENTS_FILE)
+
+
+def first(events: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((e for e in events if e["type"] == type_), None)
+
+
+def last(events: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((e for e in reversed(events) if e["type"] == type_), None)
+
 
 __all__ = [
     "BEST",
@@ -36,4 +60,8 @@ __all__ = [
     "PREDICTIONS_DIR",
     "SPLIT_FILE",
     "STOP_FILE",
+    "events",
+    "first",
+    "last",
+    "load_config",
 ]

@@ -11,7 +11,7 @@ import typer
 from chexui.commands.common import AsJson, RunRef, RunsDir, Trust, err, fail, find, print_json, progress, say
 from chexui.format import csv_cell, fmt
 from chexui.headless import auc_table, console, table
-from engine import config
+from engine import rundir
 from engine.errors import UserError
 from engine.sanitize import clean
 
@@ -200,7 +200,7 @@ def bench_cmd(
     """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed, eager
     and compiled; the speed-up is against the fastest fp32 row."""
     run_dir = find(run_ref, runs_dir)
-    size = config.load_run_config(run_dir / "config.toml")["data"]["image_size"]
+    size = rundir.load_config(run_dir)["data"]["image_size"]
     from engine.inference.bench import bench_run
 
     res = bench_run(run_dir, size, trust, compile_)

@@ -13,9 +13,10 @@ from chexui import presets as presets_mod
 from chexui import runs as runs_mod
 from chexui.commands.common import Detach, Headless, RunsDir, Sets, find, prepare_data, say
 from chexui.headless import HeadlessView
-from engine import config
+from engine import config, rundir
 from engine.errors import UserError
 from engine.events import EVENTS_FILE
+from engine.rundir import CONFIG_FILE
 
 
 def run(
@@ -43,9 +44,9 @@ def run(
         if preset or data or nproc:
             raise UserError("--resume continues a run with its saved config; use --set to change keys")
         run_dir = _resumable(runs_mod.find_run(resume, base))
-        cfg = config.load_run_config(run_dir / "config.toml")
+        cfg = rundir.load_config(run_dir)
         if set_:
-            cfg = config.validate(config.apply_sets(cfg, set_), str(run_dir / "config.toml"))
+            cfg = config.validate(config.apply_sets(cfg, set_), str(run_dir / CONFIG_FILE))
             save_config(cfg, run_dir)
         prepare_data(cfg)
     else:

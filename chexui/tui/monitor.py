@@ -32,6 +32,7 @@ from chexui.tui.navigation import nav
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
+from engine.rundir import EVENTS_FILE
 from engine.sanitize import clean
 
 PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
@@ -207,7 +208,7 @@ class MonitorScreen(Screen):
     @work(thread=True, exclusive=True, group="follow")
     def follow(self) -> None:
         worker = get_current_worker()
-        events = EventTail(self.run_dir / "events.jsonl")
+        events = EventTail(self.run_dir / EVENTS_FILE)
         log = FileTail(self.run_dir / "logs" / "engine.log")
         last_alive_check, alive = 0.0, False
         while not worker.is_cancelled:

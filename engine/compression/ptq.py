@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.compression import parent as compress
 from engine.compression import quant
 from engine.compression.base import Method, register
 from engine.data.batches import eval_batches, to_input
+from engine.training import parent as compress
 
 
 @register

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import config
+from engine import rundir
 from engine.data import cache, nih
 from engine.data.batches import Images, Prefetched, eval_batches, to_input
 from engine.evaluation import metrics
@@ -81,7 +81,7 @@ def _checkpoint(run_dir: Path) -> tuple[Path, dict]:
 
 def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     """The float model of the run's best checkpoint (its last when it has no best yet)."""
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     return export.build_float(cfg["model"]["arch"], _checkpoint(run_dir)[1]["model"]), cfg
 
 
@@ -123,7 +123,7 @@ def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool
     first model is the run's main one (QAT: the int8 artifact when there is one)."""
     from engine.evaluation import bootstrap, operating
 
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     op = operating.recorded(run_dir)
     index = nih.index_dataset(data_root)  # (a bad data dir fails before any model is loaded)
     shipped = shipped_models(run_dir, cfg, trust)

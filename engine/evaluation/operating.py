@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import config
+from engine import config, rundir
 from engine.labels import LABELS
 
 METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
@@ -186,11 +186,8 @@ def calibrated(probs: np.ndarray, temps: dict[str, float]) -> np.ndarray:
 def recorded(run_dir) -> dict | None:
     """The run's operating points as its `operating_points` event recorded them (the last one), or None
     for a run that has none (not finished, or trained before chexui chose them)."""
-    from pathlib import Path
 
-    from engine.events import read_events
-
-    evs = [e for e in read_events(Path(run_dir) / "events.jsonl") if e["type"] == "operating_points"]
+    evs = [e for e in rundir.events(run_dir) if e["type"] == "operating_points"]
     return evs[-1] if evs else None
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from engine import rundir
 from engine.errors import UserError
-from engine.events import ARTIFACT_SPLITS, read_events
+from engine.events import ARTIFACT_SPLITS
 from engine.inference import export
 from engine.runtime.cpuinfo import cpu_name, int8_isa
 
@@ -82,8 +83,8 @@ def measure_gpu(model, size: int, gpu: torch.device, batch: int = GPU_BATCH, bud
 
 
 def exported(run_dir: Path) -> tuple[list[dict], dict[str, dict]]:
-    events = read_events(run_dir / "events.jsonl")
-    ex = next((e for e in reversed(events) if e["type"] == "exported"), None)
+    events = rundir.events(run_dir)
+    ex = rundir.last(events, "exported")
     if ex is None:
         raise UserError(f"run {run_dir.name} has no exported models (a run exports when it completes)")
     evals = {e["split"]: e for e in events if e["type"] == "evaluated"}
@@ -113,10 +114,9 @@ def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool
     the fp32 and PT2E int8 ones compiled too, and the ONNX files in OpenVINO when it is installed;
     `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline: compiled
     PyTorch, onnxruntime or OpenVINO)."""
-    from engine import config
     from engine.inference import onnx_export
 
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     arts, evals = exported(run_dir)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)

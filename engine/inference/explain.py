@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import rundir
 from engine.errors import DataError, UserError
 from engine.models import archs
 
@@ -162,11 +163,10 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
     """The run's explainable models by name: its float artifacts and, for a QAT run, the int8
     artifact's twin (`kinds` picks among fp32, sparse, int8; default all it has). A run that exported
     nothing: its best checkpoint's model (the twin too for QAT)."""
-    from engine import config
     from engine.evaluation.evaluate import _checkpoint, qat_model
     from engine.inference import export
 
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     arts = export.recorded(run_dir)
     qat = cfg["quantize"]["enabled"]
     have = [k for k in FLOAT_KINDS if k in arts] + ([INT8_TWIN] if qat and (export.INT8 in arts or not arts) else [])
@@ -198,10 +198,9 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
 def shipped(run_dir: Path) -> tuple[list[str] | None, str | None]:
     """The model a run ships, as `models` kinds (None: its best checkpoint), or why it has none to
     explain: a QAT run's int8 twin, a pruned run's sparse artifact, else its fp32 artifact."""
-    from engine import config
     from engine.inference import export
 
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     arts = export.recorded(run_dir)
     if cfg["quantize"]["enabled"]:
         return [INT8_TWIN], None
@@ -232,7 +231,6 @@ def explain_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from engine import config
     from engine.data import images
     from engine.evaluation.evaluate import load_best, probabilities
     from engine.fsutil import OutputDir
@@ -240,7 +238,7 @@ def explain_run(
     from engine.sanitize import for_matplotlib
 
     run_dir, out = Path(run_dir), Path(out)
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     size = cfg["data"]["image_size"]
     named = models(run_dir, kinds, trust)
     if not named:
@@ -351,7 +349,6 @@ def sample_agreement(
     and, on a chexui demo set, how often each model's peak falls inside the drawn finding (labels the
     image shows). One record per (run, model it ships: `shipped`); runs on other data or image sizes,
     and post-training int8 runs, are left out with why."""
-    from engine import config
     from engine.data import demo, images, nih
     from engine.evaluation import predictions
     from engine.evaluation.evaluate import load_best, probabilities
@@ -397,7 +394,7 @@ def sample_agreement(
         }
     ]
     for run_dir in run_dirs:
-        cfg = config.load_run_config(run_dir / "config.toml")
+        cfg = rundir.load_config(run_dir)
         if cfg["data"]["image_size"] != size or data_root(run_dir) != root:
             out.append({"run": run_dir.name, "model": None, "skipped": "other data or image size than the baseline's"})
             continue
@@ -433,9 +430,8 @@ def sample_agreement(
 
 def data_root(run_dir: Path) -> Path:
     """The dataset the run trained on, as it resolved it (`run_started`; "" in the config is the demo set)."""
-    from engine.events import read_events
 
-    started = next((e for e in read_events(Path(run_dir) / "events.jsonl") if e["type"] == "run_started"), None)
+    started = rundir.first(rundir.events(run_dir), "run_started")
     if not started:
         raise UserError(f"{run_dir}: no run_started event (not a chexui run dir)")
     return Path(started["dataset"]["root"])

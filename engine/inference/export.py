@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import rundir
 from engine.errors import StorageError
 from engine.fsutil import sha256
 from engine.training import checkpoint
@@ -89,9 +90,8 @@ def artifact(kind: str, path: Path, run_dir: Path) -> dict:
 
 def recorded(run_dir: Path) -> dict[str, dict]:
     """The artifacts of the run's last `exported` event by kind (empty when it has none)."""
-    from engine.events import read_events
 
-    ex = next((e for e in reversed(read_events(run_dir / "events.jsonl")) if e["type"] == "exported"), None)
+    ex = rundir.last(rundir.events(run_dir), "exported")
     return {a["kind"]: a for a in (ex or {}).get("artifacts", [])}
 
 
@@ -241,9 +241,7 @@ def load_model(run_dir: Path, art: dict, trust: bool = False, cfg: dict | None =
     from the graph record in the best checkpoint (`int8_model`); `verified_path`'s checks first."""
     path = verified_path(run_dir, art, trust)
     if art["kind"] == INT8:
-        from engine import config
-
-        return int8_model(run_dir, cfg or config.load_run_config(run_dir / "config.toml"))
+        return int8_model(run_dir, cfg or rundir.load_config(run_dir))
     if art["kind"] in (ONNX_FP32, ONNX_INT8):
         from engine.inference import onnx_export
 

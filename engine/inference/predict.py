@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import config
+from engine import rundir
 from engine.data import images
 from engine.data.batches import to_input
 from engine.errors import DataError, UserError
@@ -68,7 +68,7 @@ def predict(
             f"--calibrate: run {run_dir.name} has no temperatures (they are fitted on validation "
             "at the end of a run; this one did not finish, or predates them)"
         )
-    cfg = config.load_run_config(run_dir / "config.toml")
+    cfg = rundir.load_config(run_dir)
     size = cfg["data"]["image_size"]
     loaded: list = []  # (name, model), loaded with the first readable batch
     rows: list[dict[str, Any]] = []

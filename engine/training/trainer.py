@@ -27,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from engine import compression
 from engine.compression import Method, MethodContext, quant
-from engine.compression import parent as compress
 from engine.data.batches import Data, flip_mask, load_data, loader, to_input, train_batches
 from engine.errors import UserError, one_line
 from engine.evaluation import bootstrap, operating, predictions
@@ -40,6 +39,7 @@ from engine.models.chexnet import build_model, losses
 from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, LAST, SPLIT_FILE, STOP_FILE
 from engine.runtime import dist
 from engine.training import checkpoint
+from engine.training import parent as compress
 from engine.training.checkpoint import RunCheckpoints
 from engine.training.running_loss import RunningLoss
 

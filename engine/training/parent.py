@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from engine import rundir
 from engine.errors import UserError
-from engine.events import read_events
 
 BEST = Path("checkpoints") / "best.pt"
 
@@ -44,9 +44,9 @@ def parent_summary(parent: str | Path) -> dict:
     training time (the post-training row's total compute is the parent's plus its own)."""
     from engine.fsutil import sha256
 
-    events = read_events(Path(parent) / "events.jsonl")
-    done: dict[str, Any] = next((e for e in reversed(events) if e["type"] == "run_finished"), {})
-    started = next((e for e in events if e["type"] == "run_started"), {})
+    events = rundir.events(parent)
+    done: dict[str, Any] = rundir.last(events, "run_finished") or {}
+    started = rundir.first(events, "run_started") or {}
     return {
         "run_id": Path(parent).name,
         "path": str(Path(parent).resolve()),
