@@ -75,6 +75,7 @@ def test_adaptive_targets_sparse_artifact_under_two_processes(compressed_run):
     assert evals["test_sparse"]["auc"] == evals["test_fp32"]["auc"]
 
 
+@pytest.mark.slow
 def test_sparse_artifact_stores_only_nonzeros_and_round_trips():
     model = build_model("resnet18", "none")
     cfg = {
@@ -275,6 +276,7 @@ def test_a_qat_run_raises_no_quantization_or_torchscript_deprecation_warning(com
     assert any(e["type"] == "evaluated" and e["split"] == "test" for e in events_of(run))
 
 
+@pytest.mark.slow
 def test_post_training_quantization_agrees_with_the_float_model_on_calibrated_inputs(tmp_path):
     """PT2E post-training static quantization (what `chexui compress --ptq` builds on): calibrated on a
     few batches, the int8 graph's probabilities stay close to the float model's, it saves as a .pt2

@@ -45,6 +45,7 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_demo_same_seed_same_bytes(tmp_path):
     # two processes with different string-hash seeds: set iteration order must not leak into the output
     for out, hash_seed in (("a", "1"), ("b", "2")):

@@ -183,6 +183,7 @@ def test_compare_a_recorded_sweep_in_all_four_formats():
     assert "Training time" in table and "CheXNet (paper" in table and label in table
 
 
+@pytest.mark.slow
 def test_compare_storage_of_the_recorded_pruned_and_qat_runs():
     tables = json.loads(compare(*recorded_compressed(), fmt="json"))
     data = tables["storage"]
