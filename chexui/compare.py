@@ -26,7 +26,7 @@ import pandas as pd
 
 from chexui.format import compression_text, csv_cell, n_defined, short_key, value_text
 from chexui.runs import RunInfo
-from engine import config
+from engine import config, rundir
 from engine.errors import UserError
 from engine.evaluation import bootstrap, metrics, predictions
 from engine.events import ARTIFACT_SPLITS, last_evaluation
@@ -378,7 +378,7 @@ def parent_notes(runs: list[RunInfo], labels: list[str]) -> list[str]:
     notes = []
     for r, lab in zip(runs, labels):
         parent = (r.first("run_started") or {}).get("parent") or {}
-        best = Path(str(parent.get("path", ""))) / "checkpoints" / "best.pt"
+        best = Path(str(parent.get("path", ""))) / rundir.BEST
         if parent.get("best_sha256") and best.is_file() and sha256(best) != parent["best_sha256"]:
             notes.append(
                 f"{lab}: its parent {parent.get('run_id')}'s best.pt has changed since this run started "

@@ -210,7 +210,7 @@ class Launcher:
         events = self.run_dir / EVENTS_FILE
         self._events_from = events.stat().st_size if events.is_file() else 0
         try:
-            log = open_append(self.run_dir / "logs" / "engine.log")  # (never through a planted link)
+            log = open_append(self.run_dir / rundir.ENGINE_LOG)  # (never through a planted link)
             log.write("$ " + " ".join(cmd) + "\n")
         except (OSError, StorageError) as e:
             log, self.log_error = (
@@ -329,7 +329,7 @@ def start_detached(
             "--rdzv-endpoint",
             str(node.rdzv_endpoint),
         ]
-    with open_append(run_dir / "logs" / "launcher.log") as log:
+    with open_append(run_dir / rundir.LAUNCHER_LOG) as log:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

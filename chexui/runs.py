@@ -47,7 +47,7 @@ def new_run_dir(base: Path, name: str) -> Path:
                 d.mkdir()
             except FileExistsError:
                 continue
-            for sub in ("checkpoints", "export", "logs"):
+            for sub in (rundir.CHECKPOINTS_DIR, rundir.EXPORT_DIR, rundir.LOGS_DIR):
                 (d / sub).mkdir()
             return d
     except OSError as e:

@@ -7,7 +7,7 @@
     RUN_DIR/checkpoints/best.pt    the best epoch's model (and what the run chose and made for it)
     RUN_DIR/predictions/SPLIT.npz  per-image probabilities of each evaluation
     RUN_DIR/export/                the artifacts (engine/inference/export.py)
-    RUN_DIR/logs/                  the engine's output per rank
+    RUN_DIR/logs/                  the engine's output (engine.log) and the launcher's (launcher.log)
 
 Reading a run back goes through here too: `load_config`, `events`, and the events of one type
 (`first`, `last`). Pure Python (no torch).
@@ -29,6 +29,8 @@ LAST = f"{CHECKPOINTS_DIR}/last.pt"
 PREDICTIONS_DIR = "predictions"
 EXPORT_DIR = "export"
 LOGS_DIR = "logs"
+ENGINE_LOG = f"{LOGS_DIR}/engine.log"  # the engine's output (every rank), drained by the launcher
+LAUNCHER_LOG = f"{LOGS_DIR}/launcher.log"
 
 
 def load_config(run_dir: str | Path) -> dict[str, Any]:
@@ -53,9 +55,11 @@ __all__ = [
     "BEST",
     "CHECKPOINTS_DIR",
     "CONFIG_FILE",
+    "ENGINE_LOG",
     "EVENTS_FILE",
     "EXPORT_DIR",
     "LAST",
+    "LAUNCHER_LOG",
     "LOGS_DIR",
     "PREDICTIONS_DIR",
     "SPLIT_FILE",

@@ -166,3 +166,18 @@ def test_gpu_inference_figures_are_measured_on_any_device():
     g = measure_gpu(build_model("resnet18", "none").eval(), 32, torch.device("cpu"), batch=4, budget_s=0.05)
     assert set(g) == {"batch", "latency_b1_ms", "throughput", "bf16_latency_b1_ms", "bf16_throughput"}
     assert g["batch"] == 4 and all(v > 0 for v in g.values())
+
+
+def test_autocast_follows_the_device_and_stays_off_under_qat():
+    """The autocast decision of a run (bf16 on CUDA by default; fp32 for QAT, whose observers calibrate on
+    fp32 activations: the compression method says so, engine/compression/qat.py)."""
+    from engine.training.trainer import amp_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    dense = config.defaults()
+    assert amp_dtype(dense, cuda) is torch.bfloat16 and amp_dtype(dense, cpu) is None  # "auto"
+    bf16 = config.merge(dense, {"train": {"amp": "bf16"}})
+    assert amp_dtype(bf16, cpu) is torch.bfloat16  # honoured on the CPU: the suite runs the autocast path
+    assert amp_dtype(config.merge(bf16, {"quantize": {"enabled": True}}), cpu) is None
+    assert amp_dtype(config.merge(dense, {"quantize": {"enabled": True}}), cuda) is None
+    assert amp_dtype(config.merge(bf16, {"prune": {"enabled": True}}), cpu) is torch.bfloat16

@@ -32,7 +32,7 @@ from chexui.tui.navigation import nav
 from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
 from engine.labels import LABELS
-from engine.rundir import EVENTS_FILE
+from engine.rundir import ENGINE_LOG, EVENTS_FILE
 from engine.sanitize import clean
 
 PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
@@ -209,7 +209,7 @@ class MonitorScreen(Screen):
     def follow(self) -> None:
         worker = get_current_worker()
         events = EventTail(self.run_dir / EVENTS_FILE)
-        log = FileTail(self.run_dir / "logs" / "engine.log")
+        log = FileTail(self.run_dir / ENGINE_LOG)
         last_alive_check, alive = 0.0, False
         while not worker.is_cancelled:
             now = time.monotonic()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +26,6 @@ class MethodContext:
     steps_per_epoch: int
     is_main: bool  # rank 0: the one process that writes files
     log: Callable[[str], None] = print
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Method:

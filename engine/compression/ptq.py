@@ -6,13 +6,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from engine.compression import quant
 from engine.compression.base import Method, register
 from engine.data.batches import eval_batches, to_input
-from engine.training import parent as compress
+
+
+def calibration_rows(train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of `n` training rows (all of them when there are fewer), in dataset order."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(train_rows, size=min(n, len(train_rows)), replace=False))
 
 
 @register
@@ -22,7 +28,7 @@ class PTQ(Method):
 
     def int8(self, run: Any) -> nn.Module:
         c, t = self.cfg, self.ctx.cfg["train"]
-        rows = compress.calibration_rows(run.data.split["train"], c["calibration_images"], t["seed"])
+        rows = calibration_rows(run.data.split["train"], c["calibration_images"], t["seed"])
         _, batches = eval_batches(len(rows), t["batch_size"] * 2, 1, 0)
         inputs = (to_input(run.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)
         t0 = time.perf_counter()

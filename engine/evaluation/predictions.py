@@ -17,8 +17,9 @@ import numpy as np
 from engine.errors import DataError
 from engine.fsutil import write_atomic
 from engine.labels import LABELS
+from engine.rundir import PREDICTIONS_DIR
 
-DIR = "predictions"
+DIR = PREDICTIONS_DIR
 FIELDS = ("image_ids", "patient_ids", "labels", "probs")
 
 

@@ -100,7 +100,7 @@ def verified_path(run_dir: Path, art: dict, trust: bool = False) -> Path:
     sha256 recorded in the `exported` event. The hash catches a file changed or replaced since export;
     it proves nothing against someone who wrote the run dir (they wrote the event too), so nothing
     loaded here can run code whatever the hash: `trust` skips the hash and nothing else."""
-    export_dir = (run_dir / "export").resolve()
+    export_dir = (run_dir / rundir.EXPORT_DIR).resolve()
     path = (run_dir / str(art.get("path", ""))).resolve()
     if not path.is_relative_to(export_dir) or art.get("kind") not in FILES or path.name != FILES[art["kind"]]:
         raise StorageError(
@@ -137,7 +137,7 @@ def export_models(
     """Write the run's artifacts (rank 0) from its float model and, for QAT/PTQ runs, its converted
     int8 model; returns the `exported` event's list. `operating` (the run's thresholds and
     temperatures) travels inside every file: a checkpoint key, a .pt2 extra file, ONNX metadata."""
-    out = run_dir / "export"
+    out = run_dir / rundir.EXPORT_DIR
     out.mkdir(exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"arch": arch, "image_size": image_size, **({"operating_points": operating} if operating else {})}
@@ -187,8 +187,8 @@ def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool =
 
 def best_checkpoint(run_dir: Path) -> tuple[Path, dict]:
     """The run's best checkpoint (its last when it has no best yet), read with weights_only."""
-    for name in ("best.pt", "last.pt"):
-        p = run_dir / "checkpoints" / name
+    for name in (rundir.BEST, rundir.LAST):
+        p = run_dir / name
         if p.is_file():
             return p, checkpoint.load(p)
     raise StorageError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt (has the run trained an epoch?)")
@@ -215,7 +215,7 @@ def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module 
     built it already. Nothing read from the run dir is run."""
     from engine.compression import quant
 
-    path = run_dir / "checkpoints" / "best.pt"
+    path = run_dir / rundir.BEST
     if ck is None:
         path, ck = best_checkpoint(run_dir)
     if "int8_graph" in ck:

@@ -15,16 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine import rundir
 from engine.errors import UserError
 
-BEST = Path("checkpoints") / "best.pt"
-
 
 def parent_best(parent: str | Path) -> Path:
-    path = Path(parent) / BEST
+    path = Path(parent) / rundir.BEST
     if not path.is_file():
         raise UserError(
             f"{path}: not found; compress starts from a run's best model (let the run finish an epoch, or resume it)"
@@ -58,9 +54,3 @@ def parent_summary(parent: str | Path) -> dict:
         "test_auc_mean": done.get("test_auc_mean"),
         "split_sha256": (started.get("dataset") or {}).get("split_sha256"),
     }
-
-
-def calibration_rows(train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A seeded sample of `n` training rows (all of them when there are fewer), in dataset order."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(train_rows, size=min(n, len(train_rows)), replace=False))

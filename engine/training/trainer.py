@@ -36,11 +36,11 @@ from engine.fsutil import remove_stale_temps, write_atomic
 from engine.inference import export
 from engine.labels import n_defined
 from engine.models.chexnet import build_model, losses
-from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, LAST, SPLIT_FILE, STOP_FILE
+from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, EXPORT_DIR, LAST, SPLIT_FILE, STOP_FILE
 from engine.runtime import dist
 from engine.training import checkpoint
-from engine.training import parent as compress
 from engine.training.checkpoint import RunCheckpoints
+from engine.training.parent import parent_state, parent_summary
 from engine.training.running_loss import RunningLoss
 
 # Training and validation losses both this many times the loss of predicting 0.5 for every label: diverged
@@ -214,7 +214,7 @@ class Run:
             torch.backends.cudnn.benchmark = True
         if self.d.is_main:  # temp files of writes killed midway: only rank 0 writes here
             self.ckpts.clean()
-            remove_stale_temps(self.run_dir, self.run_dir / "export")
+            remove_stale_temps(self.run_dir, self.run_dir / EXPORT_DIR)
         self.data: Data = load_data(self.dc, self.d.is_main, self.d.barrier)
         self.n_train = len(self.data.split["train"])
         if self.d.is_main:
@@ -223,7 +223,7 @@ class Run:
         model = build_model(m["arch"], m["pretrained"], m["weights"], log=self.log)
         self.parent = self.cfg["compress"]["parent"]
         if self.parent and not self.ckpts.last.is_file():  # (a resume reads its own last.pt instead)
-            model.load_state_dict(compress.parent_state(self.parent))
+            model.load_state_dict(parent_state(self.parent))
         # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
         # measured), so the CPU suite runs the same weight layout as the GPU servers
         self.channels_last = self.t["channels_last"]
@@ -338,6 +338,8 @@ class Run:
         # checked every `every` steps (every step on the CPU, where reading costs nothing)
         every = 1 if self.d.device.type == "cpu" else 10
         losses = RunningLoss(self.d.device, every)
+        # (decided once, in setup: the autocast context is entered per step, never rebuilt from the config)
+        autocast = torch.autocast(self.d.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
         t0 = last_report = time.perf_counter()
         seen = 0
         for step, (x, y, _) in enumerate(dl, start=st.step):
@@ -350,7 +352,7 @@ class Run:
                 self.loss_fn,
                 self.opt,
                 self.scaler,
-                autocast_for(self.cfg, self.d.device),
+                autocast,
                 x,
                 y.to(self.d.device, non_blocking=True).float(),
             )
@@ -613,7 +615,7 @@ class Run:
 
     def start_from_parent(self, info: dict) -> None:
         """A compress run's epoch 0 (fresh runs only): the parent's best model, pruned when pruning, on
-        the parent's very split (`info`: `compress.parent_summary`); validated and saved as the best so
+        the parent's very split (`info`: `parent_summary`); validated and saved as the best so
         far, so a fine-tune epoch replaces it only by beating it, and a run without fine-tune has its
         model checkpointed."""
         t0 = time.perf_counter()
@@ -747,7 +749,7 @@ class Run:
 
     def start(self) -> None:
         """A fresh run's `run_started` (and a compress run's epoch 0 from its parent)."""
-        parent = compress.parent_summary(self.parent) if self.parent else None
+        parent = parent_summary(self.parent) if self.parent else None
         weight = next(m.weight for m in self.model.modules() if isinstance(m, nn.Conv2d))
         d = self.d
         self.emit(
