@@ -67,10 +67,10 @@ def engine_epochs(cfg: dict, run_dir: Path) -> tuple[float, int]:
     d = dist.setup(cfg["distributed"]["backend"])
     run = Run(cfg, run_dir, d)
     run.setup()
-    run.train_one_epoch(1)  # warm-up: allocator, cudnn autotuning, page cache
-    run.state.step = 0  # (fit() does this between epochs)
-    run.train_one_epoch(2)
-    return run.epoch_images_per_s, run.steps_per_epoch
+    run.loop.train_one_epoch(1)  # warm-up: allocator, cudnn autotuning, page cache
+    run.state.step = 0  # (Loop.fit() does this between epochs)
+    run.loop.train_one_epoch(2)
+    return run.loop.epoch_images_per_s, run.steps_per_epoch
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,7 +45,8 @@ from engine import config
 from engine.data import cache, demo, nih  # noqa: E402
 from engine.runtime import dist
 from engine.runtime.cpuinfo import cpu_name, int8_isa  # noqa: E402
-from engine.training.trainer import Run, amp_dtype, compile_seconds  # noqa: E402
+from engine.training.loop import compile_seconds  # noqa: E402
+from engine.training.trainer import Run, amp_dtype  # noqa: E402
 
 STUDY_EPOCH_H = {"densenet121": 0.74, "resnet50": 0.83}  # one V100S, the study's text
 NIH_IMAGES = 112_120
@@ -102,8 +103,8 @@ def one_epoch(cfg: dict, run_dir: Path, d: dist.Dist, warm_steps: int) -> dict:
     # and one validation batch: autotuning and compilation happen here
     t0, c0 = time.perf_counter(), compile_seconds()
     run.state.step = max(0, run.steps_per_epoch - warm_steps)
-    run.train_one_epoch(1)
-    run.predict(run.data.split["val"][: cfg["train"]["batch_size"] * 2])
+    run.loop.train_one_epoch(1)
+    run.evaluator.predict(run.data.split["val"][: cfg["train"]["batch_size"] * 2])
     sync(dev)
     warm_s, compile_s = time.perf_counter() - t0, compile_seconds() - c0
     syncs = host_syncs_per_step(run)
@@ -113,9 +114,9 @@ def one_epoch(cfg: dict, run_dir: Path, d: dist.Dist, warm_steps: int) -> dict:
     prune_s = timed_pruner(run, dev)
     c1 = compile_seconds()
     t0 = time.perf_counter()
-    run.train_one_epoch(2)  # (synchronises at its end on CUDA)
+    run.loop.train_one_epoch(2)  # (synchronises at its end on CUDA)
     t1 = time.perf_counter()
-    val = run.evaluate("val")  # the whole split, per-class AUROC
+    val = run.evaluator.evaluate("val")  # the whole split, per-class AUROC
     t2 = time.perf_counter()
     run.state.epoch = 2
     run.save(best=True)  # last.pt and best.pt, atomically
@@ -156,7 +157,7 @@ def host_syncs_per_step(run: Run, short: int = 5, long: int = 25) -> float | Non
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                run.train_one_epoch(1)
+                run.loop.train_one_epoch(1)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))

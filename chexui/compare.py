@@ -29,7 +29,7 @@ from chexui.runs import RunInfo
 from engine import config, rundir
 from engine.errors import UserError
 from engine.evaluation import bootstrap, metrics, predictions
-from engine.events import ARTIFACT_SPLITS, last_evaluation
+from engine.events import ARTIFACT_SPLITS
 from engine.labels import CHEXNET_AUROC, LABELS
 
 REFERENCE = "CheXNet (paper; official NIH split: other test images)"
@@ -38,13 +38,12 @@ SEED_KEY = "train.seed"  # runs that differ only by it are one arm (`arms`)
 IGNORED = {"name", "description", "sweep", "data.workers", "export.enabled", "compress.parent"}
 
 
-COMPRESSION = ("prune.", "quantize.", "compress.")  # summed up by `compression_text`
 IMPLIED_BY_PARENT = {"train.epochs", "train.lr", "model.pretrained"}  # a compress run sets these from --options
 FROM_THE_PARENT = {"train.lr", "model.pretrained"}  # ... of which these vary with the parent (its last LR)
 
 
 def _config(r: RunInfo) -> dict:
-    return (r.first("run_started") or {}).get("config", {})
+    return r.state.config
 
 
 def arms(runs: list[RunInfo]) -> list[list[int]]:
@@ -85,7 +84,8 @@ def run_labels(runs: list[RunInfo], ignore: frozenset[str] = frozenset()) -> lis
     def values(k: str) -> set[str]:  # (a compress run's epochs/LR say nothing its method does not)
         return {json.dumps(f.get(k), default=str) for f, a in zip(flats, after) if not (a and k in IMPLIED_BY_PARENT)}
 
-    differ = [k for k in keys if not k.startswith(COMPRESSION) and len(values(k)) > 1]
+    summed = tuple(f"{section}." for section in config.LABELS)  # the keys `compression_text` sums up
+    differ = [k for k in keys if not k.startswith(summed) and len(values(k)) > 1]
     methods = [compression_text(c) for c in cfgs]
     if len(runs) < 2 or not (differ or len(set(methods)) > 1):
         return _unique([r.id for r in runs])
@@ -114,7 +114,7 @@ def _unique(labels: list[str]) -> list[str]:
 
 
 def _test(r: RunInfo, split: str = "test") -> dict | None:
-    return last_evaluation(r.events, split)
+    return r.state.evaluations.get(split)
 
 
 MEAN_LABELS = "labels in mean"
@@ -204,7 +204,7 @@ def auroc_caption(df: pd.DataFrame) -> str:
 
 
 def _split_sha(r: RunInfo) -> str | None:
-    return ((r.first("run_started") or {}).get("dataset") or {}).get("split_sha256")
+    return (r.state.started.get("dataset") or {}).get("split_sha256")
 
 
 def _predictions(r: RunInfo) -> dict:
@@ -344,21 +344,20 @@ def arm_paired_table(runs: list[RunInfo], groups: list[list[int]], labels: list[
 def time_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
     rows = []
     for r, lab in zip(runs, labels):
-        epochs = [e for e in r.events if e["type"] == "epoch_ended"]
-        started = r.last("restarted") or r.first("run_started") or {}
-        done = r.last("run_finished") or {}
+        st = r.state
+        epochs, done = st.epochs, st.finished or {}
         total = done.get("total_time_s")
         # a post-training compression run: its parent's training time counts toward its compute
-        parent = (r.first("run_started") or {}).get("parent") or {}
+        parent = r.state.started.get("parent") or {}
         compute = total + (parent.get("total_time_s") or 0) if total is not None else None
         rows.append(
             {
                 "run": lab,
                 "status": r.status,
                 "parent": parent.get("run_id"),
-                "processes": started.get("world_size"),
+                "processes": st.world_size,
                 "epochs": len(epochs),
-                "best epoch": done.get("best_epoch"),
+                "best epoch": st.best_epoch,
                 "total h": total / 3600 if total is not None else None,
                 "compute h (with parent)": compute / 3600 if compute is not None else None,
                 "h / epoch": sum(e["epoch_time_s"] for e in epochs) / len(epochs) / 3600 if epochs else None,
@@ -377,7 +376,7 @@ def parent_notes(runs: list[RunInfo], labels: list[str]) -> list[str]:
 
     notes = []
     for r, lab in zip(runs, labels):
-        parent = (r.first("run_started") or {}).get("parent") or {}
+        parent = r.state.started.get("parent") or {}
         best = Path(str(parent.get("path", ""))) / rundir.BEST
         if parent.get("best_sha256") and best.is_file() and sha256(best) != parent["best_sha256"]:
             notes.append(
@@ -397,7 +396,7 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
         ex = r.last("exported") or {}
         row: dict[str, Any] = {
             "run": lab,
-            "parameters": ex.get("parameters") or (r.first("run_started") or {}).get("parameters"),
+            "parameters": ex.get("parameters") or r.state.started.get("parameters"),
             "nonzero": ex.get("nonzero_parameters"),
             # zeros over the pruned layers' weights (the pruning target's measure)
             "sparsity": ex.get("sparsity"),
@@ -426,7 +425,7 @@ def sparsity_notes(runs: list[RunInfo], labels: list[str]) -> list[str]:
     notes = []
     for r, lab in zip(runs, labels):
         p = _config(r).get("prune") or {}
-        best = (r.last("run_finished") or {}).get("best_epoch")
+        best = r.state.best_epoch
         if (
             p.get("enabled")
             and p.get("schedule", "gradual") == "gradual"

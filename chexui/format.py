@@ -4,6 +4,7 @@ headless output, the TUI, compare and sweeps. Pure Python (no rich, no pandas, n
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from engine.labels import n_defined
@@ -69,23 +70,13 @@ def short_key(key: str) -> str:
 
 
 def compression_text(cfg: dict) -> str:
-    """A run's compression in a few words: "dense", "prune70", "prune-adaptive", "qat-all",
-    "prune70+qat-conv"; `chexui compress` runs: "post-training prune70 ft1", "post-training ptq-all".
-    Adaptive pruning that leaves the widths it does not list dense (prune.adaptive_default = "keep", the
-    study's) is "prune-adaptive-listed": another method than the built-in one, another label."""
-    p, q, c = cfg.get("prune") or {}, cfg.get("quantize") or {}, cfg.get("compress") or {}
-    parts = []
-    if p.get("enabled"):
-        adaptive = "prune-adaptive-listed" if p.get("adaptive_default") == "keep" else "prune-adaptive"
-        parts.append(adaptive if p.get("adaptive") else f"prune{round(100 * p.get('final_sparsity', 0))}")
-        if c.get("parent") and (cfg.get("train") or {}).get("epochs"):
-            parts[-1] += f" ft{cfg['train']['epochs']}"
-    if q.get("enabled"):
-        parts.append(f"qat-{q.get('scope')}")
-    if c.get("ptq"):
-        parts.append(f"ptq-{c.get('scope')}")
-    text = "+".join(parts) or "dense"
-    return f"post-training {text}" if c.get("parent") else text
+    """A run's compression in a few words, each method's own (engine/config.py: LABELS) joined by "+":
+    "dense", "prune70", "prune-adaptive", "qat-all", "prune70+qat-conv"; `chexui compress` runs:
+    "post-training prune70 ft1", "post-training ptq-all"."""
+    from engine import config
+
+    text = "+".join(t for label in config.LABELS.values() if (t := label(cfg))) or "dense"
+    return f"post-training {text}" if (cfg.get("compress") or {}).get("parent") else text
 
 
 def value_text(v: Any) -> str:
@@ -152,3 +143,51 @@ def with_ci(text: str, ci: list[float] | None) -> str:
 def ci_text(ci: list[float] | None) -> str:
     """A 95 % confidence interval: "0.656-0.824", or "-" without one."""
     return "-" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+@dataclass(frozen=True)
+class AurocRow:
+    """One row of a per-label AUROC table (or its mean row), as text: every AUROC table chexui shows
+    (headless, `runs show`, `eval`, the TUI's monitor) is made of these. `at` holds the threshold,
+    sensitivity and specificity at the operating point chosen on validation, when the evaluation has one."""
+
+    label: str
+    auroc: str
+    mark: str  # "best" | "worst" | ""
+    ci: str
+    at: tuple[str, str, str] | None
+
+
+def auroc_rows(ev: dict[str, Any], digits: int = 3) -> tuple[list[AurocRow], AurocRow]:
+    """An `evaluated` event (or a `chexui eval` result, or {"auc": ..., "auc_mean": ...} of an epoch) as
+    one row per label and the mean row (its label: the labels it covers); `digits` for the
+    operating-point figures."""
+    from engine.labels import LABELS
+
+    aucs, cis = ev.get("auc") or {}, ev.get("auc_ci") or {}
+    at = ev.get("at_threshold")
+    marks = auc_marks(aucs)
+    spec = f".{digits}f"
+    rows = []
+    for name in LABELS:
+        v = aucs.get(name)
+        op = (at or {}).get(name) or {}
+        rows.append(
+            AurocRow(
+                name,
+                "null" if v is None and aucs else fmt(v),
+                marks.get(name, ""),
+                ci_text(cis.get(name)),
+                (fmt(op.get("threshold"), spec), fmt(op.get("sensitivity"), spec), fmt(op.get("specificity"), spec))
+                if at
+                else None,
+            )
+        )
+    mean = AurocRow(  # label: how many labels the mean covers ("12/14"; "" before any AUROC)
+        f"{n_defined(aucs)}/{len(LABELS)}" if aucs else "",
+        fmt(ev.get("auc_mean")),
+        "",
+        ci_text(ev.get("auc_mean_ci")),
+        ("", "", "") if at else None,
+    )
+    return rows, mean

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, mean_text, n_defined
+from chexui.format import auroc_rows, ci_text, epoch_time_text, fmt, mean_text
+from chexui.runstate import RunState
 from chexui.safe import safe
 from engine.labels import LABELS
 from engine.sanitize import clean
@@ -74,33 +75,15 @@ def table(*columns: str, title: str | None = None) -> Table:
 def auc_table(ev: dict[str, Any], title: str) -> Table:
     """An `evaluated` event (or `chexui eval` result) as a table: per-class AUROC with its 95 % CI, and
     the mean with how many labels it covers."""
-    aucs, cis = ev["auc"], ev.get("auc_ci") or {}
-    marks = auc_marks(aucs)
+    rows, mean = auroc_rows(ev)
     boot = ev.get("bootstrap")
     at = ev.get("at_threshold")  # the operating points chosen on validation (runs since chexui chose them)
     t = table("label", "AUROC", "95% CI", *(("threshold", "sensitivity", "specificity") if at else ()), title=title)
     for c in t.columns[1:]:
         c.justify = "right"
-    for name in LABELS:
-        v = aucs.get(name)
-        mark = f" ({marks[name]})" if name in marks else ""
-        op = (at or {}).get(name) or {}
-        t.add_row(
-            name,
-            ("null" if v is None else f"{v:.4f}") + mark,
-            ci_text(cis.get(name)),
-            *(
-                (fmt(op.get("threshold"), ".3f"), fmt(op.get("sensitivity"), ".3f"), fmt(op.get("specificity"), ".3f"))
-                if at
-                else ()
-            ),
-        )
-    t.add_row(
-        f"mean of {n_defined(aucs)}/{len(LABELS)} labels",
-        fmt(ev.get("auc_mean")),
-        ci_text(ev.get("auc_mean_ci")),
-        *(("", "", "") if at else ()),
-    )
+    for r in rows:
+        t.add_row(r.label, r.auroc + (f" ({r.mark})" if r.mark else ""), r.ci, *(r.at or ()))
+    t.add_row(f"mean of {mean.label} labels", mean.auroc, mean.ci, *(mean.at or ()))
     notes = [f"95% CI: {boot['resamples']} {boot['unit']} bootstrap resamples, seed {boot['seed']}"] if boot else []
     if at:
         notes.append(
@@ -122,14 +105,15 @@ def epoch_line(e: dict[str, Any]) -> str:
 
 
 class HeadlessView:
-    """Feed it events; it prints. Used by `chexui run --headless` and `chexui watch --headless`."""
+    """Feed it events; it prints each as it comes, and keeps the run folded so far (`state`, the one
+    fold of the event stream, chexui/runstate.py). Used by `chexui run --headless` and `chexui watch --headless`."""
 
     def __init__(self, console: Console | None = None, plain: bool | None = None):
         self.plain = plain_mode() if plain is None else plain
         self.console = console or globals()["console"]()
         self.progress: Progress | None = None
         self.task: TaskID | None = None
-        self.epochs = None
+        self.state = RunState()
         self._last_plain = 0.0
 
     def say(self, text: str) -> None:
@@ -148,11 +132,11 @@ class HeadlessView:
             self.handle(e)
 
     def handle(self, e: dict[str, Any]) -> None:
+        self.state.apply(e)
         t = e["type"]
         if t == "run_started":
             cfg = e["config"]
             ds = e["dataset"]
-            self.epochs = (cfg.get("train") or {}).get("epochs")
             self.say(
                 f"run {e['run_id']}: {cfg.get('name')} {(cfg.get('model') or {}).get('arch')} on {e['device']}, "
                 f"world size {e['world_size']} ({e['nnodes']} node(s)); data {ds['root']}: "
@@ -171,7 +155,7 @@ class HeadlessView:
             self._end_progress()
             if not self.plain:
                 self.progress = Progress(
-                    TextColumn(f"epoch {e['epoch']}/{self.epochs or '?'}"),
+                    TextColumn(f"epoch {e['epoch']}/{self.state.epochs_total or '?'}"),
                     BarColumn(),
                     TextColumn("{task.completed}/{task.total}"),
                     TextColumn("loss {task.fields[loss]}"),

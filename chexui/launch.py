@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from chexui.runs import exit_code, request_stop, write_launcher
+from chexui.runstate import RunState
 from engine import config, rundir
 from engine.errors import StorageError
 from engine.events import STOP_FILE, EventWriter, final_status, read_events
@@ -271,13 +272,12 @@ class Launcher:
                         + (f": {last}" if last else "")
                         + f" (see {self.run_dir / 'logs' / 'engine.log'})",
                     )
-                everything = read_events(path)
-                epochs = [e for e in everything if e["type"] == "epoch_ended"]
+                st = RunState.fold(read_events(path))
                 w.emit(
                     "run_finished",
                     status=status,
-                    epochs=epochs[-1]["epoch"] if epochs else 0,
-                    total_time_s=(everything[-1]["ts"] - everything[0]["ts"]) if everything else 0.0,
+                    epochs=st.epochs[-1]["epoch"] if st.epochs else 0,
+                    total_time_s=st.duration_s or 0.0,
                     best_epoch=0,
                     test_auc_mean=None,
                 )

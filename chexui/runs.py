@@ -17,9 +17,10 @@ from typing import Any
 import psutil
 
 from chexui.format import n_defined, slug
+from chexui.runstate import RunState
 from engine import rundir
 from engine.errors import UserError
-from engine.events import STOP_FILE, final_status, last_evaluation
+from engine.events import STOP_FILE, final_status
 from engine.fsutil import read_regular, write_atomic
 from engine.rundir import CONFIG_FILE, EVENTS_FILE
 from engine.sanitize import clean
@@ -157,6 +158,8 @@ class RunInfo:
     run_dir: Path
     events: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None  # why its events could not be read (a FIFO, a link, a huge file)
+    _state: RunState = field(default_factory=RunState, repr=False, compare=False)
+    _folded: int = field(default=0, repr=False, compare=False)  # how many of `events` _state has applied
 
     @property
     def id(self) -> str:
@@ -205,29 +208,22 @@ class RunInfo:
             "problem": clean(self.problem),
         }
 
+    @property
+    def state(self) -> RunState:
+        """The events folded (chexui/runstate.py), each once (events appended since are folded on the next
+        read): every fact a listing or a table reads of the run."""
+        for e in self.events[self._folded :]:
+            self._folded += 1
+            self._state.apply(e)
+        return self._state
+
     def best_epoch(self) -> int | None:
-        """The epoch of the model the run ships (its best checkpoint, chosen by validation loss): the
-        finished run's `best_epoch`, else the last epoch saved as best (a resumed run's included)."""
-        finished = self.last("run_finished")
-        if finished is not None and finished.get("best_epoch"):
-            return finished["best_epoch"]
-        saved = next((e for e in reversed(self.events) if e["type"] == "checkpoint_saved" and e["best"]), None)
-        return saved["epoch"] if saved else None
+        """The epoch of the model the run ships (`RunState.best_epoch`)."""
+        return self.state.best_epoch
 
     def _summary(self) -> dict[str, Any]:
-        started = self.first("run_started") or {}
-        cfg = started.get("config", {})
-        epochs = [e for e in self.events if e["type"] == "epoch_ended"]
-        # the validation figures of the shipped model's epoch (its last run, if a resume ran it again):
-        # not the highest AUROC of any epoch, which is not the model the best checkpoint holds
-        best = self.best_epoch()
-        best_val = next((e for e in reversed(epochs) if e["epoch"] == best), None)
-        test = last_evaluation(self.events)
-        finished = self.last("run_finished")
-        restarted = self.last("restarted")
-        duration = None
-        if self.events:
-            duration = (finished or self.events[-1])["ts"] - self.events[0]["ts"]
+        st = self.state
+        cfg, best_val, test = st.config, st.best_val, st.test
         return {
             "id": self.id,
             "path": clean(str(self.run_dir)),
@@ -235,17 +231,17 @@ class RunInfo:
             "preset": cfg.get("name"),
             "arch": cfg.get("model", {}).get("arch"),
             "sweep": cfg.get("sweep"),
-            "world_size": (restarted or started).get("world_size"),
-            "epochs": epochs[-1]["epoch"] if epochs else 0,
-            "best_epoch": best,
+            "world_size": st.world_size,
+            "epochs": st.epochs[-1]["epoch"] if st.epochs else 0,
+            "best_epoch": st.best_epoch,
             "best_val_auc": best_val["val_auc_mean"] if best_val else None,
             "best_val_labels": n_defined(best_val["val_auc"]) if best_val else None,
             "test_model": test.get("model") if test else None,
             "test_auc": test["auc_mean"] if test else None,
             "test_labels": n_defined(test["auc"]) if test else None,
             "test_auc_ci": test.get("auc_mean_ci") if test else None,
-            "duration_s": duration,
-            "started": started.get("ts"),
+            "duration_s": st.duration_s,
+            "started": st.started_ts,
         }
 
 

@@ -167,16 +167,53 @@ SCHEMA: dict[str, dict[str, Field]] = {
 }
 
 
-def add_section(name: str, fields: dict[str, Field]) -> None:
+def _prune_label(cfg: dict) -> str | None:
+    p = cfg.get("prune") or {}
+    if not p.get("enabled"):
+        return None
+    # adaptive pruning that leaves the widths it does not list dense (adaptive_default = "keep", the
+    # study's) is another method than the built-in one: another label
+    adaptive = "prune-adaptive-listed" if p.get("adaptive_default") == "keep" else "prune-adaptive"
+    text = adaptive if p.get("adaptive") else f"prune{round(100 * p.get('final_sparsity', 0))}"
+    if (cfg.get("compress") or {}).get("parent") and (cfg.get("train") or {}).get("epochs"):
+        text += f" ft{cfg['train']['epochs']}"  # a post-training masked fine-tune
+    return text
+
+
+def _quantize_label(cfg: dict) -> str | None:
+    q = cfg.get("quantize") or {}
+    return f"qat-{q.get('scope')}" if q.get("enabled") else None
+
+
+def _compress_label(cfg: dict) -> str | None:
+    c = cfg.get("compress") or {}
+    return f"ptq-{c.get('scope')}" if c.get("ptq") else None
+
+
+# A compression method's words for a run, by the config section that turns it on: how chexui's tables
+# name a run's compression ("prune70", "qat-all", "ptq-conv"; chexui/format.py: compression_text), None
+# when the section leaves it off. A plug-in gives its own to `add_section`.
+LABELS: dict[str, Callable[[dict], str | None]] = {
+    "prune": _prune_label,
+    "quantize": _quantize_label,
+    "compress": _compress_label,
+}
+
+
+def add_section(name: str, fields: dict[str, Field], label: Callable[[dict], str | None] | None = None) -> None:
     """A plug-in's config section (a compression method's keys): validated, defaulted and `--set` like
-    the built-in ones from then on, in this process."""
+    the built-in ones from then on, in this process; `label` gives its method's words in chexui's
+    tables for a run's config (None when the method is off)."""
     if name in SCHEMA or name in TOP_LEVEL:
         raise ValueError(f"config section {name!r} exists already")
     SCHEMA[name] = dict(fields)
+    if label is not None:
+        LABELS[name] = label
 
 
 def remove_section(name: str) -> None:
     SCHEMA.pop(name, None)
+    LABELS.pop(name, None)
 
 
 # `sweep` is set by `chexui sweep` on each run it starts (the sweep id); presets leave it empty

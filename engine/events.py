@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,35 @@ VERSION = 1
 EVENTS_FILE = "events.jsonl"
 # Run-dir file that says a stop was asked for (chexui writes it, then signals; the engine reads it).
 STOP_FILE = "stop_requested"
-# `evaluated` split(s) measuring each exported artifact kind, first match wins. `test` is what the run
-# ships (its headline): for a QAT or post-training int8 run, its int8 model, the graph of the int8
-# artifact; runs before that was so have `test_int8`. `test_qat`: a QAT run's fake-quantized model.
-ARTIFACT_SPLITS = {
-    "fp32": ("test_fp32", "test"),
-    "sparse": ("test_sparse",),
-    "int8": ("test_int8", "test"),
-    "onnx_fp32": ("test_onnx_fp32",),
-    "onnx_int8": ("test_onnx_int8",),
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of file a run exports (the `kind` of the `exported` event's artifacts)."""
+
+    kind: str
+    file: str  # its name in the run's export/ dir
+    # the `evaluated` split(s) measuring it, first match wins. `test` is what the run ships (its
+    # headline): for a QAT or post-training int8 run, its int8 model, the graph of the int8 artifact;
+    # runs before that was so have `test_int8`. (`test_qat`: a QAT run's fake-quantized model.)
+    splits: tuple[str, ...]
+    cpu_only: bool = False  # x86 int8 kernels / onnxruntime's CPU provider
+
+
+# Every artifact kind, in the order a run exports them: the one table export, evaluation, bench, compare
+# and report read (engine/inference/export.py writes and loads them). fp32 and onnx_fp32 are every
+# run's; the others come with the compression methods that declare them (`Method.artifacts`).
+ARTIFACTS = {
+    a.kind: a
+    for a in (
+        ArtifactKind("fp32", "model_fp32.pt", ("test_fp32", "test")),
+        ArtifactKind("sparse", "model_sparse.pt", ("test_sparse",)),
+        ArtifactKind("int8", "model_int8.pt2", ("test_int8", "test"), cpu_only=True),
+        ArtifactKind("onnx_fp32", "model_fp32.onnx", ("test_onnx_fp32",), cpu_only=True),
+        ArtifactKind("onnx_int8", "model_int8.onnx", ("test_onnx_int8",), cpu_only=True),
+    )
 }
+ARTIFACT_SPLITS = {k: a.splits for k, a in ARTIFACTS.items()}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed, e.g. `epoch_ended`'s
 # compile_s (seconds torch.compile took in that epoch; runs with train.compile only).

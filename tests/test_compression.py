@@ -338,7 +338,7 @@ def test_without_the_onnx_extra_the_export_says_how_to_enable_it_and_writes_the_
         build_model("resnet18", "none"),
         "resnet18",
         32,
-        pruned=False,
+        kinds={export.FP32, export.ONNX_FP32},
         int8_model=None,
         onnx=True,
         log=said.append,

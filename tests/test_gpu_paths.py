@@ -15,8 +15,8 @@ from engine import config
 from engine.compression.prune import Pruner
 from engine.data.batches import Prefetched
 from engine.models.chexnet import WeightedBCE, build_model
+from engine.training.loop import train_step
 from engine.training.running_loss import RunningLoss
-from engine.training.trainer import train_step
 from tests.conftest import chexui, events_of, only_run, prune_schedule, run_tiny
 
 PRUNE = prune_schedule()

@@ -180,7 +180,7 @@ def test_every_reader_survives_every_field_of_every_event_being_of_the_wrong_typ
     from chexui.format import epoch_time_text
     from chexui.headless import HeadlessView, SafeConsole, auc_table, epoch_line
     from chexui.runs import RunInfo
-    from chexui.tui.state import RunState
+    from chexui.runstate import RunState
     from engine.events import parse_lines
 
     lines = RECORDED.read_text().splitlines()

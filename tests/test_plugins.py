@@ -111,7 +111,11 @@ def weight_clipping():
     convolution weight to [-max_abs, max_abs] after each optimizer step."""
     from engine import compression
 
-    config.add_section("clip", {"enabled": config.Field(False, bool), "max_abs": config.Field(0.05, config.NUM)})
+    config.add_section(
+        "clip",
+        {"enabled": config.Field(False, bool), "max_abs": config.Field(0.05, config.NUM)},
+        label=lambda cfg: f"clip{cfg['clip']['max_abs']:g}" if cfg["clip"]["enabled"] else None,
+    )
 
     @compression.register
     class WeightClipping(compression.Method):
@@ -165,3 +169,9 @@ def test_a_registered_compression_method_trains_exports_and_evaluates(weight_cli
     assert evaluate_run(run_dir, str(tiny_demo), "test")["models"][0]["auc_mean"] == pytest.approx(
         test["auc_mean"], abs=1e-6
     )
+    # chexui's tables name the run's compression in the method's own words (and nothing for a run without it)
+    from chexui.format import compression_text
+    from chexui.runs import load_run
+
+    assert compression_text(load_run(run_dir).state.config) == "clip0.05"
+    assert compression_text(config.validate({"clip": {"max_abs": 0.1}}, "p.toml")) == "dense"

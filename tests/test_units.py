@@ -12,7 +12,7 @@ import pytest
 from chexui.format import auc_marks, duration, epoch_time_text, hms, slug
 from chexui.launch import NodeSpec, torchrun_command
 from chexui.runs import exit_code, find_run
-from chexui.tui.state import RunState
+from chexui.runstate import RunState
 from engine import config
 from engine.errors import ConfigError, UserError
 from engine.events import final_status, last_evaluation, parse_lines, read_events

@@ -46,7 +46,7 @@ def runs_show(run_ref: RunRef, as_json: AsJson = False, runs_dir: RunsDir = None
     """One run: summary, per-epoch figures and the test AUROC table."""
     info = runs_mod.load_run(find(run_ref, runs_dir))
     summary = info.summary()
-    epochs = [e for e in info.events if e["type"] == "epoch_ended"]
+    epochs = info.state.epochs
     tests = [e for e in info.events if e["type"] == "evaluated"]
     errors = [e["message"] for e in info.events if e["type"] == "error"]
     if as_json:

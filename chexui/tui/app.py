@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.app import App
+from textual.binding import Binding
 
 
 class ChexApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "chexui"
+    # on every screen (the monitor's own `q` first asks about a run it started)
+    BINDINGS = [Binding("q", "quit", "Quit")]
 
     def __init__(self, runs_dir: Path, run: Path | None = None, start: str = "launcher", poll_s: float = 0.25):
         super().__init__()

@@ -40,7 +40,6 @@ class LauncherScreen(Screen):
     BINDINGS = [
         Binding("ctrl+s", "start", "Start"),
         Binding("b,escape", "back", "Runs"),
-        Binding("q", "app.quit", "Quit"),
     ]
 
     def __init__(self, runs_dir: Path) -> None:

@@ -26,12 +26,11 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
-from chexui.format import auc_marks, ci_text, epoch_time_text, fmt, hms, mean_text, n_defined
+from chexui.format import auroc_rows, epoch_time_text, fmt, hms, mean_text
+from chexui.runstate import RunState
 from chexui.safe import joined, safe
 from chexui.tui.navigation import nav
-from chexui.tui.state import RunState
 from engine.events import EventTail, FileTail
-from engine.labels import LABELS
 from engine.rundir import ENGINE_LOG, EVENTS_FILE
 from engine.sanitize import clean
 
@@ -93,36 +92,14 @@ class AucTable(DataTable):
 
     def watch_aucs(self, value: tuple) -> None:
         title, ev = value
-        aucs, cis = ev.get("auc") or {}, ev.get("auc_ci") or {}
         at = ev.get("at_threshold")  # a test evaluation at the operating points chosen on validation
         self.border_title = safe(title + (f" · calls at {ev.get('operating_point')} thresholds" if at else ""))
         self.clear(columns=True)
         self.add_columns("label", "AUROC", "95% CI", *(("thr", "sens", "spec") if at else ()))
-        marks = auc_marks(aucs)
-        for name in LABELS:
-            v = aucs.get(name)
-            mark = {"best": " ▲", "worst": " ▼"}.get(marks.get(name, ""), "")
-            op = (at or {}).get(name) or {}
-            self.add_row(
-                name,
-                ("null" if v is None and aucs else fmt(v)) + mark,
-                ci_text(cis.get(name)),
-                *(
-                    (
-                        fmt(op.get("threshold"), ".2f"),
-                        fmt(op.get("sensitivity"), ".2f"),
-                        fmt(op.get("specificity"), ".2f"),
-                    )
-                    if at
-                    else ()
-                ),
-            )
-        self.add_row(
-            f"mean ({n_defined(aucs)}/{len(LABELS)})" if aucs else "mean",
-            fmt(ev.get("auc_mean")),
-            ci_text(ev.get("auc_mean_ci")),
-            *(("", "", "") if at else ()),
-        )
+        rows, mean = auroc_rows(ev, digits=2)
+        for r in rows:
+            self.add_row(r.label, r.auroc + {"best": " ▲", "worst": " ▼"}.get(r.mark, ""), r.ci, *(r.at or ()))
+        self.add_row(f"mean ({mean.label})" if mean.label else "mean", mean.auroc, mean.ci, *(mean.at or ()))
 
 
 class EpochTable(DataTable):

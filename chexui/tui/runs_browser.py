@@ -30,7 +30,6 @@ class RunsScreen(Screen):
         Binding("x", "explanations", "Explanations"),
         Binding("n", "new", "New run"),
         Binding("r", "reload", "Refresh"),
-        Binding("q", "app.quit", "Quit"),
     ]
 
     def __init__(self, runs_dir: Path) -> None:

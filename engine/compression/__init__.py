@@ -9,6 +9,6 @@ the engine under torchrun imports this package, so a method for real runs is imp
 """
 
 from engine.compression import pruning, ptq, qat  # noqa: F401  (they register themselves)
-from engine.compression.base import Method, MethodContext, active, register, unregister
+from engine.compression.base import Method, MethodContext, active, int8_maker, register, unregister
 
-__all__ = ["Method", "MethodContext", "active", "register", "unregister"]
+__all__ = ["Method", "MethodContext", "active", "int8_maker", "register", "unregister"]

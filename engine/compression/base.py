@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from engine.errors import StorageError
+
 
 @dataclass
 class MethodContext:
@@ -100,12 +102,39 @@ class Method:
         """The int8 model the run ships (`makes_int8` methods; rank 0, on the CPU)."""
         raise NotImplementedError
 
-    # True: the float weights hold zeros worth storing packed (the export adds model_sparse.pt)
-    sparse_weights: ClassVar[bool] = False
+    # the artifact kinds (engine/events.py: ARTIFACTS) the run exports because it uses this method,
+    # beside every run's fp32 and onnx_fp32: "sparse" (zeros worth storing packed), "int8" and
+    # "onnx_int8" (a `makes_int8` method's model)
+    artifacts: ClassVar[tuple[str, ...]] = ()
 
     def exported_fields(self) -> dict[str, Any]:
         """Fields of the `exported` event (e.g. the achieved sparsity)."""
         return {}
+
+    # ------------------------------------------------------------ a finished run, read back
+    # (`chexui eval`, `predict`, `explain`: engine/evaluation/evaluate.py, engine/inference/). `cfg` is the
+    # run's config, `ck` its best checkpoint (weights_only), `where` that file's path in the run dir.
+    @classmethod
+    def companion(cls, cfg: dict, ck: dict, where: str) -> tuple[str, nn.Module] | None:
+        """A model `chexui eval` measures after the int8 model a `makes_int8` method's run ships, with
+        its description (QAT: the fake-quantized model it trained; PTQ: the float model it quantized)."""
+        return None
+
+    # why a `makes_int8` method's runs have no `twin` ("" when they have one)
+    no_twin: ClassVar[str] = "its int8 program has no differentiable twin"
+
+    @classmethod
+    def twin(cls, cfg: dict, ck: dict) -> nn.Module | None:
+        """A differentiable stand-in of the int8 model the run ships, for Grad-CAM (None: `no_twin`)."""
+        return None
+
+    @classmethod
+    def rebuild_int8(cls, cfg: dict, ck: dict, where: str) -> nn.Module:
+        """The int8 model of a run from before chexui kept its graph in best.pt (`int8_graph`), if the
+        method can make it again from the checkpoint."""
+        raise StorageError(
+            f"{where}: no int8 graph (a run made before chexui kept it): its int8 model cannot be rebuilt"
+        )
 
 
 _METHODS: dict[str, type[Method]] = {}
@@ -121,6 +150,11 @@ def register(cls: type[Method]) -> type[Method]:
 
 def unregister(name: str) -> None:
     _METHODS.pop(name, None)
+
+
+def int8_maker(cfg: dict) -> type[Method] | None:
+    """The method that makes the int8 model a run with this config ships (QAT, PTQ), if any."""
+    return next((m for m in active(cfg) if m.makes_int8), None)
 
 
 def active(cfg: dict) -> list[type[Method]]:

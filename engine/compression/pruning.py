@@ -18,7 +18,7 @@ LAYERS_FILE = "prune_layers.json"  # per-layer sparsity by epoch, in the run dir
 @register
 class Pruning(Method):
     name, enabled_by = "prune", "prune.enabled"
-    sparse_weights = True
+    artifacts = ("sparse",)
 
     def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
         super().__init__(model, ctx)

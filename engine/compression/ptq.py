@@ -13,6 +13,8 @@ from torch import nn
 from engine.compression import quant
 from engine.compression.base import Method, register
 from engine.data.batches import eval_batches, to_input
+from engine.errors import StorageError
+from engine.models.chexnet import build_float
 
 
 def calibration_rows(train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -25,6 +27,7 @@ def calibration_rows(train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
 class PTQ(Method):
     name, enabled_by = "ptq", "compress.ptq"
     makes_int8 = True
+    artifacts = ("int8", "onnx_int8")
 
     def int8(self, run: Any) -> nn.Module:
         c, t = self.cfg, self.ctx.cfg["train"]
@@ -39,3 +42,18 @@ class PTQ(Method):
             f"{time.perf_counter() - t0:.1f}s"
         )
         return int8
+
+    no_twin = "post-training int8: the program has no gradients and no fake-quantized twin"
+
+    @classmethod
+    def companion(cls, cfg: dict, ck: dict, where: str) -> tuple[str, nn.Module] | None:
+        return f"fp32 model of {where} (before post-training quantization)", build_float(
+            cfg["model"]["arch"], ck["model"]
+        )
+
+    @classmethod
+    def rebuild_int8(cls, cfg: dict, ck: dict, where: str) -> nn.Module:
+        raise StorageError(
+            f"{where}: no int8 graph (a post-training int8 run made before chexui kept it): its int8 "
+            "model cannot be rebuilt; use --artifact onnx_int8, or compress the parent again"
+        )

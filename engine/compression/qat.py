@@ -11,6 +11,7 @@ from torch import nn
 
 from engine.compression import quant
 from engine.compression.base import Method, register
+from engine.models.chexnet import build_float
 from engine.rundir import BEST
 
 
@@ -19,6 +20,7 @@ class QAT(Method):
     name, enabled_by = "qat", "quantize.enabled"
     autocast_ok = False  # the observers calibrate on fp32 activations
     makes_int8 = True
+    artifacts = ("int8", "onnx_int8")
     qat: nn.Module | None = None  # the traced model with fake-quant observers (convert)
 
     def convert(self, model: nn.Module) -> nn.Module:
@@ -47,10 +49,35 @@ class QAT(Method):
         return quant.observers_frozen(model) if model is self.qat else nullcontext()
 
     def before_test(self, run: Any) -> None:
-        qat = run.evaluate("test", self.qat)  # every rank takes part: the QAT model is distributed
+        qat = run.evaluator.evaluate("test", self.qat)  # every rank takes part: the QAT model is distributed
         if run.d.is_main:
-            run.report("test_qat", qat, f"QAT fake-quantized model of {BEST}")
+            run.evaluator.report("test_qat", qat, f"QAT fake-quantized model of {BEST}")
 
     def int8(self, run: Any) -> nn.Module:
         assert self.qat is not None
         return quant.convert(self.qat)
+
+    no_twin = ""
+
+    @classmethod
+    def companion(cls, cfg: dict, ck: dict, where: str) -> tuple[str, nn.Module] | None:
+        return f"QAT fake-quantized model of {where}", fake_quantized(cfg, ck)
+
+    @classmethod
+    def twin(cls, cfg: dict, ck: dict) -> nn.Module | None:
+        return fake_quantized(cfg, ck)  # the int8 model's graph before conversion: its differentiable twin
+
+    @classmethod
+    def rebuild_int8(cls, cfg: dict, ck: dict, where: str) -> nn.Module:
+        return quant.Program(quant.convert(fake_quantized(cfg, ck)))  # (seconds to a minute)
+
+
+def fake_quantized(cfg: dict, ck: dict) -> nn.Module:
+    """A QAT run's fake-quantized model from its checkpoint `ck` (eval mode, observers frozen), in the
+    run's memory layout: the int8 model's differentiable twin, and what `int8` converts."""
+    model = build_float(cfg["model"]["arch"], ck["model"], cfg["train"]["channels_last"])
+    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
+    qat.load_state_dict(ck["qat"])
+    quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
+    qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)
+    return qat

@@ -95,6 +95,20 @@ class Data:
         pos = y.sum(0).astype(np.float64)
         return pos, len(y) - pos
 
+    def summary(self) -> dict:
+        """The `dataset` field of `run_started`: where the data is, the split's sizes and its sha256, and
+        the training split's positives per label."""
+        idx, split = self.index, self.split
+        return {
+            "root": str(idx.root),
+            "n_train": len(split["train"]),
+            "n_val": len(split["val"]),
+            "n_test": len(split["test"]),
+            "n_patients": int(len(np.unique(idx.patients))),
+            "split_sha256": self.manifest["sha256"],
+            "label_counts": nih.label_counts(idx.labels[split["train"]]),
+        }
+
 
 def load_data(data_cfg: dict, is_main: bool = True, barrier=lambda: None) -> Data:
     """Index, split and image source. Rank 0 builds the demo set and the cache; the others then open them."""

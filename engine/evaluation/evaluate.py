@@ -86,35 +86,23 @@ def load_best(run_dir: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def shipped_models(run_dir: Path, cfg: dict, trust: bool = False) -> list[tuple[str, nn.Module]]:
-    """What the run ships, each with a description: a QAT run's int8 model (the program its int8
-    artifact holds, from the record kept in the best checkpoint) and its fake-quantized best model; a post-training
-    int8 run's int8 model and the float model it was quantized from; any other run's best fp32 model.
-    A QAT run's float weights alone are not a model it ships."""
+    """What the run ships, each with a description, the headline first: a run of an int8 method (QAT,
+    PTQ) its int8 model (the program its int8 artifact holds, from the record kept in the best
+    checkpoint), then what the method adds (`Method.companion`: QAT's fake-quantized model, PTQ's float
+    model before quantization); any other run its best fp32 model. A QAT run's float weights alone are
+    not a model it ships."""
+    from engine import compression
+
     path, ck = _checkpoint(run_dir)
-    rel = path.relative_to(run_dir)
-    q = cfg["quantize"]
-    if not q["enabled"] and not cfg["compress"]["ptq"]:
+    rel = str(path.relative_to(run_dir))
+    if compression.int8_maker(cfg) is None:
         return [(f"fp32 model of {rel}", export.build_float(cfg["model"]["arch"], ck["model"]))]
     out = []
-    qat = qat_model(cfg, ck) if q["enabled"] else None
     int8 = export.recorded(run_dir).get(export.INT8)
     if int8 is not None:
         export.verified_path(run_dir, int8, trust)  # (the exported file is there and unchanged)
-        out.append(
-            (f"int8 artifact {int8['path']} (its graph, as kept in {rel})", export.int8_model(run_dir, cfg, ck, qat))
-        )
-    if qat is None:  # post-training int8
-        return out + [
-            (
-                f"fp32 model of {rel} (before post-training quantization)",
-                export.build_float(cfg["model"]["arch"], ck["model"]),
-            )
-        ]
-    out.append((f"QAT fake-quantized model of {rel}", qat))
-    return out
-
-
-qat_model = export.qat_model  # (explain builds the twin through the same function)
+        out.append((f"int8 artifact {int8['path']} (its graph, as kept in {rel})", export.int8_model(run_dir, cfg, ck)))
+    return out + [c for m in compression.active(cfg) if (c := m.companion(cfg, ck, rel)) is not None]
 
 
 def evaluate_run(run_dir: Path, data_root: str, split: str = "test", trust: bool = False) -> dict:

@@ -163,20 +163,22 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
     """The run's explainable models by name: its float artifacts and, for a QAT run, the int8
     artifact's twin (`kinds` picks among fp32, sparse, int8; default all it has). A run that exported
     nothing: its best checkpoint's model (the twin too for QAT)."""
-    from engine.evaluation.evaluate import _checkpoint, qat_model
+    from engine import compression
+    from engine.evaluation.evaluate import _checkpoint
     from engine.inference import export
 
     cfg = rundir.load_config(run_dir)
     arts = export.recorded(run_dir)
-    qat = cfg["quantize"]["enabled"]
-    have = [k for k in FLOAT_KINDS if k in arts] + ([INT8_TWIN] if qat and (export.INT8 in arts or not arts) else [])
+    maker = compression.int8_maker(cfg)  # (a run whose int8 method has a twin: QAT)
+    twin = maker is not None and not maker.no_twin and (export.INT8 in arts or not arts)
+    have = [k for k in FLOAT_KINDS if k in arts] + ([INT8_TWIN] if twin else [])
     if kinds is None:
         kinds = have or []
     bad = [k for k in kinds if k not in have]
     if bad:
         why = (
-            "a post-training int8 program has no differentiable twin"
-            if INT8_TWIN in bad and cfg["compress"]["ptq"]
+            maker.no_twin
+            if INT8_TWIN in bad and maker is not None and maker.no_twin
             else "explain takes fp32, sparse and (QAT runs) int8"
         )
         raise UserError(
@@ -188,24 +190,24 @@ def models(run_dir: Path, kinds: list[str] | None = None, trust: bool = False) -
         ck = _checkpoint(run_dir)[1]
         out["best checkpoint"] = export.build_float(cfg["model"]["arch"], ck["model"])
     for k in kinds:
-        if k == INT8_TWIN:
-            out[TWIN_NOTE] = qat_model(cfg, ck or _checkpoint(run_dir)[1])
-        else:
+        if k != INT8_TWIN:
             out[k] = export.load_model(run_dir, arts[k], trust)
+        elif maker is not None and (twin_model := maker.twin(cfg, ck or _checkpoint(run_dir)[1])) is not None:
+            out[TWIN_NOTE] = twin_model
     return out
 
 
 def shipped(run_dir: Path) -> tuple[list[str] | None, str | None]:
     """The model a run ships, as `models` kinds (None: its best checkpoint), or why it has none to
     explain: a QAT run's int8 twin, a pruned run's sparse artifact, else its fp32 artifact."""
+    from engine import compression
     from engine.inference import export
 
     cfg = rundir.load_config(run_dir)
     arts = export.recorded(run_dir)
-    if cfg["quantize"]["enabled"]:
-        return [INT8_TWIN], None
-    if cfg["compress"]["ptq"]:
-        return None, "post-training int8: the program has no gradients and no fake-quantized twin"
+    maker = compression.int8_maker(cfg)
+    if maker is not None:
+        return ([INT8_TWIN], None) if not maker.no_twin else (None, maker.no_twin)
     kind = next((k for k in ("sparse", "fp32") if k in arts), None)
     return ([kind] if kind else None), None
 

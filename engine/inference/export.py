@@ -32,18 +32,22 @@ from torch import nn
 
 from engine import rundir
 from engine.errors import StorageError
+from engine.events import ARTIFACTS
 from engine.fsutil import sha256
+from engine.models.chexnet import build_float
 from engine.training import checkpoint
 
 FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"
-FILES = {
-    FP32: "model_fp32.pt",
-    SPARSE: "model_sparse.pt",
-    INT8: "model_int8.pt2",
-    ONNX_FP32: "model_fp32.onnx",
-    ONNX_INT8: "model_int8.onnx",
-}
-CPU_ONLY = (INT8, ONNX_FP32, ONNX_INT8)  # x86 int8 kernels / onnxruntime's CPU provider
+FILES = {k: a.file for k, a in ARTIFACTS.items()}  # (the table: engine/events.py)
+CPU_ONLY = tuple(k for k, a in ARTIFACTS.items() if a.cpu_only)
+EVERY_RUN = (FP32, ONNX_FP32)  # the other kinds come with the compression methods that declare them
+
+
+def kinds(methods) -> set[str]:
+    """The artifact kinds a run with these compression methods exports (ONNX ones if export.onnx)."""
+    return {*EVERY_RUN, *(k for method in methods for k in method.artifacts)}
+
+
 OPERATING_FILE = "chexui_operating_points.json"  # a .pt2 extra file and an ONNX metadata key
 
 
@@ -128,14 +132,14 @@ def export_models(
     model: nn.Module,
     arch: str,
     image_size: int,
-    pruned: bool,
+    kinds: set[str],
     int8_model: nn.Module | None,
     onnx: bool = True,
     log=print,
     operating: dict | None = None,
 ) -> list[dict]:
-    """Write the run's artifacts (rank 0) from its float model and, for QAT/PTQ runs, its converted
-    int8 model; returns the `exported` event's list. `operating` (the run's thresholds and
+    """Write the run's artifacts of `kinds` (rank 0) from its float model and, for QAT/PTQ runs, its
+    converted int8 model; returns the `exported` event's list. `operating` (the run's thresholds and
     temperatures) travels inside every file: a checkpoint key, a .pt2 extra file, ONNX metadata."""
     out = run_dir / rundir.EXPORT_DIR
     out.mkdir(exist_ok=True)
@@ -144,25 +148,26 @@ def export_models(
     extra = {OPERATING_FILE: json.dumps(operating)} if operating else None
     checkpoint.save_atomic({"format": "chexui-fp32/1", **meta, "model": state}, out / FILES[FP32])
     written = [(FP32, out / FILES[FP32])]
-    if pruned:
+    if SPARSE in kinds:
         checkpoint.save_atomic({"format": "chexui-sparse/1", **meta, **to_sparse(state)}, out / FILES[SPARSE])
         written.append((SPARSE, out / FILES[SPARSE]))
     program = None
-    if int8_model is not None:
+    if INT8 in kinds and int8_model is not None:
         from engine.compression import quant
 
         program = quant.program(int8_model, image_size)
         quant.save_int8(program, image_size, out / FILES[INT8], extra)
         written.append((INT8, out / FILES[INT8]))
-    if onnx:
+    if onnx and kinds & {ONNX_FP32, ONNX_INT8}:
         from engine.inference import onnx_export
 
         if onnx_export.missing():
             log(f"ONNX artifacts skipped: {', '.join(onnx_export.missing())} not installed; {onnx_export.HINT}")
         else:
-            onnx_export.save(build_float(arch, state), image_size, out / FILES[ONNX_FP32], extra)
-            written.append((ONNX_FP32, out / FILES[ONNX_FP32]))
-            if program is not None:
+            if ONNX_FP32 in kinds:
+                onnx_export.save(build_float(arch, state), image_size, out / FILES[ONNX_FP32], extra)
+                written.append((ONNX_FP32, out / FILES[ONNX_FP32]))
+            if ONNX_INT8 in kinds and program is not None:
                 onnx_export.save(program, image_size, out / FILES[ONNX_INT8], extra)
                 written.append((ONNX_INT8, out / FILES[ONNX_INT8]))
     # gzip sizes and hashes on two threads (zlib and hashlib release the GIL): a ResNet50's five files
@@ -171,18 +176,6 @@ def export_models(
 
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(lambda kp: artifact(kp[0], kp[1], run_dir), written))
-
-
-def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool = False) -> nn.Module:
-    """The float model of a state dict (eval mode); `channels_last`: in the memory layout a run with
-    train.channels_last trained and evaluated it in."""
-    from engine.models.chexnet import build_model
-
-    model = build_model(arch, "none")
-    model.load_state_dict(state)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval()
 
 
 def best_checkpoint(run_dir: Path) -> tuple[Path, dict]:
@@ -194,25 +187,13 @@ def best_checkpoint(run_dir: Path) -> tuple[Path, dict]:
     raise StorageError(f"{run_dir / 'checkpoints'}: no best.pt or last.pt (has the run trained an epoch?)")
 
 
-def qat_model(cfg: dict, ck: dict, model: nn.Module | None = None) -> nn.Module:
-    """A QAT run's fake-quantized model from its checkpoint `ck` (eval mode, observers frozen), in the
-    run's memory layout: the int8 model's differentiable twin, and what `int8_model` converts."""
-    from engine.compression import quant
-
-    model = model or build_float(cfg["model"]["arch"], ck["model"], cfg["train"]["channels_last"])
-    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
-    qat.load_state_dict(ck["qat"])
-    quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
-    qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)
-    return qat
-
-
-def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module | None = None) -> nn.Module:
+def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None) -> nn.Module:
     """The run's int8 model: the converted graph kept as data in its best checkpoint (`int8_graph`,
     written with the int8 artifact; `quant.from_graph_record` admits only tensor operations), i.e. the
     graph `model_int8.pt2` holds, with the same outputs. A QAT run from before chexui kept the record:
-    its fake-quantized model converted again (seconds to a minute). `qat`: that model when the caller has
-    built it already. Nothing read from the run dir is run."""
+    its fake-quantized model converted again (seconds to a minute; the method's `rebuild_int8`). Nothing
+    read from the run dir is run."""
+    from engine import compression
     from engine.compression import quant
 
     path = run_dir / rundir.BEST
@@ -225,13 +206,9 @@ def int8_model(run_dir: Path, cfg: dict, ck: dict | None = None, qat: nn.Module 
             raise StorageError(
                 f"{path}: its int8 graph is not one chexui wrote ({str(e)[:160]}); refusing to run it"
             ) from None
-    if cfg["quantize"]["enabled"]:
-        return quant.Program(quant.convert(qat if qat is not None else qat_model(cfg, ck)))
-    if cfg["compress"]["ptq"]:
-        raise StorageError(
-            f"{path}: no int8 graph (a post-training int8 run made before chexui kept it): its int8 "
-            "model cannot be rebuilt; use --artifact onnx_int8, or compress the parent again"
-        )
+    maker = compression.int8_maker(cfg)
+    if maker is not None:
+        return maker.rebuild_int8(cfg, ck, str(path))
     raise StorageError(f"run {run_dir.name} is neither a QAT nor a post-training int8 run: it has no int8 model")
 
 

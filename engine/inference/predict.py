@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import rundir
+from engine import compression, rundir
 from engine.data import images
 from engine.data.batches import to_input
 from engine.errors import DataError, UserError
@@ -27,7 +27,7 @@ from engine.labels import LABELS
 def model_for(run_dir: Path, cfg: dict, artifact: str | None, trust: bool = False) -> tuple[str, torch.nn.Module]:
     arts = export.recorded(run_dir)
     if artifact is None:
-        if export.INT8 not in arts or not (cfg["quantize"]["enabled"] or cfg["compress"]["ptq"]):
+        if export.INT8 not in arts or compression.int8_maker(cfg) is None:
             return shipped_models(run_dir, cfg, trust)[0]
         artifact = export.INT8  # what a QAT/PTQ run ships (without its QAT twin, which eval adds)
     if artifact not in arts:

@@ -67,6 +67,16 @@ def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_
     return model
 
 
+def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool = False) -> nn.Module:
+    """The float model of a state dict (eval mode); `channels_last`: in the memory layout a run with
+    train.channels_last trained and evaluated it in."""
+    model = build_model(arch, "none")
+    model.load_state_dict(state)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
 # torchvision's DenseNets before 0.3 named a layer's BatchNorm/ReLU/conv `norm.1`, `relu.1`, `conv.1`
 # (torchvision's densenet.py remaps them the same way when it loads its own old files)
 _LEGACY_DENSENET = re.compile(

@@ -1,4 +1,7 @@
-"""What the monitor shows, folded from the event stream. Pure Python: testable without a terminal."""
+"""A run as its event stream tells it, folded once (`RunState.apply`, event by event): what the TUI's
+monitor shows, what headless output needs to know of the run so far, `runs list/show`'s row and
+compare's facts about a run (world size after restarts, the shipped model's epoch, its evaluations).
+Pure Python: testable without a terminal."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from engine.events import final_status
 @dataclass
 class RunState:
     run_id: str = ""
+    started: dict[str, Any] = field(default_factory=dict)  # the `run_started` event (config, dataset, parent)
+    config: dict[str, Any] = field(default_factory=dict)
     preset: str = ""
     arch: str = ""
     world_size: int | None = None
@@ -29,7 +34,8 @@ class RunState:
     memory_mb: list[float] = field(default_factory=list)
     images_per_s: float | None = None
     val_auc: dict[str, float | None] = field(default_factory=dict)
-    test: dict[str, Any] | None = None  # the `evaluated` event of the test split
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> its latest `evaluated`
+    best_saved: int | None = None  # the epoch of the last best checkpoint saved
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     finished: dict[str, Any] | None = None
@@ -40,7 +46,8 @@ class RunState:
         t = e.get("type")
         self.last_ts = e.get("ts", self.last_ts)
         if t == "run_started":
-            cfg = e.get("config", {})
+            self.started, cfg = e, e.get("config", {})
+            self.config = cfg
             self.run_id, self.world_size, self.nnodes = e.get("run_id", ""), e.get("world_size"), e.get("nnodes")
             self.device, self.started_ts = e.get("device", ""), e.get("ts")
             self.preset, self.arch = cfg.get("name", ""), cfg.get("model", {}).get("arch", "")
@@ -65,12 +72,48 @@ class RunState:
             self.notes.append(f"epoch {e['epoch']}: learning rate reduced to {e['lr']:.2e}")
         elif t == "early_stopped":
             self.notes.append(f"early stop after epoch {e['epoch']}")
-        elif t == "evaluated" and e.get("split") == "test":
-            self.test = e
+        elif t == "evaluated":
+            self.evaluations[e["split"]] = e
+        elif t == "checkpoint_saved" and e.get("best"):
+            self.best_saved = e["epoch"]
         elif t == "error":
             self.errors.append(e.get("message", ""))
         elif t == "run_finished":
             self.finished = e
+
+    @classmethod
+    def fold(cls, events: list[dict[str, Any]]) -> RunState:
+        state = cls()
+        for e in events:
+            state.apply(e)
+        return state
+
+    @property
+    def test(self) -> dict[str, Any] | None:
+        """The headline: the latest test evaluation of what the run ships."""
+        return self.evaluations.get("test")
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch of the model the run ships (its best checkpoint, chosen by validation loss): the
+        finished run's `best_epoch`, else the last epoch saved as best (a resumed run's included)."""
+        if self.finished is not None and self.finished.get("best_epoch"):
+            return self.finished["best_epoch"]
+        return self.best_saved
+
+    @property
+    def best_val(self) -> dict[str, Any] | None:
+        """The `epoch_ended` of the shipped model's epoch (its last run, if a resume ran it again): not
+        the highest AUROC of any epoch, which is not the model the best checkpoint holds."""
+        best = self.best_epoch
+        return next((e for e in reversed(self.epochs) if e["epoch"] == best), None)
+
+    @property
+    def duration_s(self) -> float | None:
+        """From the first event to the run's end (or its latest event, while it runs)."""
+        if not self.events:
+            return None
+        return (self.finished or self.events[-1])["ts"] - self.events[0]["ts"]
 
     @property
     def status(self) -> str:
