@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,12 @@ import pytest
 from engine.data import demo
 
 ROOT = Path(__file__).resolve().parent.parent
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # test processes side by side (`pytest -n 2`, .ci/run): OpenMP threads that wait sleep instead of
+    # spinning, in these processes and every one they start, so that two runs with two threads each on
+    # two cores do not thrash. The thread counts stay as in one process (one thread per torchrun worker
+    # of a multi-process run, the cores' count otherwise): the same arithmetic, the same numbers
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def isolated_env(base: Path) -> dict[str, str]:
@@ -30,6 +38,33 @@ def isolated_env(base: Path) -> dict[str, str]:
     }
 
 
+# The test files by how long they take on 2 cores (most first), for `pytest -n 2 --dist loadfile
+# --no-loadscope-reorder` (.ci/run): each process takes the next file when it is done with one, so the
+# long ones go first and the two end together. test_cli.py makes the shared compressed run; test_study.py
+# and test_gpu_paths.py, which do not need it, keep the other process busy meanwhile. A file not listed
+# goes last; the order changes no test's outcome.
+SLOWEST_FIRST = (
+    "test_cli.py",
+    "test_study.py",
+    "test_engine.py",
+    "test_gpu_paths.py",
+    "test_post_training.py",
+    "test_faults.py",
+    "test_fidelity.py",
+    "test_compression.py",
+    "test_hostile.py",
+    "test_predict.py",
+    "test_tui.py",
+    "test_operating.py",
+    "test_data.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: a file's own order kept)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
     for k, v in isolated_env(tmp_path_factory.getbasetemp()).items():
@@ -39,8 +74,29 @@ def _isolated(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
-    """160 synthetic images at 32 px (about 55 patients)."""
-    return demo.generate(tmp_path_factory.mktemp("tiny-demo"), n_images=160, size=32, seed=1)
+    """160 synthetic images at 32 px (about 55 patients); one copy for every test process (pytest -n), so
+    that runs made by different processes have the same data root, as they would in one process."""
+    with _shared(tmp_path_factory, "tiny-demo") as (path, done):
+        if not done:
+            demo.generate(path, n_images=160, size=32, seed=1)
+        return path
+
+
+@contextmanager
+def _shared(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A directory made once per test session: by this process, or under pytest -n by the first process
+    to need it while the others wait (a lock beside it); yields (path, made already)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield tmp_path_factory.mktemp(name), False
+        return
+    from filelock import FileLock
+
+    path = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(str(path) + ".lock"):
+        done = (path / ".made").is_file()
+        path.mkdir(exist_ok=True)
+        yield path, done
+        (path / ".made").touch()
 
 
 TINY_PRESET = """
@@ -137,7 +193,16 @@ def compressed_run(tmp_path_factory, tiny_demo) -> tuple[Path, subprocess.Comple
     layers (PT2E; observers frozen after epoch 2 of 3), export - shared by the tests that only read a
     finished run (engine launches are the suite's main cost). Returns the run dir and the headless CLI's
     completed process."""
-    base = tmp_path_factory.mktemp("compressed")
+    # (under pytest -n the first process to need it makes it, the others wait and read it: only read here)
+    with _shared(tmp_path_factory, "compressed") as (base, done):
+        if not done:
+            run_dir, r = _compressed_run(base, tmp_path_factory, tiny_demo)
+            (base / "result.json").write_text(json.dumps([str(run_dir), r.args, r.returncode, r.stdout, r.stderr]))
+        run_dir, args, code, out, err = json.loads((base / "result.json").read_text())
+        return Path(run_dir), subprocess.CompletedProcess(args, code, out, err)
+
+
+def _compressed_run(base: Path, tmp_path_factory, tiny_demo: Path) -> tuple[Path, subprocess.CompletedProcess]:
     preset = base / "tiny.toml"
     preset.write_text(TINY_PRESET.format(desc="test run", root=tiny_demo, epochs=3))
     # session-scoped, so set up before the function-scoped `_isolated`: the same dirs, passed explicitly
