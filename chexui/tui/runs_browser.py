@@ -17,7 +17,6 @@ from chexui import runs as runs_mod
 from chexui.format import fmt, n_defined, with_ci
 from chexui.safe import safe
 from chexui.tui.navigation import nav
-from engine.events import last_evaluation
 from engine.labels import LABELS
 from engine.sanitize import clean
 
@@ -232,7 +231,7 @@ class CompareScreen(Screen):
         self.app.call_from_thread(self.show, df)
 
     def show(self, paired) -> None:
-        tests = [last_evaluation(i.events) for i in self.infos]
+        tests = [i.state.test for i in self.infos]
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_columns("label", *[safe(i.id) for i in self.infos], "B - A (95% CI)")

@@ -39,6 +39,11 @@ def compile_seconds() -> float:
         return 0.0
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autocast context of a training step: `dtype` on `device` (run.amp, decided in setup), or none."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 def train_step(
     net: nn.Module,
     loss_fn: nn.Module,
@@ -173,7 +178,7 @@ class Loop:
         every = 1 if run.d.device.type == "cpu" else 10
         losses = RunningLoss(run.d.device, every)
         # (decided once, in setup: the autocast context is entered per step, never rebuilt from the config)
-        autocast = torch.autocast(run.d.device.type, dtype=run.amp) if run.amp is not None else nullcontext()
+        autocast_ctx = autocast(run.d.device, run.amp)
         t0 = last_report = time.perf_counter()
         seen = 0
         for step, (x, y, _) in enumerate(dl, start=st.step):
@@ -186,7 +191,7 @@ class Loop:
                 run.loss_fn,
                 run.opt,
                 run.scaler,
-                autocast,
+                autocast_ctx,
                 x,
                 y.to(run.d.device, non_blocking=True).float(),
             )

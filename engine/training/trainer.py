@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from engine.runtime import dist
 from engine.training import checkpoint, shipping
 from engine.training.checkpoint import RunCheckpoints
 from engine.training.evaluator import Evaluator
-from engine.training.loop import Loop
+from engine.training.loop import Loop, autocast
 from engine.training.parent import parent_state, parent_summary
 from engine.training.state import Diverged, RNGState, StopSignal, TrainState
 
@@ -52,8 +51,7 @@ def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
 
 
 def autocast_for(cfg: dict, device: torch.device):
-    dtype = amp_dtype(cfg, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    return autocast(device, amp_dtype(cfg, device))
 
 
 def plateau_scheduler(opt: torch.optim.Optimizer, t: dict) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
