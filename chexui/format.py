@@ -33,6 +33,15 @@ def fmt(v: float | None, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def human_bytes(n: float) -> str:
+    """A file size in decimal units: 812 B, 44.7 MB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
 def duration(s: float | None) -> str:
     """Seconds as a short human duration: 42s, 3.5m, 1.2h."""
     if s is None:

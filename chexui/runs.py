@@ -203,6 +203,8 @@ class RunInfo:
             "test_auc": None,
             "test_labels": None,
             "test_auc_ci": None,
+            "sparsity": None,
+            "smallest_artifact": None,
             "duration_s": None,
             "started": None,
             "problem": clean(self.problem),
@@ -240,6 +242,8 @@ class RunInfo:
             "test_auc": test["auc_mean"] if test else None,
             "test_labels": n_defined(test["auc"]) if test else None,
             "test_auc_ci": test.get("auc_mean_ci") if test else None,
+            "sparsity": best_val.get("sparsity") if best_val else None,
+            "smallest_artifact": {k: small[k] for k in ("kind", "bytes")} if (small := st.smallest_artifact) else None,
             "duration_s": st.duration_s,
             "started": st.started_ts,
         }
@@ -262,16 +266,64 @@ def load_run(run_dir: Path) -> RunInfo:
         return RunInfo(run_dir, [], problem=str(e))
 
 
-def list_runs(base: Path) -> list[RunInfo]:
-    """Every run dir of the runs dir (one with a config.toml); one that cannot be read is listed as
-    unreadable, and never keeps the others from being listed."""
+def run_dirs(base: Path) -> list[Path]:
+    """Every run dir of the runs dir (one with a config.toml), oldest first."""
     if not base.is_dir():
         return []
     try:
-        dirs = sorted(d for d in base.iterdir() if _is_run_dir(d))
+        return sorted(d for d in base.iterdir() if _is_run_dir(d))
     except OSError as e:
         raise UserError(f"{base}: cannot list the runs dir ({e.strerror or e})") from None
-    return [load_run(d) for d in dirs]
+
+
+def list_runs(base: Path) -> list[RunInfo]:
+    """Every run of the runs dir; one that cannot be read is listed as unreadable, and never keeps the
+    others from being listed."""
+    return [load_run(d) for d in run_dirs(base)]
+
+
+def _signature(run_dir: Path) -> tuple:
+    """What changes when a run's row may change: its events file and launcher record (size, mtime,
+    inode; links not followed). Stat calls only: cheap enough for hundreds of runs every few seconds."""
+    sig: list = []
+    for name in (EVENTS_FILE, LAUNCHER_FILE):
+        try:
+            st = os.stat(run_dir / name, follow_symlinks=False)
+            sig.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
+class RunIndex:
+    """The rows (`RunInfo.summary()` and "dir", the run dir's real path) of every run in a runs dir, kept
+    up to date cheaply: `refresh()` stats each run and reads again only the runs whose files changed, or
+    that are running (a launcher may die without writing). The runs browser refreshes it every few
+    seconds over hundreds of runs."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = Path(base)
+        self._rows: dict[str, tuple[tuple, dict[str, Any]]] = {}
+
+    def refresh(self) -> bool:
+        """Read what changed; True when a row was added, removed or changed."""
+        rows, changed = {}, False
+        for d in run_dirs(self.base):
+            key, sig = str(d), _signature(d)
+            old = self._rows.get(key)
+            if old is not None and old[0] == sig and old[1]["status"] != "running":
+                rows[key] = old
+                continue
+            row = {**load_run(d).summary(), "dir": key}
+            changed |= old is None or old[1] != row
+            rows[key] = (sig, row)
+        changed |= rows.keys() != self._rows.keys()
+        self._rows = rows
+        return changed
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for _, row in self._rows.values()]
 
 
 def _is_run_dir(d: Path) -> bool:

@@ -32,9 +32,11 @@ class RunState:
     running_loss: list[tuple[float, float]] = field(default_factory=list)  # (epoch + step/steps, loss)
     epochs: list[dict[str, Any]] = field(default_factory=list)  # epoch_ended events
     memory_mb: list[float] = field(default_factory=list)
+    gpu_util: list[float | None] = field(default_factory=list)  # per rank, % (CUDA with nvidia-ml-py)
     images_per_s: float | None = None
     val_auc: dict[str, float | None] = field(default_factory=dict)
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> its latest `evaluated`
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # the latest `exported` event's
     best_saved: int | None = None  # the epoch of the last best checkpoint saved
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -66,6 +68,7 @@ class RunState:
         elif t == "epoch_ended":
             self.epochs.append(e)
             self.memory_mb = list(e.get("memory_mb") or [])
+            self.gpu_util = list(e.get("gpu_util") or [])
             self.val_auc = dict(e.get("val_auc") or {})
             self.images_per_s = e.get("images_per_s")
         elif t == "lr_reduced":
@@ -74,6 +77,8 @@ class RunState:
             self.notes.append(f"early stop after epoch {e['epoch']}")
         elif t == "evaluated":
             self.evaluations[e["split"]] = e
+        elif t == "exported":
+            self.artifacts = list(e["artifacts"])
         elif t == "checkpoint_saved" and e.get("best"):
             self.best_saved = e["epoch"]
         elif t == "error":
@@ -107,6 +112,11 @@ class RunState:
         the highest AUROC of any epoch, which is not the model the best checkpoint holds."""
         best = self.best_epoch
         return next((e for e in reversed(self.epochs) if e["epoch"] == best), None)
+
+    @property
+    def smallest_artifact(self) -> dict[str, Any] | None:
+        """The smallest file the run exported ({"kind", "path", "bytes", ...}), or None."""
+        return min(self.artifacts, key=lambda a: a["bytes"], default=None)
 
     @property
     def duration_s(self) -> float | None:

@@ -25,3 +25,9 @@ def safe(value: Any, style: str = "") -> Text:
 def joined(*parts: Text | str, sep: str = " | ") -> Text:
     """chexui's own pieces (str, never markup either) and outside ones (`safe`) as one line."""
     return Text(sep).join(p if isinstance(p, Text) else Text(p) for p in parts)
+
+
+def markup_literal(value: Any) -> str:
+    """Outside text where Textual reads markup (the command palette's titles and help): cleaned like
+    `safe`, and every `[` escaped, so that `[/]`, `[$accent]` or `[@click=...]` show as written."""
+    return clean(str(value)).replace("[", "\\[")

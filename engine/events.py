@@ -53,7 +53,8 @@ ARTIFACTS = {
 ARTIFACT_SPLITS = {k: a.splits for k, a in ARTIFACTS.items()}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed, e.g. `epoch_ended`'s
-# compile_s (seconds torch.compile took in that epoch; runs with train.compile only).
+# compile_s (seconds torch.compile took in that epoch; runs with train.compile only), gpu_util (each
+# rank's mean GPU utilisation in %, on CUDA with nvidia-ml-py) and qat_observers ("live" | "frozen").
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "run_started": ("run_id", "config", "world_size", "nnodes", "device", "dataset"),
     "epoch_started": ("epoch",),
@@ -185,6 +186,8 @@ SHAPES: dict[str, Any] = {
     "auc_ci": ("map", _PAIR),
     "auc_mean_ci": _PAIR,
     "memory_mb": ("list", _NUM),
+    "gpu_util": ("list", _OPT_NUM),  # per rank, % (CUDA with nvidia-ml-py only)
+    "qat_observers": _STR,
     "compile_s": _NUM,
     "n_labels_defined": _INT,
     "test_n_labels_defined": _INT,

@@ -160,6 +160,8 @@ def test_qat_two_processes_exports_a_standalone_int8_model_and_bench_measures_it
     run, _ = compressed_run  # 2 processes, QAT of all layers (and pruning), exported
     ev = events_of(run)
     assert [e for e in ev if e["type"] == "run_started"][0]["world_size"] == 2
+    # quantize.freeze_observers_epoch=2: the observers' ranges move in epochs 1 and 2, not in 3
+    assert [e["qat_observers"] for e in ev if e["type"] == "epoch_ended"] == ["live", "live", "frozen"]
     arts = {a["kind"]: a for a in [e for e in ev if e["type"] == "exported"][0]["artifacts"]}
     assert arts["int8"]["bytes"] <= 0.30 * arts["fp32"]["bytes"]
     assert arts["int8"]["gzip_bytes"] < arts["int8"]["bytes"] == (run / arts["int8"]["path"]).stat().st_size

@@ -1,6 +1,7 @@
 """The code paths that differ on CUDA, exercised on the CPU: channels_last weights, autocast (bf16, and
 fp16 with its GradScaler), fused Adam, torch.compile, the step's loss read without waiting, the
-prefetched loader, rank-0 buffers before evaluation, and one best model on every rank."""
+prefetched loader, rank-0 buffers before evaluation, one best model on every rank, and the GPU
+utilisation each rank reports (NVML, replaced by a stand-in reader)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from engine import config
 from engine.compression.prune import Pruner
 from engine.data.batches import Prefetched
 from engine.models.chexnet import WeightedBCE, build_model
-from engine.training.loop import train_step
+from engine.training.loop import Utilisation, train_step
 from engine.training.running_loss import RunningLoss
 from tests.conftest import chexui, events_of, only_run, prune_schedule, run_tiny
 
@@ -181,3 +182,20 @@ def test_autocast_follows_the_device_and_stays_off_under_qat():
     assert amp_dtype(config.merge(bf16, {"quantize": {"enabled": True}}), cpu) is None
     assert amp_dtype(config.merge(dense, {"quantize": {"enabled": True}}), cuda) is None
     assert amp_dtype(config.merge(bf16, {"prune": {"enabled": True}}), cpu) is torch.bfloat16
+
+
+def test_gpu_utilisation_is_the_mean_of_samples_taken_every_half_second_and_none_without_nvml():
+    readings = iter([90.0, 70.0, 50.0])
+    util = Utilisation(torch.device("cuda"), every_s=0.5, read=lambda: next(readings))
+    for now in (0.0, 0.2, 0.6, 0.7, 1.2):  # sampled at 0.0, 0.6 and 1.2 only
+        util.sample(now)
+    assert util.samples == [90.0, 70.0, 50.0] and util.mean() == 70.0
+
+    def no_nvml() -> float:
+        raise ModuleNotFoundError("pynvml")
+
+    broken = Utilisation(torch.device("cuda"), read=no_nvml)
+    broken.sample(0.0)
+    broken.sample(1.0)  # (after the first failure it stops asking)
+    assert broken.mean() is None and broken.read is None
+    assert Utilisation(torch.device("cpu")).read is None  # the CPU: no figure, no NVML call

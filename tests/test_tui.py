@@ -13,10 +13,12 @@ import pytest
 from textual.widgets import Button, DataTable, Input, Static
 
 from chexui.tui.app import make_app
+from chexui.tui.compare_screen import CompareScreen
 from chexui.tui.launcher import LauncherScreen
 from chexui.tui.monitor import MonitorScreen
-from chexui.tui.runs_browser import CompareScreen, RunsScreen
+from chexui.tui.runs_browser import RunsScreen
 from engine.labels import LABELS
+from tests.conftest import events_of
 
 RECORDED = Path(__file__).parent / "data" / "events"
 
@@ -56,6 +58,11 @@ def monitor_loaded(app, status: str = "completed") -> bool:
         and screen.query_one("#epochs", DataTable).row_count == len(screen.state.epochs)
         and (not screen.state.test or screen.query_one("#aucs", DataTable).row_count > 0)
     )
+
+
+def screen_text(app) -> str:
+    """The screen as the terminal shows it, one line per row (Textual's compositor, as it renders)."""
+    return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
 
 
 def text_of(app, selector: str) -> str:
@@ -191,7 +198,8 @@ def test_runs_browser_opens_and_compares(tmp_path):
             )
             assert isinstance(app.screen, CompareScreen)
             rows = cells(app.screen.query_one(DataTable))
-            assert [r[0] for r in rows] == list(LABELS) + ["mean (14/14)"] and len(rows[0]) == 4
+            # label, the two runs, the published reference (no paired column: nothing to pair)
+            assert [r[0] for r in rows] == [*LABELS, "mean", "labels in mean"] and len(rows[0]) == 4
             # recorded before predictions were kept: no paired difference, and the note says why
             assert "no saved predictions" in text_of(app, "#note")
             await pilot.press("b", "enter")
@@ -202,14 +210,14 @@ def test_runs_browser_opens_and_compares(tmp_path):
 
 
 def test_runs_browser_lists_a_runs_explanations_and_opens_one_in_the_viewer(tmp_path, monkeypatch):
-    from chexui.tui import runs_browser
+    from chexui.tui import explanations
 
     run = recorded_run(tmp_path, "prune")
     (run / "explain" / "sub").mkdir(parents=True)
     for name in ("img1-fp32-Mass.png", "img1-compare.png", "sub/img2-compare.png"):
         (run / "explain" / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2000))
     opened = []
-    monkeypatch.setattr(runs_browser, "open_in_viewer", lambda path: opened.append(path) or True)
+    monkeypatch.setattr(explanations, "open_in_viewer", lambda path: opened.append(path) or True)
 
     async def go():
         app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
@@ -219,11 +227,11 @@ def test_runs_browser_lists_a_runs_explanations_and_opens_one_in_the_viewer(tmp_
             await until(
                 pilot,
                 lambda: (
-                    isinstance(app.screen, runs_browser.ExplanationsScreen)
+                    isinstance(app.screen, explanations.ExplanationsScreen)
                     and app.screen.query_one(DataTable).row_count == 3
                 ),
             )
-            assert isinstance(app.screen, runs_browser.ExplanationsScreen)
+            assert isinstance(app.screen, explanations.ExplanationsScreen)
             rows = cells(app.screen.query_one(DataTable))  # side-by-side figures first
             assert [r[0] for r in rows] == ["img1-compare.png", "sub/img2-compare.png", "img1-fp32-Mass.png"]
             assert "3 images in" in text_of(app, "#note")
@@ -312,5 +320,225 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
             # and the calls at the thresholds the run chose on validation
             assert screen.query_one("#aucs", DataTable).border_title == "test AUROC · calls at youden thresholds"
             assert all(0 <= float(r[3]) <= 1 for r in rows[:-1] if r[3] != "-")
+
+    asyncio.run(go())
+
+
+def test_at_160x48_the_auroc_pane_shows_whole_label_names_and_both_ends_of_each_ci(tmp_path):
+    """Pneumonia and Pneumothorax both read whole, each on the line of its own CI, threshold,
+    sensitivity and specificity; the loss plot has the rest of the width."""
+    from chexui.format import auroc_rows
+
+    def check(app):
+        test = app.screen.state.test
+        lines = screen_text(app).splitlines()
+        rows, _ = auroc_rows(test, digits=2)
+        for r in rows:
+            line = next(line for line in lines if f" {r.label} " in line)
+            assert r.ci in line and r.ci.count("-") == 1 and all(x in line for x in r.at)
+        assert any("Pneumonia " in line for line in lines) and any("Pneumothorax " in line for line in lines)
+        aucs, loss = app.screen.query_one("#aucs"), app.screen.query_one("#loss")
+        assert aucs.region.width == aucs.needed_width and loss.region.width > 80
+
+    on_recorded_monitor(tmp_path, "full", (160, 48), check)
+
+
+def test_at_80x24_help_names_the_keys_that_show_each_pane_whole(tmp_path):
+    from chexui.tui.help import HelpScreen
+
+    run = recorded_run(tmp_path, "full")
+    (run / "logs" / "engine.log").write_text("short line\n" + "a long engine log line " * 12 + "THE-END\n")
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: monitor_loaded(app) and "short line" in screen_text(app))
+            test = app.screen.state.test
+            assert "0.228-1.000" not in screen_text(app)  # 80 columns: the CI column does not fit ...
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+            help_text = "\n".join(str(block._markdown) for block in app.screen.query("Markdown"))
+            assert "`1` `2` `3` `4`" in help_text and "AUROC table" in help_text and "`escape`" in help_text
+            await pilot.press("escape", "2")  # ... the key the help names shows it whole
+            await until(pilot, lambda: "0.228-1.000" in screen_text(app))
+            lines = screen_text(app).splitlines()
+            for label in LABELS:
+                ci = test["auc_ci"][label]
+                assert any(f" {label} " in line and f"{ci[0]:.3f}-{ci[1]:.3f}" in line for line in lines)
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen.maximized is None)
+            # the log wraps at its pane's width: the long line's end is on screen, full-screen too
+            assert "THE-END" in screen_text(app)
+            await pilot.press("4")
+            await until(pilot, lambda: app.screen.maximized is app.screen.query_one("#log"))
+            await pilot.pause(0.1)
+            text = screen_text(app)
+            assert "THE-END" in text and "short line" in text
+
+    asyncio.run(go())
+
+
+def test_qat_observers_column_and_gpu_utilisation_per_rank(tmp_path):
+    """A QAT run's epochs say whether its observers still move; on CUDA the memory line adds each rank's
+    GPU utilisation (what the engine puts in `epoch_ended`: engine/training/loop.py Utilisation)."""
+    run = recorded_run(tmp_path, "two_rank")
+    evs = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    for e in evs:
+        if e["type"] == "epoch_ended":
+            e["qat_observers"] = "frozen" if e["epoch"] == 3 else "live"
+            e["gpu_util"] = [87.0, 80.0]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+
+    def check(app):
+        table = app.screen.query_one("#epochs", DataTable)
+        assert [str(c.label) for c in table.columns.values()][-1] == "QAT observers"
+        assert [r[-1] for r in cells(table)] == ["live", "live", "frozen"]
+        assert text_of(app, "#memory") == "memory MB/rank r0:1071 r1:1061 · GPU util r0:87% r1:80%"
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: monitor_loaded(app))
+            check(app)
+
+    asyncio.run(go())
+
+
+def test_runs_browser_sorts_and_filters(tmp_path):
+    for name in ("two_rank", "prune", "failed"):
+        recorded_run(tmp_path, name)
+
+    def ids(app) -> list[str]:
+        return [r[1].rsplit("-", 1)[-1] for r in cells(app.screen.query_one("#runs", DataTable))]
+
+    async def go():
+        app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
+        async with app.run_test(size=(200, 40)) as pilot:
+            await until(pilot, lambda: len(ids(app)) == 3)
+            assert ids(app) == ["two_rank", "prune", "failed"]  # newest first (by run dir name)
+            headers = [str(c.label) for c in app.screen.query_one("#runs", DataTable).columns.values()]
+            assert headers[1:] == [
+                "run", "status", "preset", "arch", "world", "epochs", "val AUROC (ep)",
+                "test AUROC (95% CI)", "sparsity", "smallest file",
+            ]  # fmt: skip
+            await pilot.press(*["s"] * 8)  # the 8th column: test AUROC, highest first, none last
+            await until(pilot, lambda: "sorted by test AUROC" in text_of(app, "#title"))
+            assert ids(app) == ["prune", "two_rank", "failed"]
+            await pilot.press("S")
+            await until(pilot, lambda: ids(app) == ["two_rank", "prune", "failed"])
+            await pilot.press("slash", *"status:failed")
+            await until(pilot, lambda: ids(app) == ["failed"])
+            assert "1 of 3 runs" in text_of(app, "#title")
+            await pilot.press("escape")
+            await until(pilot, lambda: len(ids(app)) == 3)
+            await pilot.press("slash", *"resnet18 two", "enter")  # words anywhere in the row, all of them
+            await until(pilot, lambda: ids(app) == ["two_rank"])
+
+    asyncio.run(go())
+
+
+def test_command_palette_offers_the_apps_actions_and_opens_a_run_by_name(tmp_path):
+    from textual.command import CommandPalette
+
+    run = recorded_run(tmp_path, "prune")
+    recorded_run(tmp_path, "two_rank")
+    shutil.copytree(run, tmp_path / "runs" / "20260101-000000-x[b]y[$accent][@click=app.quit]")  # a hostile name
+
+    async def go():
+        app = make_app(tmp_path / "runs", run=run, poll_s=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: monitor_loaded(app))
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            await pilot.press("ctrl+p", *"open run 20260101-000000-x")  # markup in a name: shown as written
+            await until(pilot, lambda: "x[b]y[$accent][@click=app.quit]" in screen_text(app))
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+            for title in ("Stop run", "Explanations", "Help", "Runs browser", "Start preset prune70", "Theme"):
+                assert title in titles, title
+            assert "Open run 20260101-000000-two_rank" in titles
+            await pilot.press("ctrl+p")
+            await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+            await pilot.press(*"open run 20260101-000000-two_rank")
+            await pilot.pause(0.5)  # (the palette searches in the background)
+            await pilot.press("enter")
+            await until(
+                pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.run_dir.name.endswith("two_rank")
+            )
+            await until(pilot, lambda: monitor_loaded(app))
+            assert app.screen.state.world_size == 2
+
+    asyncio.run(go())
+
+
+def test_run_index_reads_again_only_the_runs_that_changed(tmp_path, monkeypatch):
+    """The runs browser's refresh: a stat per run, a read only of a run whose events changed."""
+    from chexui import runs as runs_mod
+
+    for name in ("two_rank", "prune", "failed"):
+        recorded_run(tmp_path, name)
+    index = runs_mod.RunIndex(tmp_path / "runs")
+    assert index.refresh() and len(index.rows) == 3
+    loaded = []
+    real = runs_mod.load_run
+    monkeypatch.setattr(runs_mod, "load_run", lambda d: loaded.append(d.name) or real(d))
+    assert not index.refresh() and loaded == []
+    run = tmp_path / "runs" / "20260101-000000-prune"
+    with open(run / "events.jsonl", "a") as f:
+        f.write(json.dumps({"v": 1, "type": "restarted", "ts": 1.0, "attempt": 1, "resumed_epoch": 3}) + "\n")
+    assert index.refresh() and loaded == ["20260101-000000-prune"]  # resumed, then no launcher: failed
+    assert {r["id"]: r["status"] for r in index.rows}["20260101-000000-prune"] == "failed"
+    shutil.rmtree(tmp_path / "runs" / "20260101-000000-failed")
+    assert index.refresh() and len(index.rows) == 2
+
+
+@pytest.mark.slow
+def test_compare_shows_paired_differences_with_their_ci_and_pools_seeds_into_arms(tmp_path, compressed_run):
+    """Runs with saved test predictions (copies of one real run): the compare screen adds each run's
+    paired difference from the first marked, its 95 % CI and p; runs that differ only by train.seed are
+    pooled into arms (their mean ± SD, a bootstrap over patients and seeds)."""
+    run, _ = compressed_run
+
+    def copy(name: str, **train) -> None:
+        dst = tmp_path / "runs" / name
+        dst.mkdir(parents=True)
+        shutil.copyfile(run / "config.toml", dst / "config.toml")
+        shutil.copytree(run / "predictions", dst / "predictions")
+        evs = events_of(run)
+        evs[0]["config"]["train"].update(train)  # run_started: the run's config
+        (dst / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+
+    def compared(app, *keys: str):
+        async def go_(pilot):
+            await until(pilot, lambda: app.screen.query_one(DataTable).row_count == 4)
+            await pilot.press(*keys, "c")
+            await until(pilot, lambda: isinstance(app.screen, CompareScreen) and "baseline" in app.screen.note, 60)
+            table = app.screen.query_one(DataTable)
+            return [str(c.label) for c in table.columns.values()], {r[0]: r for r in cells(table)}
+
+        return go_
+
+    copy("20260101-000004-a", seed=0)
+    copy("20260101-000003-b", seed=1)
+    copy("20260101-000002-c", seed=0, lr=0.002)
+    copy("20260101-000001-d", seed=1, lr=0.002)
+    same = ("+0.0000 (+0.0000 to +0.0000) p=1.000", "+0.0000 (no CI: too few patients)")
+
+    async def go():
+        app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
+        async with app.run_test(size=(200, 50)) as pilot:
+            headers, rows = await compared(app, "space", "down", "down", "space")(pilot)  # a and c: lr differs
+            assert headers[-1].endswith("- baseline") and len(headers) == 5  # label, a, c, reference, c - a
+            # the same predictions: no difference, and a CI of width 0 (a label with positives from too
+            # few patients for a bootstrap says so)
+            assert rows["mean"][-1] == same[0] and all(rows[label][-1] in same for label in LABELS)
+            await pilot.press("b")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+            await pilot.press("space", "up", "up", "space")  # unmark c and a
+            # (a, b) and (c, d): two arms of two seeds each
+            headers, rows = await compared(app, "space", "down", "space", "down", "space", "down", "space")(pilot)
+            assert headers[1:3] == ["LR=0.001 (2 seeds)", "LR=0.002 (2 seeds)"] and headers[-1].endswith("- baseline")
+            assert "then the seeds within each arm" in app.screen.note  # the bootstrap over seeds too
+            assert rows["mean"][1].endswith("± 0.0000")  # the seeds' SD (identical predictions: 0)
+            assert rows["mean"][-1] == same[0]
 
     asyncio.run(go())

@@ -1,22 +1,25 @@
 """The chexui app: launcher, live monitor and runs browser. `make_app` is shared by the CLI and tests.
 
-The App owns navigation (`open_monitor`, `open_runs`, `open_launcher`): screens ask it to move and
-never import one another.
+The App owns navigation (`open_monitor`, `open_runs`, `open_launcher`, `open_compare`,
+`open_explanations`): screens ask it to move and never import one another. `?` opens the current
+screen's help (its `HELP`), ctrl+p the command palette (chexui/tui/commands.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import Screen
 
 
 class ChexApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "chexui"
     # on every screen (the monitor's own `q` first asks about a run it started)
-    BINDINGS = [Binding("q", "quit", "Quit")]
+    BINDINGS = [Binding("q", "quit", "Quit"), Binding("question_mark", "help", "Help")]
 
     def __init__(self, runs_dir: Path, run: Path | None = None, start: str = "launcher", poll_s: float = 0.25):
         super().__init__()
@@ -30,6 +33,19 @@ class ChexApp(App):
         else:
             self.open_launcher()
 
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        from chexui.tui.commands import chexui_commands
+
+        yield from chexui_commands(self, screen)
+        yield from super().get_system_commands(screen)  # Textual's own: theme, keys, screenshot, quit
+
+    def action_help(self) -> None:
+        from chexui.tui.help import HelpScreen
+
+        text = getattr(self.screen, "HELP", None)
+        if text:
+            self.push_screen(HelpScreen(text))
+
     def open_monitor(self, run_dir: Path, replace: bool = False) -> None:
         """A run's monitor, over the current screen (or instead of it: a started run replaces the launcher)."""
         from chexui.tui.monitor import MonitorScreen
@@ -41,17 +57,28 @@ class ChexApp(App):
         """Back to the runs browser: the screen below when there is one, else a new browser."""
         from chexui.tui.runs_browser import RunsScreen
 
-        if len(self.screen_stack) > 2:
+        below = self.screen_stack[-2] if len(self.screen_stack) > 2 else None
+        if isinstance(below, RunsScreen):
             self.pop_screen()
-        elif len(self.screen_stack) == 2:
+        elif len(self.screen_stack) >= 2:
             self.switch_screen(RunsScreen(self.runs_dir))
         else:
             self.push_screen(RunsScreen(self.runs_dir))
 
-    def open_launcher(self) -> None:
+    def open_launcher(self, preset: str | None = None) -> None:
         from chexui.tui.launcher import LauncherScreen
 
-        self.push_screen(LauncherScreen(self.runs_dir))
+        self.push_screen(LauncherScreen(self.runs_dir, preset or "demo"))
+
+    def open_compare(self, run_dirs: list[Path]) -> None:
+        from chexui.tui.compare_screen import CompareScreen
+
+        self.push_screen(CompareScreen(run_dirs))
+
+    def open_explanations(self, run_dir: Path) -> None:
+        from chexui.tui.explanations import ExplanationsScreen
+
+        self.push_screen(ExplanationsScreen(run_dir))
 
 
 def make_app(

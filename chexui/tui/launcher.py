@@ -33,7 +33,11 @@ FIELDS = {
     "epochs": "train.epochs",
     "nnodes": "distributed.nnodes",
 }
-COMPRESSION = ("prune50", "prune70", "prune-adaptive", "qat-conv", "qat-all", "prune70-qat")
+
+
+def compression_sections(cfg: dict) -> list[str]:
+    """The config sections of the compression methods a config turns on (each method's label says)."""
+    return [section for section, label in config.LABELS.items() if label(cfg)]
 
 
 class LauncherScreen(Screen):
@@ -41,11 +45,31 @@ class LauncherScreen(Screen):
         Binding("ctrl+s", "start", "Start"),
         Binding("b,escape", "back", "Runs"),
     ]
+    HELP = """\
+## Launcher: start a run
 
-    def __init__(self, runs_dir: Path) -> None:
+| key | |
+|---|---|
+| arrows, `enter` in the preset list | load that preset into the form |
+| `tab` / `shift+tab` | next / previous field |
+| `ctrl+s` or the Start button | start the run (its monitor opens) |
+| `b` `escape` | the runs browser |
+
+**presets**: built-in presets, your own (`chexui presets dir`) and a shared preset dir
+(`CHEXUI_PRESETS`); the form shows the preset's main keys, and any field you change is checked against
+the config schema at once (a field in red says what is allowed). **compression**: a compression preset's
+sections (pruning, quantization-aware training) added to the run. **processes**: one per GPU, or CPU
+processes (gloo) without one. **data dir**: an NIH ChestX-ray14 layout (`Data_Entry_2017*.csv`,
+`images*/`); empty is the embedded demo dataset. Under it, a summary of the data (images, patients, label
+counts, and patients found in two splits, which should be 0). **Save as preset** writes the form as a
+preset that extends the one you started from.
+"""
+
+    def __init__(self, runs_dir: Path, preset: str = "demo") -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir)
-        self.preset = "demo"
+        self.preset = preset
+        self.compression: dict[str, dict] = {}  # compression preset -> the sections it adds
         self.errors: dict[str, str] = {}
         gpus = gpu_count()
         self.proc_label = "GPUs" if gpus else "processes (CPU)"
@@ -96,10 +120,17 @@ class LauncherScreen(Screen):
         names = {p.name for p in available}
         for p in available:
             table.add_row(safe(p.name), p.source, safe(p.description[:60]), key=p.name)
+            if "/" not in p.name:  # (study/ presets are whole study arms, not a compression to add)
+                try:
+                    cfg = presets_mod.resolve(p.name)
+                except UserError:
+                    continue
+                if sections := compression_sections(cfg):
+                    self.compression[p.name] = {s: cfg[s] for s in sections}
         self.query_one("#compression", Select).set_options(
-            [("none", "none")] + [(c, c) for c in COMPRESSION if c in names]
+            [("none", "none")] + [(safe(c), c) for c in self.compression]
         )
-        self.load_preset("demo")
+        self.load_preset(self.preset if self.preset in names else "demo")
 
     # ------------------------------------------------------------ form <-> config
     def load_preset(self, name: str) -> None:
@@ -132,12 +163,8 @@ class LauncherScreen(Screen):
         data = self.query_one("#data", Input).value.strip()
         cfg = presets_mod.resolve(self.preset, self.overrides(), data or None)
         comp = self.query_one("#compression", Select).value
-        if isinstance(comp, str) and comp != "none":
-            extra = presets_mod.resolve(comp)
-            cfg = config.validate(
-                config.merge(cfg, {"prune": extra["prune"], "quantize": extra["quantize"]}),
-                f"compression preset {comp}",
-            )
+        if isinstance(comp, str) and comp in self.compression:
+            cfg = config.validate(config.merge(cfg, self.compression[comp]), f"compression preset {comp}")
         return cfg
 
     def validate_form(self) -> bool:

@@ -1,10 +1,10 @@
-"""Live run monitor: loss curves, epoch table, memory per rank, log, per-class AUROC, progress, status.
+"""Live run monitor: loss curves, per-class AUROC, epoch table, memory per rank, the engine's log,
+progress and status.
 
 A worker thread follows events.jsonl and logs/engine.log and posts what is new as messages (events
 flow up); the screen folds them into a RunState and hands each widget its slice of it through a
-reactive attribute (data flows down). A widget redraws when its data changed; the loss plot at most
-every 2 s for running-loss points (an epoch's point is drawn at once), so following a busy run stays
-cheap.
+reactive attribute (data flows down). Keys 1-4 show one pane full-screen (escape: all panes), so at
+80x24 every column of every pane is reachable.
 """
 
 from __future__ import annotations
@@ -13,121 +13,34 @@ import time
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.events import Resize
 from textual.message import Message
-from textual.reactive import reactive
-from textual.screen import ModalScreen, Screen
-from textual.timer import Timer
-from textual.widgets import Button, DataTable, Footer, Label, ProgressBar, RichLog, Static
+from textual.screen import Screen
+from textual.widgets import Footer, ProgressBar
 from textual.worker import get_current_worker
-from textual_plotext import PlotextPlot
 
 from chexui import runs as runs_mod
-from chexui.format import auroc_rows, epoch_time_text, fmt, hms, mean_text
+from chexui.format import hms
 from chexui.runstate import RunState
 from chexui.safe import joined, safe
 from chexui.tui.navigation import nav
+from chexui.tui.quit_dialog import QuitDialog
+from chexui.tui.widgets.auc_table import AucTable
+from chexui.tui.widgets.epoch_table import EpochTable
+from chexui.tui.widgets.fitted_table import FittedTable
+from chexui.tui.widgets.log_pane import LogPane
+from chexui.tui.widgets.loss_plot import LossPlot
+from chexui.tui.widgets.memory_line import MemoryLine
+from chexui.tui.widgets.status_line import StatusLine
 from engine.events import EventTail, FileTail
 from engine.rundir import ENGINE_LOG, EVENTS_FILE
 from engine.sanitize import clean
 
-PLOT_EVERY_S = 2.0  # the running-loss curve redraws at most this often
-
-
-class StatusLine(Static):
-    text: reactive[Text] = reactive(Text)
-
-    def watch_text(self, text: Text) -> None:
-        self.update(text)
-
-
-class MemoryLine(Static):
-    memory_mb: reactive[tuple] = reactive(tuple)
-
-    def watch_memory_mb(self, mem: tuple) -> None:
-        self.update("memory MB/rank " + (" ".join(f"r{i}:{m:.0f}" for i, m in enumerate(mem)) or "-"))
-
-
-class LossPlot(PlotextPlot):
-    """Running loss and per-epoch train/val loss. `curves` = (running points, epoch rows)."""
-
-    curves: reactive[tuple] = reactive(lambda: ((), ()))
-
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self._drawn_at, self._epochs_drawn = 0.0, -1
-        self._timer: Timer | None = None
-
-    def watch_curves(self, curves: tuple) -> None:
-        wait = PLOT_EVERY_S - (time.monotonic() - self._drawn_at)
-        if len(curves[1]) != self._epochs_drawn or wait <= 0:
-            self._draw()
-        elif self._timer is None:  # a new running-loss point can wait; it is drawn with the next one
-            self._timer = self.set_timer(wait, self._draw)
-
-    def _draw(self) -> None:
-        running, epochs = self.curves
-        self._drawn_at, self._epochs_drawn, self._timer = time.monotonic(), len(epochs), None
-        plt = self.plt
-        plt.clear_data()
-        if running:
-            xs, ys = zip(*running[-400:])
-            plt.plot(list(xs), list(ys), label="running", marker="dot")
-        if epochs:
-            ep = [e["epoch"] for e in epochs]
-            plt.plot(ep, [e["train_loss"] for e in epochs], label="train", marker="hd")
-            plt.plot(ep, [e["val_loss"] for e in epochs], label="val", marker="hd")
-        plt.xlabel("epoch")
-        self.refresh()
-
-
-class AucTable(DataTable):
-    """Per-class AUROC with the best and worst marked, and the 95 % CIs of a test evaluation.
-    `aucs` = (title, an `evaluated` event or {"auc": {label: auc}, "auc_mean": mean})."""
-
-    aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {"auc": {}, "auc_mean": None}))
-
-    def watch_aucs(self, value: tuple) -> None:
-        title, ev = value
-        at = ev.get("at_threshold")  # a test evaluation at the operating points chosen on validation
-        self.border_title = safe(title + (f" · calls at {ev.get('operating_point')} thresholds" if at else ""))
-        self.clear(columns=True)
-        self.add_columns("label", "AUROC", "95% CI", *(("thr", "sens", "spec") if at else ()))
-        rows, mean = auroc_rows(ev, digits=2)
-        for r in rows:
-            self.add_row(r.label, r.auroc + {"best": " ▲", "worst": " ▼"}.get(r.mark, ""), r.ci, *(r.at or ()))
-        self.add_row(f"mean ({mean.label})" if mean.label else "mean", mean.auroc, mean.ci, *(mean.at or ()))
-
-
-class EpochTable(DataTable):
-    """One row per epoch; a sparsity column once a pruning run reports one."""
-
-    epochs: reactive[tuple] = reactive(tuple)
-
-    def on_mount(self) -> None:
-        self.add_columns("ep", "train", "val", "AUC", "LR", "time", "img/s")
-
-    def watch_epochs(self, epochs: tuple) -> None:
-        pruned = any(e.get("sparsity") is not None for e in epochs)
-        if pruned and len(self.columns) == 7:
-            self.add_column("sparsity")
-        self.clear()
-        for e in epochs:
-            row = [
-                str(e["epoch"]),
-                fmt(e["train_loss"]),
-                fmt(e["val_loss"]),
-                mean_text(e.get("val_auc_mean"), e.get("val_auc")),
-                f"{e['lr']:.1e}",
-                epoch_time_text(e),
-                f"{e['images_per_s']:.0f}",
-            ]
-            if len(self.columns) > 7:
-                row.append(fmt(e.get("sparsity"), ".3f"))
-            self.add_row(*row)
+PANES = {"1": "loss", "2": "aucs", "3": "epochs", "4": "log"}  # key -> the pane it shows full-screen
 
 
 class RunUpdate(Message):
@@ -136,24 +49,49 @@ class RunUpdate(Message):
         self.events, self.log_lines, self.launcher_alive, self.gone = events, log_lines, launcher_alive, gone
 
 
-class QuitDialog(ModalScreen[str]):
-    """Quitting while a run is live: stop it, or leave it running in the background."""
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label("The run is still going. Stop it, or leave it running in the background?")
-            with Horizontal():
-                yield Button("Stop the run", id="stop", variant="error")
-                yield Button("Leave it running", id="leave", variant="primary")
-                yield Button("Cancel", id="cancel")
-
-    @on(Button.Pressed)
-    def choose(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id)
-
-
 class MonitorScreen(Screen):
-    BINDINGS = [Binding("s", "stop_run", "Stop run"), Binding("b", "back", "Runs"), Binding("q", "quit_app", "Quit")]
+    BINDINGS = [
+        Binding("s", "stop_run", "Stop run"),
+        Binding("b", "back", "Runs"),
+        Binding("x", "explanations", "Explanations", show=False),
+        Binding("q", "quit_app", "Quit"),
+        *(Binding(k, f"pane('{p}')", f"{p} full-screen", show=False) for k, p in PANES.items()),
+    ]
+    HELP = """\
+## Monitor: one run, live or finished
+
+| key | |
+|---|---|
+| `1` `2` `3` `4` | show the loss plot, the AUROC table, the epoch table or the engine log full-screen |
+| `escape` | back to all panes |
+| arrows, page keys | scroll the pane that has focus (`tab` moves the focus) |
+| `s` | stop the run (it writes a checkpoint first; `chexui run --resume RUN` goes on) |
+| `x` | the run's Grad-CAM explanations (`chexui explain`) |
+| `b` | the runs browser |
+| `q` | quit (asks first when this screen started a run that is still going) |
+| `ctrl+p` | command palette: every action, and open any run by name |
+
+**Status line**: run id, preset, architecture, world size (processes), device, elapsed time and ETA
+(from the steady epoch time), status; the last error of the run under it.
+
+**loss**: the running training loss (dots, from `progress` events) and each epoch's training and
+validation loss (from `epoch_ended`).
+
+**AUROC**: per-class AUROC of the validation set after each epoch, then of the test set once the run
+tested its best checkpoint (the model it ships): ▲ best, ▼ worst label, the 95 %
+confidence interval of a patient bootstrap over the test predictions, and the threshold, sensitivity
+and specificity at the operating points chosen on validation. The mean row counts the labels it covers.
+
+**epochs**: losses, mean validation AUROC (labels covered), learning rate, epoch time, training images
+per second over all processes, and the compression method's own columns (sparsity of a pruning run, the
+state of a QAT run's observers).
+
+**memory**: peak GPU memory per rank on CUDA (RSS on the CPU) and the mean GPU utilisation per rank
+over the last epoch (CUDA with nvidia-ml-py).
+
+**log**: the engine's log (`RUN/logs/engine.log`), wrapped at the pane's width. Every figure here comes
+from `RUN/events.jsonl`, the run's event stream.
+"""
 
     def __init__(self, run_dir: Path, poll_s: float = 0.25) -> None:
         super().__init__()
@@ -172,11 +110,13 @@ class MonitorScreen(Screen):
             yield EpochTable(id="epochs", cursor_type="none")
             with Vertical(id="side"):
                 yield MemoryLine(id="memory")
-                yield RichLog(id="log", max_lines=500, wrap=False, markup=False)
+                yield LogPane(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(LossPlot).border_title = "loss"
+        self.query_one(EpochTable).border_title = "epochs"
+        self.query_one(LogPane).border_title = "engine log"
         self.set_interval(1.0, self.show_status)  # elapsed time and ETA move on
         self.push_down()
         self.follow()
@@ -205,7 +145,7 @@ class MonitorScreen(Screen):
             self.state.apply(e)
         self.launcher_alive, self.gone = msg.launcher_alive, msg.gone
         if msg.log_lines:
-            self.query_one("#log", RichLog).write(safe("\n".join(msg.log_lines)))
+            self.query_one(LogPane).add_lines(msg.log_lines)
         self.push_down()
 
     # ------------------------------------------------------------ data down
@@ -222,7 +162,15 @@ class MonitorScreen(Screen):
             else ("val AUROC", {"auc": st.val_auc, "auc_mean": st.epochs[-1]["val_auc_mean"] if st.epochs else None})
         )
         self.query_one(EpochTable).epochs = tuple(st.epochs)
-        self.query_one(MemoryLine).memory_mb = tuple(st.memory_mb)
+        self.query_one(MemoryLine).usage = (tuple(st.memory_mb), tuple(st.gpu_util))
+
+    def on_resize(self, event: Resize) -> None:
+        for table in self.query(FittedTable):
+            table.fit(event.size.width)
+
+    def watch_maximized(self) -> None:  # a pane shown full-screen, or all panes again
+        for table in self.query(FittedTable):
+            table.fit(self.size.width)
 
     def show_status(self) -> None:
         self.query_one(StatusLine).text = self.status_text()
@@ -268,6 +216,14 @@ class MonitorScreen(Screen):
 
     def action_back(self) -> None:
         nav(self.app).open_runs()
+
+    def action_pane(self, pane: str) -> None:
+        widget = self.query_one(f"#{pane}")
+        self.maximize(widget, container=False)
+        widget.focus()
+
+    def action_explanations(self) -> None:
+        nav(self.app).open_explanations(self.run_dir)
 
     def action_quit_app(self) -> None:
         if not self.launcher_alive:

@@ -22,6 +22,7 @@ class QAT(Method):
     makes_int8 = True
     artifacts = ("int8", "onnx_int8")
     qat: nn.Module | None = None  # the traced model with fake-quant observers (convert)
+    frozen = False  # the observers' ranges no longer move (quantize.freeze_observers_epoch)
 
     def convert(self, model: nn.Module) -> nn.Module:
         self.qat = quant.prepare(model, self.cfg, self.ctx.cfg["data"]["image_size"])
@@ -43,6 +44,10 @@ class QAT(Method):
         assert self.qat is not None
         if self.cfg["freeze_observers_epoch"] and epoch > self.cfg["freeze_observers_epoch"]:
             quant.freeze_observers(self.qat)
+            self.frozen = True
+
+    def epoch_fields(self) -> dict[str, Any]:
+        return {"qat_observers": "frozen" if self.frozen else "live"}
 
     def evaluating(self, model: nn.Module) -> AbstractContextManager:
         # evaluating the QAT model must not move its observers' ranges

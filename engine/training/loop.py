@@ -27,6 +27,31 @@ def memory_mb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+class Utilisation:
+    """This rank's mean GPU utilisation (%) over an epoch, sampled every `every_s` from NVML through
+    `torch.cuda.utilization` (needs nvidia-ml-py: the `gpu` extra). None on the CPU, or where NVML
+    cannot be read (the run goes on without the figure). `read` replaces the NVML reading in tests."""
+
+    def __init__(self, device: torch.device, every_s: float = 0.5, read=None) -> None:
+        if read is None and device.type == "cuda":
+            read = lambda: torch.cuda.utilization(device)  # noqa: E731
+        self.read, self.every_s = read, every_s
+        self.samples: list[float] = []
+        self.last = -math.inf
+
+    def sample(self, now: float) -> None:
+        if self.read is None or now - self.last < self.every_s:
+            return
+        self.last = now
+        try:
+            self.samples.append(float(self.read()))
+        except Exception:  # no nvidia-ml-py, or no access to the driver's counters
+            self.read = None
+
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
 def compile_seconds() -> float:
     """Seconds torch.compile has spent compiling in this process so far (Dynamo tracing and Inductor,
     forward and backward graphs; autotuning included). torch keeps this in a private counter, read
@@ -84,6 +109,7 @@ class Loop:
     def __init__(self, run: RunContext) -> None:
         self.run = run
         self.epoch_images_per_s = 0.0  # the last epoch's training throughput (every rank's images)
+        self.util = Utilisation(run.d.device)
 
     def fit(self) -> str:
         run, st = self.run, self.run.state
@@ -98,6 +124,7 @@ class Loop:
             for method in run.methods:
                 method.epoch_start(epoch)
             t_epoch, compile0 = time.perf_counter(), compile_seconds()
+            self.util.samples = []
             if not self.train_one_epoch(epoch):
                 st.wall_time_s = wall0 + time.perf_counter() - t_start
                 run.save()
@@ -120,8 +147,10 @@ class Loop:
                 st.best_val_loss, st.best_epoch, st.bad_epochs = val["loss"], epoch, 0
             elif settled:
                 st.bad_epochs += 1
-            mem = run.d.all_gather_object(round(memory_mb(run.d.device), 1))
+            usage = run.d.all_gather_object((round(memory_mb(run.d.device), 1), self.util.mean()))
             fields = {"sparsity": None, **run.method_fields("epoch_fields")}
+            if any(util is not None for _, util in usage):
+                fields["gpu_util"] = [util for _, util in usage]
             for method in run.methods:
                 method.epoch_end(epoch)
             st.epoch, st.step = epoch, 0
@@ -135,7 +164,7 @@ class Loop:
                 lr=lr,
                 epoch_time_s=epoch_time,
                 images_per_s=self.epoch_images_per_s,
-                memory_mb=mem,
+                memory_mb=[mem for mem, _ in usage],
                 **fields,
                 **compiled,
             )
@@ -202,6 +231,7 @@ class Loop:
             st.step = step + 1
             seen += len(x)
             now = time.perf_counter()
+            self.util.sample(now)
             known = losses.latest()
             if run.d.is_main and now - last_report > 0.5 and known is not None and math.isfinite(known[0]):
                 last_report = now
