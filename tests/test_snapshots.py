@@ -52,7 +52,6 @@ def waiting_for(condition):
             await pilot.pause(0.02)
         else:
             raise AssertionError("the screen did not load")
-        await pilot.pause(0.1)
 
     return run_before
 

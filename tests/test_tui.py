@@ -370,10 +370,11 @@ def test_at_80x24_help_names_the_keys_that_show_each_pane_whole(tmp_path):
             # the log wraps at its pane's width: the long line's end is on screen, full-screen too
             assert "THE-END" in screen_text(app)
             await pilot.press("4")
-            await until(pilot, lambda: app.screen.maximized is app.screen.query_one("#log"))
-            await pilot.pause(0.1)
-            text = screen_text(app)
-            assert "THE-END" in text and "short line" in text
+            log = app.screen.query_one("#log")
+            await until(
+                pilot, lambda: app.screen.maximized is log and log.region.width == 80 and "THE-END" in screen_text(app)
+            )
+            assert "short line" in screen_text(app)
 
     asyncio.run(go())
 
@@ -438,7 +439,7 @@ def test_runs_browser_sorts_and_filters(tmp_path):
 
 
 def test_command_palette_offers_the_apps_actions_and_opens_a_run_by_name(tmp_path):
-    from textual.command import CommandPalette
+    from textual.command import CommandList, CommandPalette
 
     run = recorded_run(tmp_path, "prune")
     recorded_run(tmp_path, "two_rank")
@@ -459,7 +460,8 @@ def test_command_palette_offers_the_apps_actions_and_opens_a_run_by_name(tmp_pat
             await pilot.press("ctrl+p")
             await until(pilot, lambda: isinstance(app.screen, CommandPalette))
             await pilot.press(*"open run 20260101-000000-two_rank")
-            await pilot.pause(0.5)  # (the palette searches in the background)
+            # (the palette searches in the background: wait for its one match)
+            await until(pilot, lambda: app.screen.query_one(CommandList).option_count == 1)
             await pilot.press("enter")
             await until(
                 pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.run_dir.name.endswith("two_rank")
