@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from textual.reactive import reactive
+from textual.reactive import var
 
 from chexui.format import auroc_rows
 from chexui.safe import safe
@@ -15,7 +15,7 @@ MARKS = {"best": " ▲", "worst": " ▼"}
 class AucTable(FittedTable):
     """`aucs` = (title, an `evaluated` event or {"auc": {label: auc}, "auc_mean": mean})."""
 
-    aucs: reactive[tuple] = reactive(lambda: ("val AUROC", {"auc": {}, "auc_mean": None}))
+    aucs: var[tuple] = var(lambda: ("val AUROC", {"auc": {}, "auc_mean": None}))
 
     def watch_aucs(self, value: tuple) -> None:
         title, ev = value

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
-from textual.reactive import reactive
+from textual.reactive import var
 
 from chexui.format import epoch_time_text, fmt, mean_text
 from chexui.safe import safe
@@ -21,7 +21,7 @@ METHOD_COLUMNS: dict[str, tuple[str, Callable[[Any], str | Text]]] = {
 
 
 class EpochTable(FittedTable):
-    epochs: reactive[tuple] = reactive(tuple)
+    epochs: var[tuple] = var(tuple)
 
     def on_mount(self) -> None:
         self.watch_epochs(self.epochs)

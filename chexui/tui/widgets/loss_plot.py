@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.timer import Timer
 from textual_plotext import PlotextPlot
 
@@ -16,7 +16,7 @@ class LossPlot(PlotextPlot):
     """`curves` = (running points (x, loss), epoch_ended events)."""
 
     ALLOW_MAXIMIZE = True
-    curves: reactive[tuple] = reactive(lambda: ((), ()))
+    curves: var[tuple] = var(lambda: ((), ()))
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)

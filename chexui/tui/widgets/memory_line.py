@@ -3,7 +3,7 @@ rank's mean GPU utilisation over the last epoch."""
 
 from __future__ import annotations
 
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.widgets import Static
 
 
@@ -16,7 +16,7 @@ def memory_text(memory_mb: tuple, gpu_util: tuple) -> str:
 class MemoryLine(Static):
     """`usage` = (memory MB per rank, GPU utilisation % per rank or ())."""
 
-    usage: reactive[tuple] = reactive(lambda: ((), ()))
+    usage: var[tuple] = var(lambda: ((), ()))
 
     def watch_usage(self, usage: tuple) -> None:
-        self.update(memory_text(*usage))
+        self.update(memory_text(*usage), layout=False)  # (one line, whatever it says)

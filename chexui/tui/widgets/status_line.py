@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.widgets import Static
 
 
 class StatusLine(Static):
-    text: reactive[Text] = reactive(Text)
+    text: var[Text] = var(Text)
 
-    def watch_text(self, text: Text) -> None:
-        self.update(text)
+    def watch_text(self, old: Text, text: Text) -> None:
+        # the elapsed time moves every second: lay the screen out again (the line may wrap to another
+        # height) only when the text's length or its line count changed
+        same = len(old.plain) == len(text.plain) and old.plain.count("\n") == text.plain.count("\n")
+        self.update(text, layout=not same or not self.size.height)
