@@ -30,8 +30,10 @@ README_SHOTS = {"launcher.svg": "test_launcher[120x40].svg", "monitor.svg": "tes
 @pytest.fixture()
 def scene(tmp_path, monkeypatch):
     """Recorded runs in ./runs of an empty working dir (paths on screen are relative: the same in every
-    checkout), colours on (the suite sets NO_COLOR), no GPU."""
+    checkout), the built-in presets only (no user preset another test of this process saved), colours
+    on (the suite sets NO_COLOR), no GPU."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setattr("chexui.tui.launcher.gpu_count", lambda: 0)
     for name in ("prune", "two_rank", "failed"):
