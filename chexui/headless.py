@@ -98,11 +98,11 @@ def epoch_line(e: dict[str, Any]) -> str:
     mem = "/".join(f"{m:.0f}" for m in e.get("memory_mb") or [])
     sp = f" sparsity {e['sparsity']:.3f}" if e.get("sparsity") is not None else ""
     util = "/".join(f"{u:.0f}%" for u in e.get("gpu_util") or [] if u is not None)
-    sp += f" gpu_util {util}" if util else ""
+    gpu = f" gpu_util {util}" if util else ""
     return (
         f"epoch {e['epoch']}: train_loss {e['train_loss']:.4f} val_loss {e['val_loss']:.4f} "
         f"val_auc {mean_text(e.get('val_auc_mean'), e.get('val_auc'))} lr {e['lr']:.2e} time {epoch_time_text(e)} "
-        f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}"
+        f"{e['images_per_s']:.0f} img/s mem_mb {mem}{sp}{gpu}"
     )
 
 

@@ -50,10 +50,9 @@ predictions (patients, then seeds within each arm, for arms); `*` where the Holm
         yield Footer()
 
     def on_mount(self) -> None:
-        self.infos = [runs_mod.load_run(d) for d in self.run_dirs]
         self.query_one(FittedTable).fill(
-            ["label", *(safe(i.id) for i in self.infos)],
-            [[name, *("..." for _ in self.infos)] for name in [*LABELS, "mean"]],
+            ["label", *(safe(d.name) for d in self.run_dirs)],
+            [[name, *("..." for _ in self.run_dirs)] for name in [*LABELS, "mean"]],
         )
         self.note = "pairing the runs' test predictions (patient bootstrap) ..."
         self.query_one("#note", Static).update(self.note)
@@ -64,7 +63,8 @@ predictions (patients, then seeds within each arm, for arms); `*` where the Holm
     def pair(self) -> None:
         from chexui import compare
 
-        tables = compare.tables(self.infos)
+        # the runs' events are read here too, off the event loop (an NIH-size run's are megabytes)
+        tables = compare.tables([runs_mod.load_run(d) for d in self.run_dirs])
         self.app.call_from_thread(self.show, tables)
 
     def show(self, tables: dict) -> None:

@@ -39,6 +39,10 @@ class Utilisation:
         self.samples: list[float] = []
         self.last = -math.inf
 
+    def reset(self) -> None:
+        """A new epoch: its own mean."""
+        self.samples = []
+
     def sample(self, now: float) -> None:
         if self.read is None or now - self.last < self.every_s:
             return
@@ -124,7 +128,7 @@ class Loop:
             for method in run.methods:
                 method.epoch_start(epoch)
             t_epoch, compile0 = time.perf_counter(), compile_seconds()
-            self.util.samples = []
+            self.util.reset()
             if not self.train_one_epoch(epoch):
                 st.wall_time_s = wall0 + time.perf_counter() - t_start
                 run.save()
