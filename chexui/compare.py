@@ -4,7 +4,8 @@
   runs (`LR=0.001 B=64`), and the CheXNet paper's published AUROC as a reference column.
 - training time: parent run (post-training compression), processes, epochs, total hours, compute hours
   with the parent's training, hours per epoch, training images/s.
-- storage: parameters, nonzero parameters, and the bytes and gzip bytes of each exported artifact.
+- storage: parameters, nonzero parameters, GMACs of one image, and the bytes and gzip bytes of each
+  exported artifact.
 - paired: each run against a baseline run evaluated on the same test split (same split sha256):
   the difference in test AUROC per class and of the mean, with its paired patient-bootstrap 95 % CI
   and p-value, from the runs' saved predictions (predictions/test.npz). Runs on other splits are left
@@ -402,6 +403,9 @@ def storage_table(runs: list[RunInfo], labels: list[str]) -> pd.DataFrame:
             "sparsity": ex.get("sparsity"),
         }
         arts = {a["kind"]: a for a in ex.get("artifacts", [])}
+        # multiply-accumulates of one image through the shipped model (channel pruning lowers them;
+        # zeros and int8 do not): the same for every artifact of a run
+        row["GMACs"] = next((a["macs"] / 1e9 for a in arts.values() if isinstance(a.get("macs"), int)), None)
         for kind in ARTIFACT_SPLITS:
             a = arts.get(kind)
             row[f"{kind} bytes"] = a["bytes"] if a else None
@@ -645,7 +649,7 @@ def _display(name: str, df: pd.DataFrame) -> pd.DataFrame:
                 return f"{v:.3f}"
             if col == "train images/s":
                 return f"{v:.1f}"
-            if col in ("sparsity", "r (Pearson)", "top-10% IoU"):
+            if col in ("sparsity", "r (Pearson)", "top-10% IoU", "GMACs"):
                 return f"{v:.3f}"
             if col == "peak in drawn finding":
                 return f"{v:.0%}"

@@ -39,6 +39,28 @@ def prune_section(prune: str, arch: str) -> dict[str, Any]:
     return {**keys, "final_sparsity": sparsity, "adaptive": []}
 
 
+def channel_section(fraction: str) -> dict[str, Any]:
+    """The [prune] keys of `--prune-channels 0.5` (the fraction of each group's channels removed, in
+    (0, 0.95]): one-shot channel pruning ranked by the weights' L1 norms."""
+    try:
+        value = float(fraction)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 0.95:
+        raise UserError(
+            f"--prune-channels {fraction!r}: expected a fraction of channels in (0, 0.95] such as 0.3 or 0.5"
+        )
+    return {
+        "enabled": True,
+        "schedule": "one_shot",
+        "best_from": "start",
+        "structure": "channel",
+        "final_sparsity": value,
+        "adaptive": [],
+        "target_macs": 0.0,
+    }
+
+
 def _parent_base_lr(parent: Path, cfg: dict) -> float:
     """The parent's learning rate at its last epoch (after its plateau cuts), per worker: a fine-tune
     continues where training ended rather than restarting at the initial rate."""
@@ -59,14 +81,22 @@ def compress_config(
     name: str | None,
     sets: list[str],
     nproc: int | None = None,
+    prune_channels: str | None = None,
+    distill: bool = False,
 ) -> dict[str, Any]:
     """The resolved config of a compress run from `parent` (exit-2 errors as UserError)."""
-    if prune is None and not ptq:
-        raise UserError("nothing to do: give --prune 0.5|0.7|adaptive and/or --ptq")
-    if finetune_epochs and prune is None:
-        raise UserError("--finetune-epochs is a masked fine-tune after pruning: it needs --prune")
+    if prune is None and prune_channels is None and not ptq:
+        raise UserError("nothing to do: give --prune 0.5|0.7|adaptive, --prune-channels FRACTION and/or --ptq")
+    if prune is not None and prune_channels is not None:
+        raise UserError("--prune and --prune-channels: one pruning at a time (prune the channels, then compress again)")
+    if finetune_epochs and prune is None and prune_channels is None:
+        raise UserError("--finetune-epochs is a masked fine-tune after pruning: it needs --prune or --prune-channels")
+    if distill and not finetune_epochs:
+        raise UserError("--distill trains against the parent's outputs: it needs --finetune-epochs")
     cfg = rundir.load_config(parent)
     pruning = prune_section(prune, cfg["model"]["arch"]) if prune is not None else None
+    if prune_channels is not None:
+        pruning = channel_section(prune_channels)
     parent_best(parent)  # exit 2 now, not in the engine, when there is no best model
     from chexui.runs import load_run
 
@@ -81,11 +111,22 @@ def compress_config(
             f"run {parent.name} trained with QAT: its int8 model is exported already; compress starts from a float run"
         )
     what = []
+    if pruning is None and cfg["prune"]["enabled"] and cfg["prune"]["structure"] == "channel":
+        # the parent's channels are gone already (its smaller model is what this run starts from): its
+        # one-shot or gradual targets would cut as many again
+        cfg["prune"]["enabled"] = False
     if pruning is not None:
         cfg["prune"] = {**cfg["prune"], **pruning}
-        what.append(f"prune{round(float(str(prune)) * 100)}" if prune != "adaptive" else "prune-adaptive")
+        if prune_channels is not None:
+            what.append(f"channel{round(float(prune_channels) * 100)}")
+        else:
+            what.append(f"prune{round(float(str(prune)) * 100)}" if prune != "adaptive" else "prune-adaptive")
         if finetune_epochs:
             what.append(f"ft{finetune_epochs}")
+    # a compress run distils from its parent when asked, whatever its parent's own training did
+    cfg["distill"] = {**cfg["distill"], "enabled": distill, **({"teacher": "parent"} if distill else {})}
+    if distill:
+        what.append("kd")
     if ptq:
         what.append("ptq")
     cfg["name"] = name or "-".join(["pt", *what])

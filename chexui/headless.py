@@ -97,6 +97,8 @@ def auc_table(ev: dict[str, Any], title: str) -> Table:
 def epoch_line(e: dict[str, Any]) -> str:
     mem = "/".join(f"{m:.0f}" for m in e.get("memory_mb") or [])
     sp = f" sparsity {e['sparsity']:.3f}" if e.get("sparsity") is not None else ""
+    if isinstance(e.get("macs_ratio"), (int, float)):  # channel pruning: the fraction is of channels
+        sp = f" channels removed {fmt(e.get('sparsity'), '.3f')} MACs {e['macs_ratio']:.2f}x"
     util = "/".join(f"{u:.0f}%" for u in e.get("gpu_util") or [] if u is not None)
     gpu = f" gpu_util {util}" if util else ""
     return (
@@ -204,7 +206,8 @@ class HeadlessView:
             for a in e["artifacts"]:
                 ratio = f", {a['bytes'] / fp32:.2f}x fp32" if fp32 and a["kind"] != "fp32" else ""
                 gz = f", gzip {a['gzip_bytes']:,}" if "gzip_bytes" in a else ""
-                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes{gz}{ratio})")
+                macs = f", {a['macs'] / 1e9:.3f} GMACs" if isinstance(a.get("macs"), (int, float)) else ""
+                self.say(f"exported {a['kind']}: {a['path']} ({a['bytes']:,} bytes{gz}{ratio}{macs})")
         elif t == "operating_points":
             n = sum(v is not None for v in e["thresholds"].values())
             self.say(

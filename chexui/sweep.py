@@ -16,10 +16,10 @@ training seed (`train.seed`; the data split's seed stays, so every run is tested
 `chexui compare` pools the runs that differ only by seed into one arm. The study sweeps run 3 seeds.
 
 The grid may vary the preset itself (`preset = ["study/densenet121", "study/densenet121-prune70"]`, the
-`[set]` overrides apply to each). `[[compress]]` entries (`prune = 0.7`, `finetune_epochs = 2`,
-`ptq = true`, as `chexui compress` takes them) add post-training compression runs: each entry is applied
-to every grid run without compression once that run has completed (a run that did not complete has
-none), so one sweep compares compressing during and after training.
+`[set]` overrides apply to each). `[[compress]]` entries (`prune = 0.7` or `prune_channels = 0.5`,
+`finetune_epochs = 2`, `distill = true`, `ptq = true`, as `chexui compress` takes them) add post-training
+compression runs: each entry is applied to every grid run without compression once that run has completed
+(a run that did not complete has none), so one sweep compares compressing during and after training.
 
 Its state lives in `<runs dir>/.sweeps/<id>.json`: the points and the run each one got. Starting the
 sweep again with `--resume ID` skips completed runs, resumes stopped or failed ones from their last
@@ -46,7 +46,7 @@ from engine.fsutil import write_atomic
 
 FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name", "compress", "seeds"}
 SEED_KEY = "train.seed"
-COMPRESS_KEYS = {"prune", "finetune_epochs", "ptq"}
+COMPRESS_KEYS = {"prune", "prune_channels", "finetune_epochs", "ptq", "distill"}
 
 
 @dataclass
@@ -81,6 +81,9 @@ class Sweep:
                 c.get("ptq", False),
                 None,
                 [],
+                None,
+                None if c.get("prune_channels") is None else str(c["prune_channels"]),
+                bool(c.get("distill", False)),
             )
         return presets_mod.resolve(point["overrides"].get("preset", self.preset), self.sets(point["overrides"]))
 
@@ -171,17 +174,25 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path, s
 
 
 def _check_variant(v: dict, arch: str, path: Path) -> None:
-    from chexui.compress import prune_section
+    from chexui.compress import channel_section, prune_section
 
     try:
+        if "prune" in v and "prune_channels" in v:
+            raise UserError("prune and prune_channels: one pruning at a time")
         if "prune" in v:
             prune_section(str(v["prune"]), arch)
+        elif "prune_channels" in v:
+            channel_section(str(v["prune_channels"]))
         elif v.get("finetune_epochs"):
-            raise UserError("finetune_epochs needs prune (a masked fine-tune)")
-        if not isinstance(v.get("finetune_epochs", 0), int) or not isinstance(v.get("ptq", False), bool):
-            raise UserError("finetune_epochs is an integer and ptq true or false")
-        if "prune" not in v and not v.get("ptq"):
-            raise UserError("nothing to do: give prune and/or ptq = true")
+            raise UserError("finetune_epochs needs prune or prune_channels (a masked fine-tune)")
+        if not isinstance(v.get("finetune_epochs", 0), int) or not all(
+            isinstance(v.get(k, False), bool) for k in ("ptq", "distill")
+        ):
+            raise UserError("finetune_epochs is an integer, ptq and distill true or false")
+        if v.get("distill") and not v.get("finetune_epochs"):
+            raise UserError("distill needs finetune_epochs")
+        if "prune" not in v and "prune_channels" not in v and not v.get("ptq"):
+            raise UserError("nothing to do: give prune, prune_channels and/or ptq = true")
     except UserError as e:
         raise ConfigError(f"{path}: [[compress]] {v}: {e}") from None
 

@@ -124,6 +124,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # "gradual": the polynomial schedule above; "one_shot": every layer pruned to its final target at
         # step 0 (from the starting weights: `chexui compress`'s post-training pruning), masks then fixed
         "schedule": Field("gradual", str, choices=("gradual", "one_shot")),
+        # "unstructured": single weights (zeros in dense tensors: smaller files, not faster); "channel":
+        # whole channels (engine/compression/channel_pruning.py: a physically smaller, faster model);
+        # final_sparsity / adaptive then give the fraction of each group's channels removed
+        "structure": Field("unstructured", str, choices=("unstructured", "channel")),
+        # how channels are ranked: the group's L1 or L2 weight norms, or first-order Taylor scores
+        "importance": Field("l1", str, choices=("l1", "l2", "taylor")),
+        # channel pruning: > 0 = the fraction of the dense model's multiply-accumulates to keep (the
+        # channel targets scaled to reach it); 0 = the targets as given
+        "target_macs": Field(0.0, NUM, min=0.0, max=0.99),
     },
     "quantize": {
         "enabled": Field(False, bool),
@@ -160,6 +169,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "scope": Field("all", str, choices=("conv", "all")),  # what PTQ quantizes (as quantize.scope)
         "calibration_images": Field(512, int, min=1),  # seeded sample of the training split
     },
+    # knowledge distillation (engine/training/distill.py) for any training or fine-tune
+    "distill": {
+        "enabled": Field(False, bool),
+        "teacher": Field("parent", str, choices=("parent",), path_ok=True),  # a compress run's parent, or a run dir
+        "alpha": Field(0.5, NUM, min=0.0, max=1.0),  # the weight of the teacher term
+        "temperature": Field(2.0, NUM, min=0.0, min_exclusive=True, max=100.0),
+    },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
         "onnx": Field(True, bool),  # also model_fp32.onnx / model_int8.onnx (needs the chexui[onnx] extra)
@@ -175,6 +191,12 @@ def _prune_label(cfg: dict) -> str | None:
     # study's) is another method than the built-in one: another label
     adaptive = "prune-adaptive-listed" if p.get("adaptive_default") == "keep" else "prune-adaptive"
     text = adaptive if p.get("adaptive") else f"prune{round(100 * p.get('final_sparsity', 0))}"
+    if p.get("structure") == "channel":
+        text = (
+            f"channel-macs{round(100 * p['target_macs'])}"
+            if p.get("target_macs")
+            else (f"channel{round(100 * p.get('final_sparsity', 0))}" if not p.get("adaptive") else "channel-adaptive")
+        )
     if (cfg.get("compress") or {}).get("parent") and (cfg.get("train") or {}).get("epochs"):
         text += f" ft{cfg['train']['epochs']}"  # a post-training masked fine-tune
     return text
@@ -197,6 +219,7 @@ LABELS: dict[str, Callable[[dict], str | None]] = {
     "prune": _prune_label,
     "quantize": _quantize_label,
     "compress": _compress_label,
+    "distill": lambda cfg: "kd" if (cfg.get("distill") or {}).get("enabled") else None,
 }
 
 
@@ -348,6 +371,21 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
         raise ConfigError(
             f"{source}: key 'compress.ptq' = true: post-training quantization is for `chexui compress` "
             "runs (compress.parent set) without QAT (quantize.enabled = false)"
+        )
+    if p["enabled"] and p["structure"] == "channel" and q["enabled"]:
+        raise ConfigError(
+            f"{source}: key 'prune.structure' = 'channel' with quantize.enabled = true: QAT traces the dense "
+            "model before any channel goes; prune the channels first, then `chexui compress RUN --ptq`"
+        )
+    if p["target_macs"] and not (p["enabled"] and p["structure"] == "channel"):
+        raise ConfigError(
+            f"{source}: key 'prune.target_macs' = {p['target_macs']}: a MACs target is for channel pruning "
+            "(prune.enabled = true, prune.structure = 'channel')"
+        )
+    if cfg["distill"]["enabled"] and cfg["distill"]["teacher"] == "parent" and not c["parent"]:
+        raise ConfigError(
+            f"{source}: key 'distill.teacher' = 'parent': only `chexui compress` runs have a parent; give "
+            "a finished run's directory"
         )
     m = cfg["model"]
     have = archs.get(m["arch"]).weights

@@ -54,7 +54,11 @@ ARTIFACT_SPLITS = {k: a.splits for k, a in ARTIFACTS.items()}
 
 # type -> the fields it must carry (DESIGN.md section 6). Extra fields are allowed, e.g. `epoch_ended`'s
 # compile_s (seconds torch.compile took in that epoch; runs with train.compile only), gpu_util (each
-# rank's mean GPU utilisation in %, on CUDA with nvidia-ml-py) and qat_observers ("live" | "frozen").
+# rank's mean GPU utilisation in %, on CUDA with nvidia-ml-py), qat_observers ("live" | "frozen") and, for
+# channel pruning, macs_ratio (the model's MACs over the dense model's; `sparsity` is then the fraction of
+# channels removed). `exported` artifacts carry macs and params (of one image through the model), and a
+# channel-pruned run's event structure = "channel", macs_ratio and, with several ranks,
+# channel_counts_agree (every rank's smaller model had the same layer sizes).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "run_started": ("run_id", "config", "world_size", "nnodes", "device", "dataset"),
     "epoch_started": ("epoch",),
@@ -188,6 +192,9 @@ SHAPES: dict[str, Any] = {
     "memory_mb": ("list", _NUM),
     "gpu_util": ("list", _OPT_NUM),  # per rank, % (CUDA with nvidia-ml-py only)
     "qat_observers": _STR,
+    "macs_ratio": _NUM,  # channel pruning: the model's MACs over the dense model's
+    "structure": _STR,
+    "channel_counts_agree": (bool,),
     "compile_s": _NUM,
     "n_labels_defined": _INT,
     "test_n_labels_defined": _INT,
@@ -195,7 +202,15 @@ SHAPES: dict[str, Any] = {
         "list",
         (
             "record",
-            {"kind": _STR, "path": _STR, "bytes": _INT, "gzip_bytes": _INT, "sha256": _STR},
+            {
+                "kind": _STR,
+                "path": _STR,
+                "bytes": _INT,
+                "gzip_bytes": _INT,
+                "sha256": _STR,
+                "macs": _INT,
+                "params": _INT,
+            },
             ("kind", "path", "bytes"),
         ),
     ),

@@ -48,10 +48,11 @@ def test_one_shot_pruning_reaches_every_target_at_step_0_and_holds_it():
 
 @pytest.fixture(scope="module")
 def post_training(tmp_path_factory, tiny_demo):
-    """A finished baseline, then three `chexui compress` runs of it side by side (so their start-up
-    overlaps): --prune 0.7 --finetune-epochs 1, --ptq, and --prune 0.5 --finetune-epochs 30, which is
-    stopped after its first epoch and resumed to end at epoch 2. Returns (runs dir, {"baseline" |
-    "prune" | "ptq" | "resumed": run dir, "resume_output": the resume's stdout})."""
+    """A finished baseline, then four `chexui compress` runs of it side by side (so their start-up
+    overlaps): --prune 0.7 --finetune-epochs 1, --ptq, --prune 0.5 --finetune-epochs 30, which is
+    stopped after its first epoch and resumed to end at epoch 2, and --prune-channels 0.5 with a
+    distilled 1-epoch fine-tune on 2 processes. Returns (runs dir, {"baseline" | "prune" | "ptq" |
+    "resumed" | "channel": run dir, "resume_output": the resume's stdout})."""
     base = tmp_path_factory.mktemp("post-training")
     preset = base / "tiny.toml"
     preset.write_text(TINY_PRESET.format(desc="baseline", root=tiny_demo, epochs=2))
@@ -70,6 +71,13 @@ def post_training(tmp_path_factory, tiny_demo):
             "resumed",
             ["--prune", "0.5", "--finetune-epochs", "30", "--name", "resumed", "--set", "export.enabled=false"],
         ),
+        # half the channels by Taylor scores on 2 ranks, a fine-tune distilled from the parent (the
+        # teacher inside the step's bf16 autocast, as on a GPU)
+        (
+            "channel",
+            ["--prune-channels", "0.5", "--finetune-epochs", "1", "--distill", "--nproc", "2", "--name", "channel"]
+            + ["--set", "prune.importance=taylor", "--set", "train.amp=bf16"],
+        ),
     ):
         # three runs side by side on a 2-core machine: one thread each (with two each, the OpenMP pools
         # thrash: two concurrent tiny QAT runs took 57 s for an epoch that takes about 3 s alone)
@@ -86,7 +94,7 @@ def post_training(tmp_path_factory, tiny_demo):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     out["resume_output"] = r.stdout
-    for key in ("prune", "ptq"):
+    for key in ("prune", "ptq", "channel"):
         wait_for_event(out[key], lambda e: e["type"] == "run_finished", timeout=180)
     return runs, out
 
@@ -258,3 +266,85 @@ def test_compress_refuses_a_running_parent_and_compare_notes_a_changed_one(tmp_p
     [note] = tbls["time"].attrs["notes"]
     assert "best.pt has changed since this run started from it" in note and parent.name in note
     assert note.splitlines()[0] in compare.render(tbls, "markdown")
+
+
+def _standalone(tmp_path: Path, code: str, *args) -> None:
+    """`code` in a fresh `python -I` (no site-packages path tricks, no chexui on the path: the test's
+    own directory is not importable either) that may import torch, torchvision, numpy, onnxruntime."""
+    import subprocess
+    import sys
+
+    # (the venv's editable install would still find chexui's packages: they are made unimportable)
+    code = "import sys; sys.modules.update(engine=None, chexui=None)\n" + code
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", code, *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_channel_pruned_compress_ships_a_smaller_model_that_loads_without_chexui(tmp_path, post_training, tiny_demo):
+    from engine.data import nih
+    from engine.data.batches import Images, to_input
+    from engine.inference.export import cost
+
+    _, runs = post_training
+    run, parent = runs["channel"], runs["baseline"]
+    ev = events_of(run)
+    started = [e for e in ev if e["type"] == "run_started"][0]
+    assert started["world_size"] == 2 and started["config"]["prune"]["structure"] == "channel"
+    assert started["config"]["distill"] == {"enabled": True, "teacher": "parent", "alpha": 0.5, "temperature": 2.0}
+    (epoch,) = [e for e in ev if e["type"] == "epoch_ended"]
+    assert epoch["sparsity"] == pytest.approx(0.5, abs=0.01) and epoch["macs_ratio"] < 0.6
+    assert _finished(run)["status"] == "completed"
+    log = (run / "logs" / "engine.log").read_text()
+    assert f"distilling from {parent.name}" in log and "channel counts identical on 2 ranks" in log
+    exported = [e for e in ev if e["type"] == "exported"][-1]
+    assert exported["structure"] == "channel" and exported["channel_counts_agree"] is True
+    dense = cost(build_model("resnet18", "none"), 32)
+    arts = _artifacts(run)
+    assert {"fp32", "onnx_fp32"} <= set(arts) and "sparse" not in arts
+    for a in arts.values():  # physically smaller: MACs, parameters and bytes
+        assert a["macs"] < 0.6 * dense["macs"] and a["params"] < 0.6 * dense["params"]
+    assert arts["fp32"]["bytes"] < 0.6 * 4 * dense["params"]
+    # the files outside chexui reproduce the run's own probabilities of its test images
+    kept = predictions.load(run / "predictions" / "test_fp32.npz")
+    index = nih.index_dataset(tiny_demo)
+    rows = [list(index.names).index(name) for name in kept["image_ids"]]
+    x, _, _ = Images(index, 32)[rows]
+    np.save(tmp_path / "x.npy", to_input(x, torch.device("cpu")).numpy())
+    loader = Path(__file__).parents[1] / "docs" / "load_model.py"
+    _standalone(
+        tmp_path,
+        "import runpy; sys.argv = ['load_model.py', *sys.argv[1:]]; "
+        f"runpy.run_path({str(loader)!r}, run_name='__main__')",
+        run / arts["fp32"]["path"],
+        "x.npy",
+        "pt.npy",
+    )
+    assert np.abs(np.load(tmp_path / "pt.npy") - kept["probs"]).max() < 1e-5
+    _standalone(
+        tmp_path,
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+        "x = np.load('x.npy')\n"
+        "out = s.run(None, {s.get_inputs()[0].name: x})[0]\n"
+        "np.save('onnx.npy', 1 / (1 + np.exp(-out.astype(np.float64))))",
+        run / arts["onnx_fp32"]["path"],
+    )
+    onnx_kept = predictions.load(run / "predictions" / "test_onnx_fp32.npz")["probs"]
+    assert np.abs(np.load(tmp_path / "onnx.npy") - onnx_kept).max() < 1e-5
+    # int8 on top: a post-training int8 run of the channel-pruned run quantizes the smaller model
+    r = chexui("compress", str(run), "--ptq", "--name", "channel-ptq", *QUICK, "--runs-dir", run.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+    int8 = next(d for d in run.parent.iterdir() if d.name.endswith("-channel-ptq"))
+    int8_arts = _artifacts(int8)
+    assert int8_arts["int8"]["macs"] == arts["fp32"]["macs"] and int8_arts["fp32"]["bytes"] == arts["fp32"]["bytes"]
+    assert not [e for e in events_of(int8) if e["type"] == "epoch_ended" and e.get("macs_ratio")]  # not pruned again
+    int8_cfg = [e for e in events_of(int8) if e["type"] == "run_started"][0]["config"]
+    assert not int8_cfg["prune"]["enabled"] and not int8_cfg["distill"]["enabled"]  # (its parent's, not its own)
+    # `chexui bench` compares speed with the dense ancestor: the parent's parent here
+    from engine.inference.bench import dense_reference
+
+    found = dense_reference(int8)
+    assert found is not None and found.resolve() == parent.resolve() and dense_reference(parent) is None

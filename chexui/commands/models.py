@@ -195,15 +195,24 @@ def bench_cmd(
     compile_: Annotated[
         bool, typer.Option("--compile/--no-compile", help="also time the fp32 and int8 models compiled (torch.compile)")
     ] = True,
+    dense: Annotated[
+        str | None,
+        typer.Option(
+            "--dense",
+            metavar="RUN",
+            help="the dense run to compare speed with, runtime by runtime (default: a compressed run's dense ancestor)",
+        ),
+    ] = None,
     runs_dir: RunsDir = None,
 ) -> None:
-    """Inference benchmark of the run's exported models: bytes, test AUROC, CPU (and GPU) speed, eager
-    and compiled; the speed-up is against the fastest fp32 row."""
+    """Inference benchmark of the run's exported models: bytes, MACs, test AUROC, CPU (and GPU) speed,
+    eager and compiled; the speed-up is against the fastest fp32 row, and against the dense run's fp32
+    model in the same runtime (`x dense`)."""
     run_dir = find(run_ref, runs_dir)
     size = rundir.load_config(run_dir)["data"]["image_size"]
     from engine.inference.bench import bench_run
 
-    res = bench_run(run_dir, size, trust, compile_)
+    res = bench_run(run_dir, size, trust, compile_, find(dense, runs_dir) if dense else None)
     if as_json:
         return print_json(res)
     gpu = res["gpu"] is not None
@@ -214,10 +223,12 @@ def bench_cmd(
         "bytes",
         "gzip bytes",
         "x fp32",
+        "GMACs",
         "test AUROC",
         "CPU b1 ms",
         "CPU b32 img/s",
         "x fp32 speed",
+        *(["x dense speed"] if res.get("dense") else []),
     ]
     t = table(*cols, *(["GPU b1 ms", "GPU b256 img/s", "bf16 b1 ms", "bf16 b256 img/s"] if gpu else []))
     for a in res["artifacts"]:
@@ -228,10 +239,12 @@ def bench_cmd(
             f"{a['bytes']:,}",
             f"{a['gzip_bytes']:,}",
             fmt(a["x_fp32"], ".2f"),
+            fmt(a["macs"] / 1e9 if isinstance(a.get("macs"), int) else None, ".3f"),
             fmt(a["test_auc_mean"]),
             f"{a['cpu']['latency_b1_ms']:.1f}",
             f"{a['cpu']['throughput_b32']:.1f}",
             fmt(a["x_fp32_speed"], ".2f"),
+            *([fmt(a.get("x_dense_speed"), ".2f")] if res.get("dense") else []),
         ]
         if gpu:
             g = a["gpu"]
@@ -253,6 +266,14 @@ def bench_cmd(
         markup=False,
     )
     con.print(t)
+    if res.get("dense"):
+        ref = ", ".join(
+            f"{a['kind']} {a['runtime']} {a['cpu']['throughput_b32']:.1f} img/s" for a in res["dense"]["artifacts"]
+        )
+        con.print(
+            f"x dense speed: b32 throughput over dense run {res['dense']['run']}'s in the same runtime ({ref})",
+            markup=False,
+        )
     if any(a["kind"] == "sparse" for a in res["artifacts"]):
         con.print("sparse: loaded into dense tensors, so it runs at fp32 speed; its zeros save storage", markup=False)
     for line in res.get("skipped", []):

@@ -82,9 +82,22 @@ def compress(
             "sparsity) or adaptive (the per-width targets of the adaptive presets)",
         ),
     ] = None,
+    prune_channels: Annotated[
+        str | None,
+        typer.Option(
+            "--prune-channels",
+            metavar="FRACTION",
+            help="one-shot channel pruning: remove this fraction of each layer's channels (0.3, 0.5): a "
+            "physically smaller, faster model",
+        ),
+    ] = None,
     finetune_epochs: Annotated[
         int, typer.Option("--finetune-epochs", min=0, help="masked fine-tune epochs after pruning")
     ] = 0,
+    distill: Annotated[
+        bool,
+        typer.Option("--distill", help="fine-tune against the parent's outputs too (knowledge distillation)"),
+    ] = False,
     ptq: Annotated[
         bool,
         typer.Option(
@@ -100,13 +113,16 @@ def compress(
     detach: Detach = False,
 ) -> None:
     """Compress a trained run after training, as a new run that records its parent: prune its best model
-    at once (optionally fine-tune with the masks held) and/or quantize it to int8. Stop and resume it
+    (weights, or whole channels) at once (optionally fine-tune with the masks held, distilling from the
+    parent) and/or quantize it to int8. Stop and resume it
     like any run (`chexui run --resume`); `chexui compare` puts it beside training-time compression."""
     from chexui.compress import compress_config
     from chexui.launch import NodeSpec, save_config
 
     base = runs_mod.runs_dir(runs_dir)
-    cfg = compress_config(find(run_ref, runs_dir), prune, finetune_epochs, ptq, name, set_, nproc)
+    cfg = compress_config(
+        find(run_ref, runs_dir), prune, finetune_epochs, ptq, name, set_, nproc, prune_channels, distill
+    )
     prepare_data(cfg)
     run_dir = runs_mod.new_run_dir(base, cfg["name"])
     save_config(cfg, run_dir)

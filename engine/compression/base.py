@@ -28,6 +28,7 @@ class MethodContext:
     steps_per_epoch: int
     is_main: bool  # rank 0: the one process that writes files
     log: Callable[[str], None] = print
+    d: Any = None  # the process group (engine.runtime.dist.Dist): a method that must agree across ranks
 
 
 class Method:
@@ -69,6 +70,11 @@ class Method:
         return {}
 
     # ------------------------------------------------------------ the training loop
+    def begin(self, run: Any) -> None:
+        """A fresh run's start, with its data, loss and weights in place, before epoch 0 (not on resume:
+        the checkpoint's parts hold what this made). E.g. one-shot channel pruning ranks channels by
+        training gradients here."""
+
     def epoch_start(self, epoch: int) -> None:
         """Before the epoch's first step (also when a resumed run re-enters an epoch)."""
 
@@ -98,6 +104,12 @@ class Method:
         """At the test phase, before the shipped model's evaluation, with the best model loaded on every
         rank (e.g. QAT measures its fake-quantized model, `test_qat`)."""
 
+    def shipped(self, model: nn.Module) -> nn.Module:
+        """The float model the run ships in place of its best model `model` (at the test phase, on every
+        rank): channel pruning's physically smaller one. What the test evaluation, the exported files and
+        an int8 method's model are made of."""
+        return model
+
     def int8(self, run: Any) -> nn.Module:
         """The int8 model the run ships (`makes_int8` methods; rank 0, on the CPU)."""
         raise NotImplementedError
@@ -114,6 +126,12 @@ class Method:
     # ------------------------------------------------------------ a finished run, read back
     # (`chexui eval`, `predict`, `explain`: engine/evaluation/evaluate.py, engine/inference/). `cfg` is the
     # run's config, `ck` its best checkpoint (weights_only), `where` that file's path in the run dir.
+    @classmethod
+    def float_model(cls, cfg: dict, ck: dict) -> nn.Module | None:
+        """The float model the run ships, rebuilt from its best checkpoint, where that is not the
+        checkpoint's model as it stands (channel pruning: the smaller model); None otherwise."""
+        return None
+
     @classmethod
     def companion(cls, cfg: dict, ck: dict, where: str) -> tuple[str, nn.Module] | None:
         """A model `chexui eval` measures after the int8 model a `makes_int8` method's run ships, with

@@ -38,17 +38,44 @@ def prunable(model: nn.Module, scope: str) -> dict[str, nn.Conv2d | nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
 
 
+class Schedule:
+    """When masks change and what each layer's (or channel group's) target is at a step: the polynomial
+    from t0 to t1, masks recomputed every `frequency_steps` from t0 and at t1; `one_shot`: final targets
+    at step 0."""
+
+    def __init__(self, cfg: dict, steps_per_epoch: int):
+        self.cfg = cfg
+        if cfg["schedule"] == "one_shot":  # final targets from step 0: call step(0) once the weights are in
+            self.t0 = self.t1 = 0
+        else:
+            self.t0 = round(cfg["begin_epoch"] * steps_per_epoch)
+            self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
+
+    def target(self, final: float, step: int) -> float:
+        return schedule(step, self.t0, self.t1, min(self.cfg["initial_sparsity"], final), final, self.cfg["power"])
+
+    def finished(self, step: int) -> bool:
+        """The schedule has reached its final sparsity (masks fixed from here on)."""
+        return step >= self.t1
+
+    def active(self, step: int, last_update: int) -> bool:
+        """Masks may still change at or after `step` (gradient statistics are worth gathering)."""
+        return last_update < self.t1 and step <= self.t1
+
+    def due(self, step: int, last_update: int) -> bool:
+        if step < self.t0 or last_update >= self.t1:
+            return False  # not started, or finished: masks stay as they are after t1
+        return step >= self.t1 or (step - self.t0) % self.cfg["frequency_steps"] == 0
+
+
 class Pruner:
     def __init__(self, model: nn.Module, cfg: dict, steps_per_epoch: int):
         self.cfg = cfg
         self.layers = prunable(model, cfg["scope"])
         by_width = {a["out_channels"]: a["sparsity"] for a in cfg["adaptive"]}
         self.final = {name: by_width.get(self._width(m), self.unlisted(cfg)) for name, m in self.layers.items()}
-        if cfg["schedule"] == "one_shot":  # final targets from step 0: call step(0) once the weights are in
-            self.t0 = self.t1 = 0
-        else:
-            self.t0 = round(cfg["begin_epoch"] * steps_per_epoch)
-            self.t1 = max(self.t0 + 1, round(cfg["end_epoch"] * steps_per_epoch))
+        self.schedule = Schedule(cfg, steps_per_epoch)
+        self.t0, self.t1 = self.schedule.t0, self.schedule.t1
         self.masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in self.layers.items()}
         self.last_update = -1
         self._factors: list[torch.Tensor] | None = None  # the masks as multipliers (apply)
@@ -66,17 +93,13 @@ class Pruner:
         return m.out_channels if isinstance(m, nn.Conv2d) else int(m.out_features)
 
     def target(self, name: str, step: int) -> float:
-        s_f = self.final[name]
-        return schedule(step, self.t0, self.t1, min(self.cfg["initial_sparsity"], s_f), s_f, self.cfg["power"])
+        return self.schedule.target(self.final[name], step)
 
     def finished(self, step: int) -> bool:
-        """The schedule has reached its final sparsity (masks fixed from here on)."""
-        return step >= self.t1
+        return self.schedule.finished(step)
 
     def due(self, step: int) -> bool:
-        if step < self.t0 or self.last_update >= self.t1:
-            return False  # not started, or finished: masks stay as they are after t1
-        return step >= self.t1 or (step - self.t0) % self.cfg["frequency_steps"] == 0
+        return self.schedule.due(step, self.last_update)
 
     @torch.no_grad()
     def step(self, step: int) -> None:

@@ -20,6 +20,10 @@ class Pruning(Method):
     name, enabled_by = "prune", "prune.enabled"
     artifacts = ("sparse",)
 
+    @classmethod
+    def enabled(cls, cfg: dict) -> bool:
+        return bool(cfg["prune"]["enabled"]) and cfg["prune"]["structure"] == "unstructured"
+
     def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
         super().__init__(model, ctx)
         self.pruner = Pruner(model, self.cfg, ctx.steps_per_epoch)

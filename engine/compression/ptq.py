@@ -30,12 +30,13 @@ class PTQ(Method):
     artifacts = ("int8", "onnx_int8")
 
     def int8(self, run: Any) -> nn.Module:
+        # run.model: the model the run ships (a channel-pruned run's smaller one), not the one it trained
         c, t = self.cfg, self.ctx.cfg["train"]
         rows = calibration_rows(run.data.split["train"], c["calibration_images"], t["seed"])
         _, batches = eval_batches(len(rows), t["batch_size"] * 2, 1, 0)
         inputs = (to_input(run.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)
         t0 = time.perf_counter()
-        int8 = quant.post_training(self.model, c["scope"], self.ctx.cfg["data"]["image_size"], inputs)
+        int8 = quant.post_training(run.model, c["scope"], self.ctx.cfg["data"]["image_size"], inputs)
         run.state.wall_time_s += time.perf_counter() - t0  # compression time counts as the run's time
         self.ctx.log(
             f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "

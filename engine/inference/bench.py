@@ -109,15 +109,58 @@ def compiled(model: Any, int8: bool) -> Any:
 RUNTIMES = {export.ONNX_FP32: "onnxruntime", export.ONNX_INT8: "onnxruntime"}
 
 
-def bench_run(run_dir: Path, image_size: int, trust: bool = False, compile: bool = True) -> dict:
+def dense_reference(run_dir: Path) -> Path | None:
+    """The dense run a compressed run descends from: its parent's parent ... up to a run without one
+    (a run dir named in `run_started.parent`, where chexui compress recorded it), or None."""
+    seen = {run_dir.resolve()}
+    here = run_dir
+    while True:
+        started = rundir.first(rundir.events(here), "run_started") or {}
+        parent = started.get("parent")
+        path = parent.get("path") if isinstance(parent, dict) else None
+        if not isinstance(path, str) or not (Path(path) / rundir.EVENTS_FILE).is_file():
+            return here if here != run_dir else None
+        here = Path(path)
+        if here.resolve() in seen:  # (a loop of hand-made records)
+            return None
+        seen.add(here.resolve())
+
+
+def bench_run(
+    run_dir: Path, image_size: int, trust: bool = False, compile: bool = True, dense: Path | None = None
+) -> dict:
     """Rows: each artifact as loaded (PyTorch eager, or onnxruntime for the ONNX files), with `compile`
     the fp32 and PT2E int8 ones compiled too, and the ONNX files in OpenVINO when it is installed;
     `x_fp32_speed` = b32 throughput over the fastest fp32 row's (the optimised baseline: compiled
-    PyTorch, onnxruntime or OpenVINO)."""
+    PyTorch, onnxruntime or OpenVINO). With a `dense` run (a compressed run's dense ancestor by default,
+    `dense_reference`), its fp32 files are measured the same way and each row gets `x_dense_speed`:
+    b32 throughput over the dense fp32 model's in the same runtime."""
+    res = _bench_rows(run_dir, image_size, trust, compile)
+    if dense is None:
+        dense = dense_reference(run_dir)
+    reference = None
+    if dense is not None and dense.resolve() != run_dir.resolve():
+        try:
+            ref = _bench_rows(dense, image_size, trust, compile, kinds=(export.FP32, export.ONNX_FP32))
+        except UserError as e:  # (a dense run that exported nothing: no x dense column)
+            res["skipped"].append(f"x dense speed: {e}")
+            return {**res, "dense": None}
+        by_runtime = {r["runtime"]: r for r in ref["artifacts"]}
+        for r in res["artifacts"]:
+            base = by_runtime.get(r["runtime"])
+            r["x_dense_speed"] = r["cpu"]["throughput_b32"] / base["cpu"]["throughput_b32"] if base else None
+            r["x_dense_macs"] = r["macs"] / base["macs"] if base and r.get("macs") and base.get("macs") else None
+        reference = {"run": dense.name, "artifacts": ref["artifacts"]}
+    return {**res, "dense": reference}
+
+
+def _bench_rows(run_dir: Path, image_size: int, trust: bool, compile: bool, kinds: tuple[str, ...] = ()) -> dict:
     from engine.inference import onnx_export
 
     cfg = rundir.load_config(run_dir)
     arts, evals = exported(run_dir)
+    if kinds:
+        arts = [a for a in arts if a["kind"] in kinds]
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
     rows, skipped = [], []

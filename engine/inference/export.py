@@ -1,6 +1,8 @@
 """Compressed model artifacts in a run's `export/` dir, and loading them back for inference.
 
-- `model_fp32.pt`   the float model: {"format", "arch", "image_size", "model": state_dict}
+- `model_fp32.pt`   the float model: {"format", "arch", "image_size", "model": state_dict}, and for a
+                    channel-pruned model "channels": {layer: [in, out]} where its sizes are not the
+                    architecture's (torch + torchvision rebuild it: docs/load_model.py)
 - `model_sparse.pt` (pruned runs) the same weights with every tensor that has zeros stored as a packed
                     bit mask plus its nonzero values, only where that is smaller than the dense tensor
 - `model_int8.pt2`  (QAT and PTQ runs) the converted int8 model as a `torch.export` program, for users to
@@ -34,7 +36,7 @@ from engine import rundir
 from engine.errors import StorageError
 from engine.events import ARTIFACTS
 from engine.fsutil import sha256
-from engine.models.chexnet import build_float
+from engine.models.chexnet import build_float, build_model, counts_of_state
 from engine.training import checkpoint
 
 FP32, SPARSE, INT8, ONNX_FP32, ONNX_INT8 = "fp32", "sparse", "int8", "onnx_fp32", "onnx_int8"
@@ -146,7 +148,13 @@ def export_models(
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"arch": arch, "image_size": image_size, **({"operating_points": operating} if operating else {})}
     extra = {OPERATING_FILE: json.dumps(operating)} if operating else None
-    checkpoint.save_atomic({"format": "chexui-fp32/1", **meta, "model": state}, out / FILES[FP32])
+    # a channel-pruned model's layer sizes as data ([in, out] per layer that is not the architecture's
+    # own): torch + torchvision rebuild it from them (docs/load_model.py), chexui from the same record
+    dense = build_model(arch, "none")
+    counts = counts_of_state(dense, state)
+    del dense
+    fp32 = {"format": "chexui-fp32/1", **meta, **({"channels": counts} if counts else {}), "model": state}
+    checkpoint.save_atomic(fp32, out / FILES[FP32])
     written = [(FP32, out / FILES[FP32])]
     if SPARSE in kinds:
         checkpoint.save_atomic({"format": "chexui-sparse/1", **meta, **to_sparse(state)}, out / FILES[SPARSE])
@@ -176,6 +184,20 @@ def export_models(
 
     with ThreadPoolExecutor(2) as pool:
         return list(pool.map(lambda kp: artifact(kp[0], kp[1], run_dir), written))
+
+
+def cost(model: nn.Module, image_size: int) -> dict[str, int]:
+    """MACs (torch's own flop counter, FLOPs / 2) and parameters of one image through `model`, counted on
+    a copy on the meta device (shapes only: no memory, no arithmetic)."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(1, 3, image_size, image_size, device="meta"))
+    return {"macs": int(counter.get_total_flops()) // 2, "params": sum(p.numel() for p in model.parameters())}
 
 
 def best_checkpoint(run_dir: Path) -> tuple[Path, dict]:
@@ -225,7 +247,8 @@ def load_model(run_dir: Path, art: dict, trust: bool = False, cfg: dict | None =
         return onnx_export.Session(path)
     saved = checkpoint.load(path)
     try:
-        return build_float(str(saved["arch"]), saved["model"] if art["kind"] == FP32 else from_sparse(saved))
+        state = saved["model"] if art["kind"] == FP32 else from_sparse(saved)
+        return build_float(str(saved["arch"]), state, counts=saved.get("channels"))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a file of another shape than chexui writes
         raise StorageError(
             f"{path}: not a model file chexui wrote ({type(e).__name__}: "

@@ -67,10 +67,35 @@ def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_
     return model
 
 
-def build_float(arch: str, state: dict[str, torch.Tensor], channels_last: bool = False) -> nn.Module:
-    """The float model of a state dict (eval mode); `channels_last`: in the memory layout a run with
-    train.channels_last trained and evaluated it in."""
-    model = build_model(arch, "none")
+def counts_of_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """[in, out] channels of each conv, BatchNorm and linear of `model` as the state dict's tensors have
+    them, where they differ from the model's (a channel-pruned model's smaller layers)."""
+    counts = {}
+    for name, m in model.named_modules():
+        w = state.get(f"{name}.weight")
+        if not isinstance(w, torch.Tensor) or not isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+            continue
+        if tuple(w.shape) != tuple(m.weight.shape):
+            counts[name] = [int(w.shape[0])] * 2 if w.dim() == 1 else [int(w.shape[1]), int(w.shape[0])]
+    return counts
+
+
+def fit_to_state(model: nn.Module, state: dict[str, torch.Tensor], counts: dict | None = None) -> nn.Module:
+    """`model` with its layers resized to the state dict's shapes (or to `counts`: module -> [in, out],
+    a channel-pruned file's record); a dense state leaves it as it is. ValueError for counts that do not
+    fit the architecture."""
+    from engine.compression.channels import fit_to_counts
+
+    counts = counts_of_state(model, state) if counts is None else counts
+    return fit_to_counts(model, counts) if counts else model
+
+
+def build_float(
+    arch: str, state: dict[str, torch.Tensor], channels_last: bool = False, counts: dict | None = None
+) -> nn.Module:
+    """The float model of a state dict (eval mode), with the layer sizes the state has (or `counts`);
+    `channels_last`: in the memory layout a run with train.channels_last trained and evaluated it in."""
+    model = fit_to_state(build_model(arch, "none"), state, counts)
     model.load_state_dict(state)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

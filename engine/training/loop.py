@@ -81,11 +81,16 @@ def train_step(
     autocast,
     x: torch.Tensor,
     y: torch.Tensor,
+    distill=None,
 ) -> torch.Tensor:
     """One optimizer step. The scaler is a pass-through unless it is enabled (fp16), where it scales the
-    loss so that small fp16 gradients do not underflow to zero, and skips steps with inf/NaN gradients."""
+    loss so that small fp16 gradients do not underflow to zero, and skips steps with inf/NaN gradients.
+    `distill` (engine/training/distill.py) mixes in the teacher's term."""
     with autocast:
-        loss = loss_fn(net(x), y)
+        logits = net(x)
+        loss = loss_fn(logits, y)
+        if distill is not None:
+            loss = distill(loss, logits, x)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
@@ -130,6 +135,10 @@ class Loop:
             t_epoch, compile0 = time.perf_counter(), compile_seconds()
             self.util.reset()
             if not self.train_one_epoch(epoch):
+                # the epoch's loss so far is every rank's: rank 0 keeps the sum in last.pt (the others
+                # resume from 0), so the resumed epoch's mean is the uninterrupted one's
+                s, n = run.d.all_reduce_sum([st.loss_sum, st.loss_n])
+                st.loss_sum, st.loss_n = (s, n) if run.d.is_main else (0.0, 0.0)
                 st.wall_time_s = wall0 + time.perf_counter() - t_start
                 run.save()
                 return "stopped"
@@ -227,6 +236,7 @@ class Loop:
                 autocast_ctx,
                 x,
                 y.to(run.d.device, non_blocking=True).float(),
+                run.distiller,
             )
             losses.add(loss)
             st.global_step += 1

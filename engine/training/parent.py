@@ -29,10 +29,18 @@ def parent_best(parent: str | Path) -> Path:
 
 
 def parent_state(parent: str | Path) -> dict:
-    """The float weights of the parent's best model (weights-only read)."""
+    """The float weights of the model the parent ships, from its best checkpoint (weights-only read): a
+    channel-pruned parent's smaller model."""
+    from engine import compression
     from engine.training import checkpoint  # (torch: the CLI's checks import this module without it)
 
-    return checkpoint.load(parent_best(parent))["model"]
+    ck = checkpoint.load(parent_best(parent))
+    cfg = rundir.load_config(parent)
+    for method in compression.active(cfg):
+        model = method.float_model(cfg, ck)
+        if model is not None:
+            return model.state_dict()
+    return ck["model"]
 
 
 def parent_summary(parent: str | Path) -> dict:

@@ -33,6 +33,11 @@ def test(run: RunContext) -> tuple[dict, nn.Module | None]:
     run.load_best()
     for method in run.methods:
         method.before_test(run)
+    shipped = run.model
+    for method in run.methods:
+        shipped = method.shipped(shipped)
+    if shipped is not run.model:  # (channel pruning: the smaller model, with the same outputs)
+        run.ship(shipped)
     evaluator = run.evaluator
     int8_maker = next((method for method in run.methods if method.makes_int8), None)
     if int8_maker is None:
@@ -69,6 +74,8 @@ def export(run: RunContext, int8: nn.Module | None) -> None:
             run.evaluator.operating,
         )
         params = list(run.model.parameters())
+        cost = exporting.cost(run.model, run.dc["image_size"])  # the int8 and ONNX graphs are the same model's
+        arts = [{**a, **cost} for a in arts]
         run.emit(
             "exported",
             artifacts=arts,
@@ -77,7 +84,10 @@ def export(run: RunContext, int8: nn.Module | None) -> None:
             **{"sparsity": None, **run.method_fields("exported_fields")},
         )
         for a in arts:
-            run.log(f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,})")
+            run.log(
+                f"exported {a['kind']}: {a['path']} {a['bytes']:,} bytes (gzip {a['gzip_bytes']:,}), "
+                f"{a['macs'] / 1e9:.3f} GMACs, {a['params']:,} parameters"
+            )
         for a in arts:
             if a["kind"] == exporting.INT8:
                 continue  # the graph of the `test` evaluation (the record in best.pt, as chexui runs it)

@@ -28,11 +28,12 @@ from engine.errors import UserError, one_line
 from engine.events import EventWriter
 from engine.fsutil import remove_stale_temps, write_atomic
 from engine.labels import n_defined
-from engine.models.chexnet import build_model, losses
+from engine.models.chexnet import build_model, fit_to_state, losses
 from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, EXPORT_DIR, LAST, SPLIT_FILE
 from engine.runtime import dist
 from engine.training import checkpoint, shipping
 from engine.training.checkpoint import RunCheckpoints
+from engine.training.distill import Distiller, load_teacher
 from engine.training.evaluator import Evaluator
 from engine.training.loop import Loop, autocast
 from engine.training.parent import parent_state, parent_summary
@@ -121,8 +122,11 @@ class Run:
         m = self.cfg["model"]
         model = build_model(m["arch"], m["pretrained"], m["weights"], log=self.log)
         self.parent = self.cfg["compress"]["parent"]
-        if self.parent and not self.ckpts.last.is_file():  # (a resume reads its own last.pt instead)
-            model.load_state_dict(parent_state(self.parent))
+        if self.parent:  # its model's shapes (a channel-pruned parent's are smaller), and a fresh run its weights
+            state = parent_state(self.parent)
+            model = fit_to_state(model, state)
+            if not self.ckpts.last.is_file():  # (a resume reads its own last.pt instead)
+                model.load_state_dict(state)
         # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
         # measured), so the CPU suite runs the same weight layout as the GPU servers
         self.channels_last = self.t["channels_last"]
@@ -134,7 +138,7 @@ class Run:
         )
         # the compression methods the config enables, each converting what trains in turn (QAT: a traced
         # copy with fake-quant observers that shares the model's weights)
-        ctx = MethodContext(self.cfg, self.run_dir, self.steps_per_epoch, self.d.is_main, self.log)
+        ctx = MethodContext(self.cfg, self.run_dir, self.steps_per_epoch, self.d.is_main, self.log, self.d)
         self.methods: list[Method] = [cls(self.model, ctx) for cls in compression.active(self.cfg)]
         self.core = self.model  # what trains and is validated
         for method in self.methods:
@@ -159,8 +163,22 @@ class Run:
         self.amp = amp_dtype(self.cfg, self.d.device)
         # fp16 gradients underflow without loss scaling (a Hernia negative weighs about 0.002)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.amp == torch.float16)
+        self.distiller = None
+        if self.cfg["distill"]["enabled"]:
+            teacher, teacher_id = load_teacher(self.cfg, self.data.manifest["sha256"])
+            teacher = teacher.to(  # type: ignore[call-overload]
+                self.d.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+            )
+            dc = self.cfg["distill"]
+            self.distiller = Distiller(teacher, dc["alpha"], dc["temperature"])
+            self.log(f"distilling from {teacher_id} (alpha {dc['alpha']}, temperature {dc['temperature']})")
         self.evaluator = Evaluator(self)  # every evaluation of this process (validation, test, artifacts)
         self.loop = Loop(self)  # the epochs
+
+    def ship(self, model: nn.Module) -> None:
+        """From the test phase on, `model` (a method's `shipped` model) is the run's model: what is tested,
+        exported and quantized. Training is over: nothing updates it."""
+        self.model = self.core = self.eval_net = model
 
     def parts(self) -> dict:
         """The named stateful parts of a checkpoint (state_dict / load_state_dict each): adding a part
@@ -197,6 +215,8 @@ class Run:
                 part.load_state_dict(ck[name])
         if self.d.is_main:
             self.ckpts.recover(self.state.best_epoch)
+        else:  # a stopped epoch's loss so far is every rank's sum, kept by rank 0 (Loop.fit)
+            self.state.loss_sum = self.state.loss_n = 0.0
         return True
 
     def save(self, best: bool = False) -> None:
@@ -313,6 +333,8 @@ class Run:
             **{"quantization": None, **self.method_fields("run_started_fields")},
             **({"parent": parent} if parent else {}),
         )
+        for method in self.methods:
+            method.begin(self)
         if parent:
             self.start_from_parent(parent)
 

@@ -1,5 +1,6 @@
 """One row per epoch: losses, validation AUROC, LR, time, throughput, and the columns of a compression
-run (sparsity of a pruning run, the observers' state of a QAT run) once its events carry them."""
+run (sparsity of a pruning run, MACs of a channel-pruned one, the observers' state of a QAT run) once
+its events carry them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from chexui.tui.widgets.fitted_table import FittedTable
 METHOD_COLUMNS: dict[str, tuple[str, Callable[[Any], str | Text]]] = {
     "sparsity": ("sparsity", lambda v: fmt(v, ".3f")),
     "qat_observers": ("QAT observers", lambda v: "-" if v is None else safe(v)),
+    # channel pruning: the model's MACs over the dense model's (its `sparsity` is of channels)
+    "macs_ratio": ("MACs", lambda v: f"{v:.2f}x" if isinstance(v, (int, float)) else "-"),
 }
 
 
