@@ -122,10 +122,12 @@ class Run:
         m = self.cfg["model"]
         model = build_model(m["arch"], m["pretrained"], m["weights"], log=self.log)
         self.parent = self.cfg["compress"]["parent"]
-        if self.parent:  # its model's shapes (a channel-pruned parent's are smaller), and a fresh run its weights
-            state = parent_state(self.parent)
-            model = fit_to_state(model, state)
-            if not self.ckpts.last.is_file():  # (a resume reads its own last.pt instead)
+        if self.parent:  # the parent's model: its shapes (a channel-pruned parent's are smaller) and weights
+            if self.ckpts.last.is_file():  # (a resume: the shapes of its own last.pt, whose weights it loads)
+                model = fit_to_state(model, checkpoint.load(self.ckpts.last)["model"])
+            else:
+                state = parent_state(self.parent)
+                model = fit_to_state(model, state)
                 model.load_state_dict(state)
         # channels_last on every device when asked (CUDA's fast path; as fast or faster on the CPUs
         # measured), so the CPU suite runs the same weight layout as the GPU servers
