@@ -82,15 +82,15 @@ def test_target_macs_scales_the_targets_until_the_model_keeps_that_fraction():
     cfg = config.validate(
         {"prune": {"enabled": True, "structure": "channel", "target_macs": 0.4}, "model": {"arch": "resnet50"}}
     )["prune"]
-    final = final_targets(model, gs, cfg, 128)
-    removed = {g.producer: list(range(round(final[g.producer] * g.width))) for g in gs}
     sizes = channels.spatial_sizes(model, 128)
+    final = final_targets(model, gs, cfg, sizes)
+    removed = {g.producer: list(range(round(final[g.producer] * g.width))) for g in gs}
     kept = channels.macs_after(model, sizes, *channels.removals(gs, removed))
     ratio = kept / channels.macs_after(model, sizes, {}, {})
     assert abs(ratio - 0.4) < 0.01
     # a target the prunable groups cannot reach is a config error naming the key
     with pytest.raises(config.ConfigError, match="prune.target_macs = 0.05"):
-        final_targets(model, gs, {**cfg, "target_macs": 0.05}, 128)
+        final_targets(model, gs, {**cfg, "target_macs": 0.05}, sizes)
 
 
 def _method(model: nn.Module, **prune) -> ChannelPruning:

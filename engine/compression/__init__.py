@@ -9,6 +9,6 @@ the engine under torchrun imports this package, so a method for real runs is imp
 """
 
 from engine.compression import channel_pruning, pruning, ptq, qat  # noqa: F401  (they register themselves)
-from engine.compression.base import Method, MethodContext, active, int8_maker, register, unregister
+from engine.compression.base import Method, MethodContext, active, int8_maker, rebuilt_float, register, unregister
 
-__all__ = ["Method", "MethodContext", "active", "int8_maker", "register", "unregister"]
+__all__ = ["Method", "MethodContext", "active", "int8_maker", "rebuilt_float", "register", "unregister"]

@@ -175,6 +175,12 @@ def int8_maker(cfg: dict) -> type[Method] | None:
     return next((m for m in active(cfg) if m.makes_int8), None)
 
 
+def rebuilt_float(cfg: dict, ck: dict) -> nn.Module | None:
+    """The float model a run with this config ships, rebuilt from its best checkpoint `ck` by the method
+    that changes it (channel pruning's smaller model); None when the checkpoint's model is it."""
+    return next((m for m in (method.float_model(cfg, ck) for method in active(cfg)) if m is not None), None)
+
+
 def active(cfg: dict) -> list[type[Method]]:
     """The registered methods a run's config enables, in registration order (pruning before QAT: QAT's
     graph is traced from the model pruning masks)."""

@@ -28,15 +28,15 @@ TAYLOR_BATCHES = 16
 MAX_FRACTION = 0.95  # at least 1 channel in 20 stays in every group, whatever the targets say
 
 
-def final_targets(model: nn.Module, gs: list[channels.Group], cfg: dict, image_size: int) -> dict[str, float]:
+def final_targets(model: nn.Module, gs: list[channels.Group], cfg: dict, sizes: dict[str, int]) -> dict[str, float]:
     """Each group's final fraction of channels removed: by width from `adaptive` (as magnitude pruning's
     per-layer targets) or `final_sparsity`; with `target_macs`, those targets times the one factor
-    (found by bisection) at which the smaller model keeps `target_macs` of the dense MACs."""
+    (found by bisection) at which the smaller model keeps `target_macs` of the dense MACs; `sizes`: the
+    convs' output positions (channels.spatial_sizes)."""
     by_width = {a["out_channels"]: a["sparsity"] for a in cfg["adaptive"]}
     base = {g.producer: by_width.get(g.width, Pruner.unlisted(cfg)) for g in gs}
     if not cfg["target_macs"]:
         return {k: min(v, MAX_FRACTION) for k, v in base.items()}
-    sizes = channels.spatial_sizes(model, image_size)
     dense = channels.macs_after(model, sizes, {}, {})
 
     def macs(k: float) -> int:
@@ -69,13 +69,13 @@ class ChannelPruning(Method):
         super().__init__(model, ctx)
         arch, self.image_size = ctx.cfg["model"]["arch"], ctx.cfg["data"]["image_size"]
         self.groups = channels.supported(model, arch)
-        self.final = final_targets(model, self.groups, self.cfg, self.image_size)
+        self.sizes = channels.spatial_sizes(model, self.image_size)
+        self.final = final_targets(model, self.groups, self.cfg, self.sizes)
         self.schedule = Schedule(self.cfg, ctx.steps_per_epoch)
         self.removed: dict[str, list[int]] = {}
         self.last_update = -1
         self.taylor: dict[str, torch.Tensor] = {}  # accumulated Taylor scores since the last update
         self._factors: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        self.sizes = channels.spatial_sizes(model, self.image_size)
         self.dense_macs = channels.macs_after(model, self.sizes, {}, {})
 
     # ------------------------------------------------------------ state

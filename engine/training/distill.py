@@ -63,12 +63,7 @@ def load_teacher(cfg: dict, split_sha256: str) -> tuple[nn.Module, str]:
             f"{cfg['data']['image_size']} px"
         )
     ck = checkpoint.load(where / rundir.BEST)
-    model = next(
-        (m for m in (method.float_model(tcfg, ck) for method in compression.active(tcfg)) if m is not None),
-        None,
-    )
-    if model is None:
-        model = build_float(tcfg["model"]["arch"], ck["model"])
+    model = compression.rebuilt_float(tcfg, ck) or build_float(tcfg["model"]["arch"], ck["model"])
     return model, info["run_id"]
 
 

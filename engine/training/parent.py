@@ -35,12 +35,8 @@ def parent_state(parent: str | Path) -> dict:
     from engine.training import checkpoint  # (torch: the CLI's checks import this module without it)
 
     ck = checkpoint.load(parent_best(parent))
-    cfg = rundir.load_config(parent)
-    for method in compression.active(cfg):
-        model = method.float_model(cfg, ck)
-        if model is not None:
-            return model.state_dict()
-    return ck["model"]
+    model = compression.rebuilt_float(rundir.load_config(parent), ck)
+    return ck["model"] if model is None else model.state_dict()
 
 
 def parent_summary(parent: str | Path) -> dict:
