@@ -2,7 +2,9 @@
 # Channel pruning + distillation on the embedded demo data at 128 px (#31's acceptance), per architecture:
 #   dense (4 epochs from scratch)
 #   post-training: --prune-channels 0.5 --finetune-epochs 2, without and with --distill, then --ptq on top
-#   during training: channel 50 % on the study's schedule (0.5 -> 3 of 4 epochs), distilled from the dense run
+#   during training: channel 50 % on the study's schedule (0.5 -> 3 of 4 epochs), distilled from the dense run,
+#     from scratch ("dt"), and from the dense run's weights as the study's runs start from pretrained ones
+#     ("dtd": 3 epochs, 10 -> 50 % over the first, Taylor scores, LR 5e-4)
 # then `chexui bench` of each against the dense run (x dense speed, same runtime). CPU hours on 2 cores:
 #   ARCHS="resnet50 densenet121" STAGE=train|bench|all RUNS=/tmp/channel-study bash benchmarks/channel_study.sh
 set -euo pipefail
@@ -27,6 +29,11 @@ for arch in $ARCHS; do
       --set prune.enabled=true --set prune.structure=channel --set prune.final_sparsity=0.5 \
       --set prune.begin_epoch=0.5 --set prune.end_epoch=3 --set prune.frequency_steps=10 \
       --set distill.enabled=true --set distill.teacher="$dense" | tail -2
+    $C run "${common[@]}" --set model.arch="$arch" --name "dtd-ch50-kd-$arch" --set train.epochs=3 \
+      --set model.pretrained="$dense/checkpoints/best.pt" --set train.lr=0.0005 \
+      --set prune.enabled=true --set prune.structure=channel --set prune.final_sparsity=0.5 \
+      --set prune.begin_epoch=0 --set prune.end_epoch=1 --set prune.frequency_steps=6 --set prune.importance=taylor \
+      --set distill.enabled=true --set distill.teacher="$dense" | tail -2
   fi
   if [[ $STAGE == bench || $STAGE == all ]]; then
     dense=$(run_of "dense-$arch")
@@ -44,7 +51,7 @@ for r in b["artifacts"]:
     print(f"  {r['kind']:<16} {r['runtime']:<12} {r['macs'] / 1e9:6.3f} GMACs  b32 {r['cpu']['throughput_b32']:7.1f} img/s{x}")
 PY
     done
-    $C compare $(for r in dense pt-ch50 pt-ch50-kd pt-ch50-kd-ptq dt-ch50-kd; do run_of "$r-$arch"; done) \
+    $C compare $(for r in dense pt-ch50 pt-ch50-kd pt-ch50-kd-ptq dt-ch50-kd dtd-ch50-kd; do run_of "$r-$arch"; done) \
       --baseline "$dense" --runs-dir "$RUNS" --format markdown
   fi
 done

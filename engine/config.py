@@ -388,6 +388,12 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
             "a finished run's directory"
         )
     m = cfg["model"]
+    if p["enabled"] and p["structure"] == "channel" and not archs.get(m["arch"]).channel_groups:
+        able = ", ".join(a.name for a in archs.all_archs() if a.channel_groups)
+        raise ConfigError(
+            f"{source}: key 'prune.structure' = 'channel': chexui knows no channel groups of {m['arch']}'s "
+            f"blocks (channel pruning is for {able}); use prune.structure = 'unstructured'"
+        )
     have = archs.get(m["arch"]).weights
     if m["pretrained"] == "imagenet" and m["weights"] not in have:
         raise ConfigError(

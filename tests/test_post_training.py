@@ -71,12 +71,12 @@ def post_training(tmp_path_factory, tiny_demo):
             "resumed",
             ["--prune", "0.5", "--finetune-epochs", "30", "--name", "resumed", "--set", "export.enabled=false"],
         ),
-        # half the channels by Taylor scores on 2 ranks, a fine-tune distilled from the parent (the
-        # teacher inside the step's bf16 autocast, as on a GPU)
+        # half the channels (by Taylor scores, compress's default) on 2 ranks, a fine-tune distilled from
+        # the parent (the teacher inside the step's bf16 autocast, as on a GPU)
         (
             "channel",
             ["--prune-channels", "0.5", "--finetune-epochs", "1", "--distill", "--nproc", "2", "--name", "channel"]
-            + ["--set", "prune.importance=taylor", "--set", "train.amp=bf16"],
+            + ["--set", "train.amp=bf16"],
         ),
     ):
         # three runs side by side on a 2-core machine: one thread each (with two each, the OpenMP pools
@@ -294,6 +294,12 @@ def test_channel_pruned_compress_ships_a_smaller_model_that_loads_without_chexui
     started = [e for e in ev if e["type"] == "run_started"][0]
     assert started["world_size"] == 2 and started["config"]["prune"]["structure"] == "channel"
     assert started["config"]["distill"] == {"enabled": True, "teacher": "parent", "alpha": 0.5, "temperature": 2.0}
+    # compress's channel defaults: Taylor scores, and a fine-tune at half the parent's initial rate
+    # (or its last, if higher), not at its last rate as after magnitude pruning
+    parent_lr = [e for e in events_of(parent) if e["type"] == "run_started"][0]["config"]["train"]["lr"]
+    parent_last = [e for e in events_of(parent) if e["type"] == "epoch_ended"][-1]["lr"]
+    assert started["config"]["prune"]["importance"] == "taylor"
+    assert started["config"]["train"]["lr"] == pytest.approx(max(parent_lr / 2, parent_last))
     (epoch,) = [e for e in ev if e["type"] == "epoch_ended"]
     assert epoch["sparsity"] == pytest.approx(0.5, abs=0.01) and epoch["macs_ratio"] < 0.6
     assert _finished(run)["status"] == "completed"

@@ -9,9 +9,10 @@ optimizer steps; t0/t1 come from the fractional begin/end epochs. Masks are reco
 pruned weights stay zero. Unlike TF-MOT, which prunes only on multiples of the frequency and so can
 stop short of s_f when (t1 - t0) is not one, the masks are also recomputed at t1: the run reaches the
 sparsity it was asked for. Weights are identical on every rank under DDP, so masks are too.
-`scope = "conv"` prunes conv weights only (no BatchNorm, biases or classifier); `"all"` adds the
-classifier. `adaptive` gives a final target per layer by output channels; `adaptive_default` the
-target of widths it does not list (a sparsity, "keep" = not pruned, or "final" = final_sparsity).
+`scope = "conv"` prunes conv weights only (no BatchNorm, biases or classifier; ConvNeXt's pointwise
+layers, 1x1 convolutions written as nn.Linear, count as convs); `"all"` adds the classifier.
+`adaptive` gives a final target per layer by output channels; `adaptive_default` the target of widths
+it does not list (a sparsity, "keep" = not pruned, or "final" = final_sparsity).
 `schedule = "one_shot"` (post-training pruning, `chexui compress`): every layer at its final target at
 step 0, by the magnitudes of the weights it starts from, with the same masks, scopes and adaptive targets.
 """
@@ -33,9 +34,14 @@ def schedule(step: int, t0: int, t1: int, s_i: float, s_f: float, power: float) 
     return s_f + (s_i - s_f) * (1.0 - frac) ** power
 
 
-def prunable(model: nn.Module, scope: str) -> dict[str, nn.Conv2d | nn.Linear]:
-    kinds = (nn.Conv2d,) if scope == "conv" else (nn.Conv2d, nn.Linear)
-    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+def prunable(model: nn.Module, scope: str, arch: str | None = None) -> dict[str, nn.Conv2d | nn.Linear]:
+    """The "conv" scope: the convolutions (with ConvNeXt's pointwise nn.Linear layers, `conv_layers`); "all": every
+    nn.Conv2d and nn.Linear, the classifier included."""
+    from engine.models.chexnet import conv_layers
+
+    if scope == "conv":
+        return conv_layers(model, arch)
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 class Schedule:
@@ -69,9 +75,9 @@ class Schedule:
 
 
 class Pruner:
-    def __init__(self, model: nn.Module, cfg: dict, steps_per_epoch: int):
+    def __init__(self, model: nn.Module, cfg: dict, steps_per_epoch: int, arch: str | None = None):
         self.cfg = cfg
-        self.layers = prunable(model, cfg["scope"])
+        self.layers = prunable(model, cfg["scope"], arch)
         by_width = {a["out_channels"]: a["sparsity"] for a in cfg["adaptive"]}
         self.final = {name: by_width.get(self._width(m), self.unlisted(cfg)) for name, m in self.layers.items()}
         self.schedule = Schedule(cfg, steps_per_epoch)

@@ -26,7 +26,7 @@ class Pruning(Method):
 
     def __init__(self, model: nn.Module, ctx: MethodContext) -> None:
         super().__init__(model, ctx)
-        self.pruner = Pruner(model, self.cfg, ctx.steps_per_epoch)
+        self.pruner = Pruner(model, self.cfg, ctx.steps_per_epoch, ctx.cfg["model"]["arch"])
         if self.cfg["schedule"] == "one_shot":
             self.pruner.step(0)  # final masks from the starting weights (a resume restores its own)
 

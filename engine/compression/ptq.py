@@ -36,7 +36,8 @@ class PTQ(Method):
         _, batches = eval_batches(len(rows), t["batch_size"] * 2, 1, 0)
         inputs = (to_input(run.data.images[rows[pos]][0], torch.device("cpu")) for pos in batches)
         t0 = time.perf_counter()
-        int8 = quant.post_training(run.model, c["scope"], self.ctx.cfg["data"]["image_size"], inputs)
+        cfg = self.ctx.cfg
+        int8 = quant.post_training(run.model, c["scope"], cfg["data"]["image_size"], inputs, cfg["model"]["arch"])
         run.state.wall_time_s += time.perf_counter() - t0  # compression time counts as the run's time
         self.ctx.log(
             f"post-training int8 ({c['scope']}): calibrated on {len(rows)} training images in "

@@ -25,7 +25,7 @@ class QAT(Method):
     frozen = False  # the observers' ranges no longer move (quantize.freeze_observers_epoch)
 
     def convert(self, model: nn.Module) -> nn.Module:
-        self.qat = quant.prepare(model, self.cfg, self.ctx.cfg["data"]["image_size"])
+        self.qat = quant.prepare(model, self.cfg, self.ctx.cfg["data"]["image_size"], self.ctx.cfg["model"]["arch"])
         return self.qat
 
     def parts(self) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def fake_quantized(cfg: dict, ck: dict) -> nn.Module:
     """A QAT run's fake-quantized model from its checkpoint `ck` (eval mode, observers frozen), in the
     run's memory layout: the int8 model's differentiable twin, and what `int8` converts."""
     model = build_float(cfg["model"]["arch"], ck["model"], cfg["train"]["channels_last"])
-    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"])
+    qat = quant.prepare(model, cfg["quantize"], cfg["data"]["image_size"], cfg["model"]["arch"])
     qat.load_state_dict(ck["qat"])
     quant.freeze_observers(qat)  # evaluation must not move the ranges it was trained with
     qat.eval()  # (a PT2E model's eval() switches its graph in place and returns None)

@@ -32,15 +32,16 @@ import torch
 from torch import nn
 
 
-def prepare(model: nn.Module, q: dict, image_size: int) -> nn.Module:
-    """The QAT model (a GraphModule) for a float model in train mode; `q` is the [quantize] config."""
+def prepare(model: nn.Module, q: dict, image_size: int, arch: str | None = None) -> nn.Module:
+    """The QAT model (a GraphModule) for a float model in train mode; `q` is the [quantize] config, `arch`
+    the model's architecture (what its "conv" scope covers)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     model.train()
     captured = _captured(model, image_size)
     with _patterns_of_present_convs(captured):
-        qat = prepare_qat_pt2e(captured, _quantizer(model, q["scope"], is_qat=True))
+        qat = prepare_qat_pt2e(captured, _quantizer(model, q["scope"], is_qat=True, arch=arch))
     allow_exported_model_train_eval(qat)  # .train()/.eval() switch BatchNorm and dropout in the graph
     return qat
 
@@ -53,29 +54,57 @@ def _captured(model: nn.Module, image_size: int) -> torch.fx.GraphModule:
     """The model as torch.export captures it (strict: torchvision's ResNets reuse one ReLU module, which
     non-strict capture leaves unannotatable), any batch size."""
     example = (torch.zeros(2, 3, image_size, image_size, device=next(model.parameters()).device),)
-    return torch.export.export(model, example, dynamic_shapes=_batch_dim(), strict=True).module()
+    with _capturable(model):
+        return torch.export.export(model, example, dynamic_shapes=_batch_dim(), strict=True).module()
 
 
-def _quantizer(model: nn.Module, scope: str, is_qat: bool):
-    """x86 Inductor quantization of the conv layers ("conv") or of every supported op but the classifier:
-    AUROC ranks images by the 14 logits, and 256 levels over their range would tie many of them."""
+@contextmanager
+def _capturable(model: nn.Module):
+    """The model as the QAT graph can switch between training and evaluation. `allow_exported_model_train_eval`
+    rewrites BatchNorm for evaluation, but not stochastic depth (EfficientNets, ConvNeXt: random ops in
+    the graph), and dropout only sometimes (MobileNetV3's head with quantize.scope = "conv" kept
+    training=True): their int8 models answered differently at every call. Both are captured in eval
+    mode, the identity, so a QAT run fine-tunes without them (neither has parameters; the float model is
+    left as it was)."""
+    from torchvision.ops import StochasticDepth
+
+    random = [m for m in model.modules() if isinstance(m, (StochasticDepth, nn.Dropout)) and m.training]
+    for m in random:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in random:
+            m.training = True
+
+
+def _quantizer(model: nn.Module, scope: str, is_qat: bool, arch: str | None = None):
+    """x86 Inductor quantization of the conv layers ("conv": `conv_layers`, ConvNeXt's pointwise
+    nn.Linear layers included) or of every supported op but the classifier: AUROC ranks images by the 14
+    logits, and 256 levels over their range would tie many of them."""
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     quantizer, config = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat)
     if scope == "all":
         head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
         return quantizer.set_global(config).set_module_name_qconfig(head, None)
-    return quantizer.set_module_type_qconfig(nn.Conv2d, config)
+    from engine.models.chexnet import conv_layers
+
+    quantizer.set_module_type_qconfig(nn.Conv2d, config)
+    for name, m in conv_layers(model, arch).items():
+        if isinstance(m, nn.Linear):
+            quantizer.set_module_name_qconfig(name, config)
+    return quantizer
 
 
 @torch.no_grad()
-def post_training(model: nn.Module, scope: str, image_size: int, batches) -> nn.Module:
+def post_training(model: nn.Module, scope: str, image_size: int, batches, arch: str | None = None) -> nn.Module:
     """Post-training static quantization (PT2E): observers calibrated on `batches` (normalised input
     tensors, as the model sees them in evaluation), then the int8 graph `convert` makes from a QAT model."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     model = copy.deepcopy(model).cpu().eval()
-    prepared = prepare_pt2e(_captured(model, image_size), _quantizer(model, scope, is_qat=False))
+    prepared = prepare_pt2e(_captured(model, image_size), _quantizer(model, scope, is_qat=False, arch=arch))
     for x in batches:
         prepared(x.cpu())
     return _without_unused_tensors(_convert(prepared))
@@ -230,7 +259,7 @@ def _save_deflated(program, f, extra: dict[str, str] | None = None) -> None:
 
 GRAPH_FORMAT = "chexui-int8-graph/1"
 MAX_NODES = 100_000
-# the operations a converted torchvision CNN's int8 graph calls (ResNet, DenseNet), by the names their
+# the operations a converted torchvision CNN's int8 graph calls (engine/models/archs.py's), by the names their
 # OpOverloads print: nothing else is admitted from a record (aten has ops that read and write files,
 # e.g. from_file, so a namespace is never admitted whole)
 INT8_OP_NAMES = (
@@ -253,7 +282,20 @@ INT8_OP_NAMES = (
     "aten.mean.dim",
     "aten.hardtanh.default",
     "aten.hardtanh_.default",
+    # EfficientNet, MobileNetV3 (activations, squeeze-excitation's scaling) and ConvNeXt (channels-last
+    # LayerNorm and GELU between its pointwise layers)
+    "aten.silu.default",
+    "aten.silu_.default",
+    "aten.hardswish.default",
+    "aten.hardswish_.default",
+    "aten.hardsigmoid.default",
+    "aten.sigmoid.default",
+    "aten.mul.Tensor",
+    "aten.permute.default",
+    "aten.layer_norm.default",
+    "aten.gelu.default",
 )
+_EVAL_DROPOUT = (torch.ops.aten.dropout.default, torch.ops.aten.dropout_.default)
 _DTYPES = {str(d): d for d in (torch.uint8, torch.int8, torch.int32, torch.int64, torch.float32)}
 
 
@@ -290,6 +332,9 @@ def graph_record(int8_model: nn.Module) -> dict:
 
     for n in gm.graph.nodes:
         if n.op == "call_module" and not n.users:  # torch.export's input-shape guard: nothing reads it
+            continue
+        if n.op == "call_function" and n.target in _EVAL_DROPOUT and n.args[2] is False:
+            index[n] = index[n.args[0]]  # dropout captured in eval mode (`_capturable`): the identity
             continue
         if n.op == "placeholder":
             rec = {"op": "placeholder"}

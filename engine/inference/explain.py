@@ -41,7 +41,7 @@ def default_layer(model: nn.Module) -> str:
         have = {name for name, _ in model.named_children()}
     found = {a.cam_layer for a in archs.all_archs() if a.cam_layer in have}
     if len(found) > 1:  # several architectures' blocks: the one whose classifier the model has too
-        found = {a.cam_layer for a in archs.all_archs() if a.cam_layer in have and a.head in have}
+        found = {a.cam_layer for a in archs.all_archs() if a.cam_layer in have and a.head.split(".")[0] in have}
     if len(found) != 1:
         raise ValueError(f"no single Grad-CAM layer known for {type(model).__name__} (found {sorted(found)})")
     return found.pop()

@@ -24,12 +24,17 @@ from engine.errors import ConfigError
 @dataclass(frozen=True)
 class Arch:
     name: str
-    head: str  # the attribute holding the classifier (an nn.Linear) the 14-label head replaces
+    head: str  # the module path of the classifier (an nn.Linear) the 14-label head replaces
     cam_layer: str  # the block whose activations Grad-CAM maps by default: the last convolutional block
     torchvision: str | None = None  # torchvision.models name the body is built from ...
     build: Callable[[], Any] | None = None  # ... or a function returning the body (an nn.Module)
     weights: tuple[str, ...] = ()  # torchvision's ImageNet weight names (model.pretrained = "imagenet")
     adaptive_preset: str | None = None  # the preset whose prune.adaptive targets `compress --prune adaptive` uses
+    # engine/compression/channels.py knows its blocks' channel groups (prune.structure = "channel")
+    channel_groups: bool = False
+    # the module whose nn.Linear layers are 1x1 convolutions written as Linear on channels-last tensors
+    # (ConvNeXt's blocks): prune.scope and quantize.scope "conv" cover them, as a CNN's 1x1 convs
+    pointwise_linears: str | None = None
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -78,6 +83,7 @@ register(
         cam_layer="features",  # (DenseNet's forward applies its final ReLU in place after it)
         weights=("IMAGENET1K_V1",),
         adaptive_preset="prune-adaptive",
+        channel_groups=True,
     )
 )
 register(
@@ -88,6 +94,7 @@ register(
         cam_layer="layer4",
         weights=("IMAGENET1K_V1", "IMAGENET1K_V2"),
         adaptive_preset="resnet50-prune-adaptive",
+        channel_groups=True,
     )
 )
 # ResNet18 (tests and the demo) shares ResNet50's widths 64-512 and so its adaptive table
@@ -99,5 +106,67 @@ register(
         cam_layer="layer4",
         weights=("IMAGENET1K_V1",),
         adaptive_preset="resnet50-prune-adaptive",
+        channel_groups=True,
+    )
+)
+register(
+    Arch(
+        "densenet169",
+        torchvision="densenet169",
+        head="classifier",
+        cam_layer="features",
+        weights=("IMAGENET1K_V1",),
+        adaptive_preset="prune-adaptive",  # DenseNet121's widths: the same growth and bottleneck
+        channel_groups=True,
+    )
+)
+register(
+    Arch(
+        "resnet101",
+        torchvision="resnet101",
+        head="fc",
+        cam_layer="layer4",
+        weights=("IMAGENET1K_V1", "IMAGENET1K_V2"),
+        adaptive_preset="resnet50-prune-adaptive",  # ResNet50's widths, 23 blocks in layer3 instead of 6
+        channel_groups=True,
+    )
+)
+# the small and newer CNNs: their blocks (inverted residuals with squeeze-excitation, ConvNeXt's)
+# have no channel groups in engine/compression/channels.py, and no adaptive per-width table
+register(
+    Arch(
+        "efficientnet_b0",
+        torchvision="efficientnet_b0",
+        head="classifier.1",  # (Dropout, Linear)
+        cam_layer="features",
+        weights=("IMAGENET1K_V1",),
+    )
+)
+register(
+    Arch(
+        "efficientnet_v2_s",
+        torchvision="efficientnet_v2_s",
+        head="classifier.1",
+        cam_layer="features",
+        weights=("IMAGENET1K_V1",),
+    )
+)
+register(
+    Arch(
+        "convnext_tiny",
+        torchvision="convnext_tiny",
+        head="classifier.2",  # (LayerNorm2d, Flatten, Linear)
+        cam_layer="features",
+        weights=("IMAGENET1K_V1",),
+        pointwise_linears="features",
+    )
+)
+register(
+    Arch(
+        "mobilenet_v3_large",
+        torchvision="mobilenet_v3_large",
+        head="classifier.3",  # (Linear, Hardswish, Dropout, Linear): the first Linear is the head's MLP
+        cam_layer="features",
+        weights=("IMAGENET1K_V1", "IMAGENET1K_V2"),
     )
 )

@@ -18,7 +18,7 @@ def _replace_head(model: nn.Module, arch: str) -> nn.Module:
     head = archs.get(arch).head
     old = model.get_submodule(head)
     assert isinstance(old, nn.Linear), f"{arch}.{head} is not an nn.Linear"
-    setattr(model, head, nn.Linear(old.in_features, NUM_CLASSES))
+    model.set_submodule(head, nn.Linear(old.in_features, NUM_CLASSES))
     return model
 
 
@@ -65,6 +65,18 @@ def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_
         if log:
             log(f"model.pretrained = {pretrained}: {loading_text(counts)}")
     return model
+
+
+def conv_layers(model: nn.Module, arch: str | None = None) -> dict[str, nn.Conv2d | nn.Linear]:
+    """The model's convolutions: every nn.Conv2d, and the nn.Linear layers `arch` uses as 1x1
+    convolutions (the architecture table's `pointwise_linears`: ConvNeXt's blocks), what the "conv"
+    scope of pruning and quantization covers. The classifier is never among them."""
+    prefix = archs.get(arch).pointwise_linears if arch else None
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) or (prefix and isinstance(m, nn.Linear) and name.startswith(prefix + "."))
+    }
 
 
 def counts_of_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
