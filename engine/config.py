@@ -394,7 +394,15 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
             f"{source}: key 'prune.structure' = 'channel': chexui knows no channel groups of {m['arch']}'s "
             f"blocks (channel pruning is for {able}); use prune.structure = 'unstructured'"
         )
-    have = archs.get(m["arch"]).weights
+    spec = archs.get(m["arch"])
+    if not spec.int8 and (cfg["quantize"]["enabled"] or c["ptq"]):
+        key = "quantize.enabled" if cfg["quantize"]["enabled"] else "compress.ptq"
+        able = ", ".join(a.name for a in archs.all_archs() if a.int8)
+        raise ConfigError(
+            f"{source}: key '{key}' = true: int8 (QAT, PTQ) of {m['arch']} is refused: {spec.int8_why} "
+            f"(int8 is for {able})"
+        )
+    have = spec.weights
     if m["pretrained"] == "imagenet" and m["weights"] not in have:
         raise ConfigError(
             f"{source}: key 'model.weights' = {m['weights']!r}: torchvision has no such weights for "
