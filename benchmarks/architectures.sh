@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Each architecture on the embedded demo data (#32's acceptance): a 2-epoch float run from scratch, a
 # 2-epoch QAT run of all supported layers (the qat-all preset's quantization), and `chexui bench` of the
-# QAT run (its int8 .pt2 graph and ONNX int8 against its float twin). Prints each run's test AUROC,
-# the ONNX int8 AUROC against the QAT model's, and the bench rows.
+# QAT run (its int8 .pt2 graph and ONNX int8 against its float twin); where the config refuses int8 for
+# the architecture, its reason and the float run's bench rows. Prints each run's test AUROC, the ONNX int8
+# AUROC against the QAT model's, and the bench rows.
 #   ARCHS="efficientnet_b0 mobilenet_v3_large" SIZE=64 RUNS=/tmp/arch-study bash benchmarks/architectures.sh
 set -euo pipefail
 ARCHS=${ARCHS:-"densenet169 resnet101 efficientnet_b0 efficientnet_v2_s convnext_tiny mobilenet_v3_large"}
@@ -15,8 +16,13 @@ common=(--preset demo --set data.image_size="$SIZE" --set train.epochs=2 --set t
         --runs-dir "$RUNS" --headless)
 for arch in $ARCHS; do
   $C run "${common[@]}" --set model.arch="$arch" --name "float-$arch" | tail -1
-  $C run "${common[@]}" --set model.arch="$arch" --set quantize.enabled=true --set quantize.scope=all \
-    --name "qat-$arch" | tail -1
+  if ! out=$($C run "${common[@]}" --set model.arch="$arch" --set quantize.enabled=true --set quantize.scope=all \
+    --name "qat-$arch" 2>&1); then
+    echo "  qat-$arch: $(echo "$out" | tail -1)"
+    $C bench "$(run_of "float-$arch")" --runs-dir "$RUNS" | tail -8
+    continue
+  fi
+  echo "$out" | tail -1
   qat=$(run_of "qat-$arch")
   python3 - "$qat" <<'PY'
 import json, sys

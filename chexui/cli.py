@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from chexui import runs as runs_mod
-from chexui.commands import data, follow, models, presets, run, runs, study
+from chexui.commands import data, follow, lr_find, models, presets, run, runs, study
 from chexui.commands.common import RunsDir, err
 from engine.errors import UserError
 from engine.sanitize import clean
@@ -50,6 +50,7 @@ def tui(ctx: typer.Context, runs_dir: RunsDir = None) -> None:
 
 app.command()(run.run)
 app.command()(run.compress)
+app.command("lr-find")(lr_find.lr_find_cmd)
 app.command()(follow.watch)
 app.command()(follow.stop)
 app.add_typer(runs.app, name="runs")

@@ -108,6 +108,25 @@ def epoch_line(e: dict[str, Any]) -> str:
     )
 
 
+def lr_suggestion_text(e: dict[str, Any]) -> str:
+    """An `lr_suggested` event in words."""
+    if e["suggested_lr"] is None:
+        return f"lr-find: {e['ended']} after {e['steps']} steps: too few to suggest an LR"
+    scale = (
+        f"; train.lr {e['train_lr']:.3g} for {e.get('world_size')} processes (linear LR scaling)"
+        if e["train_lr"] != e["suggested_lr"]
+        else ""
+    )
+    return (
+        f"lr-find: suggested LR {e['suggested_lr']:.3g} ({e['rule']} rule{scale}); {e['steps']} steps, "
+        f"{e['ended']}; minimum loss at {fmt_lr(e.get('min_loss_lr'))}, steepest fall at {fmt_lr(e.get('steepest_lr'))}"
+    )
+
+
+def fmt_lr(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) else "-"
+
+
 class HeadlessView:
     """Feed it events; it prints each as it comes, and keeps the run folded so far (`state`, the one
     fold of the event stream, chexui/runstate.py). Used by `chexui run --headless` and `chexui watch --headless`."""
@@ -217,6 +236,15 @@ class HeadlessView:
         elif t == "error":
             self._end_progress()
             self.say(f"error: {e['message']}")
+        elif t == "lr_find_step":
+            if e["step"] == 1 or e["step"] % 25 == 0:
+                self.say(
+                    f"  lr-find step {e['step']}: lr {e['lr']:.3g} loss {e['loss']:.4f} (smoothed {e['smoothed']:.4f})"
+                )
+        elif t == "lr_suggested":
+            self.say(lr_suggestion_text(e))
+        elif t == "run_finished" and self.state.is_lr_find:
+            self.say(f"lr-find {e['status']} in {e['total_time_s']:.0f}s")
         elif t == "run_finished":
             self._end_progress()
             self.say(

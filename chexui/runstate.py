@@ -41,6 +41,8 @@ class RunState:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     finished: dict[str, Any] | None = None
+    lr_curve: list[tuple[float, float, float]] = field(default_factory=list)  # LR range test: (lr, loss, smoothed)
+    lr_suggested: dict[str, Any] | None = None  # its `lr_suggested` event
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, e: dict[str, Any]) -> None:
@@ -55,6 +57,7 @@ class RunState:
             self.preset, self.arch = cfg.get("name", ""), cfg.get("model", {}).get("arch", "")
             self.epochs_total = cfg.get("train", {}).get("epochs")
             self.finished = None
+            self.lr_curve, self.lr_suggested = [], None  # (a resumed LR range test starts its ramp again)
         elif t == "restarted":
             self.finished = None
             self.world_size = e.get("world_size", self.world_size)
@@ -83,6 +86,10 @@ class RunState:
             self.best_saved = e["epoch"]
         elif t == "error":
             self.errors.append(e.get("message", ""))
+        elif t == "lr_find_step":
+            self.lr_curve.append((e["lr"], e["loss"], e["smoothed"]))
+        elif t == "lr_suggested":
+            self.lr_suggested = e
         elif t == "run_finished":
             self.finished = e
 
@@ -128,6 +135,11 @@ class RunState:
     @property
     def status(self) -> str:
         return final_status(self.events) or ("running" if self.events else "waiting")
+
+    @property
+    def is_lr_find(self) -> bool:
+        """An LR range test (`chexui lr-find`), not a training run."""
+        return bool((self.config.get("lr_find") or {}).get("enabled")) or bool(self.lr_curve)
 
     @property
     def has_sparsity(self) -> bool:

@@ -21,6 +21,11 @@ The grid may vary the preset itself (`preset = ["study/densenet121", "study/dens
 compression runs: each entry is applied to every grid run without compression once that run has completed
 (a run that did not complete has none), so one sweep compares compressing during and after training.
 
+`lr_find = true` finds each configuration's LR first: an LR range test (`chexui lr-find`) of every grid
+point without its seed, and the point's runs (every seed) train at its suggestion (`train.lr` from its
+`lr_suggested`, in place of the preset's); a point whose test suggests nothing is skipped. `chexui
+compare SWEEP` leaves the range tests out (they train no model).
+
 Its state lives in `<runs dir>/.sweeps/<id>.json`: the points and the run each one got. Starting the
 sweep again with `--resume ID` skips completed runs, resumes stopped or failed ones from their last
 checkpoint and starts the rest.
@@ -44,7 +49,7 @@ from engine import config
 from engine.errors import ConfigError, UserError
 from engine.fsutil import write_atomic
 
-FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name", "compress", "seeds"}
+FILE_KEYS = {"description", "preset", "parallel", "set", "grid", "name", "compress", "seeds", "lr_find"}
 SEED_KEY = "train.seed"
 COMPRESS_KEYS = {"prune", "prune_channels", "finetune_epochs", "ptq", "distill"}
 
@@ -58,7 +63,8 @@ class Sweep:
     fixed: dict[str, Any]
     parallel: int = 1
     # {"overrides": {key: value}, "run": id | None}; a compress point also has "compress" (its entry) and
-    # "parent" (the index of the grid point it compresses)
+    # "parent" (the index of the grid point it compresses); with `lr_find = true`, an LR range test point
+    # has "lr_find": true and the grid points it serves "lr_from" (its index)
     points: list[dict] = field(default_factory=list)
 
     def sets(self, overrides: dict[str, Any]) -> list[str]:
@@ -85,7 +91,23 @@ class Sweep:
                 None if c.get("prune_channels") is None else str(c["prune_channels"]),
                 bool(c.get("distill", False)),
             )
-        return presets_mod.resolve(point["overrides"].get("preset", self.preset), self.sets(point["overrides"]))
+        cfg = presets_mod.resolve(point["overrides"].get("preset", self.preset), self.sets(point["overrides"]))
+        if point.get("lr_find"):
+            from chexui.lr_find import as_test
+
+            return as_test(cfg)
+        if "lr_from" in point and base is not None:
+            cfg["train"]["lr"] = suggested_lr(self.points[point["lr_from"]], base)
+        return cfg
+
+
+def suggested_lr(point: dict, base: Path) -> float:
+    """The `train.lr` an LR range test point's run suggested; a `UserError` when it has none."""
+    run_dir = runs_mod.find_run(point["run"], base) if point["run"] else None
+    found = runs_mod.load_run(run_dir).state.lr_suggested if run_dir else None
+    if not found or not isinstance(found.get("train_lr"), (int, float)) or not found["train_lr"] > 0:
+        raise UserError(f"the LR range test {point['run']} suggested no LR")
+    return float(found["train_lr"])
 
 
 def _toml_value(v: Any) -> str:
@@ -161,10 +183,26 @@ def load_file(path: Path, extra_sets: list[str], data: str | None, base: Path, s
     fixed = {**fixed, **{k: v for item in extra_sets for k, v in config.flatten(config.parse_set(item)).items()}}
     if data is not None:
         fixed["data.root"] = str(Path(data).expanduser().resolve())
+    lr_find = raw.get("lr_find", False)
+    if not isinstance(lr_find, bool):
+        raise ConfigError(f"{path}: key 'lr_find' = {lr_find!r}: expected true or false")
+    if lr_find and "train.lr" in {**grid, **fixed}:
+        raise ConfigError(f"{path}: 'lr_find = true' and a 'train.lr' in [grid] or [set] say the same thing: keep one")
     sw = Sweep(sweep_id, name, preset, grid, fixed, parallel)
     keys = list(grid)
+    tests: dict[str, int] = {}  # a configuration without its seed -> its LR range test point
     for combo in itertools.product(*(grid[k] for k in keys)):
-        sw.points.append({"overrides": dict(zip(keys, combo)), "run": None})
+        overrides = dict(zip(keys, combo))
+        extra: dict[str, Any] = {}
+        if lr_find:
+            unseeded = {k: v for k, v in overrides.items() if k != SEED_KEY}
+            key = json.dumps(unseeded, sort_keys=True)
+            if key not in tests:
+                tests[key] = len(sw.points)
+                sw.points.append({"overrides": unseeded, "run": None, "lr_find": True})
+                sw.config(sw.points[-1])
+            extra = {"lr_from": tests[key]}
+        sw.points.append({"overrides": overrides, "run": None, **extra})
         cfg = sw.config(sw.points[-1])  # every point must resolve before anything starts
         dense, parent = not (cfg["prune"]["enabled"] or cfg["quantize"]["enabled"]), len(sw.points) - 1
         for v in variants if dense else []:
@@ -225,7 +263,16 @@ def point_label(point: dict[str, Any]) -> str:
         return (
             "compress " + " ".join(f"{k}={v}" for k, v in point["compress"].items()) + f" of run {point['parent'] + 1}"
         )
-    return " ".join(f"{short_key(k)}={v}" for k, v in point["overrides"].items())
+    text = " ".join(f"{short_key(k)}={v}" for k, v in point["overrides"].items())
+    if point.get("lr_find"):
+        return f"LR range test {text}".rstrip()
+    return text + (f" LR from run {point['lr_from'] + 1}" if "lr_from" in point else "")
+
+
+def waits_on(point: dict) -> int | None:
+    """The point whose run must complete before this one starts: a compress point's parent, or the LR
+    range test whose suggestion a point trains at."""
+    return point.get("parent", point.get("lr_from"))
 
 
 def gpu_slots(parallel: int, nproc: int) -> list[str | None]:
@@ -260,8 +307,9 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
         while todo and free:
             i = todo.pop(0)
             point = sw.points[i]
-            if "compress" in point and status_of(sw.points[point["parent"]]) != "completed":
-                pending = point["parent"] in todo + waiting or point["parent"] in [a[2] for a in active.values()]
+            dep = waits_on(point)
+            if dep is not None and status_of(sw.points[dep]) != "completed":
+                pending = dep in todo + waiting or dep in [a[2] for a in active.values()]
                 if pending:
                     waiting.append(i)
                 else:
@@ -274,7 +322,12 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 continue
             slot = free.pop(0)
             if run_dir is None:
-                cfg = sw.config(point, base)
+                try:
+                    cfg = sw.config(point, base)
+                except UserError as e:  # (an LR range test that suggested nothing)
+                    say(f"skipped {point_label(point)}: {e}")
+                    free.append(slot)
+                    continue
                 cfg["sweep"] = sw.id
                 run_dir = runs_mod.new_run_dir(base, f"{sw.name}-{i + 1:02d}")
                 save_config(cfg, run_dir)

@@ -176,6 +176,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "alpha": Field(0.5, NUM, min=0.0, max=1.0),  # the weight of the teacher term
         "temperature": Field(2.0, NUM, min=0.0, min_exclusive=True, max=100.0),
     },
+    # the LR range test (engine/training/lr_find.py): `chexui lr-find` sets `enabled`, and the run then
+    # ramps the LR exponentially from start_lr to end_lr over `steps` optimizer steps instead of training
+    "lr_find": {
+        "enabled": Field(False, bool),
+        "start_lr": Field(1e-6, NUM, min=0.0, min_exclusive=True, max=10.0),
+        "end_lr": Field(1.0, NUM, min=0.0, min_exclusive=True, max=100.0),
+        "steps": Field(200, int, min=10, max=100000),
+        # the exponential moving average of the loss (bias-corrected): its weight on the past
+        "smoothing": Field(0.9, NUM, min=0.0, max=0.999),
+        # stop once the smoothed loss exceeds this many times its minimum so far (or is not finite)
+        "diverge": Field(4.0, NUM, min=1.0, min_exclusive=True),
+        # the suggestion: "steepest" = the LR where the smoothed loss falls fastest (per log LR), before
+        # its minimum; "min/10" = a tenth of the LR at the smoothed loss's minimum
+        "rule": Field("steepest", str, choices=("steepest", "min/10")),
+    },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
         "onnx": Field(True, bool),  # also model_fp32.onnx / model_int8.onnx (needs the chexui[onnx] extra)
@@ -410,6 +425,16 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
             if have
             else f"{source}: key 'model.pretrained' = 'imagenet': {m['arch']} has no ImageNet weights in "
             'chexui\'s architecture table (expected "none" or a path to a state-dict file)'
+        )
+    lf = cfg["lr_find"]
+    if lf["enabled"] and lf["start_lr"] >= lf["end_lr"]:
+        raise ConfigError(
+            f"{source}: key 'lr_find.start_lr' = {lf['start_lr']}: must be below lr_find.end_lr = {lf['end_lr']}"
+        )
+    if lf["enabled"] and (p["enabled"] or q["enabled"] or c["parent"] or cfg["distill"]["enabled"]):
+        raise ConfigError(
+            f"{source}: key 'lr_find.enabled' = true: the LR range test trains the float model alone; "
+            "turn off prune, quantize, distill and compress (`chexui lr-find` does)"
         )
     d = cfg["data"]
     if d["val_fraction"] + d["test_fraction"] >= 0.9:

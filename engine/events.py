@@ -84,6 +84,10 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "exported": ("artifacts",),
     "run_finished": ("status", "epochs", "total_time_s", "best_epoch", "test_auc_mean"),
     "error": ("message",),
+    # the LR range test (engine/training/lr_find.py): one per step, then the suggestion (lr None: too
+    # few steps to suggest one)
+    "lr_find_step": ("step", "lr", "loss", "smoothed"),
+    "lr_suggested": ("suggested_lr", "train_lr", "rule", "steps", "ended"),
 }
 
 # The type of every required field, checked on read: a line of valid JSON with the wrong shape (a
@@ -126,6 +130,10 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "message": (str,),
     "rule": (str,),
     "thresholds": (dict,),
+    "smoothed": _NUM,
+    "suggested_lr": _OPT_NUM,
+    "train_lr": _OPT_NUM,
+    "ended": (str,),
 }
 
 
@@ -222,6 +230,9 @@ SHAPES: dict[str, Any] = {
     "model": _STR,
     "world_size": _INT,
     "code": _INT,
+    "min_loss_lr": _NUM,  # lr_suggested: the LR at the smoothed loss's minimum, and at its steepest fall
+    "steepest_lr": _NUM,
+    "png": _STR,  # lr_suggested: the curve's file in the run dir
 }
 
 

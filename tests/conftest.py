@@ -55,6 +55,7 @@ SLOWEST_FIRST = (
     "test_hostile.py",
     "test_predict.py",
     "test_tui.py",
+    "test_lr_find.py",
     "test_operating.py",
     "test_data.py",
 )

@@ -148,10 +148,10 @@ def start(cfg: dict, run_dir: Path, base: Path, node, headless: bool, detach: bo
     runs_mod.write_launcher(run_dir)
     view = HeadlessView()
     view.say(f"run dir: {run_dir}")
-    raise typer.Exit(_launch_and_follow(cfg, run_dir, node, view))
+    raise typer.Exit(launch_and_follow(cfg, run_dir, node, view))
 
 
-def _launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView) -> int:
+def launch_and_follow(cfg: dict, run_dir: Path, node, view: HeadlessView) -> int:
     from chexui.launch import Launcher, run_to_end
     from engine.events import EventTail
 

@@ -7,7 +7,7 @@ import typer
 from chexui import runs as runs_mod
 from chexui.commands.common import AsJson, RunRef, RunsDir, find, print_json
 from chexui.format import duration, fmt, labelled, with_ci
-from chexui.headless import auc_table, console, epoch_line, table
+from chexui.headless import auc_table, console, epoch_line, lr_suggestion_text, table
 
 app = typer.Typer(no_args_is_help=True, help="Runs in the runs dir.")
 
@@ -50,7 +50,15 @@ def runs_show(run_ref: RunRef, as_json: AsJson = False, runs_dir: RunsDir = None
     tests = [e for e in info.events if e["type"] == "evaluated"]
     errors = [e["message"] for e in info.events if e["type"] == "error"]
     if as_json:
-        return print_json({**summary, "epochs_detail": epochs, "evaluations": tests, "errors": errors})
+        return print_json(
+            {
+                **summary,
+                "epochs_detail": epochs,
+                "evaluations": tests,
+                "errors": errors,
+                **({"lr_suggested": info.state.lr_suggested} if info.state.lr_suggested else {}),
+            }
+        )
     con = console()
     for k, v in summary.items():
         con.print(f"{k}: {v}")
@@ -58,5 +66,7 @@ def runs_show(run_ref: RunRef, as_json: AsJson = False, runs_dir: RunsDir = None
         con.print(epoch_line(e))
     for e in tests:
         con.print(auc_table(e, f"{e['split']} AUROC ({e['n']} images)"))
+    if info.state.lr_suggested:  # an LR range test (`chexui lr-find`)
+        con.print(lr_suggestion_text(info.state.lr_suggested))
     for m in errors:
         con.print(f"error: {m}", markup=False)

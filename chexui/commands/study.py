@@ -110,14 +110,15 @@ def sweep(
 
 
 def _run_dirs(refs: list[str], base: Path) -> list[Path]:
-    """RUN ids/paths; a sweep id stands for all of its runs."""
+    """RUN ids/paths; a sweep id stands for all of its runs that trained a model."""
     from chexui import sweep as sweep_mod
 
     out: list[Path] = []
     for ref in refs:
         if (sweep_mod.sweeps_dir(base) / f"{ref}.json").is_file():
             sw = sweep_mod.load(ref, base)
-            out += [runs_mod.find_run(p["run"], base) for p in sw.points if p["run"]]
+            # (its LR range tests train no model: nothing to compare)
+            out += [runs_mod.find_run(p["run"], base) for p in sw.points if p["run"] and not p.get("lr_find")]
         else:
             out.append(runs_mod.find_run(ref, base))
     return out

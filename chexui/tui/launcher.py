@@ -1,4 +1,6 @@
-"""Launcher: pick a preset, edit the main fields, check the data, start (or save as a preset).
+"""Launcher: pick a preset, edit the main fields, check the data, start (or save as a preset), or find
+the learning rate first (the LR range test of the form's config: its curve here, its suggestion put in
+the form's LR field).
 
 Fields map to config keys; each change is validated with the engine's config schema, and an invalid
 field is flagged where it is, before Start.
@@ -7,22 +9,28 @@ field is flagged where it is, before Start.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Select, Static
+from textual.worker import get_current_worker
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
 from chexui.launch import gpu_count
+from chexui.runstate import RunState
 from chexui.safe import safe
 from chexui.tui.navigation import nav
+from chexui.tui.widgets.lr_plot import LRPlot
 from engine import config
 from engine.errors import UserError
+from engine.events import EVENTS_FILE, EventTail
 from engine.sanitize import clean
 
 # form field id -> config key (values typed as TOML)
@@ -40,9 +48,18 @@ def compression_sections(cfg: dict) -> list[str]:
     return [section for section, label in config.LABELS.items() if label(cfg)]
 
 
+class LrFindUpdate(Message):
+    """New events of the launcher's LR range test (its worker thread -> the screen)."""
+
+    def __init__(self, events: list[dict], ended: bool) -> None:
+        super().__init__()
+        self.events, self.ended = events, ended
+
+
 class LauncherScreen(Screen):
     BINDINGS = [
         Binding("ctrl+s", "start", "Start"),
+        Binding("ctrl+l", "lr_find", "Find LR"),
         Binding("b,escape", "back", "Runs"),
     ]
     HELP = """\
@@ -53,6 +70,7 @@ class LauncherScreen(Screen):
 | arrows, `enter` in the preset list | load that preset into the form |
 | `tab` / `shift+tab` | next / previous field |
 | `ctrl+s` or the Start button | start the run (its monitor opens) |
+| `ctrl+l` or the Find LR button | the LR range test of the form's config (`chexui lr-find`) |
 | `b` `escape` | the runs browser |
 
 **presets**: built-in presets, your own (`chexui presets dir`) and a shared preset dir
@@ -62,7 +80,9 @@ sections (pruning, quantization-aware training) added to the run. **processes**:
 processes (gloo) without one. **data dir**: an NIH ChestX-ray14 layout (`Data_Entry_2017*.csv`,
 `images*/`); empty is the embedded demo dataset. Under it, a summary of the data (images, patients, label
 counts, and patients found in two splits, which should be 0). **Save as preset** writes the form as a
-preset that extends the one you started from.
+preset that extends the one you started from. **Find LR** runs the LR range test of the form's
+config as a run of its own (compression off; it shows in the runs browser): its curve appears under the
+form, and its suggestion (the rule `lr_find.rule` names) goes into the learning-rate field.
 """
 
     def __init__(self, runs_dir: Path, preset: str = "demo") -> None:
@@ -71,6 +91,7 @@ preset that extends the one you started from.
         self.preset = preset
         self.compression: dict[str, dict] = {}  # compression preset -> the sections it adds
         self.errors: dict[str, str] = {}
+        self.lr_test: RunState | None = None  # the LR range test started here, as its events tell it
         gpus = gpu_count()
         self.proc_label = "GPUs" if gpus else "processes (CPU)"
         self.max_proc = gpus or max(1, os.cpu_count() or 1)
@@ -95,8 +116,11 @@ preset that extends the one you started from.
                 yield Static("", id="form-error")
                 with Horizontal(id="buttons"):
                     yield Button("Start", id="start", variant="success")
+                    yield Button("Find LR", id="lr-find")
+                with Horizontal(id="save-row"):
                     yield Input(placeholder="preset name", id="save-name")
                     yield Button("Save as preset", id="save")
+                yield LRPlot(id="lr-curve")
         yield Footer()
 
     TITLES = {
@@ -111,6 +135,7 @@ preset that extends the one you started from.
     }
 
     def on_mount(self) -> None:
+        self.query_one(LRPlot).border_title = "LR range test"
         for wid, title in {**self.TITLES, "nproc": self.proc_label}.items():
             self.query_one(f"#{wid}").border_title = title
         table = self.query_one("#presets", DataTable)
@@ -185,6 +210,7 @@ preset that extends the one you started from.
                 msg = str(e)
         self.query_one("#form-error", Static).update(safe(msg, style="red"))
         self.query_one("#start", Button).disabled = bool(msg)
+        self.query_one("#lr-find", Button).disabled = bool(msg) or self.lr_finding
         return not msg
 
     @on(Input.Changed)
@@ -236,6 +262,72 @@ preset that extends the one you started from.
         save_config(cfg, run_dir)
         start_detached(run_dir, self.runs_dir)
         nav(self.app).open_monitor(run_dir, replace=True)
+
+    @property
+    def lr_finding(self) -> bool:
+        return self.lr_test is not None and self.lr_test.finished is None
+
+    @on(Button.Pressed, "#lr-find")
+    def action_lr_find(self) -> None:
+        if self.lr_finding or not self.validate_form():
+            return
+        from chexui.launch import save_config, start_detached
+        from chexui.lr_find import as_test
+
+        try:
+            cfg = as_test(self.resolved())
+        except UserError as e:
+            self.notify(clean(str(e)), severity="error", markup=False)
+            return
+        run_dir = runs_mod.new_run_dir(self.runs_dir, cfg["name"])
+        save_config(cfg, run_dir)
+        start_detached(run_dir, self.runs_dir)
+        self.lr_test = RunState(run_id=run_dir.name)
+        self.query_one("#lr-find", Button).disabled = True
+        plot = self.query_one(LRPlot)
+        plot.curve = ((), None)
+        plot.display = True
+        self.notify(clean(f"LR range test started: {run_dir.name}"), markup=False)
+        self.follow_lr_test(run_dir)
+
+    @work(thread=True, exclusive=True, group="lr-find")
+    def follow_lr_test(self, run_dir: Path) -> None:
+        worker = get_current_worker()
+        events = EventTail(run_dir / EVENTS_FILE)
+        started = last_alive_check = time.monotonic()
+        while not worker.is_cancelled:
+            new = events.poll()
+            ended = any(e["type"] == "run_finished" for e in new)
+            # (its launcher writes its pid file once it runs: not looked for in the first seconds)
+            if not ended and time.monotonic() - max(last_alive_check, started + 8.0) > 2.0:
+                last_alive_check = time.monotonic()
+                # the launcher writes run_finished even when the engine dies: gone without it = killed
+                ended = runs_mod.launcher_process(run_dir) is None and not events.poll()
+            if new or ended:
+                self.post_message(LrFindUpdate(new, ended))
+            if ended:
+                return
+            time.sleep(0.25)
+
+    def on_lr_find_update(self, msg: LrFindUpdate) -> None:
+        st = self.lr_test
+        if st is None:
+            return
+        for e in msg.events:
+            st.apply(e)
+        self.query_one(LRPlot).curve = (tuple(st.lr_curve), st.lr_suggested)
+        if not msg.ended:
+            return
+        if st.finished is None:  # (killed before any run_finished: the worker saw its launcher gone)
+            st.finished = {"status": "failed"}
+        found = st.lr_suggested
+        if found and found.get("train_lr"):
+            self.query_one("#lr", Input).value = f"{found['train_lr']:.3g}"
+            self.notify(f"LR {found['train_lr']:.3g} ({found['rule']} rule) set in the form")
+        else:
+            why = clean((found or {}).get("ended") or "; ".join(st.errors) or st.status)
+            self.notify(f"the LR range test gave no suggestion: {why}", severity="warning", markup=False)
+        self.validate_form()
 
     @on(Button.Pressed, "#save")
     def save_preset(self) -> None:

@@ -31,7 +31,7 @@ from engine.labels import n_defined
 from engine.models.chexnet import build_model, fit_to_state, losses
 from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, EXPORT_DIR, LAST, SPLIT_FILE
 from engine.runtime import dist
-from engine.training import checkpoint, shipping
+from engine.training import checkpoint, lr_find, shipping
 from engine.training.checkpoint import RunCheckpoints
 from engine.training.distill import Distiller, load_teacher
 from engine.training.evaluator import Evaluator
@@ -282,6 +282,11 @@ class Run:
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         try:
             self.setup()
+            if self.cfg["lr_find"]["enabled"]:  # the LR range test instead of training: nothing is kept
+                self.start()
+                self.finished(lr_find.find(self))
+                self.d.barrier()
+                return 0
             if self.resume():
                 self.emit(
                     "restarted",

@@ -5,7 +5,8 @@
 two_rank.jsonl: 2 processes, finished, test AUROC; failed.jsonl: an image corrupted after epoch 1;
 prune.jsonl: gradual magnitude pruning (sparsity per epoch); full.jsonl: pruning and QAT with export,
 operating points and bootstrap CIs (every event type and field a finished run writes: the hostile-input
-tests mutate it). `python -m tests.data.record_events full` records only the named ones.
+tests mutate it); lr_find.jsonl: `chexui lr-find` (the LR range test, 40 steps).
+`python -m tests.data.record_events full` records only the named ones.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def main() -> None:
     preset = work / "tiny.toml"
     preset.write_text(TINY_PRESET.format(desc="recorded run", root=data, epochs=3))
 
-    def record(name: str, *args, corrupt: bool = False) -> None:
+    def record(name: str, *args, corrupt: bool = False, command: tuple = ("run", "--headless", "--preset")) -> None:
         runs = work / name
-        proc = chexui("run", "--headless", "--preset", preset, "--runs-dir", runs, *args)
+        proc = chexui(*command, preset, "--runs-dir", runs, *args)
         if corrupt:  # corrupt a training image once epoch 1 is checkpointed
             while True:
                 dirs = list(runs.glob("*/events.jsonl")) if runs.exists() else []
@@ -87,6 +88,8 @@ def main() -> None:
             "--set",
             "quantize.scope=all",
         )
+    if wanted("lr_find"):
+        record("lr_find", "--set", "lr_find.steps=40", command=("lr-find",))
 
 
 if __name__ == "__main__":
