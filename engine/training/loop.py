@@ -98,6 +98,24 @@ def train_step(
     return loss
 
 
+def run_step(run: RunContext, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, autocast_ctx) -> torch.Tensor:
+    """One training step of a run on a loaded batch: its seeded flips, the device and memory layout, the
+    optimizer step (the epoch loop's, and the LR range test's)."""
+    if run.compile_mode is not None:  # a new step: CUDA graph outputs may be reused (no-op without graphs)
+        torch.compiler.cudagraph_mark_step_begin()
+    flip = flip_mask(len(x), run.dc["hflip"], run.t["seed"], epoch, step, run.d.rank)
+    return train_step(
+        run.net,
+        run.loss_fn,
+        run.opt,
+        run.scaler,
+        autocast_ctx,
+        to_input(x, run.d.device, flip, run.channels_last),
+        y.to(run.d.device, non_blocking=True).float(),
+        run.distiller,
+    )
+
+
 def check_diverged(epoch: int, train_loss: float, val: dict) -> None:
     """Not finite, or both losses far worse than guessing. The validation loss alone can spike by
     orders of magnitude early in a sound run (BatchNorm running statistics at a high LR; seen at LR
@@ -224,20 +242,7 @@ class Loop:
         t0 = last_report = time.perf_counter()
         seen = 0
         for step, (x, y, _) in enumerate(dl, start=st.step):
-            if run.compile_mode is not None:  # a new step: CUDA graph outputs may be reused (no-op without graphs)
-                torch.compiler.cudagraph_mark_step_begin()
-            flip = flip_mask(len(x), run.dc["hflip"], run.t["seed"], epoch, step, run.d.rank)
-            x = to_input(x, run.d.device, flip, run.channels_last)
-            loss = train_step(
-                run.net,
-                run.loss_fn,
-                run.opt,
-                run.scaler,
-                autocast_ctx,
-                x,
-                y.to(run.d.device, non_blocking=True).float(),
-                run.distiller,
-            )
+            loss = run_step(run, epoch, step, x, y, autocast_ctx)
             losses.add(loss)
             st.global_step += 1
             for method in run.methods:

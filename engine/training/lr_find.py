@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.data.batches import flip_mask, loader, to_input, train_batches
+from engine.data.batches import loader, train_batches
 from engine.fsutil import write_atomic
-from engine.training.loop import autocast, train_step
+from engine.training.loop import autocast, run_step
 
 PNG = "lr_find.png"  # in the run dir
 
@@ -116,17 +116,7 @@ def find(run) -> str:
         for i, (lr, (epoch, step, (x, y, _))) in enumerate(zip(lrs, stream, strict=False)):
             for group in run.opt.param_groups:
                 group["lr"] = float(lr)
-            flip = flip_mask(len(x), run.dc["hflip"], run.t["seed"], epoch, step, run.d.rank)
-            x = to_input(x, run.d.device, flip, run.channels_last)
-            loss = train_step(
-                run.net,
-                run.loss_fn,
-                run.opt,
-                run.scaler,
-                autocast_ctx,
-                x,
-                y.to(run.d.device, non_blocking=True).float(),
-            )
+            loss = run_step(run, epoch, step, x, y, autocast_ctx)
             # every rank's mean loss, and the stop flag, so that all ranks end at the same step
             total, n, stop = run.d.all_reduce_sum([float(loss.detach()), 1.0, float(run.stop.requested)])
             raw.append(total / n)
