@@ -153,3 +153,16 @@ def test_a_sweep_with_lr_find_trains_each_configuration_at_its_own_range_tests_s
     (base / "20260101-000000-lr" / "events.jsonl").write_text("")
     with pytest.raises(Exception, match="suggested no LR"):
         sw.config(seed1, base)
+
+
+def test_the_monitor_of_an_lr_find_run_shows_its_curve(tmp_path):
+    from chexui.tui.widgets.loss_plot import LossPlot
+    from chexui.tui.widgets.lr_plot import LRPlot
+    from tests.test_tui import on_recorded_monitor
+
+    def check(app):
+        plot = app.screen.query_one(LRPlot)
+        assert plot.display and not app.screen.query_one(LossPlot).display
+        assert len(plot.curve[0]) == 40 and plot.curve[1]["suggested_lr"] > 0
+
+    on_recorded_monitor(tmp_path, "lr_find", (120, 40), check)

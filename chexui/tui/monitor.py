@@ -34,6 +34,7 @@ from chexui.tui.widgets.epoch_table import EpochTable
 from chexui.tui.widgets.fitted_table import FittedTable
 from chexui.tui.widgets.log_pane import LogPane
 from chexui.tui.widgets.loss_plot import LossPlot
+from chexui.tui.widgets.lr_plot import LRPlot
 from chexui.tui.widgets.memory_line import MemoryLine
 from chexui.tui.widgets.status_line import StatusLine
 from engine.events import EventTail, FileTail
@@ -105,6 +106,7 @@ from `RUN/events.jsonl`, the run's event stream.
         yield ProgressBar(id="progress", show_eta=False)
         with Horizontal(id="top"):
             yield LossPlot(id="loss")
+            yield LRPlot(id="lr-curve-run")  # (an LR range test's run: its curve in the loss pane's place)
             yield AucTable(id="aucs", cursor_type="none", zebra_stripes=True)
         with Horizontal(id="bottom"):
             yield EpochTable(id="epochs", cursor_type="none")
@@ -115,6 +117,7 @@ from `RUN/events.jsonl`, the run's event stream.
 
     def on_mount(self) -> None:
         self.query_one(LossPlot).border_title = "loss"
+        self.query_one(LRPlot).border_title = "LR range test"
         self.query_one(EpochTable).border_title = "epochs"
         self.query_one(LogPane).border_title = "engine log"
         self.set_interval(1.0, self.show_status)  # elapsed time and ETA move on
@@ -155,6 +158,9 @@ from `RUN/events.jsonl`, the run's event stream.
         self.show_status()
         if st.steps:
             self.query_one(ProgressBar).update(total=st.steps, progress=st.step)
+        if st.is_lr_find:
+            self.query_one(LossPlot).display, self.query_one(LRPlot).display = False, True
+            self.query_one(LRPlot).curve = (tuple(st.lr_curve), st.lr_suggested)
         self.query_one(LossPlot).curves = (tuple(st.running_loss), tuple(st.epochs))
         self.query_one(AucTable).aucs = (
             ("test AUROC", st.test)

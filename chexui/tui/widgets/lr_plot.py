@@ -8,9 +8,12 @@ import math
 from textual.reactive import var
 from textual_plotext import PlotextPlot
 
+from engine.sanitize import clean
+
 
 class LRPlot(PlotextPlot):
-    """`curve` = (points (lr, loss, smoothed), the `lr_suggested` event or None)."""
+    """`curve` = (points (lr, loss, smoothed), the `lr_suggested` event or None): a run dir's, so its
+    rule's name is shown as plain text."""
 
     curve: var[tuple] = var(lambda: ((), None))
 
@@ -28,7 +31,7 @@ class LRPlot(PlotextPlot):
             plt.ylim(lo - 0.1 * abs(first - lo) - 1e-3, max(first, lo) + 0.5 * abs(first - lo) + 1e-3)
         if suggested and suggested.get("suggested_lr"):
             plt.vline(math.log10(suggested["suggested_lr"]), "red")
-            plt.title(f"suggested LR {suggested['suggested_lr']:.2g} ({suggested['rule']})")
+            plt.title(clean(f"suggested LR {suggested['suggested_lr']:.2g} ({suggested['rule']})"))
         else:
             plt.title("LR range test")
         plt.xlabel("log10 learning rate")
