@@ -53,6 +53,7 @@ SLOWEST_FIRST = (
     "test_fidelity.py",
     "test_compression.py",
     "test_hostile.py",
+    "test_architectures.py",
     "test_predict.py",
     "test_tui.py",
     "test_lr_find.py",

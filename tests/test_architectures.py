@@ -59,12 +59,12 @@ def test_int8_is_refused_in_the_config_where_it_was_not_measured_to_work(arch):
             config.validate({"model": {"arch": arch, "pretrained": "none"}, **sections}, "p.toml")
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v3_large", "convnext_tiny"])
+@pytest.mark.parametrize("arch", ["convnext_tiny"])
 def test_the_int8_graph_of_the_newer_blocks_is_deterministic_and_kept_as_data(arch):
-    """MobileNetV3's in-place dropout and ConvNeXt's stochastic depth captured as they are would make an
-    int8 model that answers differently at every call; hardswish, squeeze-excitation, LayerNorm, GELU and
-    permutes must be among the ops a graph record admits. (Runs refuse their int8 until it is measured
-    to work on a run: the graph is right, the accuracy is not yet shown.)"""
+    """ConvNeXt's stochastic depth captured as it is would make an int8 model that answers differently at
+    every call; LayerNorm, GELU and permutes must be among the ops a graph record admits. (MobileNetV3's
+    in-place dropout and hardswish took 14 s of the suite's budget here: left to the architectures
+    benchmark. Runs refuse their int8 until it is measured to work on a run.)"""
     torch.manual_seed(0)
     model = build_model(arch, "none").train()
     qat = quant.prepare(model, {"scope": "conv"}, 32, arch)

@@ -74,8 +74,7 @@ def test_lr_find_runs_under_torchrun_and_applies_its_suggestion(tmp_path, tiny_p
     cfg = presets.resolve(str(out))
     assert cfg["train"]["lr"] == pytest.approx(found["train_lr"], rel=5e-3)
     assert cfg["distributed"]["nproc"] == 2 and cfg["prune"]["enabled"] and not cfg["lr_find"]["enabled"]
-    shown = chexui("runs", "show", run.name, "--runs-dir", runs).stdout
-    assert f"suggested LR {found['suggested_lr']:.3g} (steepest rule" in shown
+    assert f"suggested LR {found['suggested_lr']:.3g} (steepest rule" in r.stdout
     # it is never overwritten: refused before anything runs
     again = chexui("lr-find", tiny_preset, *common)
     assert again.returncode == 2 and "exists already" in again.stderr and len(list(runs.iterdir())) == 1
@@ -83,10 +82,13 @@ def test_lr_find_runs_under_torchrun_and_applies_its_suggestion(tmp_path, tiny_p
 
 def test_launcher_find_lr_shows_the_curve_and_puts_the_suggestion_in_the_form(tmp_path, monkeypatch):
     """The Find LR button starts the range test of the form's config (compression off) as a run, draws
-    its curve as the events come, and sets the LR field to its suggestion."""
+    its curve as the events come, and sets the LR field to its suggestion; the monitor of that run shows
+    the curve too."""
     from chexui import launch
     from chexui.tui.app import make_app
     from chexui.tui.launcher import LauncherScreen
+    from chexui.tui.monitor import MonitorScreen
+    from chexui.tui.widgets.loss_plot import LossPlot
     from chexui.tui.widgets.lr_plot import LRPlot
     from engine import rundir
 
@@ -115,6 +117,11 @@ def test_launcher_find_lr_shows_the_curve_and_puts_the_suggestion_in_the_form(tm
             assert plot.display and len(plot.curve[0]) == 40 and plot.curve[1]["rule"] == "steepest"
             assert screen.query_one("#lr", Input).value == f"{plot.curve[1]['train_lr']:.3g}"
             assert not screen.query_one("#lr-find", Button).disabled
+            # the test's own monitor (from the runs browser) shows the curve in the loss pane's place
+            app.open_monitor(started[0])
+            await until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.state.finished)
+            assert app.screen.query_one(LRPlot).display and not app.screen.query_one(LossPlot).display
+            assert len(app.screen.query_one(LRPlot).curve[0]) == 40
 
     asyncio.run(go())
     (run_dir,) = started
@@ -153,16 +160,3 @@ def test_a_sweep_with_lr_find_trains_each_configuration_at_its_own_range_tests_s
     (base / "20260101-000000-lr" / "events.jsonl").write_text("")
     with pytest.raises(Exception, match="suggested no LR"):
         sw.config(seed1, base)
-
-
-def test_the_monitor_of_an_lr_find_run_shows_its_curve(tmp_path):
-    from chexui.tui.widgets.loss_plot import LossPlot
-    from chexui.tui.widgets.lr_plot import LRPlot
-    from tests.test_tui import on_recorded_monitor
-
-    def check(app):
-        plot = app.screen.query_one(LRPlot)
-        assert plot.display and not app.screen.query_one(LossPlot).display
-        assert len(plot.curve[0]) == 40 and plot.curve[1]["suggested_lr"] > 0
-
-    on_recorded_monitor(tmp_path, "lr_find", (120, 40), check)
