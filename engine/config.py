@@ -403,13 +403,13 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
             "a finished run's directory"
         )
     m = cfg["model"]
-    if p["enabled"] and p["structure"] == "channel" and not archs.get(m["arch"]).channel_groups:
+    spec = archs.get(m["arch"])
+    if p["enabled"] and p["structure"] == "channel" and not spec.channel_groups:
         able = ", ".join(a.name for a in archs.all_archs() if a.channel_groups)
         raise ConfigError(
             f"{source}: key 'prune.structure' = 'channel': chexui knows no channel groups of {m['arch']}'s "
             f"blocks (channel pruning is for {able}); use prune.structure = 'unstructured'"
         )
-    spec = archs.get(m["arch"])
     if not spec.int8 and (cfg["quantize"]["enabled"] or c["ptq"]):
         key = "quantize.enabled" if cfg["quantize"]["enabled"] else "compress.ptq"
         able = ", ".join(a.name for a in archs.all_archs() if a.int8)

@@ -32,12 +32,15 @@ class Arch:
     adaptive_preset: str | None = None  # the preset whose prune.adaptive targets `compress --prune adaptive` uses
     # engine/compression/channels.py knows its blocks' channel groups (prune.structure = "channel")
     channel_groups: bool = False
-    # QAT and PTQ give a working int8 model (measured); otherwise refused in the config, with `int8_why`
-    int8: bool = True
+    # why QAT and PTQ are refused in the config for it; empty: they give a working int8 model (measured)
     int8_why: str = ""
     # the module whose nn.Linear layers are 1x1 convolutions written as Linear on channels-last tensors
     # (ConvNeXt's blocks): prune.scope and quantize.scope "conv" cover them, as a CNN's 1x1 convs
     pointwise_linears: str | None = None
+
+    @property
+    def int8(self) -> bool:
+        return not self.int8_why
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -143,7 +146,6 @@ register(
         head="classifier.1",  # (Dropout, Linear)
         cam_layer="features",
         weights=("IMAGENET1K_V1",),
-        int8=False,
         int8_why="its QAT int8 model gave constant outputs (test AUROC 0.5000) on the demo data; not yet fixed",
     )
 )
@@ -154,7 +156,6 @@ register(
         head="classifier.1",
         cam_layer="features",
         weights=("IMAGENET1K_V1",),
-        int8=False,
         int8_why="EfficientNet-B0's QAT int8 model gave constant outputs (test AUROC 0.5000); not yet fixed",
     )
 )
@@ -166,7 +167,6 @@ register(
         cam_layer="features",
         weights=("IMAGENET1K_V1",),
         pointwise_linears="features",
-        int8=False,
         int8_why="its int8 model has not been measured on a run yet",
     )
 )
@@ -177,7 +177,6 @@ register(
         head="classifier.3",  # (Linear, Hardswish, Dropout, Linear): the first Linear is the head's MLP
         cam_layer="features",
         weights=("IMAGENET1K_V1", "IMAGENET1K_V2"),
-        int8=False,
         int8_why="its QAT run's float twin disagreed with its int8 model (test AUROC 0.4989 vs 0.6836)",
     )
 )
