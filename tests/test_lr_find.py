@@ -49,7 +49,8 @@ def test_the_smoothing_is_bias_corrected():
 def test_lr_find_runs_under_torchrun_and_applies_its_suggestion(tmp_path, tiny_preset):
     runs, out = tmp_path / "runs", tmp_path / "tiny-lr.toml"
     common = ["--runs-dir", runs, "--apply-to", out, "--set", "prune.enabled=true", "--set", "prune.end_epoch=2"]
-    r = chexui("lr-find", tiny_preset, "--nproc", "2", "--set", "lr_find.steps=12", *common)
+    # bf16 autocast on the CPU: the GPU's training-step path (run_step), channels_last as every run
+    r = chexui("lr-find", tiny_preset, "--nproc", "2", "--set", "lr_find.steps=12", "--set", "train.amp=bf16", *common)
     assert r.returncode == 0, r.stdout + r.stderr
     run = only_run(runs)
     ev = events_of(run)
@@ -66,6 +67,7 @@ def test_lr_find_runs_under_torchrun_and_applies_its_suggestion(tmp_path, tiny_p
     assert f"{found['suggested_lr']:.3g}" in r.stdout and "preset written" in r.stdout
     started = next(e for e in ev if e["type"] == "run_started")
     assert started["world_size"] == 2 and not started["config"]["prune"]["enabled"]  # the float model alone
+    assert started["amp"] == "bfloat16" and started["channels_last"]
     assert not any((run / "checkpoints").glob("*.pt"))  # nothing kept of the ramp's weights
     assert [e["status"] for e in ev if e["type"] == "run_finished"] == ["completed"]
     # the preset --apply wrote: the preset as the test ran it, its pruning kept, with the suggestion
