@@ -54,6 +54,7 @@ SLOWEST_FIRST = (
     "test_compression.py",
     "test_hostile.py",
     "test_architectures.py",
+    "test_capabilities.py",
     "test_predict.py",
     "test_tui.py",
     "test_lr_find.py",
@@ -315,3 +316,11 @@ def wait_for_event(runs: Path, pred, timeout: float = 120) -> tuple[Path, dict]:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=1)[:3000]
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--full-matrix",
+        action="store_true",
+        help="test_capabilities.py: every architecture's exported files and int8 too (minutes)",
+    )

@@ -31,6 +31,8 @@ def test_the_table_entry_matches_the_network(arch):
     with torch.no_grad():  # the smallest image the tests use, 32 px, goes through every one
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, NUM_CLASSES)
     assert default_layer(model) == spec.cam_layer
+    if spec.bn_momentum is not None:  # (MobileNetV3: torchvision's 0.01 replaced)
+        assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {spec.bn_momentum}
     for name in spec.weights:  # torchvision's enum, no download
         assert models.get_model_weights(spec.torchvision)[name] is not None
     assert bool(channels.groups(model)) == spec.channel_groups

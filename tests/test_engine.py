@@ -132,10 +132,11 @@ def test_killed_worker_restarts_from_last_epoch_checkpoint(tmp_path, tiny_preset
 
 
 def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
-    """prune70 shortened (end_epoch 2 of 3) with QAT on: global sparsity 0.70 at and after end_epoch;
+    """prune70 shortened (end_epoch 1.5 of 2) with QAT on: global sparsity 0.70 after end_epoch;
     stopped mid-run and resumed == uninterrupted: losses, test AUROC, the sparsity curve (the stop lands
     mid-schedule) and the fake-quant observers."""
-    common = ["--preset", tiny_preset, *PRUNE70, "--set", "quantize.enabled=true", "--headless"]
+    short = ["--set", "train.epochs=2", "--set", "prune.end_epoch=1.5"]
+    common = ["--preset", tiny_preset, *PRUNE70, *short, "--set", "quantize.enabled=true", "--headless"]
     ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
     # the uninterrupted run side by side with the stopped one, one CPU thread each (two runs with two
     # threads each on two cores thrash: an epoch took 57 s instead of about 3 s)
@@ -150,7 +151,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
         ev = events_of(run_dir)
         assert final_status(ev) == "stopped"
         stopped_at = of_type(ev, "epoch_ended")[-1]["epoch"]
-        assert stopped_at < 3, "the stop landed after the run had finished; nothing was resumed"
+        assert stopped_at < 2, "the stop landed after the run had finished; nothing was resumed"
         # resumed while the reference still runs (the two side by side again)
         r = chexui("run", "--resume", run_dir.name, "--runs-dir", runs, "--headless", env=one)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -163,7 +164,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(tmp_path, tiny_preset):
     assert final_status(ev) == "completed" and of_type(ev, "restarted")
     ref = events_of(only_run(ref_runs))
     s = {e["epoch"]: e["sparsity"] for e in of_type(ref, "epoch_ended")}
-    assert s[1] < 0.7 and abs(s[2] - 0.70) <= 0.005 and abs(s[3] - 0.70) <= 0.005
+    assert s[1] < 0.7 and abs(s[2] - 0.70) <= 0.005
     got_epochs = {e["epoch"]: e for e in of_type(ev, "epoch_ended")}
     for e in of_type(ref, "epoch_ended"):
         g = got_epochs[e["epoch"]]

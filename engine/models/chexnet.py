@@ -14,8 +14,15 @@ from engine.labels import NUM_CLASSES
 from engine.models import archs
 
 
-def _replace_head(model: nn.Module, arch: str) -> nn.Module:
-    head = archs.get(arch).head
+def _adapted(model: nn.Module, arch: str) -> nn.Module:
+    """The network as chexui trains it: the 14-label head in place of the classifier, and the BatchNorm
+    momentum of the architecture table where it sets one."""
+    spec = archs.get(arch)
+    if spec.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = spec.bn_momentum
+    head = spec.head
     old = model.get_submodule(head)
     assert isinstance(old, nn.Linear), f"{arch}.{head} is not an nn.Linear"
     model.set_submodule(head, nn.Linear(old.in_features, NUM_CLASSES))
@@ -58,8 +65,8 @@ def build_model(arch: str, pretrained: str = "none", weights: str = "IMAGENET1K_
                 f'model.pretrained = "imagenet": {arch} has no ImageNet weights in chexui\'s '
                 'architecture table (expected "none" or a path to a state-dict file)'
             )
-        return _replace_head(_imagenet(spec.torchvision, weights), arch)
-    model = _replace_head(_body(arch), arch)
+        return _adapted(_imagenet(spec.torchvision, weights), arch)
+    model = _adapted(_body(arch), arch)
     if pretrained not in ("none", ""):
         counts = load_pretrained(model, pretrained, arch)
         if log:
