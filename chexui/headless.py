@@ -117,9 +117,15 @@ def lr_suggestion_text(e: dict[str, Any]) -> str:
         if e["train_lr"] != e["suggested_lr"]
         else ""
     )
+    weak = (
+        f"; no clear fall (the smoothed loss fell {e['fall']:.1%} below its start): the suggestion is a guess"
+        if e.get("clear") is False and isinstance(e.get("fall"), (int, float))
+        else ""
+    )
     return (
         f"lr-find: suggested LR {e['suggested_lr']:.3g} ({e['rule']} rule{scale}); {e['steps']} steps, "
         f"{e['ended']}; minimum loss at {fmt_lr(e.get('min_loss_lr'))}, steepest fall at {fmt_lr(e.get('steepest_lr'))}"
+        + weak
     )
 
 

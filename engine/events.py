@@ -233,6 +233,8 @@ SHAPES: dict[str, Any] = {
     "min_loss_lr": _NUM,  # lr_suggested: the LR at the smoothed loss's minimum, and at its steepest fall
     "steepest_lr": _NUM,
     "png": _STR,  # lr_suggested: the curve's file in the run dir
+    "fall": _NUM,  # lr_suggested: the smoothed loss's fall below its start, a share of it ...
+    "clear": (bool,),  # ... and whether that is a clear fall (engine/training/lr_find.py: CLEAR_FALL)
 }
 
 

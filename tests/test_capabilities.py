@@ -172,7 +172,9 @@ def test_exports_and_int8(arch, full_matrix, batch, tmp_path):
             assert torch.allclose(torch.as_tensor(loaded[kind](x)), model(x), atol=1e-4), kind
         if int8 is not None:
             assert torch.equal(loaded[export.INT8](x), int8(x))
-            # onnxruntime's int8 kernels round their own way: the probabilities, as the QAT acceptance compares them
+            # onnxruntime's int8 kernels round their own way, and an untrained network's roundings add up
+            # through its depth: ResNet101's probabilities 0.016 apart on average (a trained one's test AUROC
+            # 0.0004, REPRODUCING.md); a wrong graph is 0.1 and more
             onnx = torch.sigmoid(torch.as_tensor(loaded[export.ONNX_INT8](x)))
-            assert (onnx - torch.sigmoid(int8(x))).abs().mean() < 0.01
+            assert (onnx - torch.sigmoid(int8(x))).abs().mean() < 0.02
     benched_and_predicted(loaded, x, y)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chexui.headless import lr_suggestion_text
 from engine.training.lr_find import Ema, ramp, suggest
 from tests.conftest import chexui, events_of, only_run
 from tests.test_tui import until
@@ -36,6 +37,14 @@ def test_the_rules_find_the_steepest_fall_and_a_tenth_of_the_minimum():
     # single-batch noise early in the ramp does not win: the slope is measured across a decade
     noisy = loss + np.where(np.arange(200) < 5, np.random.default_rng(0).normal(0, 0.05, 200), 0)
     assert 10**-3.2 < suggest(lrs, noisy, "steepest").lr < 10**-2.8
+    assert steep.clear and 0.5 < steep.fall < 0.6  # (from 1 to about 0.42)
+    # a curve that never falls clearly (noise around a level, then the blow-up) says its suggestion is a guess
+    flat = 0.12 + np.random.default_rng(1).normal(0, 0.002, 200) + np.exp(3 * (np.log10(lrs) - np.log10(0.3)))
+    guess = suggest(lrs, flat, "steepest")
+    assert not guess.clear and guess.fall < 0.1
+    e = {"suggested_lr": guess.lr, "train_lr": guess.lr, "rule": "steepest", "steps": 200, "ended": "end of ramp"}
+    assert "no clear fall" in lr_suggestion_text({**e, "fall": guess.fall, "clear": False})
+    assert "no clear fall" not in lr_suggestion_text({**e, "fall": steep.fall, "clear": True})
 
 
 def test_the_smoothing_is_bias_corrected():

@@ -31,7 +31,8 @@ class LRPlot(PlotextPlot):
             plt.ylim(lo - 0.1 * abs(first - lo) - 1e-3, max(first, lo) + 0.5 * abs(first - lo) + 1e-3)
         if suggested and suggested.get("suggested_lr"):
             plt.vline(math.log10(suggested["suggested_lr"]), "red")
-            plt.title(clean(f"suggested LR {suggested['suggested_lr']:.2g} ({suggested['rule']})"))
+            weak = " - no clear fall, a guess" if suggested.get("clear") is False else ""
+            plt.title(clean(f"suggested LR {suggested['suggested_lr']:.2g} ({suggested['rule']}){weak}"))
         else:
             plt.title("LR range test")
         plt.xlabel("log10 learning rate")
