@@ -35,15 +35,19 @@ def runs_dir(override: str | Path | None = None) -> Path:
 NAME_MAX = 80  # characters of a run name; the directory adds a 16-character time stamp
 
 
-def new_run_dir(base: Path, name: str) -> Path:
+def run_id(name: str) -> str:
+    """A new run's id: the time and the name as a safe slug (`new_run_dir` adds -1, -2 ... on a clash)."""
     if len(name) > NAME_MAX:
         raise UserError(f"--name: {len(name)} characters; at most {NAME_MAX}")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = slug(name, "run")
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name, 'run')}"
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    first = run_id(name)
     try:
         base.mkdir(parents=True, exist_ok=True)
         for k in range(1000):
-            d = base / (f"{stamp}-{safe}" if k == 0 else f"{stamp}-{safe}-{k}")
+            d = base / (first if k == 0 else f"{first}-{k}")
             try:
                 d.mkdir()
             except FileExistsError:
@@ -171,7 +175,10 @@ class RunInfo:
             return "unreadable"
         if launcher_process(self.run_dir) is not None:
             return "running"
-        return final_status(self.events) or ("failed" if self.events else "created")
+        final = final_status(self.events)
+        if final is None and self.first("slurm_submitted") is not None:
+            return "submitted"  # a SLURM job: no chexui launcher here; the scheduler knows whether it runs
+        return final or ("failed" if self.events else "created")
 
     def first(self, type_: str) -> dict | None:
         return next((e for e in self.events if e["type"] == type_), None)

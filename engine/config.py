@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,22 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # the suggestion: "steepest" = the LR where the smoothed loss falls fastest (per log LR), before
         # its minimum; "min/10" = a tenth of the LR at the smoothed loss's minimum
         "rule": Field("steepest", str, choices=("steepest", "min/10")),
+    },
+    # a SLURM job for the run (`chexui run --slurm`, chexui/slurm.py): one task per node, each starting
+    # torchrun with distributed.nproc processes; every value is checked against a safe pattern (SLURM_SAFE)
+    # before it reaches the sbatch script, which a shared preset must not be able to turn into commands
+    "slurm": {
+        "partition": Field("", str),
+        "account": Field("", str),
+        "time": Field("04:00:00", str),  # the job's time limit: MM, HH:MM:SS or D-HH:MM:SS
+        "nodes": Field(1, int, min=1, max=1024),
+        "gpus_per_node": Field(0, int, min=0, max=64),  # 0: no --gpus-per-node line (a CPU partition)
+        "cpus_per_task": Field(8, int, min=1, max=1024),
+        "mem": Field("", str),  # per node, e.g. "64G"; "": the partition's default
+        "port": Field(29500, int, min=1024, max=65535),  # the c10d rendezvous on the first node
+        "modules": Field([], list),  # `module load` names, e.g. ["cuda/12.4"]
+        "env": Field([], list),  # "KEY=VALUE" exported before srun (the value quoted as data)
+        "sbatch": Field([], list),  # further sbatch options, e.g. ["--qos=high", "--exclusive"]
     },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
@@ -436,10 +453,44 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
             f"{source}: key 'lr_find.enabled' = true: the LR range test trains the float model alone; "
             "turn off prune, quantize, distill and compress (`chexui lr-find` does)"
         )
+    _check_slurm(cfg["slurm"], source)
     d = cfg["data"]
     if d["val_fraction"] + d["test_fraction"] >= 0.9:
         raise ConfigError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must be < 0.9")
     return cfg
+
+
+# what each [slurm] value may look like. Each reaches an sbatch script a user submits from a preset that
+# may be someone else's: no shell syntax anywhere; module names without a path (`module load` of a file
+# would run it); environment variables that only tune collectives and threads (no LD_PRELOAD, PYTHONPATH,
+# NCCL_*PLUGIN*: they load code); sbatch options that place and account a job (no --output, --chdir,
+# --export or --wrap: they write files, move the job or run commands)
+_SBATCH_OPTIONS = (
+    "qos|constraint|reservation|exclusive|gres|nodelist|exclude|mail-type|mail-user|comment|mem-per-gpu|"
+    "mem-per-cpu|hint|switches"
+)
+SLURM_SAFE: dict[str, tuple[str, str]] = {
+    "partition": (r"[A-Za-z0-9_.,-]*", "letters, digits and _ . , -"),
+    "account": (r"[A-Za-z0-9_.,-]*", "letters, digits and _ . , -"),
+    "time": (r"[0-9]+(-[0-9]{1,2})?(:[0-9]{1,2}){0,2}", "MM, HH:MM:SS or D-HH:MM:SS"),
+    "mem": (r"([0-9]+[KMGT]?)?", "a size such as 64G"),
+    "modules": (r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*", "a module name such as cuda/12.4"),
+    "env": (
+        r"(?!\w*PLUGIN)((TORCH_)?NCCL_[A-Z0-9_]+|GLOO_[A-Z0-9_]+|OMP_NUM_THREADS|MKL_NUM_THREADS)=[A-Za-z0-9_.,:-]*",
+        "KEY=VALUE with KEY an NCCL_, TORCH_NCCL_ or GLOO_ setting (not a plugin), OMP_NUM_THREADS or MKL_NUM_THREADS",
+    ),
+    "sbatch": (
+        rf"--({_SBATCH_OPTIONS})(=[A-Za-z0-9_.,:@%+-]+)?",
+        f"--option or --option=value, the option one of {_SBATCH_OPTIONS.replace('|', ', ')}",
+    ),
+}
+
+
+def _check_slurm(sl: dict[str, Any], source: str) -> None:
+    for key, (pattern, what) in SLURM_SAFE.items():
+        for value in sl[key] if isinstance(sl[key], list) else [sl[key]]:
+            if not isinstance(value, str) or not re.fullmatch(pattern, value):
+                raise ConfigError(f"{source}: key 'slurm.{key}' = {value!r}: expected {what}")
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

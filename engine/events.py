@@ -88,6 +88,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # few steps to suggest one)
     "lr_find_step": ("step", "lr", "loss", "smoothed"),
     "lr_suggested": ("suggested_lr", "train_lr", "rule", "steps", "ended"),
+    # `chexui run --slurm` (chexui/slurm.py), before the job starts: the scheduler's job id
+    "slurm_submitted": ("job_id", "script", "nodes"),
 }
 
 # The type of every required field, checked on read: a line of valid JSON with the wrong shape (a
@@ -233,6 +235,9 @@ SHAPES: dict[str, Any] = {
     "min_loss_lr": _NUM,  # lr_suggested: the LR at the smoothed loss's minimum, and at its steepest fall
     "steepest_lr": _NUM,
     "png": _STR,  # lr_suggested: the curve's file in the run dir
+    "job_id": _STR,  # slurm_submitted: the scheduler's job id, the script's file in the run dir, the nodes
+    "script": _STR,
+    "nodes": _INT,
     "fall": _NUM,  # lr_suggested: the smoothed loss's fall below its start, a share of it ...
     "clear": (bool,),  # ... and whether that is a clear fall (engine/training/lr_find.py: CLEAR_FALL)
 }

@@ -32,10 +32,21 @@ def run(
     headless: Headless = False,
     detach: Detach = False,
     resume: Annotated[str | None, typer.Option("--resume", help="continue a stopped or failed RUN")] = None,
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="submit the run as a SLURM job (the preset's [slurm] section)")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="with --slurm: print the sbatch script only")] = False,
 ) -> None:
     """Train a model: resolve the preset, start the engine under torchrun, show progress."""
     from chexui.launch import NodeSpec, save_config
 
+    if dry_run and not slurm:
+        raise UserError("--dry-run goes with --slurm (it prints the sbatch script instead of submitting it)")
+    if slurm and (resume or nnodes > 1 or rdzv_endpoint or detach):
+        raise UserError(
+            "--slurm: the job's nodes come from slurm.nodes (--set slurm.nodes=N); drop --nnodes, "
+            "--rdzv-endpoint, --detach and --resume"
+        )
     base = runs_mod.runs_dir(runs_dir)
     node = NodeSpec(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     if nnodes > 1 and not rdzv_endpoint:
@@ -51,10 +62,44 @@ def run(
         prepare_data(cfg)
     else:
         cfg = presets_mod.resolve(preset or "demo", set_, data, nproc, nnodes if nnodes > 1 else None)
+        if slurm:
+            return submit_slurm(cfg, base, name or cfg.get("name", "run"), dry_run)
         prepare_data(cfg)
         run_dir = runs_mod.new_run_dir(base, name or cfg.get("name", "run"))
         save_config(cfg, run_dir)
     start(cfg, run_dir, base, node, headless, detach)
+
+
+def submit_slurm(cfg: dict, base: Path, name: str, dry_run: bool) -> None:
+    """`run --slurm`: the run dir with its config and sbatch script, submitted with sbatch; the job id
+    goes into its events (`slurm_submitted`). --dry-run prints the script a new run would get, and
+    makes nothing."""
+    from chexui import slurm
+    from chexui.launch import save_config
+    from engine.events import EventWriter
+    from engine.fsutil import write_atomic
+
+    sl, nproc = cfg["slurm"], cfg["distributed"]["nproc"]
+    if sl["gpus_per_node"] and sl["gpus_per_node"] != nproc:
+        raise UserError(
+            f"--slurm: slurm.gpus_per_node = {sl['gpus_per_node']} but distributed.nproc = {nproc} processes "
+            f"per node: one process per GPU (--nproc {sl['gpus_per_node']})"
+        )
+    if dry_run:
+        sys.stdout.write(slurm.script(cfg, base.resolve() / runs_mod.run_id(name)))
+        return
+    cfg = {**cfg, "distributed": {**cfg["distributed"], "nnodes": sl["nodes"]}}
+    prepare_data(cfg)
+    run_dir = runs_mod.new_run_dir(base, name).resolve()
+    save_config(cfg, run_dir)
+    path = run_dir / slurm.SCRIPT
+    write_atomic(path, slurm.script(cfg, run_dir).encode())
+    job = slurm.submit(path)
+    w = EventWriter(run_dir / EVENTS_FILE)
+    w.emit("slurm_submitted", job_id=job, script=slurm.SCRIPT, nodes=sl["nodes"])
+    w.close()
+    say(f"run {run_dir.name}: SLURM job {job} ({sl['nodes']} node(s) x {nproc} process(es)); script {path}")
+    say(f"follow it: chexui watch {run_dir.name} --runs-dir {base}")
 
 
 def _resumable(run_dir: Path) -> Path:
