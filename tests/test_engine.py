@@ -25,47 +25,6 @@ def of_type(events, t):
     return [e for e in events if e["type"] == t]
 
 
-def test_headless_run_two_processes(compressed_run):
-    run, r = compressed_run  # 2 processes (with pruning and QAT on; see conftest)
-    ev = events_of(run)
-    for e in ev:
-        assert e["v"] == 1 and isinstance(e["ts"], float) and all(f in e for f in EVENT_FIELDS[e["type"]])
-    started = of_type(ev, "run_started")[0]
-    assert started["world_size"] == 2 and started["dataset"]["n_train"] > 0
-    assert started["channels_last"] is True  # pruning + QAT + export on channels_last weights, as on CUDA
-    assert started["dataset"]["split_sha256"] == json.loads((run / "split.json").read_text())["sha256"]
-    ends = of_type(ev, "epoch_ended")
-    assert [e["epoch"] for e in ends] == [1, 2, 3]
-    assert all(len(e["memory_mb"]) == 2 and min(e["memory_mb"]) > 0 for e in ends)
-    # lr_scale = "linear": the LR is multiplied by the number of processes
-    assert ends[0]["lr"] == pytest.approx(0.001 * 2)
-    test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
-    assert set(test["auc"]) == set(LABELS) and test["n"] == started["dataset"]["n_test"]
-    assert final_status(ev) == "completed"
-    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
-    assert "test AUROC" in r.stdout and "Hernia" in r.stdout and "\x1b[" not in r.stdout
-
-
-def _torchrun(nproc: int, *args) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--nnodes",
-        "1",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        "127.0.0.1:0",
-        str(Path(__file__).parent / "ddp_helper.py"),
-        *map(str, args),
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-
-
 def test_ddp_two_processes_equal_one_process_double_batch(tmp_path, tiny_demo):
     _torchrun(1, "--data", tiny_demo, "--batch", 16, "--steps", 4, "--out", tmp_path / "w1.pt")
     _torchrun(
@@ -271,3 +230,46 @@ def test_imagenet_weights_offline_message():
         assert "pretrained" in msg and '"none"' in msg and str(cached) in msg
     else:
         pytest.skip("this machine could download the ImageNet weights (online)")
+
+
+# last in the file: the shared 2-process run is made by the process that runs test_cli.py first (pytest -n);
+# this one, which starts with test_study.py, would otherwise wait for it idle
+def test_headless_run_two_processes(compressed_run):
+    run, r = compressed_run  # 2 processes (with pruning and QAT on; see conftest)
+    ev = events_of(run)
+    for e in ev:
+        assert e["v"] == 1 and isinstance(e["ts"], float) and all(f in e for f in EVENT_FIELDS[e["type"]])
+    started = of_type(ev, "run_started")[0]
+    assert started["world_size"] == 2 and started["dataset"]["n_train"] > 0
+    assert started["channels_last"] is True  # pruning + QAT + export on channels_last weights, as on CUDA
+    assert started["dataset"]["split_sha256"] == json.loads((run / "split.json").read_text())["sha256"]
+    ends = of_type(ev, "epoch_ended")
+    assert [e["epoch"] for e in ends] == [1, 2, 3]
+    assert all(len(e["memory_mb"]) == 2 and min(e["memory_mb"]) > 0 for e in ends)
+    # lr_scale = "linear": the LR is multiplied by the number of processes
+    assert ends[0]["lr"] == pytest.approx(0.001 * 2)
+    test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
+    assert set(test["auc"]) == set(LABELS) and test["n"] == started["dataset"]["n_test"]
+    assert final_status(ev) == "completed"
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert "test AUROC" in r.stdout and "Hernia" in r.stdout and "\x1b[" not in r.stdout
+
+
+def _torchrun(nproc: int, *args) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--nnodes",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "127.0.0.1:0",
+        str(Path(__file__).parent / "ddp_helper.py"),
+        *map(str, args),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
