@@ -13,6 +13,7 @@ exports and converts ResNet18 end to end (test_compression.py, test_post_trainin
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from engine import config
+from engine import config, rundir
 from engine.compression import channels, quant
 from engine.compression.prune import Pruner
 from engine.data import images
@@ -33,6 +34,8 @@ from engine.inference import bench, export
 from engine.inference.explain import gradcam
 from engine.labels import NUM_CLASSES
 from engine.models import archs, chexnet
+from engine.training import checkpoint
+from engine.training.loop import train_step
 from engine.training.trainer import make_optimizer
 from tests.conftest import prune_schedule
 
@@ -60,13 +63,11 @@ def refused(arch: str, sections: dict, match: str) -> None:
 
 
 def step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One Adam step of the weighted BCE, as the engine's training step makes it."""
+    """One Adam step of the weighted BCE: the engine's training step (fp32, no loss scaling)."""
     opt = make_optimizer(net.parameters(), config.defaults()["train"], 1e-3, torch.device("cpu"))
-    loss = chexnet.WeightedBCE(y.sum(0), (1 - y).sum(0))(net(x), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+    loss_fn = chexnet.WeightedBCE(y.sum(0), (1 - y).sum(0))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return float(train_step(net, loss_fn, opt, scaler, nullcontext(), x, y).detach())
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def exported(run_dir, model: nn.Module, arch: str, kinds: set[str], int8: nn.Mod
     arts = export.export_models(run_dir, model, arch, SIZE, kinds, int8, log=pytest.fail)
     assert {a["kind"] for a in arts} == kinds
     if int8 is not None:
-        torch.save({"int8_graph": quant.graph_record(int8)}, run_dir / "checkpoints" / "best.pt")
+        checkpoint.save_atomic({"int8_graph": quant.graph_record(int8)}, run_dir / rundir.BEST)
     cfg = config.validate({"model": {"arch": arch, "pretrained": "none"}})
     return {a["kind"]: export.load_model(run_dir, a, cfg=cfg) for a in arts}
 

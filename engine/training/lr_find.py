@@ -34,8 +34,9 @@ CLEAR_FALL = 0.10
 
 
 NO_CLEAR_FALL = (
-    "the smoothed loss fell only {fall:.1%} below its start (under 10 %): the curve has no clear fall and the "
-    "suggestion is a guess (a longer ramp, lr_find.steps, or pretrained weights give one)"
+    "the smoothed loss fell only {fall:.1%} below its start (under "
+    f"{CLEAR_FALL:.0%}): the curve has no clear fall and the suggestion is a guess (a longer ramp, "
+    "lr_find.steps, or pretrained weights give one)"
 )
 
 
