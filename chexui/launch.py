@@ -132,10 +132,16 @@ def engine_env(single_node: bool = True) -> dict[str, str]:
 class Launcher:
     """Runs torchrun for one run dir to the end. `stop()` may be called from a signal handler."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, node: NodeSpec | None = None):
+    def __init__(
+        self, cfg: dict[str, Any], run_dir: Path, node: NodeSpec | None = None, command: list[str] | None = None
+    ):
         self.cfg, self.run_dir, self.node = cfg, run_dir, node or NodeSpec(nnodes=cfg["distributed"]["nnodes"])
+        # what runs the engine: torchrun here (default), or a SLURM job's `srun ... torchrun ...`
+        self.command = command or torchrun_command(cfg, run_dir, self.node)
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_requested = False
+        self.requeue = False  # a SLURM job told to make way (chexui/slurm.py): stop cleanly, then requeue
+        self.slurm_job: str | None = None  # the job id when this launcher is a SLURM job's batch script
         self.returncode: int | None = None
         self.exit_code = 1  # set by finish()
         self._tail: list[str] = []
@@ -165,6 +171,15 @@ class Launcher:
         """SIGTERM to torchrun's group and every descendant, grace period, then SIGKILL."""
         if self.proc is None or self.proc.returncode is not None:
             return
+        if self.slurm_job:  # srun cancels its step on TERM: the step's processes get TERM instead, as here
+            from chexui import slurm
+
+            await asyncio.to_thread(slurm.signal_steps, self.slurm_job, "TERM")
+            try:
+                await asyncio.wait_for(self.proc.wait(), GRACE_S)
+                return
+            except asyncio.TimeoutError:
+                pass
         try:
             family = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
@@ -205,7 +220,7 @@ class Launcher:
 
     async def run(self) -> int:
         """Start torchrun and wait for it. Cancellation stops the run cleanly, then re-raises."""
-        cmd = torchrun_command(self.cfg, self.run_dir, self.node)
+        cmd = self.command
         procs.become_subreaper()  # workers orphaned by a killed torchrun come back here (_end_orphans)
         (self.run_dir / STOP_FILE).unlink(missing_ok=True)
         events = self.run_dir / EVENTS_FILE
@@ -298,6 +313,12 @@ async def run_to_end(launcher: Launcher, poll=None, interval: float = 0.2) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)
+
+    def make_way() -> None:  # SLURM's warning before a time limit or preemption (slurm.py: REQUEUE_SIGNAL)
+        launcher.requeue = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGUSR1, make_way)
     try:
         while not task.done():
             if poll:
@@ -363,7 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nnodes", type=int, default=1)
     ap.add_argument("--node-rank", type=int, default=0)
     ap.add_argument("--rdzv-endpoint", default=None)
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--slurm-job",
+        action="store_true",
+        help="run the command after -- (the job's srun line) as this run's SLURM batch job (chexui/slurm.py)",
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if bool(command) != args.slurm_job:
+        ap.error("a command after -- goes with --slurm-job, and only with it")
     run_dir = Path(args.run_dir)
     try:
         cfg = rundir.load_config(run_dir)
@@ -372,10 +402,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_launcher(run_dir)
     view, tail = HeadlessView(plain=True), EventTail(run_dir / EVENTS_FILE)
-    launcher = Launcher(cfg, run_dir, NodeSpec(args.nnodes, args.node_rank, args.rdzv_endpoint))
+    node = NodeSpec(args.nnodes, args.node_rank, args.rdzv_endpoint)
+    if args.slurm_job:
+        node = NodeSpec(nnodes=cfg["distributed"]["nnodes"])
+    launcher = Launcher(cfg, run_dir, node, command or None)
+    if args.slurm_job:
+        launcher.slurm_job = os.environ.get("SLURM_JOB_ID") or None
     code = asyncio.run(run_to_end(launcher, lambda: view.handle_all(tail.poll()), interval=1.0))
     if launcher.log_error:
         view.say(f"warning: {launcher.log_error}")
+    if launcher.requeue:
+        from chexui import slurm
+
+        if final_status(read_events(run_dir / EVENTS_FILE)) == "stopped":  # (not when it completed meanwhile)
+            view.say(slurm.requeue_self())
     return code
 
 

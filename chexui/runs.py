@@ -146,6 +146,11 @@ def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
     """Ask a run's launcher to stop cleanly (stop request + SIGTERM); True once it has exited."""
     import signal
 
+    info = load_run(run_dir)
+    if info.slurm_job is not None:  # the job's launcher runs on a node: through the scheduler
+        from chexui import slurm
+
+        return slurm.stop(run_dir, info.slurm_job, timeout)
     proc = launcher_process(run_dir)
     if proc is None:
         raise UserError(
@@ -162,6 +167,7 @@ class RunInfo:
     run_dir: Path
     events: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None  # why its events could not be read (a FIFO, a link, a huge file)
+    job: Any = None  # a SLURM run's job as the scheduler reports it (chexui/slurm.py: Job; `with_jobs`)
     _state: RunState = field(default_factory=RunState, repr=False, compare=False)
     _folded: int = field(default=0, repr=False, compare=False)  # how many of `events` _state has applied
 
@@ -176,9 +182,22 @@ class RunInfo:
         if launcher_process(self.run_dir) is not None:
             return "running"
         final = final_status(self.events)
-        if final is None and self.first("slurm_submitted") is not None:
-            return "submitted"  # a SLURM job: no chexui launcher here; the scheduler knows whether it runs
+        if self.slurm_job is not None:  # its launcher runs on a node of the cluster: the scheduler knows
+            job = self.job
+            if job is not None and job.active:
+                if job.state != "RUNNING":
+                    return "pending"  # (waiting to start, or requeued and waiting to resume)
+                if final is None:
+                    return "running"
+            if final is None:
+                return "failed" if job is not None else "submitted"  # (ended without a final status)
         return final or ("failed" if self.events else "created")
+
+    @property
+    def slurm_job(self) -> str | None:
+        """The SLURM job id of a run submitted with `chexui run --slurm`."""
+        e = self.first("slurm_submitted")
+        return clean(e["job_id"]) if e is not None else None
 
     def first(self, type_: str) -> dict | None:
         return next((e for e in self.events if e["type"] == type_), None)
@@ -214,6 +233,8 @@ class RunInfo:
             "smallest_artifact": None,
             "duration_s": None,
             "started": None,
+            "slurm_job": None,
+            "slurm_state": None,
             "problem": clean(self.problem),
         }
 
@@ -253,13 +274,15 @@ class RunInfo:
             "smallest_artifact": {k: small[k] for k in ("kind", "bytes")} if (small := st.smallest_artifact) else None,
             "duration_s": st.duration_s,
             "started": st.started_ts,
+            "slurm_job": self.slurm_job,
+            "slurm_state": clean(self.job.state) if self.job is not None else None,
         }
 
 
 def exit_code(status: str, events: Sequence[dict[str, Any]] = ()) -> int:
-    """chexui's exit code for a run in `status`: 0 completed, stopped (or still running, for `watch`);
+    """chexui's exit code for a run in `status`: 0 completed, stopped (or not ended yet, for `watch`);
     2 when the engine's error says the user can fix it (bad data, a full disk); else 1."""
-    if status in ("completed", "stopped", "running"):
+    if status in ("completed", "stopped", "running", "pending", "submitted"):
         return 0
     return 2 if any(e["type"] == "error" and e.get("code") == 2 for e in events) else 1
 
@@ -286,7 +309,20 @@ def run_dirs(base: Path) -> list[Path]:
 def list_runs(base: Path) -> list[RunInfo]:
     """Every run of the runs dir; one that cannot be read is listed as unreadable, and never keeps the
     others from being listed."""
-    return [load_run(d) for d in run_dirs(base)]
+    return with_jobs([load_run(d) for d in run_dirs(base)])
+
+
+def with_jobs(infos: list[RunInfo]) -> list[RunInfo]:
+    """The SLURM runs among them get their job's state from the scheduler (one squeue call for all)."""
+    from chexui import slurm
+
+    ids = [i.slurm_job for i in infos if i.problem is None and i.slurm_job]
+    if ids:
+        found = slurm.jobs([j for j in ids if j])
+        for info in infos:
+            job = found.get(info.slurm_job or "") if info.problem is None else None
+            info.job = job if job is not None and slurm.is_runs(job, info.run_dir) else None
+    return infos
 
 
 def _signature(run_dir: Path) -> tuple:
@@ -318,10 +354,10 @@ class RunIndex:
         for d in run_dirs(self.base):
             key, sig = str(d), _signature(d)
             old = self._rows.get(key)
-            if old is not None and old[0] == sig and old[1]["status"] != "running":
+            if old is not None and old[0] == sig and old[1]["status"] not in ("running", "pending", "submitted"):
                 rows[key] = old
                 continue
-            row = {**load_run(d).summary(), "dir": key}
+            row = {**with_jobs([load_run(d)])[0].summary(), "dir": key}
             changed |= old is None or old[1] != row
             rows[key] = (sig, row)
         changed |= rows.keys() != self._rows.keys()

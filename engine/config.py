@@ -204,9 +204,19 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cpus_per_task": Field(8, int, min=1, max=1024),
         "mem": Field("", str),  # per node, e.g. "64G"; "": the partition's default
         "port": Field(29500, int, min=1024, max=65535),  # the c10d rendezvous on the first node
+        # seconds before the time limit (or a preemption) SLURM warns the job (--signal=B:USR1@N): the run
+        # checkpoints, stops, and the job requeues itself to resume from there (--requeue)
+        "signal_s": Field(300, int, min=30, max=3600),
         "modules": Field([], list),  # `module load` names, e.g. ["cuda/12.4"]
         "env": Field([], list),  # "KEY=VALUE" exported before srun (the value quoted as data)
         "sbatch": Field([], list),  # further sbatch options, e.g. ["--qos=high", "--exclusive"]
+    },
+    # the lab's dashboards beside events.jsonl (engine/trackers/; `pip install 'chexui[trackers]'`), rank 0
+    "log": {
+        "tensorboard": Field(False, bool),  # TensorBoard event files under RUN_DIR/tensorboard/
+        # "": off; an MLflow tracking URI (MLFLOW_URI below: a store on this machine, a server on loopback,
+        # or "env" for $MLFLOW_TRACKING_URI)
+        "mlflow": Field("", str),
     },
     "export": {
         "enabled": Field(True, bool),  # export/ artifacts + their test evaluation at the end of a run
@@ -454,11 +464,23 @@ def validate(raw: dict[str, Any], source: str = "<config>", partial: bool = Fals
             "turn off prune, quantize, distill and compress (`chexui lr-find` does)"
         )
     _check_slurm(cfg["slurm"], source)
+    if cfg["log"]["mlflow"] and not re.fullmatch(MLFLOW_URI, cfg["log"]["mlflow"]):
+        raise ConfigError(
+            f"{source}: key 'log.mlflow' = {cfg['log']['mlflow']!r}: expected \"\" (off), sqlite:///PATH, file:PATH, "
+            'http://127.0.0.1:PORT or http://localhost:PORT (a server on this machine), or "env" '
+            "($MLFLOW_TRACKING_URI: a remote server is named by your environment, not by a preset)"
+        )
     d = cfg["data"]
     if d["val_fraction"] + d["test_fraction"] >= 0.9:
         raise ConfigError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must be < 0.9")
     return cfg
 
+
+# where [log] mlflow may send a run (its metrics, config and model files): a store on this machine or a
+# server on loopback; a preset may be someone else's, so a remote server comes from $MLFLOW_TRACKING_URI
+MLFLOW_URI = (
+    r"env|sqlite:///[^\x00-\x1f]+|file:[^\x00-\x1f]+|https?://(127\.0\.0\.1|localhost)(:[0-9]{1,5})?(/[^\x00-\x1f]*)?"
+)
 
 # what each [slurm] value may look like. Each reaches an sbatch script a user submits from a preset that
 # may be someone else's: no shell syntax anywhere; module names without a path (`module load` of a file

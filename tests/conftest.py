@@ -324,3 +324,8 @@ def pytest_addoption(parser) -> None:
         action="store_true",
         help="test_capabilities.py: every architecture's exported files and int8 too (minutes)",
     )
+    parser.addoption(
+        "--slurm-cluster",
+        action="store_true",
+        help="test_slurm_cluster.py: start a real 2-node SLURM cluster on this machine (root; minutes)",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -289,6 +290,35 @@ def test_launcher_saves_a_preset(tmp_path, monkeypatch):
 
     cfg = presets.resolve("my-demo")
     assert cfg["train"]["lr"] == 0.005 and (shared / "my-demo.toml").is_file()
+
+
+def test_launcher_submits_the_form_as_a_slurm_job_and_lists_it(tmp_path, tiny_preset, monkeypatch):
+    """Submit to SLURM: the form's config as a run dir with its sbatch script, submitted (a stand-in
+    sbatch here; tests/test_slurm_cluster.py runs real ones), then the runs browser with the run."""
+    from tests.test_slurm import FAKE_SBATCH
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("CHEXUI_PRESETS", str(tiny_preset.parent))
+    runs = tmp_path / "runs"
+
+    async def go():
+        app = make_app(runs, poll_s=0.1)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
+            app.screen.load_preset("tiny")
+            await until(pilot, lambda: not app.screen.query_one("#slurm", Button).disabled)
+            app.screen.query_one("#slurm", Button).press()
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen), timeout=60)
+            assert isinstance(app.screen, RunsScreen)
+
+    asyncio.run(go())
+    (run_dir,) = runs.iterdir()
+    assert "#SBATCH --nodes=1" in (run_dir / "slurm.sbatch").read_text()
+    assert [e["type"] for e in events_of(run_dir)] == ["slurm_submitted"] and events_of(run_dir)[0]["job_id"] == "4242"
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -11,6 +13,7 @@ from chexui import runs as runs_mod
 from chexui.commands.common import RunRef, RunsDir, fail, find, say
 from chexui.headless import HeadlessView
 from engine.events import EVENTS_FILE
+from engine.sanitize import clean
 
 
 def watch(
@@ -28,11 +31,34 @@ def watch(
         make_app(runs_mod.runs_dir(runs_dir), run=run_dir).run()
         raise typer.Exit(0)
     view = HeadlessView()
-    for e in follow(run_dir / EVENTS_FILE, stop=lambda: runs_mod.launcher_process(run_dir) is None):
+    job_id = runs_mod.load_run(run_dir).slurm_job
+    ended = (lambda: runs_mod.launcher_process(run_dir) is None) if job_id is None else _job_ended(job_id, view)
+    for e in follow(run_dir / EVENTS_FILE, stop=ended):
         view.handle(e)
     view.close()
     info = runs_mod.load_run(run_dir)
     raise typer.Exit(runs_mod.exit_code(info.status, info.events))
+
+
+def _job_ended(job_id: str, view: HeadlessView, every_s: float = 2.0) -> Callable[[], bool]:
+    """For `watch` of a SLURM run: whether its job has ended (asked of the scheduler every few seconds),
+    saying each change of the job's state (pending, running, requeued, ...)."""
+    from chexui import slurm
+
+    said, asked, ended = [""], [0.0], [False]
+
+    def check() -> bool:
+        if time.monotonic() - asked[0] >= every_s:
+            asked[0] = time.monotonic()
+            job = slurm.jobs([job_id]).get(job_id)
+            line = job.describe() if job else f"SLURM job {job_id}: not known to the scheduler here"
+            if line != said[0]:
+                view.say(clean(line))
+                said[0] = line
+            ended[0] = job is None or not job.active
+        return ended[0]
+
+    return check
 
 
 def stop(

@@ -71,34 +71,20 @@ def run(
 
 
 def submit_slurm(cfg: dict, base: Path, name: str, dry_run: bool) -> None:
-    """`run --slurm`: the run dir with its config and sbatch script, submitted with sbatch; the job id
-    goes into its events (`slurm_submitted`). --dry-run prints the script a new run would get, and
-    makes nothing."""
+    """`run --slurm`: --dry-run prints the script a new run would get, and makes nothing; otherwise the
+    run dir is made and its job submitted (chexui/slurm.py: submit_run)."""
     from chexui import slurm
-    from chexui.launch import save_config
-    from engine.events import EventWriter
-    from engine.fsutil import write_atomic
 
-    sl, nproc = cfg["slurm"], cfg["distributed"]["nproc"]
-    if sl["gpus_per_node"] and sl["gpus_per_node"] != nproc:
-        raise UserError(
-            f"--slurm: slurm.gpus_per_node = {sl['gpus_per_node']} but distributed.nproc = {nproc} processes "
-            f"per node: one process per GPU (--nproc {sl['gpus_per_node']})"
-        )
     if dry_run:
+        slurm.check_gpus(cfg)
         sys.stdout.write(slurm.script(cfg, base.resolve() / runs_mod.run_id(name)))
         return
-    cfg = {**cfg, "distributed": {**cfg["distributed"], "nnodes": sl["nodes"]}}
-    prepare_data(cfg)
-    run_dir = runs_mod.new_run_dir(base, name).resolve()
-    save_config(cfg, run_dir)
-    path = run_dir / slurm.SCRIPT
-    write_atomic(path, slurm.script(cfg, run_dir).encode())
-    job = slurm.submit(path)
-    w = EventWriter(run_dir / EVENTS_FILE)
-    w.emit("slurm_submitted", job_id=job, script=slurm.SCRIPT, nodes=sl["nodes"])
-    w.close()
-    say(f"run {run_dir.name}: SLURM job {job} ({sl['nodes']} node(s) x {nproc} process(es)); script {path}")
+    run_dir, job = slurm.submit_run(cfg, base, name, prepare_data)
+    sl = cfg["slurm"]
+    say(
+        f"run {run_dir.name}: SLURM job {job} ({sl['nodes']} node(s) x {cfg['distributed']['nproc']} "
+        f"process(es)); script {run_dir / slurm.SCRIPT}"
+    )
     say(f"follow it: chexui watch {run_dir.name} --runs-dir {base}")
 
 

@@ -28,9 +28,12 @@ def runs_list(as_json: AsJson = False, runs_dir: RunsDir = None) -> None:
             t.add_row(f"sweep {sweep}:", "", "", "", "", "", "", "")
         for r in members:
             best = f"{fmt(r['best_val_auc'])} (ep {r['best_epoch']})" if r.get("best_epoch") is not None else "-"
+            status = r["status"]
+            if r.get("slurm_job"):  # the scheduler's job and its state (chexui run --slurm)
+                status += f"\njob {r['slurm_job']} {r['slurm_state'] or '?'}"
             t.add_row(
                 r["id"],
-                r["status"],
+                status,
                 str(r["preset"] or "-"),
                 str(r["world_size"] or "-"),
                 str(r["epochs"]),

@@ -71,6 +71,7 @@ class LauncherScreen(Screen):
 | `tab` / `shift+tab` | next / previous field |
 | `ctrl+s` or the Start button | start the run (its monitor opens) |
 | `ctrl+l` or the Find LR button | the LR range test of the form's config (`chexui lr-find`) |
+| the Submit to SLURM button | the run as a SLURM job (`chexui run --slurm`; the preset's `[slurm]` section) |
 | `b` `escape` | the runs browser |
 
 **presets**: built-in presets, your own (`chexui presets dir`) and a shared preset dir
@@ -117,6 +118,7 @@ form, and its suggestion (the rule `lr_find.rule` names) goes into the learning-
                 with Horizontal(id="buttons"):
                     yield Button("Start", id="start", variant="success")
                     yield Button("Find LR", id="lr-find")
+                    yield Button("Submit to SLURM", id="slurm")
                 with Horizontal(id="save-row"):
                     yield Input(placeholder="preset name", id="save-name")
                     yield Button("Save as preset", id="save")
@@ -211,6 +213,7 @@ form, and its suggestion (the rule `lr_find.rule` names) goes into the learning-
         self.query_one("#form-error", Static).update(safe(msg, style="red"))
         self.query_one("#start", Button).disabled = bool(msg)
         self.query_one("#lr-find", Button).disabled = bool(msg) or self.lr_finding
+        self.query_one("#slurm", Button).disabled = bool(msg)
         return not msg
 
     @on(Input.Changed)
@@ -262,6 +265,30 @@ form, and its suggestion (the rule `lr_find.rule` names) goes into the learning-
         save_config(cfg, run_dir)
         start_detached(run_dir, self.runs_dir)
         nav(self.app).open_monitor(run_dir, replace=True)
+
+    @on(Button.Pressed, "#slurm")
+    def submit_slurm(self) -> None:
+        if self.validate_form():
+            self.query_one("#slurm", Button).disabled = True
+            self._submit_slurm(self.resolved())
+
+    @work(thread=True, exclusive=True, group="slurm")
+    def _submit_slurm(self, cfg: dict) -> None:
+        """sbatch (and the data's cache, which the nodes read) off the UI thread; then the runs browser,
+        where the run's row shows the job's state."""
+        from chexui import slurm
+        from engine.data import dataset
+
+        try:
+            run_dir, job = slurm.submit_run(
+                cfg, self.runs_dir, cfg.get("name", "run"), lambda c: dataset.prepare(c["data"])
+            )
+        except UserError as e:
+            self.app.call_from_thread(self.notify, clean(str(e)), severity="error", markup=False)
+            self.app.call_from_thread(self.validate_form)
+            return
+        self.app.call_from_thread(self.notify, clean(f"SLURM job {job}: run {run_dir.name}"), markup=False)
+        self.app.call_from_thread(nav(self.app).open_runs)
 
     @property
     def lr_finding(self) -> bool:

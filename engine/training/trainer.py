@@ -31,6 +31,7 @@ from engine.labels import n_defined
 from engine.models.chexnet import build_model, fit_to_state, losses
 from engine.rundir import BEST, CHECKPOINTS_DIR, EVENTS_FILE, EXPORT_DIR, LAST, SPLIT_FILE
 from engine.runtime import dist
+from engine.trackers import Trackers
 from engine.training import checkpoint, lr_find, shipping
 from engine.training.checkpoint import RunCheckpoints
 from engine.training.distill import Distiller, load_teacher
@@ -94,6 +95,7 @@ class Run:
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
         self.t, self.dc = cfg["train"], cfg["data"]
         self.events = EventWriter(run_dir / EVENTS_FILE) if d.is_main else None
+        self.trackers: Trackers | None = None  # rank 0's, opened in setup()
         self.stop = StopSignal(run_dir)
         self.ckpts = RunCheckpoints(run_dir / CHECKPOINTS_DIR)
         self.state = TrainState()
@@ -101,7 +103,9 @@ class Run:
     # ------------------------------------------------------------ output (rank 0 only)
     def emit(self, type_: str, **fields) -> None:
         if self.events:
-            self.events.emit(type_, **fields)
+            event = self.events.emit(type_, **fields)
+            if self.trackers is not None:  # (TensorBoard, MLflow: the same event, its same values)
+                self.trackers.handle(event)
 
     def log(self, msg: str) -> None:
         if self.d.is_main:
@@ -113,6 +117,7 @@ class Run:
         if self.d.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if self.d.is_main:  # temp files of writes killed midway: only rank 0 writes here
+            self.trackers = Trackers(self.cfg, self.run_dir)
             self.ckpts.clean()
             remove_stale_temps(self.run_dir, self.run_dir / EXPORT_DIR)
         self.data: Data = load_data(self.dc, self.d.is_main, self.d.barrier)
@@ -279,7 +284,9 @@ class Run:
         """The run from start (or its last checkpoint) to its end: the process's exit code (0; 2 for bad
         data or a full disk met on the way; 1 when training diverged). A stop ends it early, status
         "stopped"; any other error is recorded as an `error` event and raised (torchrun may restart)."""
-        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        # torchrun's restarts of this launch, plus the scheduler's requeues of a SLURM job (chexui/slurm.py)
+        env = os.environ
+        attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0")) + int(env.get("SLURM_RESTART_COUNT", "0"))
         try:
             self.setup()
             if self.cfg["lr_find"]["enabled"]:  # the LR range test instead of training: nothing is kept
@@ -318,6 +325,9 @@ class Run:
         except Exception as e:
             self.emit("error", message=f"{type(e).__name__}: {one_line(e)}")
             raise
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
 
     def start(self) -> None:
         """A fresh run's `run_started` (and a compress run's epoch 0 from its parent)."""
