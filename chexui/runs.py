@@ -350,16 +350,23 @@ class RunIndex:
 
     def refresh(self) -> bool:
         """Read what changed; True when a row was added, removed or changed."""
-        rows, changed = {}, False
+        rows: dict[str, Any] = {}  # key -> (signature, row), or a RunInfo to summarise below
+        changed = False
         for d in run_dirs(self.base):
             key, sig = str(d), _signature(d)
             old = self._rows.get(key)
             if old is not None and old[0] == sig and old[1]["status"] not in ("running", "pending", "submitted"):
                 rows[key] = old
-                continue
-            row = {**with_jobs([load_run(d)])[0].summary(), "dir": key}
-            changed |= old is None or old[1] != row
-            rows[key] = (sig, row)
+            else:
+                rows[key] = (sig, load_run(d))
+        # the runs read again, with one squeue call for every SLURM run among them
+        with_jobs([v[1] for v in rows.values() if isinstance(v[1], RunInfo)])
+        for key, (sig, value) in rows.items():
+            if isinstance(value, RunInfo):
+                old = self._rows.get(key)
+                row = {**value.summary(), "dir": key}
+                changed |= old is None or old[1] != row
+                rows[key] = (sig, row)
         changed |= rows.keys() != self._rows.keys()
         self._rows = rows
         return changed

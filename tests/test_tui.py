@@ -195,7 +195,11 @@ def test_runs_browser_opens_and_compares(tmp_path):
             await pilot.press("space", "down", "space", "c")
             await until(
                 pilot,
-                lambda: isinstance(app.screen, CompareScreen) and app.screen.query_one(DataTable).row_count > 0,
+                # (every row: the table fills after the screen shows, and a fast machine reads it midway)
+                lambda: (
+                    isinstance(app.screen, CompareScreen)
+                    and app.screen.query_one(DataTable).row_count == len(LABELS) + 2
+                ),
             )
             assert isinstance(app.screen, CompareScreen)
             rows = cells(app.screen.query_one(DataTable))

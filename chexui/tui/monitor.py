@@ -130,18 +130,31 @@ from `RUN/events.jsonl`, the run's event stream.
         worker = get_current_worker()
         events = EventTail(self.run_dir / EVENTS_FILE)
         log = FileTail(self.run_dir / ENGINE_LOG)
-        last_alive_check, alive = 0.0, False
+        last_alive_check, alive, job = 0.0, False, None
         while not worker.is_cancelled:
             now = time.monotonic()
             if now - last_alive_check > 2.0:
-                alive, last_alive_check = runs_mod.launcher_process(self.run_dir) is not None, now
+                alive, last_alive_check = self.engine_alive(job), now
             gone = not self.run_dir.exists()
             new, lines = events.poll(), log.lines()
+            job = job or next((str(e["job_id"]) for e in new if e["type"] == "slurm_submitted"), None)
             if new or lines or alive != self.launcher_alive or gone != self.gone:
                 self.post_message(RunUpdate(new, lines, alive, gone))
             if gone:
                 return
             time.sleep(self.poll_s)
+
+    def engine_alive(self, slurm_job: str | None) -> bool:
+        """Whether the run may still be going: its launcher on this machine, or (a run submitted with
+        --slurm, whose launcher runs on a node) its job, as the scheduler reports it."""
+        if runs_mod.launcher_process(self.run_dir) is not None:
+            return True
+        if slurm_job is None:
+            return False
+        from chexui import slurm
+
+        job = slurm.own_job(slurm_job, self.run_dir)
+        return job is not None and job.active
 
     def on_run_update(self, msg: RunUpdate) -> None:
         for e in msg.events:
