@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from chexui import slurm_jobs
 from chexui.runs import exit_code, request_stop, write_launcher
 from chexui.runstate import RunState
 from engine import config, rundir
@@ -172,9 +173,7 @@ class Launcher:
         if self.proc is None or self.proc.returncode is not None:
             return
         if self.slurm_job:  # srun cancels its step on TERM: the step's processes get TERM instead, as here
-            from chexui import slurm
-
-            await asyncio.to_thread(slurm.signal_steps, self.slurm_job, "TERM")
+            await asyncio.to_thread(slurm_jobs.signal_steps, self.slurm_job, "TERM")
             try:
                 await asyncio.wait_for(self.proc.wait(), GRACE_S)
                 return
@@ -314,11 +313,12 @@ async def run_to_end(launcher: Launcher, poll=None, interval: float = 0.2) -> in
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)
 
-    def make_way() -> None:  # SLURM's warning before a time limit or preemption (slurm.py: REQUEUE_SIGNAL)
+    def make_way() -> None:  # SLURM's warning before a time limit or a preemption (slurm.py: REQUEUE_SIGNAL)
         launcher.requeue = True
         task.cancel()
 
-    loop.add_signal_handler(signal.SIGUSR1, make_way)
+    if launcher.slurm_job:
+        loop.add_signal_handler(signal.SIGUSR1, make_way)
     try:
         while not task.done():
             if poll:
@@ -411,11 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     code = asyncio.run(run_to_end(launcher, lambda: view.handle_all(tail.poll()), interval=1.0))
     if launcher.log_error:
         view.say(f"warning: {launcher.log_error}")
-    if launcher.requeue:
-        from chexui import slurm
-
-        if final_status(read_events(run_dir / EVENTS_FILE)) == "stopped":  # (not when it completed meanwhile)
-            view.say(slurm.requeue_self())
+    if launcher.requeue and final_status(read_events(run_dir / EVENTS_FILE)) == "stopped":  # (not completed)
+        view.say(slurm_jobs.requeue_self())
     return code
 
 

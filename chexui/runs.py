@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from chexui import slurm_jobs
 from chexui.format import n_defined, slug
 from chexui.runstate import RunState
 from engine import rundir
@@ -148,9 +149,7 @@ def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
 
     info = load_run(run_dir)
     if info.slurm_job is not None:  # the job's launcher runs on a node: through the scheduler
-        from chexui import slurm
-
-        return slurm.stop(run_dir, info.slurm_job, timeout)
+        return stop_slurm_job(run_dir, info.slurm_job, timeout)
     proc = launcher_process(run_dir)
     if proc is None:
         raise UserError(
@@ -162,12 +161,37 @@ def stop_run(run_dir: Path, timeout: float = 120.0) -> bool:
     return wait_gone(proc, timeout)
 
 
+def stop_slurm_job(run_dir: Path, job_id: str, timeout: float) -> bool:
+    """Stop a SLURM run's job cleanly: the stop request, TERM to the batch script alone (chexui's launcher,
+    which has the engine checkpoint and stop), then `scancel`. True once the job has ended."""
+    job = slurm_jobs.own_job(job_id, run_dir)
+    if job is None or not job.active:
+        state = f"it is {job.state}" if job else "the scheduler does not know it as this run's job"
+        raise UserError(f"run {run_dir.name}: SLURM job {job_id} is not running ({state})")
+    request_stop(run_dir, f"chexui stop (SLURM job {job_id})")
+    if job.state == "RUNNING":
+        slurm_jobs.scancel("--batch", "--signal=TERM", job_id)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        now = slurm_jobs.jobs([job_id]).get(job_id)
+        if now is None or not now.active or now.state == "PENDING":
+            break
+        time.sleep(1.0)
+    slurm_jobs.scancel(job_id)  # (a pending job; or one that did not end within the timeout)
+    while time.monotonic() < end + 30:
+        now = slurm_jobs.jobs([job_id]).get(job_id)
+        if now is None or not now.active:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 @dataclass
 class RunInfo:
     run_dir: Path
     events: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None  # why its events could not be read (a FIFO, a link, a huge file)
-    job: Any = None  # a SLURM run's job as the scheduler reports it (chexui/slurm.py: Job; `with_jobs`)
+    job: slurm_jobs.Job | None = None  # a SLURM run's job as the scheduler reports it (`with_jobs`)
     _state: RunState = field(default_factory=RunState, repr=False, compare=False)
     _folded: int = field(default=0, repr=False, compare=False)  # how many of `events` _state has applied
 
@@ -314,14 +338,12 @@ def list_runs(base: Path) -> list[RunInfo]:
 
 def with_jobs(infos: list[RunInfo]) -> list[RunInfo]:
     """The SLURM runs among them get their job's state from the scheduler (one squeue call for all)."""
-    from chexui import slurm
-
     ids = [i.slurm_job for i in infos if i.problem is None and i.slurm_job]
     if ids:
-        found = slurm.jobs([j for j in ids if j])
+        found = slurm_jobs.jobs([j for j in ids if j])
         for info in infos:
             job = found.get(info.slurm_job or "") if info.problem is None else None
-            info.job = job if job is not None and slurm.is_runs(job, info.run_dir) else None
+            info.job = job if job is not None and slurm_jobs.is_runs(job, info.run_dir) else None
     return infos
 
 

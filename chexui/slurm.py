@@ -1,5 +1,5 @@
-"""A run as a SLURM job (`chexui run --slurm`): the sbatch script, its submission, the scheduler's view of
-the job (`watch`, `runs list`), and its stop and requeue.
+"""A run as a SLURM job (`chexui run --slurm`, the launcher's Submit to SLURM): its sbatch script and its
+submission. What the scheduler says of the job and the signals to it: chexui/slurm_jobs.py.
 
 The batch script's own process is chexui's launcher (`python -m chexui.launch RUN_DIR --slurm-job -- srun
 ...`), as on one machine: it writes logs/engine.log and the final status if the engine could not. SLURM
@@ -23,26 +23,19 @@ command of its own.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chexui.slurm_jobs import SCRIPT
 from engine.errors import UserError
 from engine.rundir import CONFIG_FILE
 
-SCRIPT = "slurm.sbatch"  # in the run dir
 REQUEUE_SIGNAL = "USR1"  # the launcher's "make way" (chexui/launch.py: run_to_end)
-# the scheduler's states of a job that has not ended (squeue's long names)
-ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-          "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")  # fmt: skip
-# the first node's address for the c10d rendezvous (its name may not resolve on the others)
 RENDEZVOUS = [
     'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
     'head_addr=$(scontrol show node "$head" | sed -n "s/.*NodeAddr=\\([^ ]*\\).*/\\1/p")',
@@ -146,116 +139,3 @@ def submit(script_path: Path) -> str:
     if r.returncode != 0 or not job.isdigit():
         raise UserError(f"--slurm: sbatch refused {script_path}: {(r.stderr or r.stdout).strip()[:300]}")
     return job
-
-
-@dataclass
-class Job:
-    """A job as the scheduler reports it (squeue)."""
-
-    id: str
-    state: str  # PENDING, RUNNING, COMPLETED, CANCELLED, ...
-    reason: str  # why it is pending ("Resources", "BeginTime"), or "None"
-    nodes: str  # the allocated nodes, or ""
-    uid: int
-    command: str  # the batch script's path
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
-
-    def describe(self) -> str:
-        where = f" on {self.nodes}" if self.nodes and self.state == "RUNNING" else ""
-        why = f" ({self.reason})" if self.reason not in ("", "None") and self.state != "RUNNING" else ""
-        return f"SLURM job {self.id}: {self.state}{where}{why}"
-
-
-_FIELDS = "%i\t%T\t%r\t%N\t%U\t%o"
-
-
-def jobs(ids: list[str]) -> dict[str, Job]:
-    """The scheduler's record of these jobs (those it still knows, ended ones for a few minutes after);
-    {} when no scheduler answers here. One squeue call for them all."""
-    ids = [i for i in ids if i.isdigit()]
-    if not ids or shutil.which("squeue") is None:
-        return {}
-    try:
-        r = subprocess.run(
-            ["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", _FIELDS],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    found: dict[str, Job] = {}
-    for line in r.stdout.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 6 and parts[0] in ids and parts[4].isdigit():
-            found[parts[0]] = Job(parts[0], parts[1], parts[2], parts[3], int(parts[4]), parts[5])
-    return found
-
-
-def is_runs(job: Job, run_dir: Path) -> bool:
-    """Whether the job is provably this run's: this user's, running this run dir's script. (The job id
-    comes from the run dir's events, which anyone who could write the run dir could have set to another
-    job of yours.)"""
-    if job.uid != os.getuid():
-        return False
-    try:
-        return Path(job.command).resolve() == (run_dir / SCRIPT).resolve()
-    except (OSError, RuntimeError):
-        return False
-
-
-def own_job(job_id: str, run_dir: Path) -> Job | None:
-    """The run's job as the scheduler reports it, if it is provably the run's (`is_runs`)."""
-    job = jobs([job_id]).get(job_id)
-    return job if job is not None and is_runs(job, run_dir) else None
-
-
-def _scancel(*args: str) -> None:
-    subprocess.run(["scancel", *args], capture_output=True, text=True, timeout=30)
-
-
-def signal_steps(job_id: str, sig: str) -> None:
-    """Signal every process of the job's steps (not the batch script): what srun would do, but without
-    cancelling the step, so the engine can finish its step and checkpoint."""
-    _scancel(f"--signal={sig}", job_id)
-
-
-def stop(run_dir: Path, job_id: str, timeout: float) -> bool:
-    """Stop this run's job cleanly: the stop request, TERM to the batch script alone (chexui's launcher,
-    which has the engine checkpoint and stop), then `scancel`. True once the job has ended."""
-    from chexui.runs import request_stop
-
-    job = own_job(job_id, run_dir)
-    if job is None or not job.active:
-        state = f"it is {job.state}" if job else "the scheduler does not know it as this run's job"
-        raise UserError(f"run {run_dir.name}: SLURM job {job_id} is not running ({state})")
-    request_stop(run_dir, f"chexui stop (SLURM job {job_id})")
-    if job.state == "RUNNING":
-        _scancel("--batch", "--signal=TERM", job_id)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        now = jobs([job_id]).get(job_id)
-        if now is None or not now.active or now.state == "PENDING":
-            break
-        time.sleep(1.0)
-    _scancel(job_id)  # (a pending job; or one that did not end within the timeout)
-    while time.monotonic() < end + 30:
-        now = jobs([job_id]).get(job_id)
-        if now is None or not now.active:
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def requeue_self() -> str:
-    """From inside the job (the launcher, after the stop SLURM's warning asked for): `scontrol requeue`."""
-    job_id = os.environ.get("SLURM_JOB_ID", "")
-    if not job_id.isdigit():
-        return "not a SLURM job: nothing to requeue"
-    r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        return f"SLURM job {job_id}: requeue refused: {(r.stderr or r.stdout).strip()[:200]}"
-    return f"SLURM job {job_id} requeued: it resumes from checkpoints/last.pt when the scheduler starts it again"

@@ -19,6 +19,17 @@ echo "4242"
 """
 
 
+def stand_ins(tmp_path, monkeypatch, **scripts: str):
+    """Stand-in SLURM commands (name=script text) first on PATH; their dir."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
 def test_dry_run_prints_a_script_with_one_task_per_node_and_makes_nothing(tmp_path, tiny_preset):
     runs = tmp_path / "runs"
     sets = ["--set", "slurm.nodes=2", "--set", "slurm.gpus_per_node=2", "--set", "distributed.nproc=2"]
@@ -44,11 +55,7 @@ def test_dry_run_prints_a_script_with_one_task_per_node_and_makes_nothing(tmp_pa
 
 
 def test_submission_records_the_job_and_keeps_the_script(tmp_path, tiny_preset, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
-    (bin_dir / "sbatch").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    bin_dir = stand_ins(tmp_path, monkeypatch, sbatch=FAKE_SBATCH)
     runs = tmp_path / "runs"
     r = in_process("run", "--preset", tiny_preset, "--slurm", "--set", "slurm.nodes=2", "--runs-dir", runs)
     assert r.returncode == 0, r.stdout
@@ -97,12 +104,7 @@ echo CANCELLED > "$d/state"
 def test_runs_list_and_stop_trust_only_a_job_running_the_runs_own_script(tmp_path, tiny_preset, monkeypatch):
     """The job id in a run dir's events may have been planted: `runs list` shows a job's state, and
     `chexui stop` signals it, only when the scheduler says the job runs that run dir's slurm.sbatch."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_SCANCEL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    bin_dir = stand_ins(tmp_path, monkeypatch, sbatch=FAKE_SBATCH, squeue=FAKE_SQUEUE, scancel=FAKE_SCANCEL)
     runs = tmp_path / "runs"
     assert in_process("run", "--preset", tiny_preset, "--slurm", "--runs-dir", runs).returncode == 0
     (run_dir,) = runs.iterdir()

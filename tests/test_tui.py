@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -296,26 +295,27 @@ def test_launcher_saves_a_preset(tmp_path, monkeypatch):
     assert cfg["train"]["lr"] == 0.005 and (shared / "my-demo.toml").is_file()
 
 
+async def press_with_preset(pilot, app, preset: str, button: str) -> None:
+    """In the launcher: load the preset into the form, then press the button once the form is valid."""
+    await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
+    app.screen.load_preset(preset)
+    await until(pilot, lambda: not app.screen.query_one(button, Button).disabled)
+    app.screen.query_one(button, Button).press()
+
+
 def test_launcher_submits_the_form_as_a_slurm_job_and_lists_it(tmp_path, tiny_preset, monkeypatch):
     """Submit to SLURM: the form's config as a run dir with its sbatch script, submitted (a stand-in
     sbatch here; tests/test_slurm_cluster.py runs real ones), then the runs browser with the run."""
-    from tests.test_slurm import FAKE_SBATCH
+    from tests.test_slurm import FAKE_SBATCH, stand_ins
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
-    (bin_dir / "sbatch").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    stand_ins(tmp_path, monkeypatch, sbatch=FAKE_SBATCH)
     monkeypatch.setenv("CHEXUI_PRESETS", str(tiny_preset.parent))
     runs = tmp_path / "runs"
 
     async def go():
         app = make_app(runs, poll_s=0.1)
         async with app.run_test(size=(100, 40)) as pilot:
-            await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
-            app.screen.load_preset("tiny")
-            await until(pilot, lambda: not app.screen.query_one("#slurm", Button).disabled)
-            app.screen.query_one("#slurm", Button).press()
+            await press_with_preset(pilot, app, "tiny", "#slurm")
             await until(pilot, lambda: isinstance(app.screen, RunsScreen), timeout=60)
             assert isinstance(app.screen, RunsScreen)
 
@@ -333,10 +333,7 @@ def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset,
     async def go():
         app = make_app(runs, poll_s=0.1)
         async with app.run_test(size=(100, 40)) as pilot:
-            await until(pilot, lambda: app.screen.query_one("#presets", DataTable).row_count > 0)
-            app.screen.load_preset("tiny")
-            await until(pilot, lambda: not app.screen.query_one("#start", Button).disabled)
-            app.screen.query_one("#start", Button).press()
+            await press_with_preset(pilot, app, "tiny", "#start")
             end = time.time() + 180
             while time.time() < end:
                 await pilot.pause(0.5)

@@ -43,14 +43,14 @@ def watch(
 def _job_ended(job_id: str, view: HeadlessView, every_s: float = 2.0) -> Callable[[], bool]:
     """For `watch` of a SLURM run: whether its job has ended (asked of the scheduler every few seconds),
     saying each change of the job's state (pending, running, requeued, ...)."""
-    from chexui import slurm
+    from chexui import slurm_jobs
 
     said, asked, ended = [""], [0.0], [False]
 
     def check() -> bool:
         if time.monotonic() - asked[0] >= every_s:
             asked[0] = time.monotonic()
-            job = slurm.jobs([job_id]).get(job_id)
+            job = slurm_jobs.jobs([job_id]).get(job_id)
             line = job.describe() if job else f"SLURM job {job_id}: not known to the scheduler here"
             if line != said[0]:
                 view.say(clean(line))

@@ -151,9 +151,9 @@ from `RUN/events.jsonl`, the run's event stream.
             return True
         if slurm_job is None:
             return False
-        from chexui import slurm
+        from chexui import slurm_jobs
 
-        job = slurm.own_job(slurm_job, self.run_dir)
+        job = slurm_jobs.own_job(slurm_job, self.run_dir)
         return job is not None and job.active
 
     def on_run_update(self, msg: RunUpdate) -> None:
