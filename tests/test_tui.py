@@ -325,6 +325,28 @@ def test_launcher_submits_the_form_as_a_slurm_job_and_lists_it(tmp_path, tiny_pr
     assert [e["type"] for e in events_of(run_dir)] == ["slurm_submitted"] and events_of(run_dir)[0]["job_id"] == "4242"
 
 
+def test_the_monitor_of_a_slurm_run_shows_the_schedulers_word(tmp_path, tiny_preset, monkeypatch):
+    """A submitted run whose job waits: the monitor's status is the job's state as squeue reports it,
+    not "engine ended without finishing" (its launcher is on a node of the cluster, not here)."""
+    from tests.test_hostile import in_process
+    from tests.test_slurm import FAKE_SBATCH, FAKE_SQUEUE, stand_ins
+
+    bin_dir = stand_ins(tmp_path, monkeypatch, sbatch=FAKE_SBATCH, squeue=FAKE_SQUEUE)
+    runs = tmp_path / "runs"
+    assert in_process("run", "--preset", tiny_preset, "--slurm", "--runs-dir", runs).returncode == 0
+    (run,) = runs.iterdir()
+    (bin_dir / "state").write_text("PENDING\n")
+    (bin_dir / "command").write_text(str(run / "slurm.sbatch"))
+
+    async def go():
+        app = make_app(runs, run=run, poll_s=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: "SLURM job 4242: PENDING" in text_of(app, "#status"))
+            assert "SLURM job 4242: PENDING" in text_of(app, "#status")
+
+    asyncio.run(go())
+
+
 @pytest.mark.slow
 def test_launcher_starts_a_real_run_and_shows_final_table(tmp_path, tiny_preset, monkeypatch):
     monkeypatch.setenv("CHEXUI_PRESETS", str(tiny_preset.parent))

@@ -45,9 +45,12 @@ PANES = {"1": "loss", "2": "aucs", "3": "epochs", "4": "log"}  # key -> the pane
 
 
 class RunUpdate(Message):
-    def __init__(self, events: list[dict], log_lines: list[str], launcher_alive: bool, gone: bool) -> None:
+    def __init__(
+        self, events: list[dict], log_lines: list[str], launcher_alive: bool, gone: bool, job: str | None = None
+    ) -> None:
         super().__init__()
         self.events, self.log_lines, self.launcher_alive, self.gone = events, log_lines, launcher_alive, gone
+        self.job = job  # a SLURM run's job as the scheduler reports it ("SLURM job 7: PENDING (Priority)")
 
 
 class MonitorScreen(Screen):
@@ -100,6 +103,7 @@ from `RUN/events.jsonl`, the run's event stream.
         self.state = RunState(run_id=self.run_dir.name)
         self.launcher_alive = False
         self.gone = False
+        self.job: str | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
@@ -130,36 +134,35 @@ from `RUN/events.jsonl`, the run's event stream.
         worker = get_current_worker()
         events = EventTail(self.run_dir / EVENTS_FILE)
         log = FileTail(self.run_dir / ENGINE_LOG)
-        last_alive_check, alive, job = 0.0, False, None
+        last_alive_check, alive, job_id, job = 0.0, False, None, None
         while not worker.is_cancelled:
+            new, lines = events.poll(), log.lines()
+            job_id = job_id or next((str(e["job_id"]) for e in new if e["type"] == "slurm_submitted"), None)
             now = time.monotonic()
             if now - last_alive_check > 2.0:
-                alive, last_alive_check = self.engine_alive(job), now
+                (alive, job), last_alive_check = self.engine_alive(job_id), now
             gone = not self.run_dir.exists()
-            new, lines = events.poll(), log.lines()
-            job = job or next((str(e["job_id"]) for e in new if e["type"] == "slurm_submitted"), None)
-            if new or lines or alive != self.launcher_alive or gone != self.gone:
-                self.post_message(RunUpdate(new, lines, alive, gone))
+            if new or lines or alive != self.launcher_alive or gone != self.gone or job != self.job:
+                self.post_message(RunUpdate(new, lines, alive, gone, job))
             if gone:
                 return
             time.sleep(self.poll_s)
 
-    def engine_alive(self, slurm_job: str | None) -> bool:
+    def engine_alive(self, slurm_job: str | None) -> tuple[bool, str | None]:
         """Whether the run may still be going: its launcher on this machine, or (a run submitted with
-        --slurm, whose launcher runs on a node) its job, as the scheduler reports it."""
-        if runs_mod.launcher_process(self.run_dir) is not None:
-            return True
+        --slurm, whose launcher runs on a node) its job, as the scheduler reports it; and that job's state."""
         if slurm_job is None:
-            return False
+            return runs_mod.launcher_process(self.run_dir) is not None, None
         from chexui import slurm_jobs
 
         job = slurm_jobs.own_job(slurm_job, self.run_dir)
-        return job is not None and job.active
+        alive = job is not None and job.active or runs_mod.launcher_process(self.run_dir) is not None
+        return alive, job.describe() if job is not None else None
 
     def on_run_update(self, msg: RunUpdate) -> None:
         for e in msg.events:
             self.state.apply(e)
-        self.launcher_alive, self.gone = msg.launcher_alive, msg.gone
+        self.launcher_alive, self.gone, self.job = msg.launcher_alive, msg.gone, msg.job
         if msg.log_lines:
             self.query_one(LogPane).add_lines(msg.log_lines)
         self.push_down()
@@ -199,6 +202,8 @@ from `RUN/events.jsonl`, the run's event stream.
         status = st.status
         if self.gone:
             status = "run directory deleted"
+        elif self.job is not None and (status == "running" or "PENDING" in self.job):
+            status = self.job  # a SLURM run: the scheduler's word (pending, requeued, running on which nodes)
         elif status == "running" and not self.launcher_alive and st.events:
             status = "engine ended without finishing (failed)"
         # text from the run is plain text: a "[" in a run name or an error is not markup
