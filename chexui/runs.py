@@ -338,9 +338,9 @@ def list_runs(base: Path) -> list[RunInfo]:
 
 def with_jobs(infos: list[RunInfo]) -> list[RunInfo]:
     """The SLURM runs among them get their job's state from the scheduler (one squeue call for all)."""
-    ids = [i.slurm_job for i in infos if i.problem is None and i.slurm_job]
+    ids = [j for i in infos if i.problem is None and (j := i.slurm_job)]
     if ids:
-        found = slurm_jobs.jobs([j for j in ids if j])
+        found = slurm_jobs.jobs(ids)
         for info in infos:
             job = found.get(info.slurm_job or "") if info.problem is None else None
             info.job = job if job is not None and slurm_jobs.is_runs(job, info.run_dir) else None

@@ -36,6 +36,7 @@ from engine.errors import UserError
 from engine.rundir import CONFIG_FILE
 
 REQUEUE_SIGNAL = "USR1"  # the launcher's "make way" (chexui/launch.py: run_to_end)
+# the first node's address for the c10d rendezvous (its name may not resolve on the others)
 RENDEZVOUS = [
     'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
     'head_addr=$(scontrol show node "$head" | sed -n "s/.*NodeAddr=\\([^ ]*\\).*/\\1/p")',

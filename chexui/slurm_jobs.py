@@ -17,7 +17,6 @@ SCRIPT = "slurm.sbatch"  # a SLURM run's batch script, in its run dir
 # the scheduler's states of a job that has not ended (squeue's long names)
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")  # fmt: skip
-# the first node's address for the c10d rendezvous (its name may not resolve on the others)
 
 
 @dataclass

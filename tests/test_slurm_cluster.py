@@ -76,6 +76,17 @@ def wait_state(job: str, *states: str, timeout: float = 120) -> tuple[str, str]:
     raise AssertionError(f"SLURM job {job} not in {states} within {timeout}s: {job_state(job)}")
 
 
+def wait_idle(runs, timeout: float = 90) -> None:
+    """Until no process of the runs dir is left and every node of the cluster is idle."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True).stdout.split()
+        if not left_running(runs) and nodes and all(n == "idle" for n in nodes):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not idle within {timeout}s: {left_running(runs)}")
+
+
 def left_running(runs) -> list[str]:
     """Processes whose command line names the runs dir (the launcher, srun, torchrun, the workers)."""
     cmds = (" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
@@ -114,13 +125,17 @@ def test_the_time_limit_warning_checkpoints_requeues_and_the_job_resumes_to_the_
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     state, reason = wait_state(job, "PENDING")
     assert reason == "BeginTime"  # requeued; SLURM holds a requeued job two minutes: not in a test
+    wait_idle(runs)  # (what those two minutes give: the first start's processes gone, the nodes free)
     ev = events_of(runs / run_id)
     assert final_status(ev) == "stopped" and ev[-2]["type"] == "checkpoint_saved"  # (then run_finished)
     assert chexui("runs", "list", "--json", "--runs-dir", runs).stdout.count('"status": "pending"') == 1
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-    wait_state(job, "COMPLETED", "FAILED", timeout=240)
+    end_state = wait_state(job, "COMPLETED", "FAILED", timeout=240)
     ev = events_of(runs / run_id)
-    (restarted,) = [e for e in ev if e["type"] == "restarted"]
+    restarts = [e for e in ev if e["type"] == "restarted"]
+    out = "".join(p.read_text() for p in (runs / run_id / "logs").glob("slurm-*.out"))
+    assert len(restarts) == 1, f"{end_state}: {[e['type'] for e in ev if e['type'] != 'progress']}\n{out[-3000:]}"
+    (restarted,) = restarts
     assert restarted["attempt"] == 1 and restarted["resumed_epoch"] >= 1
     assert [e["epoch"] for e in ev if e["type"] == "epoch_ended"][-1] == 3
     assert final_status(ev) == "completed" and not left_running(runs)

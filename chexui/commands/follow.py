@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -32,7 +33,9 @@ def watch(
         raise typer.Exit(0)
     view = HeadlessView()
     job_id = runs_mod.load_run(run_dir).slurm_job
-    ended = (lambda: runs_mod.launcher_process(run_dir) is None) if job_id is None else _job_ended(job_id, view)
+    ended = (
+        (lambda: runs_mod.launcher_process(run_dir) is None) if job_id is None else _job_ended(job_id, run_dir, view)
+    )
     for e in follow(run_dir / EVENTS_FILE, stop=ended):
         view.handle(e)
     view.close()
@@ -40,7 +43,7 @@ def watch(
     raise typer.Exit(runs_mod.exit_code(info.status, info.events))
 
 
-def _job_ended(job_id: str, view: HeadlessView, every_s: float = 2.0) -> Callable[[], bool]:
+def _job_ended(job_id: str, run_dir: Path, view: HeadlessView, every_s: float = 2.0) -> Callable[[], bool]:
     """For `watch` of a SLURM run: whether its job has ended (asked of the scheduler every few seconds),
     saying each change of the job's state (pending, running, requeued, ...)."""
     from chexui import slurm_jobs
@@ -50,8 +53,8 @@ def _job_ended(job_id: str, view: HeadlessView, every_s: float = 2.0) -> Callabl
     def check() -> bool:
         if time.monotonic() - asked[0] >= every_s:
             asked[0] = time.monotonic()
-            job = slurm_jobs.jobs([job_id]).get(job_id)
-            line = job.describe() if job else f"SLURM job {job_id}: not known to the scheduler here"
+            job = slurm_jobs.own_job(job_id, run_dir)  # (the same proof as runs list, the monitor and stop)
+            line = job.describe() if job else f"SLURM job {job_id}: not known to the scheduler here as this run's"
             if line != said[0]:
                 view.say(clean(line))
                 said[0] = line

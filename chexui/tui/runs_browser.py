@@ -152,6 +152,8 @@ patient-bootstrap CI, the sparsity of its weights (pruning runs), and its smalle
 
     # ------------------------------------------------------------ the table
     def show(self, rows: list[dict] | None = None) -> None:
+        if not self.is_attached:  # (the loader thread's rows came after the screen was closed)
+            return
         if rows is not None:
             self.rows = {r["dir"]: r for r in rows}
         shown = [

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.errors import UserError
 
-# name -> (module under engine/trackers/, the [log] key that turns it on)
+# the [log] key that turns a tracker on -> its module under engine/trackers/
 TRACKERS = {"tensorboard": "engine.trackers.tensorboard", "mlflow": "engine.trackers.mlflow"}
 EXTRA = "pip install 'chexui[trackers]'"
 

@@ -96,9 +96,6 @@ class MLflow(Tracker):
         if values:
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, self.epoch) for k, v in values.items()])
 
-    def close(self) -> None:
-        pass
-
 
 def open(cfg: dict[str, Any], run_dir: Path) -> Tracker:  # noqa: A001 - the module's constructor, by name
     return MLflow(cfg, run_dir)
