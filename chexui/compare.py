@@ -478,6 +478,7 @@ def heatmap_table(runs: list[RunInfo], labels: list[str], base: int, n_images: i
                 "model": rec["model"],
                 "images": rec["images"],
                 "maps": rec["maps"],
+                "maps compared": rec.get("compared"),
                 "mean AUROC - baseline": delta,
                 "r (Pearson)": rec["pearson"],
                 "top-10% IoU": rec["top_iou"],
@@ -492,6 +493,7 @@ def heatmap_table(runs: list[RunInfo], labels: list[str], base: int, n_images: i
             "model",
             "images",
             "maps",
+            "maps compared",
             "mean AUROC - baseline",
             "r (Pearson)",
             "top-10% IoU",
@@ -508,9 +510,10 @@ def heatmap_caption(df: pd.DataFrame) -> str:
         f"Grad-CAM of each run's shipped model (a QAT run: its int8 artifact's fake-quantized twin) against "
         f"the baseline ({df.attrs.get('baseline')}) on the same seeded sample of its test images (seed "
         f"{df.attrs.get('seed')}), for the baseline's 3 most probable labels per image: mean Pearson r of "
-        "the maps and mean IoU of their top 10 %. 'peak in drawn finding': on a chexui demo set, the share "
-        "of maps for findings the image shows whose peak lies inside the region the generator drew "
-        "('peak maps' of them)."
+        "the maps and mean IoU of their top 10 %, over the 'maps compared' (the pairs neither of which is "
+        "flat: all zero after Grad-CAM's ReLU, a map has no region). 'peak in drawn finding': on a chexui "
+        "demo set, the share of maps for findings the image shows whose peak lies inside the region the "
+        "generator drew ('peak maps' of them)."
     ]
     return "\n".join(lines + list(df.attrs.get("notes") or []))
 

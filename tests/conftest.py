@@ -15,17 +15,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # test processes side by side (`pytest -n 2` on 2 cores, .ci/run): a core each, so one thread in each
+    # of them and in every process they start (a run's workers too; torch reads it when it starts, hence
+    # before the imports below), and OpenMP threads that wait sleep instead of spinning. With a run's two
+    # threads on a core the other test process also uses, the suite took 10 % longer
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine.data import demo
+import pytest  # noqa: E402
+
+from engine.data import demo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # test processes side by side (`pytest -n 2`, .ci/run): OpenMP threads that wait sleep instead of
-    # spinning, in these processes and every one they start, so that two runs with two threads each on
-    # two cores do not thrash. The thread counts stay as in one process (one thread per torchrun worker
-    # of a multi-process run, the cores' count otherwise): the same arithmetic, the same numbers
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def isolated_env(base: Path) -> dict[str, str]:

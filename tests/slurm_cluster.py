@@ -137,8 +137,12 @@ class Cluster:
 
     def pids(self) -> list[int]:
         """The daemons' pids, from the pid files they wrote when this cluster started them."""
+        return self._pids(self._pid_files())
+
+    @staticmethod
+    def _pids(pid_files: list[Path]) -> list[int]:
         out = []
-        for pid_file in self._pid_files():
+        for pid_file in pid_files:
             try:
                 out.append(int(pid_file.read_text().split()[0]))
             except (OSError, ValueError, IndexError):
@@ -146,25 +150,32 @@ class Cluster:
         return out
 
     def stop(self) -> None:
-        """Stop every daemon this cluster started, by its pid file (slurmd first, munged last)."""
-        for pid_file in reversed(self._pid_files()):
-            try:
-                pid = int(pid_file.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            end = time.monotonic() + 15
-            while time.monotonic() < end:
+        """Stop every daemon this cluster started, by its pid file: the slurm daemons together, then munged
+        (which they talk to while they shut down); SIGKILL for any still there after 15 s."""
+        munged, *slurm = self._pid_files()
+        for group in (self._pids(slurm), self._pids([munged])):
+            for pid in group:
                 try:
-                    os.kill(pid, 0)
+                    os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
-                    break
+                    pass
+            end = time.monotonic() + 15
+            while group and time.monotonic() < end:
+                group = [pid for pid in group if _alive(pid)]
                 time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
+            for pid in group:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

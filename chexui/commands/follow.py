@@ -69,8 +69,13 @@ def stop(
     runs_dir: RunsDir = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the run to end")] = 120.0,
 ) -> None:
-    """Stop a running run cleanly: checkpoint kept, status "stopped", no process left."""
+    """Stop a running run cleanly: checkpoint kept, status "stopped", no process left. Exits 0 when the run
+    ended stopped (or completed meanwhile); when it ended failed, prints why and exits as `run` would."""
     run_dir = find(run_ref, runs_dir)
     if not runs_mod.stop_run(run_dir, timeout):
         raise fail(f"run {run_dir.name} did not stop within {timeout:.0f}s", 1)
-    say(f"{run_dir.name}: {runs_mod.load_run(run_dir).status}")
+    info = runs_mod.load_run(run_dir)
+    errors = info.state.errors
+    say(f"{run_dir.name}: {info.status}" + (f" ({errors[-1]})" if info.status == "failed" and errors else ""))
+    if code := runs_mod.exit_code(info.status, info.events):
+        raise typer.Exit(code)

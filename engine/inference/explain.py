@@ -399,6 +399,7 @@ def sample_agreement(
             "model": "baseline",
             "images": len(names),
             "maps": sum(map(len, base_labels.values())),
+            "compared": None,
             "pearson": None,
             "top_iou": None,
             **_rate(base_hits),
@@ -431,6 +432,7 @@ def sample_agreement(
                     "model": kind,
                     "images": len(names),
                     "maps": len(scores),
+                    "compared": len(ok),  # the pairs of maps neither of which is flat: what r and IoU average
                     "pearson": float(np.mean([s["pearson"] for s in ok])) if ok else None,
                     "top_iou": float(np.mean([s["top_iou"] for s in ok])) if ok else None,
                     **_rate(hits),
