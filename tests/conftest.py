@@ -116,7 +116,7 @@ val_fraction = 0.2
 test_fraction = 0.25
 [train]
 epochs = {epochs}
-batch_size = 8
+batch_size = 16   # 6 steps an epoch (at 8, a QAT epoch took 4.8 s instead of 2.7 s)
 early_stop_patience = 0
 [export]
 enabled = false   # export + artifact evaluation are tested where they are the subject (test_compression)

@@ -346,6 +346,42 @@ def test_stop_signals_only_a_process_the_os_says_is_this_runs_launcher(tmp_path)
                 v.wait()
 
 
+def test_stop_of_a_run_that_ends_failed_says_why_and_exits_as_run_would(tmp_path):
+    """A run that fails while it stops (its checkpoint cannot be written, say): `chexui stop` prints the
+    engine's reason beside the status and exits 2, as `chexui run` would, instead of a bare "failed"."""
+    evs = RECORDED.read_text().splitlines()
+    run = hostile.run_dir_with(tmp_path / "runs", "20260101-000000-failing", "\n".join(evs[:-1]) + "\n")
+    pkg = tmp_path / "fake" / "chexui"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    # a stand-in launcher whose engine fails on the stop: the events chexui's own launcher would write
+    (pkg / "launch.py").write_text(
+        "import json, signal, sys, time\n"
+        "def failed(*a):\n"
+        "    with open(sys.argv[1] + '/events.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({'v': 1, 'type': 'error', 'ts': time.time(), 'code': 2,\n"
+        "            'message': 'checkpoints/last.pt: cannot write (No space left on device)'}) + '\\n')\n"
+        "        f.write(json.dumps({'v': 1, 'type': 'run_finished', 'ts': time.time(), 'status': 'failed',\n"
+        "            'epochs': 1, 'total_time_s': 1.0, 'best_epoch': 1, 'test_auc_mean': None}) + '\\n')\n"
+        "    sys.exit(2)\n"
+        "signal.signal(signal.SIGTERM, failed)\n"
+        "time.sleep(120)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-m", "chexui.launch", str(run)], cwd=tmp_path / "fake")
+    try:
+        time.sleep(0.5)
+        hostile.fake_launcher_json(run, launcher.pid)
+        assert json.loads(chexui("runs", "list", "--json", "--runs-dir", tmp_path / "runs").stdout)[0]["status"] == (
+            "running"
+        )
+        r = chexui("stop", run.name, "--runs-dir", tmp_path / "runs", "--timeout", "20")
+        clean_exit(r, 2)
+        assert r.stdout.strip() == f"{run.name}: failed (checkpoints/last.pt: cannot write (No space left on device))"
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
 # ------------------------------------------------------------------ output dirs
 
 
