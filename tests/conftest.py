@@ -65,6 +65,19 @@ SLOWEST_FIRST = (
 )
 
 
+def pytest_sessionstart(session) -> None:
+    """Earlier sessions' temp dirs go now, not when this session exits (the runs write GBs; a machine that
+    runs CI again and again had kept 3 sessions' worth): pytest's own cleanup, which spares the dir of a
+    session still running (its lock file) and keeps this one's. In the main process only."""
+    factory = session.config._tmp_path_factory
+    if os.environ.get("PYTEST_XDIST_WORKER") or factory._given_basetemp is not None:
+        return
+    from _pytest.pathlib import LOCK_TIMEOUT, cleanup_numbered_dir
+
+    ours = factory.getbasetemp()
+    cleanup_numbered_dir(ours.parent, "pytest-", 1, ours.stat().st_mtime - LOCK_TIMEOUT)
+
+
 def pytest_collection_modifyitems(items: list) -> None:
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: a file's own order kept)
