@@ -172,17 +172,18 @@ def stop_slurm_job(run_dir: Path, job_id: str, timeout: float) -> bool:
     if job.state == "RUNNING":
         slurm_jobs.scancel("--batch", "--signal=TERM", job_id)
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        now = slurm_jobs.jobs([job_id]).get(job_id)
-        if now is None or not now.active or now.state == "PENDING":
-            break
-        time.sleep(1.0)
+    _wait_job(job_id, end, lambda job: job is None or not job.active or job.state == "PENDING", 1.0)
     slurm_jobs.scancel(job_id)  # (a pending job; or one that did not end within the timeout)
-    while time.monotonic() < end + 30:
-        now = slurm_jobs.jobs([job_id]).get(job_id)
-        if now is None or not now.active:
+    return _wait_job(job_id, end + 30, lambda job: job is None or not job.active, 0.5)
+
+
+def _wait_job(job_id: str, until: float, done, every_s: float) -> bool:
+    """Ask the scheduler every `every_s` seconds until `done(job)` (None: it no longer knows the job) or
+    the monotonic time `until`; whether it was done."""
+    while time.monotonic() < until:
+        if done(slurm_jobs.jobs([job_id]).get(job_id)):
             return True
-        time.sleep(0.5)
+        time.sleep(every_s)
     return False
 
 

@@ -301,13 +301,16 @@ def test_json_output_has_no_nan(tmp_path):
 # ------------------------------------------------------------------ signals
 
 
-def _fake_chexui_launch(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
-    """A process whose command line is `python -m chexui.launch RUN_DIR` (a stand-in package that sleeps)."""
+def _fake_chexui_launch(tmp_path: Path, run_dir: Path, on_term: str = "sys.exit(0)") -> subprocess.Popen:
+    """A process whose command line is `python -m chexui.launch RUN_DIR` (a stand-in package that sleeps,
+    and on SIGTERM runs `on_term`: Python with json, sys and time imported)."""
     pkg = tmp_path / "fake" / "chexui"
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "launch.py").write_text(
-        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(120)\n"
+        "import json, signal, sys, time\n"
+        f"def on_term(*a):\n    {on_term}\n"
+        "signal.signal(signal.SIGTERM, on_term)\ntime.sleep(120)\n"
     )
     return subprocess.Popen(
         [sys.executable, "-m", "chexui.launch", str(run_dir)], cwd=tmp_path / "fake", stdin=subprocess.DEVNULL
@@ -351,23 +354,15 @@ def test_stop_of_a_run_that_ends_failed_says_why_and_exits_as_run_would(tmp_path
     engine's reason beside the status and exits 2, as `chexui run` would, instead of a bare "failed"."""
     evs = RECORDED.read_text().splitlines()
     run = hostile.run_dir_with(tmp_path / "runs", "20260101-000000-failing", "\n".join(evs[:-1]) + "\n")
-    pkg = tmp_path / "fake" / "chexui"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
     # a stand-in launcher whose engine fails on the stop: the events chexui's own launcher would write
-    (pkg / "launch.py").write_text(
-        "import json, signal, sys, time\n"
-        "def failed(*a):\n"
-        "    with open(sys.argv[1] + '/events.jsonl', 'a') as f:\n"
-        "        f.write(json.dumps({'v': 1, 'type': 'error', 'ts': time.time(), 'code': 2,\n"
-        "            'message': 'checkpoints/last.pt: cannot write (No space left on device)'}) + '\\n')\n"
-        "        f.write(json.dumps({'v': 1, 'type': 'run_finished', 'ts': time.time(), 'status': 'failed',\n"
-        "            'epochs': 1, 'total_time_s': 1.0, 'best_epoch': 1, 'test_auc_mean': None}) + '\\n')\n"
-        "    sys.exit(2)\n"
-        "signal.signal(signal.SIGTERM, failed)\n"
-        "time.sleep(120)\n"
+    failed = (
+        "with open(sys.argv[1] + '/events.jsonl', 'a') as f: f.write("
+        "json.dumps({'v': 1, 'type': 'error', 'ts': time.time(), 'code': 2, "
+        "'message': 'checkpoints/last.pt: cannot write (No space left on device)'}) + '\\n' + "
+        "json.dumps({'v': 1, 'type': 'run_finished', 'ts': time.time(), 'status': 'failed', 'epochs': 1, "
+        "'total_time_s': 1.0, 'best_epoch': 1, 'test_auc_mean': None}) + '\\n'); sys.exit(2)"
     )
-    launcher = subprocess.Popen([sys.executable, "-m", "chexui.launch", str(run)], cwd=tmp_path / "fake")
+    launcher = _fake_chexui_launch(tmp_path, run, on_term=failed)
     try:
         time.sleep(0.5)
         hostile.fake_launcher_json(run, launcher.pid)

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from chexui import runs as runs_mod
+from chexui import slurm_jobs
 from chexui.commands.common import RunRef, RunsDir, fail, find, say
 from chexui.headless import HeadlessView
 from engine.events import EVENTS_FILE
@@ -46,8 +47,6 @@ def watch(
 def _job_ended(job_id: str, run_dir: Path, view: HeadlessView, every_s: float = 2.0) -> Callable[[], bool]:
     """For `watch` of a SLURM run: whether its job has ended (asked of the scheduler every few seconds),
     saying each change of the job's state (pending, running, requeued, ...)."""
-    from chexui import slurm_jobs
-
     said, asked, ended = [""], [0.0], [False]
 
     def check() -> bool:

@@ -24,6 +24,7 @@ from textual.widgets import Footer, ProgressBar
 from textual.worker import get_current_worker
 
 from chexui import runs as runs_mod
+from chexui import slurm_jobs
 from chexui.format import hms
 from chexui.runstate import RunState
 from chexui.safe import joined, safe
@@ -153,8 +154,6 @@ from `RUN/events.jsonl`, the run's event stream.
         --slurm, whose launcher runs on a node) its job, as the scheduler reports it; and that job's state."""
         if slurm_job is None:
             return runs_mod.launcher_process(self.run_dir) is not None, None
-        from chexui import slurm_jobs
-
         job = slurm_jobs.own_job(slurm_job, self.run_dir)
         alive = job is not None and job.active or runs_mod.launcher_process(self.run_dir) is not None
         return alive, job.describe() if job is not None else None
