@@ -124,8 +124,12 @@ def test_the_time_limit_warning_checkpoints_requeues_and_the_job_resumes_to_the_
     # what SLURM sends 60 s before the job's time limit (or a preemption): USR1 to the batch script
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
     state, reason = wait_state(job, "PENDING")
+    requeued = time.monotonic()
     assert reason == "BeginTime"  # requeued; SLURM holds a requeued job two minutes: not in a test
-    wait_idle(runs)  # (what those two minutes give: the first start's processes gone, the nodes free)
+    wait_idle(runs)  # (what those two minutes give: the first start's processes gone, the nodes free,
+    # and the first allocation's credential, revoked at the requeue, in the past: started again within
+    # the same second, slurmctld killed the job, "Job credential revoked", FAILED NonZeroExitCode)
+    time.sleep(max(0.0, requeued + 2.0 - time.monotonic()))
     ev = events_of(runs / run_id)
     assert final_status(ev) == "stopped" and ev[-2]["type"] == "checkpoint_saved"  # (then run_finished)
     assert chexui("runs", "list", "--json", "--runs-dir", runs).stdout.count('"status": "pending"') == 1
