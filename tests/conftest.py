@@ -144,6 +144,15 @@ def tiny_preset(tmp_path, tiny_demo) -> Path:
     return p
 
 
+@pytest.fixture()
+def tinynet() -> Iterator[str]:
+    """tests/toy.py's two-conv TinyNet registered as `tinynet` in this process's architecture table."""
+    from tests.toy import registered_tinynet
+
+    with registered_tinynet() as name:
+        yield name
+
+
 PRUNE70 = [
     "--set",
     "prune.enabled=true",
@@ -333,11 +342,19 @@ def dump(obj) -> str:
     return json.dumps(obj, indent=1)[:3000]
 
 
+@pytest.fixture
+def full_matrix(request) -> None:
+    """The deep checks a session asks for with --full-matrix (minutes): skipped, with the reason, otherwise."""
+    if not request.config.getoption("--full-matrix"):
+        pytest.skip("every architecture's exports and int8, a real network compiled: minutes; run with --full-matrix")
+
+
 def pytest_addoption(parser) -> None:
     parser.addoption(
         "--full-matrix",
         action="store_true",
-        help="test_capabilities.py: every architecture's exported files and int8 too (minutes)",
+        help="test_capabilities.py: every architecture's exported files and int8 too; test_gpu_paths.py: a real "
+        "network compiled under torchrun (minutes)",
     )
     parser.addoption(
         "--slurm-cluster",

@@ -42,12 +42,6 @@ from tests.conftest import prune_schedule
 SIZE = 32  # the smallest image the tests use; every architecture in the table takes it
 
 
-@pytest.fixture
-def full_matrix(request) -> None:
-    if not request.config.getoption("--full-matrix"):
-        pytest.skip("exports and int8 of every architecture: minutes; run with --full-matrix")
-
-
 @pytest.fixture(scope="module")
 def one_process_group(tmp_path_factory):
     """A one-process gloo group, as torchrun gives a run with --nproc 1 (DDP needs one)."""

@@ -12,6 +12,7 @@ import threading
 import pytest
 import torch
 
+from chexui.headless import epoch_line
 from engine import config
 from engine.compression.prune import Pruner
 from engine.data.batches import Prefetched
@@ -19,6 +20,7 @@ from engine.models.chexnet import WeightedBCE, build_model
 from engine.training.loop import Utilisation, train_step
 from engine.training.running_loss import RunningLoss
 from tests.conftest import chexui, events_of, only_run, prune_schedule, run_tiny
+from tests.toy import tiny_config, train_in_process
 
 PRUNE = prune_schedule()
 
@@ -90,35 +92,49 @@ def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
     assert threading.active_count() == before
 
 
-@pytest.mark.slow
-def test_the_gpu_configuration_runs_on_cpu(tmp_path, tiny_preset, tiny_demo):
+GPU_CONFIG = {"train": {"amp": "bf16", "epochs": 1, "compile": True}, "eval": {"bootstrap_resamples": 0}}
+
+
+def test_the_gpu_configuration_runs_on_cpu(tmp_path, tinynet, tiny_demo):
     """What a GPU server runs: bf16 autocast, channels_last, fused Adam and torch.compile (train step and
-    the padded evaluation pass), with the compile time reported apart from the epoch's."""
-    r, ev = run_tiny(
-        tmp_path / "runs",
-        tiny_preset,
-        "train.amp=bf16",
-        "train.epochs=1",
-        "train.compile=true",
-        "eval.bootstrap_resamples=0",
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    the padded evaluation pass), with the compile time reported apart from the epoch's. The engine's own
+    entry point in this process, on tests/toy.py's two-conv network: the same code as a real network's,
+    at a fifth of its compile time (a real network under torchrun: the --full-matrix test below)."""
+    from engine.evaluation.evaluate import evaluate_run
+
+    cfg = tiny_config(tiny_demo, model={"arch": tinynet, "pretrained": "none"}, export={"enabled": False}, **GPU_CONFIG)
+    run = tmp_path / "compiled"
+    ev = train_in_process(cfg, run)
     started = [e for e in ev if e["type"] == "run_started"][0]
     assert started["amp"] == "bfloat16" and started["channels_last"] is True
     ended = [e for e in ev if e["type"] == "epoch_ended"][0]
     assert ended["train_loss"] > 0 and ended["val_loss"] > 0
     assert 0 < ended["compile_s"] < ended["epoch_time_s"]
-    assert f"(compile {ended['compile_s']:.1f}s)" in r.stdout  # the monitor says why epoch 1 is slow
-    assert [e for e in ev if e["type"] == "run_finished"][-1]["status"] == "completed"
-    opt = torch.load(only_run(tmp_path / "runs") / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    assert f"(compile {ended['compile_s']:.1f}s)" in epoch_line(ended)  # the monitor says why epoch 1 is slow
+    opt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
     assert opt["param_groups"][0]["fused"] is True
     # trained in bf16, validated and tested in fp32: the run's test AUROCs are an fp32 evaluation's
     # (chexui eval's, eager) to rounding, where bf16 autocast had moved them by up to 4e-4
-    from engine.evaluation.evaluate import evaluate_run
-
     test = [e for e in ev if e["type"] == "evaluated" and e["split"] == "test"][0]
-    fp32 = evaluate_run(only_run(tmp_path / "runs"), str(tiny_demo))
+    fp32 = evaluate_run(run, str(tiny_demo))
     assert max(abs(fp32["auc"][k] - v) for k, v in test["auc"].items() if v is not None) <= 2e-6
+
+
+@pytest.mark.slow
+def test_the_gpu_configuration_runs_a_real_network_under_torchrun(tmp_path, tiny_preset, tiny_demo, full_matrix):
+    """The same on ResNet18 through `chexui run --headless` (about a minute on 2 cores with Inductor's
+    cache cold, most of it compiling: with --full-matrix)."""
+    sets = [f"{s}.{k}={str(v).lower()}" for s, keys in GPU_CONFIG.items() for k, v in keys.items()]
+    r, ev = run_tiny(tmp_path / "runs", tiny_preset, *sets)
+    assert r.returncode == 0, r.stdout + r.stderr
+    started = [e for e in ev if e["type"] == "run_started"][0]
+    assert started["amp"] == "bfloat16" and started["channels_last"] is True
+    ended = [e for e in ev if e["type"] == "epoch_ended"][0]
+    assert 0 < ended["compile_s"] < ended["epoch_time_s"]
+    assert f"(compile {ended['compile_s']:.1f}s)" in r.stdout
+    assert [e for e in ev if e["type"] == "run_finished"][-1]["status"] == "completed"
+    opt = torch.load(only_run(tmp_path / "runs") / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    assert opt["param_groups"][0]["fused"] is True
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Rooms for growth, used from a test file alone: an architecture registered here trains, exports,
-evaluates and explains through chexui's own functions, with no edit anywhere else."""
+"""Rooms for growth, used from tests alone: an architecture registered by a test (tests/toy.py's TinyNet,
+the `tinynet` fixture) and a compression method written in this file train, export, evaluate and explain
+through chexui's own functions, with no edit anywhere else."""
 
 from __future__ import annotations
 
@@ -9,35 +10,8 @@ from torch import nn
 
 from engine import config
 from engine.errors import ConfigError
-from engine.events import read_events
 from engine.models import archs
-from tests.conftest import TINY_PRESET
-
-
-class TinyNet(nn.Module):
-    """A two-conv network: its classifier is `head`, its last conv block `body`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(16, 1000)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.body(x)).flatten(1))
-
-
-@pytest.fixture()
-def tinynet():
-    archs.register(archs.Arch("tinynet", build=TinyNet, head="head", cam_layer="body"))
-    yield "tinynet"
-    archs.unregister("tinynet")
+from tests.toy import tiny_config, train_in_process
 
 
 def test_a_registered_architecture_is_validated_like_a_builtin_one(tinynet):
@@ -47,30 +21,6 @@ def test_a_registered_architecture_is_validated_like_a_builtin_one(tinynet):
     archs.unregister("tinynet")
     with pytest.raises(ConfigError, match=r"model.arch' = 'tinynet': expected one of 'densenet121', 'resnet50'"):
         config.validate({"model": {"arch": "tinynet", "pretrained": "none"}}, "p.toml")
-
-
-def tiny_config(tiny_demo, **sections) -> dict:
-    """The tests' tiny preset on the tiny demo set, as a resolved config, with `sections` merged in."""
-    import tomllib
-
-    base = tomllib.loads(TINY_PRESET.format(desc="toy", root=tiny_demo, epochs=2))
-    cfg = config.validate(config.merge(base, {"export": {"enabled": True, "onnx": False}, **sections}))
-    cfg.pop("extends", None)
-    return cfg
-
-
-def train_in_process(cfg: dict, run_dir) -> list[dict]:
-    """The engine's entry point in this process (one rank), as torchrun would start it: the events of a
-    completed run. (A registration made in this process is seen only here: a torchrun worker would not.)"""
-    from chexui.launch import save_config
-    from engine import train
-
-    run_dir.mkdir()
-    save_config(cfg, run_dir)
-    assert train.main(["--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]) == 0
-    events = read_events(run_dir / "events.jsonl")
-    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed", events[-1]
-    return events
 
 
 def test_a_registered_architecture_trains_exports_evaluates_and_explains(tinynet, tmp_path, tiny_demo):
