@@ -491,6 +491,24 @@ def test_runs_browser_sorts_and_filters(tmp_path):
     asyncio.run(go())
 
 
+def test_rows_from_the_loader_thread_that_come_while_the_widgets_go_are_dropped(tmp_path):
+    """The loader thread's rows can reach the runs browser while the App tears its widgets down on exit
+    (once in the suite: NoMatches for '#title', the test failed): they are dropped, the browser stays."""
+    recorded_run(tmp_path, "prune")
+
+    async def go():
+        app = make_app(tmp_path / "runs", start="runs", poll_s=0.05)
+        async with app.run_test(size=(160, 40)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: screen.query_one("#runs", DataTable).row_count == 1)
+            rows = list(screen.rows.values())
+            await screen.query_one("#title").remove()
+            screen.show(rows)  # what call_from_thread runs for the loader: no NoMatches
+            assert screen.query_one("#runs", DataTable).row_count == 1 and app.screen is screen
+
+    asyncio.run(go())
+
+
 def test_command_palette_offers_the_apps_actions_and_opens_a_run_by_name(tmp_path):
     from textual.command import CommandList, CommandPalette
 

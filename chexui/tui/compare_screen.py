@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from chexui import runs as runs_mod
 from chexui.safe import safe
+from chexui.tui.navigation import still_shown
 from chexui.tui.widgets.fitted_table import FittedTable
 from engine.labels import LABELS
 
@@ -70,6 +71,8 @@ predictions (patients, then seeds within each arm, for arms); `*` where the Holm
     def show(self, tables: dict) -> None:
         from chexui.compare import auroc_caption, auroc_display, paired_caption, paired_display
 
+        if not still_shown(self, FittedTable, "#note"):  # (the pairing thread's tables)
+            return
         auroc, paired = tables["auroc"], tables.get("paired")
         shown = auroc_display(auroc)  # each run with its CI, or each arm's mean ± SD over seeds; the reference
         diffs = paired_display(paired) if paired is not None and not paired.empty else None

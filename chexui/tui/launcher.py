@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -26,7 +27,7 @@ from chexui import runs as runs_mod
 from chexui.launch import gpu_count
 from chexui.runstate import RunState
 from chexui.safe import safe
-from chexui.tui.navigation import nav
+from chexui.tui.navigation import nav, still_shown
 from chexui.tui.widgets.lr_plot import LRPlot
 from engine import config
 from engine.errors import UserError
@@ -251,7 +252,11 @@ form, and its suggestion (the rule `lr_find.rule` names) goes into the learning-
             )
         except UserError as e:
             text = safe(f"problem: {e}", style="red")
-        self.app.call_from_thread(self.query_one("#data-summary", Static).update, text)
+        self.app.call_from_thread(self.show_data_summary, text)
+
+    def show_data_summary(self, text: Text) -> None:
+        if still_shown(self, "#data-summary"):  # (the check's thread can end after the form closed)
+            self.query_one("#data-summary", Static).update(text)
 
     # ------------------------------------------------------------ actions
     @on(Button.Pressed, "#start")

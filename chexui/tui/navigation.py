@@ -22,3 +22,10 @@ class Navigation(Protocol):
 def nav(app: Any) -> Navigation:
     """The running App, as the navigation it provides (chexui/tui/app.py: ChexApp)."""
     return cast(Navigation, app)
+
+
+def still_shown(screen: Any, *selectors: Any) -> bool:
+    """Whether a worker's result can still be shown on `screen`: it is attached and has the widgets the
+    result goes to. A worker thread's result can come after its screen was closed, or while the App tears
+    the screen's widgets down on exit (once in the suite: NoMatches for the runs browser's title)."""
+    return bool(screen.is_attached and all(screen.query(s) for s in selectors))

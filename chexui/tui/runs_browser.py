@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from chexui import runs as runs_mod
 from chexui.format import fmt, human_bytes, with_ci
 from chexui.safe import safe
-from chexui.tui.navigation import nav
+from chexui.tui.navigation import nav, still_shown
 
 REFRESH_S = 3.0
 
@@ -152,9 +152,7 @@ patient-bootstrap CI, the sparsity of its weights (pruning runs), and its smalle
 
     # ------------------------------------------------------------ the table
     def show(self, rows: list[dict] | None = None) -> None:
-        # the loader thread's rows can come after the screen was closed, or while the app tears its
-        # widgets down (seen once in the suite: NoMatches for #title as a test's app exited)
-        if not (self.is_attached and self.query("#title") and self.query(DataTable)):
+        if not still_shown(self, "#title", DataTable):  # (rows from the loader thread)
             return
         if rows is not None:
             self.rows = {r["dir"]: r for r in rows}
