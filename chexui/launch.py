@@ -323,7 +323,7 @@ async def run_to_end(launcher: Launcher, poll=None, interval: float = 0.2) -> in
         while not task.done():
             if poll:
                 poll()
-            await asyncio.sleep(interval)
+            await asyncio.wait({task}, timeout=interval)  # (back at once when the run ends)
         await task
     except asyncio.CancelledError:
         pass  # stopped by a signal: the launcher has stopped the run and written its final status
