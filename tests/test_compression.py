@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import json
@@ -125,6 +126,47 @@ def test_qat_never_quantizes_the_classifier():
     for scope in ("conv", "all"):
         bits = quant.bit_widths(quant.prepare(small(), {"scope": scope}, 16))
         assert bits["weight_points"] == 2, scope
+
+
+@pytest.mark.slow
+def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewrites_that_match_nothing(
+    monkeypatch,
+):
+    """quant.allow_train_eval: .eval() and .train() leave the graph torchao's own switch leaves, with and
+    without dropout in it; torchao's dropout rewrite runs only where the graph calls dropout."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval, export_utils
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    calls = []
+    rewrite = export_utils._replace_dropout
+    monkeypatch.setattr(export_utils, "_replace_dropout", lambda m, **kw: calls.append(1) or rewrite(m, **kw))
+    for dropout in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            *([torch.nn.Dropout(0.5)] if dropout else []),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 14),
+        ).train()
+        example = (torch.zeros(2, 3, 16, 16),)
+        captured = torch.export.export(net, example, strict=True).module()
+        with quant._patterns_of_present_convs(captured):
+            prepared = prepare_qat_pt2e(captured, quant._quantizer(net, "conv", is_qat=True))
+        assert ("dropout" in prepared.code) == dropout
+        ours, theirs = quant.allow_train_eval(copy.deepcopy(prepared)), copy.deepcopy(prepared)
+        allow_exported_model_train_eval(theirs)
+        codes = [prepared.code]
+        for switch in ("eval", "train"):
+            calls.clear()
+            getattr(ours, switch)()
+            assert len(calls) == int(dropout), (dropout, switch)
+            getattr(theirs, switch)()
+            assert ours.code == theirs.code, (dropout, switch)
+            codes.append(ours.code)
+        assert codes[0] != codes[1] != codes[2]  # (each switch had something to rewrite)
 
 
 @pytest.mark.slow

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as tprune
 
 
 def schedule(step: int, t0: int, t1: int, s_i: float, s_f: float, power: float) -> float:
@@ -42,6 +41,20 @@ def prunable(model: nn.Module, scope: str, arch: str | None = None) -> dict[str,
     if scope == "conv":
         return conv_layers(model, arch)
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """True for the weights kept: all but the round(sparsity * n) of smallest magnitude, exactly that many
+    pruned. Selected on a row-major copy, so the mask is the same whatever the weight's layout (CUDA's
+    channels_last here) and the device. Hand-written instead of torch.nn.utils.prune.L1Unstructured, which
+    finds the pruned ones with a topk of them: one topk of the kept ones is 4.8x faster at 70 % sparsity
+    (a mask update of ResNet18's 20 convs 0.19 s against 0.90 s, DenseNet121's 120 convs 0.09 s against
+    0.43 s: 2-core AMD EPYC, benchmarks/prune_masks.py). Ties at the threshold may fall differently."""
+    flat = weight.contiguous().abs().view(-1)
+    keep = flat.numel() - round(sparsity * flat.numel())
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
+    mask[torch.topk(flat, keep, largest=True, sorted=False).indices] = True
+    return mask.view(weight.shape)
 
 
 class Schedule:
@@ -112,14 +125,7 @@ class Pruner:
         """Call after each optimizer step with the global step count."""
         if self.due(step):
             for name, m in self.layers.items():
-                amount = round(self.target(name, step) * m.weight.numel())
-                # the library's magnitude selection (keep the largest |w|) flattens with .view(-1), which a
-                # channels_last weight (CUDA's default here) does not allow: select on a row-major copy.
-                # The mask is then layout-independent (same in a checkpoint whatever the device).
-                w = m.weight.detach().contiguous()
-                self.masks[name] = (
-                    tprune.L1Unstructured(amount=amount).compute_mask(w, default_mask=torch.ones_like(w)).bool()
-                )
+                self.masks[name] = magnitude_mask(m.weight.detach(), self.target(name, step))
             self.last_update = step
             self._factors = None
         self.apply()

@@ -161,6 +161,8 @@ def _bench_rows(run_dir: Path, image_size: int, trust: bool, compile: bool, kind
     arts, evals = exported(run_dir)
     if kinds:
         arts = [a for a in arts if a["kind"] in kinds]
+    for a in arts:  # every file checked before any is measured: a changed last one fails now, not minutes in
+        export.verified_path(run_dir, a, trust)
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     fp32_bytes = next((a["bytes"] for a in arts if a["kind"] == export.FP32), None)
     rows, skipped = [], []
