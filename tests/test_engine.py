@@ -256,20 +256,11 @@ def test_headless_run_two_processes(compressed_run):
 
 
 def _torchrun(nproc: int, *args) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--nnodes",
-        "1",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        "127.0.0.1:0",
-        str(Path(__file__).parent / "ddp_helper.py"),
-        *map(str, args),
-    ]
+    """tests/ddp_helper.py on `nproc` processes under torchrun; one process runs it directly (no process
+    group either way: WORLD_SIZE 1), without an agent to start."""
+    torchrun = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1"]
+    torchrun += ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0"]
+    helper = [str(Path(__file__).parent / "ddp_helper.py"), *map(str, args)]
+    cmd = [sys.executable, *(torchrun if nproc > 1 else []), *helper]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
