@@ -142,15 +142,8 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
     monkeypatch.setattr(export_utils, "_replace_dropout", lambda m, **kw: calls.append(1) or rewrite(m, **kw))
     for dropout in (True, False):
         torch.manual_seed(0)
-        net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3),
-            torch.nn.BatchNorm2d(8),
-            torch.nn.ReLU(),
-            *([torch.nn.Dropout(0.5)] if dropout else []),
-            torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(),
-            torch.nn.Linear(8, 14),
-        ).train()
+        layers = list(tiny_cnn(8))  # conv, BN, ReLU, then the pooled classifier
+        net = torch.nn.Sequential(*layers[:3], *([torch.nn.Dropout(0.5)] if dropout else []), *layers[3:]).train()
         example = (torch.zeros(2, 3, 16, 16),)
         captured = torch.export.export(net, example, strict=True).module()
         with quant._patterns_of_present_convs(captured):
