@@ -136,12 +136,7 @@ def _patterns_of_present_convs(gm: nn.Module):
     except (ImportError, AttributeError):
         yield
         return
-    graph: Any = gm.graph  # (an nn.Module's attribute, typed Tensor | Module by torch's stub)
-    present = {
-        str(n.target).split(".")[1]
-        for n in graph.nodes
-        if n.op == "call_function" and str(n.target).startswith("aten.")
-    }
+    present = _aten_ops(gm)
 
     def only_present(helper):
         def call(m, conv_fn, *args, **kwargs):
@@ -156,6 +151,13 @@ def _patterns_of_present_convs(gm: nn.Module):
     finally:
         for name, helper in helpers.items():
             setattr(qat_utils, name, helper)
+
+
+def _aten_ops(gm: nn.Module) -> set[str]:
+    """The names of the aten operators a graph calls ("conv2d", "batch_norm", "_native_batch_norm_legit", ...)."""
+    graph: Any = gm.graph  # (an nn.Module's attribute, typed Tensor | Module by torch's stub)
+    targets = [str(n.target) for n in graph.nodes if n.op == "call_function"]
+    return {t.split(".")[1] for t in targets if t.startswith("aten.")}
 
 
 def _without_unused_tensors(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -185,28 +187,27 @@ def allow_train_eval(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-# the ops (a substring of a graph node's target) each torchao rewrite matches, and the rewrite's name
-_REWRITES = {"dropout": "_replace_dropout", "batch_norm": "_replace_batchnorm"}
+# torchao's train/eval rewrites, by the operators (a part of an aten operator's name) their patterns match
+_REWRITES = {"_replace_dropout": "dropout", "_replace_batchnorm": "batch_norm"}
 
 
 def _only_present_rewrites(switch):
-    def call(self, *args, **kwargs):
-        try:
-            from torchao.quantization.pt2e import export_utils
+    from torchao.quantization.pt2e import export_utils
 
-            rewrites = {op: getattr(export_utils, name) for op, name in _REWRITES.items()}
-        except (ImportError, AttributeError):
-            switch(self, *args, **kwargs)
-            return self
-        called = [str(n.target) for n in self.graph.nodes if n.op == "call_function"]
-        absent = [op for op in _REWRITES if not any(op in target for target in called)]
-        for op in absent:
-            setattr(export_utils, _REWRITES[op], lambda m, train_to_eval: None)
+    def call(self, *args, **kwargs):
+        ops = _aten_ops(self)
+        skipped = {
+            name: getattr(export_utils, name)
+            for name, op in _REWRITES.items()
+            if hasattr(export_utils, name) and not any(op in called for called in ops)
+        }
+        for name in skipped:
+            setattr(export_utils, name, lambda m, train_to_eval: None)
         try:
             switch(self, *args, **kwargs)
         finally:
-            for op in absent:
-                setattr(export_utils, _REWRITES[op], rewrites[op])
+            for name, rewrite in skipped.items():
+                setattr(export_utils, name, rewrite)
         return self
 
     return call
