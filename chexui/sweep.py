@@ -345,7 +345,11 @@ def run_queue(sw: Sweep, base: Path, say, poll_s: float = 1.0) -> dict[str, str]
                 info = runs_mod.load_run(run_dir)
                 s = info.summary()
                 results[rid] = info.status
-                say(f"{info.status} {rid}: test AUROC {labelled(s['test_auc'], s['test_labels'])}")
+                error = info.last("error") if info.status != "completed" else None
+                if error is not None:  # why it failed, in the sweep's own output
+                    say(f"{info.status} {rid}: {error['message']}")
+                else:
+                    say(f"{info.status} {rid}: test AUROC {labelled(s['test_auc'], s['test_labels'])}")
                 del active[rid]
                 free.append(slot)
     return results

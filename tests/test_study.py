@@ -68,6 +68,22 @@ def test_sweep_runs_a_grid_as_one_group_and_a_stopped_sweep_resumes(tmp_path, ti
     assert listing.count(f"sweep {sweep_id}") == 1
 
 
+@pytest.mark.slow
+def test_a_sweep_says_why_a_run_failed(tmp_path, tiny_preset):
+    """A run that fails (here: pretrained weights that lack the backbone, as without ImageNet's file) is
+    reported in the sweep's own output with the run's error, not only as a missing AUROC."""
+    import torch
+
+    empty = tmp_path / "empty.pt"
+    torch.save({}, empty)
+    grid = tmp_path / "grid.sweep.toml"
+    grid.write_text(f'preset = "{tiny_preset}"\n[set]\n"model.pretrained" = "{empty}"\n[grid]\n"train.lr" = [0.001]\n')
+    r = chexui("sweep", grid, "--runs-dir", tmp_path / "runs")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"failed \S+: model\.pretrained .*backbone tensors are missing", r.stdout), r.stdout
+    assert "test AUROC -" not in r.stdout
+
+
 def test_sweep_file_errors_exit_2_before_any_run(tmp_path):
     bad = tmp_path / "bad.sweep.toml"
     bad.write_text('preset = "demo"\n[grid]\n"train.lrr" = [0.1, 0.01]\n')
