@@ -43,6 +43,22 @@ def run_id(name: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name, 'run')}"
 
 
+def check_new_run(base: Path, name: str) -> None:
+    """What `new_run_dir` would refuse, checked before minutes of work that precede it (the dataset
+    checked and decoded, the demo set made): a name over the limit, a runs dir that cannot be made."""
+    run_id(name)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_create(base, e) from None
+
+
+def _cannot_create(base: Path, e: OSError) -> UserError:
+    return UserError(
+        f"{base}: cannot create a run directory ({e.strerror or e}); choose another with --runs-dir or $CHEXUI_RUNS_DIR"
+    )
+
+
 def new_run_dir(base: Path, name: str) -> Path:
     first = run_id(name)
     try:
@@ -57,10 +73,7 @@ def new_run_dir(base: Path, name: str) -> Path:
                 (d / sub).mkdir()
             return d
     except OSError as e:
-        raise UserError(
-            f"{base}: cannot create a run directory ({e.strerror or e}); "
-            "choose another with --runs-dir or $CHEXUI_RUNS_DIR"
-        ) from None
+        raise _cannot_create(base, e) from None
     raise UserError(f"{base}: cannot create a run directory for {name!r}")
 
 

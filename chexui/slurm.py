@@ -110,7 +110,7 @@ def submit_run(
     job id is its first event (`slurm_submitted`). `prepare(cfg)` readies the data first (the nodes
     find the cache built). What `chexui run --slurm` and the launcher's Submit to SLURM do."""
     from chexui.launch import save_config
-    from chexui.runs import new_run_dir
+    from chexui.runs import check_new_run, new_run_dir
     from engine.events import EventWriter
     from engine.fsutil import write_atomic
     from engine.rundir import EVENTS_FILE
@@ -119,6 +119,7 @@ def submit_run(
     if shutil.which("sbatch") is None:
         raise UserError("--slurm: sbatch not found on PATH (run on a SLURM login node, or --dry-run to see the script)")
     cfg = {**cfg, "distributed": {**cfg["distributed"], "nnodes": cfg["slurm"]["nodes"]}}
+    check_new_run(base, name)
     prepare(cfg)
     run_dir = new_run_dir(base, name).resolve()
     save_config(cfg, run_dir)

@@ -132,14 +132,23 @@ def test_qat_never_quantizes_the_classifier():
 def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewrites_that_match_nothing(
     monkeypatch,
 ):
-    """quant.allow_train_eval: .eval() and .train() leave the graph torchao's own switch leaves, with and
-    without dropout in it; torchao's dropout rewrite runs only where the graph calls dropout."""
+    """quant.allow_train_eval: .eval() and .train(), again and again, leave the graph torchao's own switch
+    leaves, with and without dropout in it; torchao's dropout rewrite runs only where the graph calls
+    dropout, and the BatchNorm rewrite's two pattern graphs are exported once in the process."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval, export_utils
+    from torchao.quantization.pt2e import utils as pt2e_utils
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    calls = []
-    rewrite = export_utils._replace_dropout
+    calls, exported = [], []
+    rewrite, export_pattern = export_utils._replace_dropout, pt2e_utils._get_aten_graph_module_for_pattern
     monkeypatch.setattr(export_utils, "_replace_dropout", lambda m, **kw: calls.append(1) or rewrite(m, **kw))
+
+    def counted(pattern, *args, **kwargs):
+        exported.append(pattern.fn.__name__)
+        return export_pattern(pattern, *args, **kwargs)
+
+    monkeypatch.setattr(pt2e_utils, "_get_aten_graph_module_for_pattern", counted)
+    monkeypatch.setattr(quant, "_PATTERN_GRAPHS", {})  # (none reused from an earlier test)
     for dropout in (True, False):
         torch.manual_seed(0)
         layers = list(tiny_cnn(8))  # conv, BN, ReLU, then the pooled classifier
@@ -151,15 +160,24 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
         assert ("dropout" in prepared.code) == dropout
         ours, theirs = quant.allow_train_eval(copy.deepcopy(prepared)), copy.deepcopy(prepared)
         allow_exported_model_train_eval(theirs)
-        codes = [prepared.code]
-        for switch in ("eval", "train"):
+        codes, x = [prepared.code], torch.randn(*example[0].shape)
+        for switch in ("eval", "train", "eval", "train"):
             calls.clear()
             getattr(ours, switch)()
             assert len(calls) == int(dropout), (dropout, switch)
-            getattr(theirs, switch)()
+            with monkeypatch.context() as unpatched:  # torchao's own switch, exporting its patterns anew
+                unpatched.setattr(pt2e_utils, "_get_aten_graph_module_for_pattern", export_pattern)
+                getattr(theirs, switch)()
             assert ours.code == theirs.code, (dropout, switch)
             codes.append(ours.code)
+            torch.manual_seed(1)  # (dropout's random draws alike)
+            answer = ours(x)
+            torch.manual_seed(1)
+            assert torch.equal(answer, theirs(x)), (dropout, switch)
         assert codes[0] != codes[1] != codes[2]  # (each switch had something to rewrite)
+    assert sorted(n for n in exported if n.startswith("bn_")) == ["bn_eval", "bn_train"]
+    # the dropout rewrite's patterns close over `inplace`: exported again at each of the 4 switches, both forms
+    assert exported.count("dropout_train") == 4 * 2
 
 
 @pytest.mark.slow

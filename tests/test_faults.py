@@ -398,10 +398,14 @@ def test_full_cache_dir_is_a_clean_error_without_leftovers(tmp_path, tiny_demo):
 def test_unwritable_runs_dir_and_overlong_name(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = chexui("run", "--headless", "--runs-dir", blocker / "runs")
+    # refused before the data is made: the demo preset's embedded set is not generated for a run that
+    # cannot be recorded
+    env = {**os.environ, "CHEXUI_DEMO_DIR": str(tmp_path / "demo")}
+    r = chexui("run", "--headless", "--runs-dir", blocker / "runs", env=env)
     assert r.returncode == 2 and "cannot create a run directory" in r.stderr and "Traceback" not in r.stderr
-    r = chexui("run", "--headless", "--name", "n" * 300, "--runs-dir", tmp_path / "runs")
+    r = chexui("run", "--headless", "--name", "n" * 300, "--runs-dir", tmp_path / "runs", env=env)
     assert r.returncode == 2 and "--name" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "demo").exists()
 
 
 def test_label_separator_with_spaces(tmp_path, tiny_demo):

@@ -90,3 +90,15 @@ def prepare_data(cfg: dict) -> None:
     from engine.data import dataset
 
     dataset.prepare(cfg["data"], progress)
+
+
+def new_prepared_run(cfg: dict, base: Path, name: str) -> Path:
+    """A new run dir holding `cfg`, made once its data is ready (a bad dataset leaves no empty run behind);
+    a runs dir or name it could not have is refused first, before the data takes minutes."""
+    from chexui.launch import save_config
+
+    runs_mod.check_new_run(base, name)
+    prepare_data(cfg)
+    run_dir = runs_mod.new_run_dir(base, name)
+    save_config(cfg, run_dir)
+    return run_dir

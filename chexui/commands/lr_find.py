@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from chexui import runs as runs_mod
-from chexui.commands.common import RunsDir, Sets, prepare_data
+from chexui.commands.common import RunsDir, Sets, new_prepared_run
 from chexui.headless import HeadlessView
 from engine.events import EVENTS_FILE, read_events
 
@@ -33,14 +33,11 @@ def lr_find_cmd(
     written as lr_find.png and events in a run dir; --apply writes the preset with that LR."""
     from chexui import lr_find
     from chexui.commands.run import launch_and_follow
-    from chexui.launch import NodeSpec, save_config
+    from chexui.launch import NodeSpec
 
     cfg = lr_find.test_config(preset, set_, data, nproc)
     target = lr_find.preset_path(cfg, apply_to) if apply or apply_to else None
-    prepare_data(cfg)
-    base = runs_mod.runs_dir(runs_dir)
-    run_dir = runs_mod.new_run_dir(base, cfg["name"])
-    save_config(cfg, run_dir)
+    run_dir = new_prepared_run(cfg, runs_mod.runs_dir(runs_dir), cfg["name"])
     runs_mod.write_launcher(run_dir)
     view = HeadlessView()
     view.say(f"run dir: {run_dir}")

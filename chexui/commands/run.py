@@ -11,7 +11,7 @@ import typer
 
 from chexui import presets as presets_mod
 from chexui import runs as runs_mod
-from chexui.commands.common import Detach, Headless, RunsDir, Sets, find, prepare_data, say
+from chexui.commands.common import Detach, Headless, RunsDir, Sets, find, new_prepared_run, prepare_data, say
 from chexui.headless import HeadlessView
 from engine import config, rundir
 from engine.errors import UserError
@@ -64,9 +64,7 @@ def run(
         cfg = presets_mod.resolve(preset or "demo", set_, data, nproc, nnodes if nnodes > 1 else None)
         if slurm:
             return submit_slurm(cfg, base, name or cfg.get("name", "run"), dry_run)
-        prepare_data(cfg)
-        run_dir = runs_mod.new_run_dir(base, name or cfg.get("name", "run"))
-        save_config(cfg, run_dir)
+        run_dir = new_prepared_run(cfg, base, name or cfg.get("name", "run"))
     start(cfg, run_dir, base, node, headless, detach)
 
 
@@ -148,15 +146,13 @@ def compress(
     parent) and/or quantize it to int8. Stop and resume it
     like any run (`chexui run --resume`); `chexui compare` puts it beside training-time compression."""
     from chexui.compress import compress_config
-    from chexui.launch import NodeSpec, save_config
+    from chexui.launch import NodeSpec
 
     base = runs_mod.runs_dir(runs_dir)
     cfg = compress_config(
         find(run_ref, runs_dir), prune, finetune_epochs, ptq, name, set_, nproc, prune_channels, distill
     )
-    prepare_data(cfg)
-    run_dir = runs_mod.new_run_dir(base, cfg["name"])
-    save_config(cfg, run_dir)
+    run_dir = new_prepared_run(cfg, base, cfg["name"])
     start(cfg, run_dir, base, NodeSpec(), headless, detach)
 
 

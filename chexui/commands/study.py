@@ -65,6 +65,7 @@ def sweep(
         sw = sweep_mod.load_file(sweep_mod.find_file(str(file)), set_, data, base, seeds)
     if parallel:
         sw.parallel = parallel
+    runs_mod.check_new_run(base, sw.name)
     seen = set()
     for p in sw.points:  # build the demo set and caches once, before runs start side by side
         if "compress" in p:
