@@ -14,7 +14,6 @@ from pathlib import Path
 from engine import config
 from engine.errors import UserError, one_line
 from engine.runtime import dist, procs
-from engine.training.trainer import Run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     d = dist.setup(cfg["distributed"]["backend"])
+    # the trainer (torchvision, scikit-learn, the compression methods: 3-4 s of imports) only once the
+    # process group stands: a backend this machine cannot start fails before them
+    from engine.training.trainer import Run
+
     try:
         run = Run(cfg, Path(args.run_dir), d)
     except UserError as e:  # e.g. the run dir's events.jsonl is a link: nothing is written through it

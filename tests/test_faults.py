@@ -19,7 +19,7 @@ import pytest
 
 from engine import config
 from engine.events import final_status
-from tests.conftest import chexui, chexui_bg, events_of, run_bg, run_tiny, wait_for_event
+from tests.conftest import chexui, chexui_bg, events_of, only_run, run_bg, run_tiny, wait_for_event
 
 ESC = "\x1b]52;c;cHduZWQ=\x07\x1b[2J"  # an OSC 52 clipboard write and a screen clear
 
@@ -85,22 +85,35 @@ def finished(status: str) -> dict:
 
 
 @pytest.mark.slow
-def test_single_node_run_listens_on_loopback_only(tmp_path, tiny_preset):
+def test_a_single_node_run_listens_on_loopback_only_and_restarts_a_killed_worker(tmp_path, tiny_preset):
     """1: the rendezvous store (and gloo's sockets) of a single-node run are unreachable from the network;
-    the rendezvous is the loopback one (torchrun's static protocol: no pickled state)."""
+    the rendezvous is the loopback one (torchrun's static protocol: no pickled state). And the run is
+    reliable: a worker killed in epoch 2 is restarted (distributed.max_restarts) from epoch 1's
+    checkpoint, the run completes, and no process of it outlives it. (One run for both: engine launches
+    are the suite's main cost.)"""
     runs = tmp_path / "runs"
-    proc = run_bg(runs, tiny_preset, "train.epochs=2", "data.image_size=48")
+    proc = run_bg(runs, tiny_preset, "train.epochs=2", "distributed.max_restarts=1", "data.image_size=48")
     try:
-        wait_for_event(runs, lambda e: e["type"] == "epoch_started")
+        wait_for_event(runs, lambda e: e["type"] == "epoch_started" and e["epoch"] == 2)
         family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
         agent = [p for p in family if "engine.torchrun" in p.cmdline()]
         assert agent and "loopback" in agent[0].cmdline()
         listening = [c.laddr for p in family for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
         assert listening, "no listening socket found: the check would be vacuous"
         assert all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
+        victims = [p for p in family if "engine.train" in p.cmdline() and "engine.torchrun" not in p.cmdline()]
+        assert len(victims) == 2
+        victims[1].send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
     finally:
-        proc.send_signal(signal.SIGINT)  # a clean stop
-        proc.communicate(timeout=120)
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    ev = events_of(only_run(runs))
+    restarted = [e for e in ev if e["type"] == "restarted"]
+    assert len(restarted) == 1 and restarted[0]["attempt"] == 1 and restarted[0]["resumed_epoch"] == 1
+    assert [e["epoch"] for e in ev if e["type"] == "epoch_ended"] == [1, 2]
+    assert final_status(ev) == "completed"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(runs) in " ".join(p.info["cmdline"] or [])]
 
 
 @pytest.mark.slow
