@@ -40,28 +40,32 @@ def isolated_env(base: Path) -> dict[str, str]:
     }
 
 
-# The test files by how long they take on 2 cores (most first), for `pytest -n 2 --dist loadfile
-# --no-loadscope-reorder` (.ci/run): each process takes the next file when it is done with one, so the
-# long ones go first and the two end together. test_cli.py makes the shared compressed run; test_study.py
-# and test_gpu_paths.py, which do not need it, keep the other process busy meanwhile. A file not listed
-# goes last; the order changes no test's outcome.
+# The test files by how long they take on 2 cores (most first; measured wall seconds of a suite, noted),
+# for `pytest -n 2 --dist loadfile --no-loadscope-reorder` (.ci/run): each process takes the next file when
+# it is done with one, so the long ones go first and the two end together (a file left off had run last,
+# alone: 16 s of one core idle at the end). test_cli.py makes the shared compressed run; test_study.py,
+# which does not need it, keeps the other process busy meanwhile, and the next few files do not need it
+# either. A file not listed goes last; the order changes no test's outcome.
 SLOWEST_FIRST = (
-    "test_cli.py",
-    "test_study.py",
-    "test_engine.py",
-    "test_gpu_paths.py",
-    "test_post_training.py",
-    "test_faults.py",
-    "test_fidelity.py",
-    "test_compression.py",
-    "test_hostile.py",
-    "test_architectures.py",
-    "test_capabilities.py",
-    "test_predict.py",
-    "test_tui.py",
-    "test_lr_find.py",
-    "test_operating.py",
-    "test_data.py",
+    "test_cli.py",  # 148
+    "test_study.py",  # 55
+    "test_post_training.py",  # 113
+    "test_engine.py",  # 107
+    "test_faults.py",  # 95
+    "test_compression.py",  # 52
+    "test_fidelity.py",  # 45
+    "test_hostile.py",  # 38
+    "test_gpu_paths.py",  # 37
+    "test_tui.py",  # 29
+    "test_predict.py",  # 27
+    "test_trackers.py",  # 22
+    "test_channels.py",  # 15
+    "test_operating.py",  # 13
+    "test_data.py",  # 12
+    "test_lr_find.py",  # 12
+    "test_capabilities.py",  # 12
+    "test_snapshots.py",  # 9
+    "test_architectures.py",  # 9
 )
 
 
