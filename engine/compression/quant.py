@@ -129,7 +129,7 @@ def _swapped(module: Any, replacements: dict[str, Any]):
     for name in present:
         setattr(module, name, replacements[name])
     try:
-        yield present
+        yield
     finally:
         for name, original in present.items():
             setattr(module, name, original)
@@ -231,9 +231,13 @@ def _reused(export_pattern):
 
     def call(pattern, example_inputs, is_cuda=False, **kwargs):
         fn = getattr(pattern, "fn", None)  # (torchao wraps a pattern function in a WrapperModule)
-        if kwargs or not isinstance(fn, types.FunctionType) or fn.__closure__ or fn.__defaults__:
-            return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
-        if not all(isinstance(x, torch.Tensor) for x in example_inputs):
+        if (
+            kwargs
+            or not isinstance(fn, types.FunctionType)
+            or fn.__closure__
+            or fn.__defaults__
+            or not all(isinstance(x, torch.Tensor) for x in example_inputs)
+        ):  # (it may depend on more than its code and the inputs' shapes: exported as torchao does)
             return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
         key = (fn.__code__, is_cuda, tuple((tuple(x.shape), x.dtype) for x in example_inputs))
         if key not in _PATTERN_GRAPHS:
