@@ -24,14 +24,6 @@ from engine.models.chexnet import build_model  # noqa: E402
 from engine.runtime.cpuinfo import cpu_name, int8_isa  # noqa: E402
 
 
-def structure(gm) -> list:
-    """The graph up to its nodes' names (which count the rewrites a graph has been through: torchao's
-    dropout rewrite, skipped by chexui where the graph has no dropout, uses some up)."""
-    index = {n: k for k, n in enumerate(gm.graph.nodes)}
-    refer = lambda a: torch.fx.node.map_arg(a, lambda n: f"%{index[n]}")  # noqa: E731
-    return [(n.op, str(n.target), refer(n.args), refer(n.kwargs)) for n in gm.graph.nodes]
-
-
 def per_switch(model, switches: int) -> float:
     t = time.perf_counter()
     for k in range(switches):
@@ -56,7 +48,7 @@ def main() -> None:
         first = per_switch(ours, 1)  # the first eval exports the BatchNorm patterns this process reuses
         ours.train()
         t_ours, t_theirs = per_switch(ours, args.switches), per_switch(theirs, args.switches)
-        same = structure(ours) == structure(theirs)
+        same = quant.graph_structure(ours) == quant.graph_structure(theirs)
         print(
             f"{arch}: a switch {t_ours:.3f} s (the process's first {first:.3f} s), torchao's own {t_theirs:.3f} s: "
             f"{t_theirs / t_ours:.1f}x; the same graph after {args.switches} switches: {same}"

@@ -134,20 +134,37 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
 ):
     """quant.allow_train_eval: .eval() and .train(), again and again, leave the graph torchao's own switch
     leaves, with and without dropout in it; torchao's dropout rewrite runs only where the graph calls
-    dropout, and the BatchNorm rewrite's two pattern graphs are exported once in the process."""
+    dropout, and the BatchNorm rewrite's two pattern graphs are made once in the process. Every pattern
+    graph chexui makes (non-strict, `quant._pattern_graph`: conv-BN fusion at prepare, the switches'
+    BatchNorm and dropout, conv-BN folding at convert) is the one torchao's strict export makes."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval, export_utils
     from torchao.quantization.pt2e import utils as pt2e_utils
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     calls, exported = [], []
-    rewrite, export_pattern = export_utils._replace_dropout, pt2e_utils._get_aten_graph_module_for_pattern
+    rewrite, made, torchaos = (
+        export_utils._replace_dropout,
+        quant._pattern_graph,
+        pt2e_utils._get_aten_graph_module_for_pattern,
+    )
     monkeypatch.setattr(export_utils, "_replace_dropout", lambda m, **kw: calls.append(1) or rewrite(m, **kw))
 
-    def counted(pattern, *args, **kwargs):
-        exported.append(pattern.fn.__name__)
-        return export_pattern(pattern, *args, **kwargs)
+    def compared(pattern, example_inputs, is_cuda=False, **kwargs):
+        fn = pattern.fn
+        exported.append(fn.__name__)
+        ours = made(pattern, example_inputs, is_cuda, **kwargs)
+        # each distinct pattern once: its code, what it closes over, its inputs' shapes
+        shapes = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: (t.shape, t.dtype), (example_inputs, kwargs))
+        key = (fn.__code__, repr([c.cell_contents for c in fn.__closure__ or ()]), repr(shapes))
+        if key not in compared_keys:
+            compared_keys.add(key)
+            theirs = torchaos(pattern, example_inputs, is_cuda, **kwargs)
+            assert quant.graph_structure(ours) == quant.graph_structure(theirs), (fn.__name__, ours.code, theirs.code)
+        return ours
 
-    monkeypatch.setattr(pt2e_utils, "_get_aten_graph_module_for_pattern", counted)
+    compared_keys: set = set()
+
+    monkeypatch.setattr(quant, "_pattern_graph", compared)
     monkeypatch.setattr(quant, "_PATTERN_GRAPHS", {})  # (none reused from an earlier test)
     for dropout in (True, False):
         torch.manual_seed(0)
@@ -165,9 +182,7 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
             calls.clear()
             getattr(ours, switch)()
             assert len(calls) == int(dropout), (dropout, switch)
-            with monkeypatch.context() as unpatched:  # torchao's own switch, exporting its patterns anew
-                unpatched.setattr(pt2e_utils, "_get_aten_graph_module_for_pattern", export_pattern)
-                getattr(theirs, switch)()
+            getattr(theirs, switch)()  # torchao's own switch, exporting its patterns anew
             assert ours.code == theirs.code, (dropout, switch)
             codes.append(ours.code)
             torch.manual_seed(1)  # (dropout's random draws alike)
@@ -175,9 +190,15 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
             torch.manual_seed(1)
             assert torch.equal(answer, theirs(x)), (dropout, switch)
         assert codes[0] != codes[1] != codes[2]  # (each switch had something to rewrite)
+        if not dropout:
+            quant.convert(ours)  # (its fold patterns compared)
     assert sorted(n for n in exported if n.startswith("bn_")) == ["bn_eval", "bn_train"]
-    # the dropout rewrite's patterns close over `inplace`: exported again at each of the 4 switches, both forms
+    # the dropout rewrite's patterns close over `inplace`: made again at each of the 4 switches, both forms
     assert exported.count("dropout_train") == 4 * 2
+    # prepare's conv-BN fusion, twice; convert's folding of each of the 12 forms torchao folds
+    assert exported.count("_qat_conv_bn_pattern") == 2 and exported.count("_folded_quantized_qat_conv_bn_pattern") == 12
+    names = {code.co_name for code, *_ in compared_keys}
+    assert {"_qat_conv_bn_pattern", "bn_train", "dropout_train", "_folded_quantized_qat_conv_bn_pattern"} <= names
 
 
 @pytest.mark.slow

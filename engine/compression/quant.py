@@ -155,8 +155,45 @@ def _patterns_of_present_convs(gm: nn.Module):
         return call
 
     names = [n for n in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper") if hasattr(qat_utils, n)]
-    with _swapped(qat_utils, {name: only_present(name) for name in names}):
+    replacements: dict[str, Any] = {name: only_present(name) for name in names}
+    with _swapped(qat_utils, {**replacements, "_get_aten_graph_module_for_pattern": _pattern_graph}):
         yield
+
+
+def _pattern_graph(pattern, example_inputs: tuple, is_cuda: bool = False, **kwargs) -> torch.fx.GraphModule:
+    """torchao's `_get_aten_graph_module_for_pattern` (the aten graph of a conv-BN, BatchNorm or dropout
+    pattern function, to match in a model's graph and to replace with), traced by non-strict
+    `torch.export` instead of strict: the same graph but for its nodes' names (a pattern is a plain
+    function of tensor ops, nothing for TorchDynamo to guard), in a third of the time. The 29 pattern
+    graphs of a ResNet18 QAT prepare and convert at 32 px, one thread (`benchmarks/qat_patterns.py`, 2-core
+    EPYC): 4.17 s strict, 1.25 s here, its convert 4.09 s to 2.18 s (DenseNet121's 6.93 s to 3.77 s), the
+    same int8 graph and outputs; tests/test_compression.py compares every pattern graph with torchao's
+    own. torchao's clean-up, as it does it: the copies of mutated inputs `ep.module()` adds, and dead
+    code, removed."""
+    if is_cuda:
+        example_inputs = tuple(x.cuda() if isinstance(x, torch.Tensor) else x for x in example_inputs)
+    gm: Any = torch.export.export(pattern, example_inputs, kwargs, strict=False).module()
+    graph = gm.graph
+    graph.eliminate_dead_code()
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten.copy_.default and not node.users:
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def graph_structure(gm: nn.Module) -> list[tuple]:
+    """A graph's nodes in order (op, target, arguments by position) without their names, which count the
+    rewrites and traces a graph has been through: what two graphs that compute alike share (the tests and
+    benchmarks compare chexui's pattern graphs and switches with torchao's own by it)."""
+    graph: Any = gm.graph
+    at = {node: i for i, node in enumerate(graph.nodes)}
+
+    def refs(a):
+        return torch.fx.node.map_arg(a, lambda n: at[n])
+
+    return [(n.op, "" if n.op == "placeholder" else str(n.target), refs(n.args), refs(n.kwargs)) for n in graph.nodes]
 
 
 def _aten_ops(gm: nn.Module) -> set[str]:
@@ -185,8 +222,8 @@ def allow_train_eval(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     does not call is skipped: it would match nothing (a captured CNN has no dropout, `_capturable`; an
     int8 graph has neither), and the BatchNorm rewrite's two pattern graphs are exported once per process
     (`_reused`). A ResNet18 QAT graph's switch at 32 px, one thread (`benchmarks/qat_switch.py`, 2-core
-    EPYC): torchao's own 0.58 s, 0.21 s without the dropout rewrite, 0.04 s reusing the BatchNorm patterns
-    too (DenseNet121: 1.0 s, 0.20 s); the same graph but for its nodes' names. torchao's private helpers are
+    EPYC): torchao's own 0.52 s, 0.04 s here (DenseNet121: 1.11 s, 0.26 s); the same graph but for its
+    nodes' names. torchao's private helpers are
     wrapped only during a switch."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
@@ -207,10 +244,9 @@ def _only_present_rewrites(switch):
     def call(self, *args, **kwargs):
         ops = _aten_ops(self)
         skipped = [name for name, op in _REWRITES.items() if not any(op in called for called in ops)]
-        export_pattern = getattr(pt2e_utils, "_get_aten_graph_module_for_pattern", None)
         with (
             _swapped(export_utils, {name: lambda m, train_to_eval: None for name in skipped}),
-            _swapped(pt2e_utils, {"_get_aten_graph_module_for_pattern": _reused(export_pattern)}),
+            _swapped(pt2e_utils, {"_get_aten_graph_module_for_pattern": _reused(_pattern_graph)}),
         ):
             switch(self, *args, **kwargs)
         return self
@@ -218,16 +254,16 @@ def _only_present_rewrites(switch):
     return call
 
 
-# pattern graphs torchao exported once in this process, by what they depend on (see `_reused`)
+# pattern graphs made once in this process, by what they depend on (see `_reused`)
 _PATTERN_GRAPHS: dict[tuple, torch.fx.GraphModule] = {}
 
 
 def _reused(export_pattern):
-    """torchao's pattern export, done once per process for a pattern that depends on nothing but its code
-    and its example inputs' shapes (a closure-free function, no keyword inputs): the BatchNorm rewrite's two,
-    exported again at every train/eval switch. A matched pattern and its replacement are only read (the
-    replacement is copied into the model's graph). Dropout's patterns close over `inplace`: exported
-    each time, as before."""
+    """A pattern's graph (`export_pattern`: `_pattern_graph`), made once per process for a pattern that
+    depends on nothing but its code and its example inputs' shapes (a closure-free function, no keyword
+    inputs): the BatchNorm rewrite's two, made again at every train/eval switch otherwise. A matched
+    pattern and its replacement are only read (the replacement is copied into the model's graph).
+    Dropout's patterns close over `inplace`: made each time."""
 
     def call(pattern, example_inputs, is_cuda=False, **kwargs):
         fn = getattr(pattern, "fn", None)  # (torchao wraps a pattern function in a WrapperModule)
@@ -237,7 +273,7 @@ def _reused(export_pattern):
             or fn.__closure__
             or fn.__defaults__
             or not all(isinstance(x, torch.Tensor) for x in example_inputs)
-        ):  # (it may depend on more than its code and the inputs' shapes: exported as torchao does)
+        ):  # (it may depend on more than its code and the inputs' shapes: made each time)
             return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
         key = (fn.__code__, is_cuda, tuple((tuple(x.shape), x.dtype) for x in example_inputs))
         if key not in _PATTERN_GRAPHS:
