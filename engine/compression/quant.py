@@ -220,11 +220,11 @@ def allow_train_eval(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     BatchNorm ops between their training and evaluation forms, exporting six pattern graphs to match at
     every switch (twice an epoch, and at every evaluation of an int8 model). A rewrite whose op the graph
     does not call is skipped: it would match nothing (a captured CNN has no dropout, `_capturable`; an
-    int8 graph has neither), and the BatchNorm rewrite's two pattern graphs are exported once per process
-    (`_reused`). A ResNet18 QAT graph's switch at 32 px, one thread (`benchmarks/qat_switch.py`, 2-core
-    EPYC): torchao's own 0.52 s, 0.04 s here (DenseNet121: 1.11 s, 0.26 s); the same graph but for its
-    nodes' names. torchao's private helpers are
-    wrapped only during a switch."""
+    int8 graph has neither), and the BatchNorm rewrite's two pattern graphs are made once per process
+    (`_reused`, `_pattern_graph`). A ResNet18 QAT graph's switch at 32 px, one thread
+    (`benchmarks/qat_switch.py`, 2-core EPYC): torchao's own 0.52 s, 0.04 s here (DenseNet121: 1.11 s,
+    0.26 s); the same graph but for its nodes' names. torchao's private helpers are wrapped only during a
+    switch."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
     allow_exported_model_train_eval(gm)
