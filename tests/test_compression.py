@@ -149,6 +149,8 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
     )
     monkeypatch.setattr(export_utils, "_replace_dropout", lambda m, **kw: calls.append(1) or rewrite(m, **kw))
 
+    compared_keys: set = set()
+
     def compared(pattern, example_inputs, is_cuda=False, **kwargs):
         fn = pattern.fn
         exported.append(fn.__name__)
@@ -161,8 +163,6 @@ def test_a_qat_graphs_train_and_eval_switch_it_as_torchao_does_without_the_rewri
             theirs = torchaos(pattern, example_inputs, is_cuda, **kwargs)
             assert quant.graph_structure(ours) == quant.graph_structure(theirs), (fn.__name__, ours.code, theirs.code)
         return ours
-
-    compared_keys: set = set()
 
     monkeypatch.setattr(quant, "_pattern_graph", compared)
     monkeypatch.setattr(quant, "_PATTERN_GRAPHS", {})  # (none reused from an earlier test)

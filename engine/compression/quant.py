@@ -246,7 +246,7 @@ def _only_present_rewrites(switch):
         skipped = [name for name, op in _REWRITES.items() if not any(op in called for called in ops)]
         with (
             _swapped(export_utils, {name: lambda m, train_to_eval: None for name in skipped}),
-            _swapped(pt2e_utils, {"_get_aten_graph_module_for_pattern": _reused(_pattern_graph)}),
+            _swapped(pt2e_utils, {"_get_aten_graph_module_for_pattern": _reused}),
         ):
             switch(self, *args, **kwargs)
         return self
@@ -258,29 +258,24 @@ def _only_present_rewrites(switch):
 _PATTERN_GRAPHS: dict[tuple, torch.fx.GraphModule] = {}
 
 
-def _reused(export_pattern):
-    """A pattern's graph (`export_pattern`: `_pattern_graph`), made once per process for a pattern that
-    depends on nothing but its code and its example inputs' shapes (a closure-free function, no keyword
-    inputs): the BatchNorm rewrite's two, made again at every train/eval switch otherwise. A matched
-    pattern and its replacement are only read (the replacement is copied into the model's graph).
-    Dropout's patterns close over `inplace`: made each time."""
-
-    def call(pattern, example_inputs, is_cuda=False, **kwargs):
-        fn = getattr(pattern, "fn", None)  # (torchao wraps a pattern function in a WrapperModule)
-        if (
-            kwargs
-            or not isinstance(fn, types.FunctionType)
-            or fn.__closure__
-            or fn.__defaults__
-            or not all(isinstance(x, torch.Tensor) for x in example_inputs)
-        ):  # (it may depend on more than its code and the inputs' shapes: made each time)
-            return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
-        key = (fn.__code__, is_cuda, tuple((tuple(x.shape), x.dtype) for x in example_inputs))
-        if key not in _PATTERN_GRAPHS:
-            _PATTERN_GRAPHS[key] = export_pattern(pattern, example_inputs, is_cuda)
-        return _PATTERN_GRAPHS[key]
-
-    return call
+def _reused(pattern, example_inputs, is_cuda=False, **kwargs) -> torch.fx.GraphModule:
+    """`_pattern_graph`, made once per process for a pattern that depends on nothing but its code and its
+    example inputs' shapes (a closure-free function, no keyword inputs): the BatchNorm rewrite's two, made
+    again at every train/eval switch otherwise. A matched pattern and its replacement are only read (the
+    replacement is copied into the model's graph). Dropout's patterns close over `inplace`: made each time."""
+    fn = getattr(pattern, "fn", None)  # (torchao wraps a pattern function in a WrapperModule)
+    if (
+        kwargs
+        or not isinstance(fn, types.FunctionType)
+        or fn.__closure__
+        or fn.__defaults__
+        or not all(isinstance(x, torch.Tensor) for x in example_inputs)
+    ):  # (it may depend on more than its code and the inputs' shapes: made each time)
+        return _pattern_graph(pattern, example_inputs, is_cuda, **kwargs)
+    key = (fn.__code__, is_cuda, tuple((tuple(x.shape), x.dtype) for x in example_inputs))
+    if key not in _PATTERN_GRAPHS:
+        _PATTERN_GRAPHS[key] = _pattern_graph(pattern, example_inputs, is_cuda)
+    return _PATTERN_GRAPHS[key]
 
 
 def _fake_quants(qat_model: nn.Module) -> dict[str, Any]:
